@@ -1,0 +1,145 @@
+"""Wires the parts together and owns their orderly start and stop."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from typing import IO
+
+from agent.archive import Archive, Layout
+from agent.archive.recovery import recover
+from agent.config import Config
+from agent.errors import AgentError
+from agent.net.scp import DicomServer
+from agent.status import State, StatusModel, publish
+
+log = logging.getLogger(__name__)
+
+TICK = 1.0
+STALE_TEMP_AFTER = 300.0
+
+
+class DataDirLock:
+    """An exclusive lock on a data directory: one agent (or reindex) at a time."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / "agent.lock"
+        self._handle: IO[str] | None = None
+
+    def acquire(self) -> None:
+        """Take the lock or raise AgentError saying who holds it."""
+        handle = self.path.open("a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise AgentError(f"{self.path.parent.parent} is in use by pid {holder}") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        self._handle = handle
+
+    def release(self) -> None:
+        """Give the lock back."""
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+
+class Agent:
+    """The running agent: archive, DICOM server and housekeeping, started and stopped together."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.status = StatusModel()
+        self.layout = Layout(config.agent.data_dir)
+        self._lock = DataDirLock(self.layout.run_dir)
+        self.archive: Archive | None = None
+        self.server: DicomServer | None = None
+        self._stop = threading.Event()
+        self._housekeeper: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Lock the data dir, recover the archive, start listening, then report SERVING."""
+        self.layout.create()
+        self._lock.acquire()
+        if self.config.agent.allow_unknown:
+            log.warning(
+                "unknown AEs may %s: fine for a first test, not for a hospital network",
+                " and ".join(sorted(self.config.agent.allow_unknown)),
+            )
+        floor = self.config.agent.min_free_mb * 1048576
+        self.archive = Archive(self.layout.root, min_free_bytes=floor)
+        found = recover(self.archive)
+        log.info("archive ready: %s", found)
+        self.server = DicomServer(self.config, self.archive, self.status)
+        self.server.start()
+        self._housekeeper = threading.Thread(
+            target=self._housekeep, name="housekeeping", daemon=True
+        )
+        self._housekeeper.start()
+        self.status.set_state(State.SERVING)
+
+    def close(self) -> None:
+        """Stop serving, flush the status, close the archive and release the data dir."""
+        self.status.set_state(State.STOPPING)
+        if self.server is not None:
+            self.server.close()
+        self._stop.set()
+        if self._housekeeper is not None:
+            self._housekeeper.join(timeout=5)
+        self.status.set_state(State.STOPPED)
+        with contextlib.suppress(OSError):
+            publish(self.status.snapshot(), self.layout.run_dir)
+        if self.archive is not None:
+            self.archive.close()
+        self._lock.release()
+
+    def __enter__(self) -> Agent:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _housekeep(self) -> None:
+        """Measure, publish and sweep, once a tick, until stopped."""
+        published = -1
+        last_sweep = time.monotonic()
+        while not self._stop.is_set():
+            try:
+                self._measure()
+                snapshot = self.status.snapshot()
+                if snapshot.version != published:
+                    publish(snapshot, self.layout.run_dir)
+                    published = snapshot.version
+                if time.monotonic() - last_sweep > STALE_TEMP_AFTER / 2:
+                    self._sweep_stale_temp_files()
+                    last_sweep = time.monotonic()
+            except Exception:  # housekeeping must outlive any one failure
+                log.exception("housekeeping failed; trying again next tick")
+            self._stop.wait(TICK)
+
+    def _measure(self) -> None:
+        if self.archive is not None:
+            free = self.archive.free_bytes()
+            self.status.disk(free, free < self.archive.min_free_bytes)
+        if self.server is not None:
+            self.status.set_associations(self.server.active_associations())
+
+    def _sweep_stale_temp_files(self) -> None:
+        """Remove temp files nobody has written to for a while (a receive that died)."""
+        horizon = time.time() - max(STALE_TEMP_AFTER, 2 * self.config.agent.network_timeout)
+        for entry in os.scandir(self.layout.tmp_dir):
+            with contextlib.suppress(OSError):
+                if entry.stat().st_mtime < horizon:
+                    os.unlink(entry.path)
+                    log.info("removed a stale temp file left by a failed receive")

@@ -1,0 +1,172 @@
+"""The archive: durable files plus their index, and the one way data gets into it.
+
+``ingest`` turns a fully received temp file into an archived, indexed instance. It
+returns only once the file is fsynced, renamed into place, its directory fsynced and its
+index row committed; any failure raises StoreError carrying the DICOM status to answer,
+and leaves nothing half-written where a reader could see it.
+"""
+
+from __future__ import annotations
+
+import filecmp
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from agent.archive import durable
+from agent.archive.header import build_record, instance_path, read_header, timestamp
+from agent.archive.index import Counts, Index, add_conflict, add_instance, remove_instances
+from agent.archive.layout import Layout, require_uid
+from agent.errors import StoreError
+
+log = logging.getLogger(__name__)
+
+Outcome = Literal["stored", "duplicate", "conflict"]
+OUT_OF_RESOURCES = 0xA700
+DOES_NOT_MATCH = 0xA900
+
+
+@dataclass(frozen=True)
+class Stored:
+    """What ``ingest`` did with an instance."""
+
+    outcome: Outcome
+    sop_instance_uid: str
+    path: Path
+    size: int
+
+
+class Archive:
+    """Files under ``root/archive`` and the SQLite index that describes them."""
+
+    def __init__(self, root: Path, *, min_free_bytes: int = 0) -> None:
+        self.layout = Layout(root)
+        self.layout.create()
+        self.min_free_bytes = min_free_bytes
+        self.index = Index(self.layout.index_path)
+        self._placing = threading.Lock()
+
+    def close(self) -> None:
+        """Close the index."""
+        self.index.close()
+
+    def __enter__(self) -> Archive:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def counts(self) -> Counts:
+        """How much the archive holds."""
+        return self.index.counts()
+
+    def free_bytes(self) -> int:
+        """Free space on the archive's filesystem."""
+        return durable.free_bytes(self.layout.root)
+
+    def below_floor(self) -> bool:
+        """True when free space is under the configured floor."""
+        return self.free_bytes() < self.min_free_bytes
+
+    def ingest(
+        self, incoming: Path, *, sop_class_uid: str, sop_instance_uid: str, calling_ae: str
+    ) -> Stored:
+        """Archive a received file (consumed: moved or deleted) or raise StoreError."""
+        try:
+            return self._ingest(incoming, sop_class_uid, sop_instance_uid, calling_ae)
+        finally:
+            durable.remove_quietly(incoming)
+
+    def _ingest(
+        self, incoming: Path, sop_class_uid: str, sop_instance_uid: str, calling_ae: str
+    ) -> Stored:
+        if self.below_floor():
+            raise StoreError(OUT_OF_RESOURCES, "free disk space is below the floor")
+        ds = read_header(incoming)
+        _check_matches_command(ds.get("SOPClassUID"), sop_class_uid, "SOP Class UID")
+        _check_matches_command(ds.get("SOPInstanceUID"), sop_instance_uid, "SOP Instance UID")
+        final = instance_path(self.layout, ds)
+        size = incoming.stat().st_size
+        record = build_record(
+            ds,
+            path=self.layout.relative(final),
+            size=size,
+            calling_ae=calling_ae,
+            received_at=timestamp(),
+        )
+        _sync(incoming)
+        with self._placing:
+            known = self._known_copy(record.sop_instance_uid)
+            if known is not None:
+                return self._resolve_reuse(
+                    incoming, known, record.sop_instance_uid, size, calling_ae
+                )
+            _guarded(durable.place, incoming, final, self.layout.archive_dir)
+            _commit(lambda conn: add_instance(conn, record), self.index, undo=final)
+        return Stored("stored", record.sop_instance_uid, final, size)
+
+    def _known_copy(self, sop_uid: str) -> Path | None:
+        """The archived file for ``sop_uid``; a row whose file vanished is dropped."""
+        found = self.index.lookup(sop_uid)
+        if found is None:
+            return None
+        path = self.layout.absolute(found[0])
+        if path.exists():
+            return path
+        log.error("indexed file %s is missing; replacing it with the copy received now", found[0])
+        with self.index.transaction() as conn:
+            remove_instances(conn, {found[0]})
+        return None
+
+    def _resolve_reuse(
+        self, incoming: Path, known: Path, sop_uid: str, size: int, calling_ae: str
+    ) -> Stored:
+        """Same UID again: identical bytes are a no-op, different bytes are kept aside."""
+        if known.stat().st_size == size and filecmp.cmp(known, incoming, shallow=False):
+            return Stored("duplicate", sop_uid, known, size)
+        target = self.layout.conflict_path(require_uid(sop_uid, "SOP Instance UID"), time.time_ns())
+        _guarded(durable.place, incoming, target, self.layout.root)
+        relative = self.layout.relative(target)
+        _commit(
+            lambda conn: add_conflict(conn, sop_uid, relative, size, calling_ae, timestamp()),
+            self.index,
+            undo=target,
+        )
+        log.warning(
+            "instance reused a known SOP Instance UID with different content; kept aside as %s",
+            self.layout.relative(target),
+        )
+        return Stored("conflict", sop_uid, target, size)
+
+
+def _commit(write: Callable[[sqlite3.Connection], object], index: Index, *, undo: Path) -> None:
+    """Run ``write`` in one transaction; on failure remove the placed file and answer 0xA700."""
+    try:
+        with index.transaction() as conn:
+            write(conn)
+    except (sqlite3.Error, OSError) as exc:
+        durable.remove_quietly(undo)
+        raise StoreError(OUT_OF_RESOURCES, f"cannot index the instance: {exc}") from None
+
+
+def _check_matches_command(found: object, expected: str, what: str) -> None:
+    if str(found or "").rstrip("\0 ") != expected.rstrip("\0 "):
+        raise StoreError(DOES_NOT_MATCH, f"{what} in the data set differs from the command's")
+
+
+def _sync(path: Path) -> None:
+    """fsync the received data; a failed fsync means the data is lost, never acknowledged."""
+    _guarded(durable.fsync_file, path)
+
+
+def _guarded(operation: Callable[..., None], *args: Path) -> None:
+    """Run a durable-file operation, mapping any OS error to 0xA700."""
+    try:
+        operation(*args)
+    except OSError as exc:
+        raise StoreError(OUT_OF_RESOURCES, f"cannot write to the archive: {exc.strerror}") from None

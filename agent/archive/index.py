@@ -1,0 +1,279 @@
+"""The SQLite index: patient -> study -> series -> instance, plus conflicting copies.
+
+One writer connection shared under a lock (writes serialise in SQLite anyway), WAL so
+readers never block the writer, and ``synchronous=FULL`` so a commit is on disk before
+we answer Success. The schema grows by numbered migrations, never by rebuilding.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.archive.keys import KEYS, Level
+from agent.errors import AgentError
+
+_PARENT = {Level.STUDY: "patient_pk", Level.SERIES: "study_pk", Level.IMAGE: "series_pk"}
+_UNIQUE_COLUMN = {
+    Level.PATIENT: "identity",
+    Level.STUDY: "StudyInstanceUID",
+    Level.SERIES: "SeriesInstanceUID",
+    Level.IMAGE: "SOPInstanceUID",
+}
+_FILE_COLUMNS = ("path", "size", "transfer_syntax", "calling_ae", "received_at", "charset")
+
+
+@dataclass(frozen=True)
+class InstanceRecord:
+    """Everything the index stores about one received instance."""
+
+    levels: Mapping[Level, Mapping[str, str | None]]
+    path: str
+    size: int
+    transfer_syntax: str
+    calling_ae: str
+    received_at: str
+    charset: str
+
+    @property
+    def sop_instance_uid(self) -> str:
+        """The instance's SOP Instance UID."""
+        return str(self.levels[Level.IMAGE]["SOPInstanceUID"])
+
+
+@dataclass(frozen=True)
+class Counts:
+    """How much the archive holds."""
+
+    patients: int
+    studies: int
+    series: int
+    instances: int
+    bytes: int
+    conflicts: int
+
+
+def _columns(level: Level) -> list[str]:
+    columns: list[str] = []
+    for key in KEYS[level]:
+        columns.append(key.keyword)
+        if key.norm_column:
+            columns.append(key.norm_column)
+    return columns
+
+
+def _create_table(level: Level) -> str:
+    parent = _PARENT.get(level)
+    lines = ["pk INTEGER PRIMARY KEY"]
+    if parent:
+        lines.append(f"{parent} INTEGER NOT NULL")
+    if level is Level.PATIENT:
+        lines.append("identity TEXT NOT NULL UNIQUE")
+    lines += [f"{column} TEXT" for column in _columns(level)]
+    if level is Level.IMAGE:
+        lines += [
+            "path TEXT NOT NULL UNIQUE",
+            "size INTEGER NOT NULL",
+            "transfer_syntax TEXT NOT NULL",
+            "calling_ae TEXT NOT NULL",
+            "received_at TEXT NOT NULL",
+            "charset TEXT NOT NULL",
+        ]
+    if level is not Level.PATIENT:
+        lines.append(f"UNIQUE ({_UNIQUE_COLUMN[level]})")
+    return f"CREATE TABLE {level.table} (\n  " + ",\n  ".join(lines) + "\n)"
+
+
+def _migrate_to_1(conn: sqlite3.Connection) -> None:
+    for level in Level:
+        conn.execute(_create_table(level))
+    _execute_all(
+        conn,
+        """
+        CREATE TABLE conflicts (
+          pk INTEGER PRIMARY KEY, SOPInstanceUID TEXT NOT NULL, path TEXT NOT NULL UNIQUE,
+          size INTEGER NOT NULL, calling_ae TEXT NOT NULL, received_at TEXT NOT NULL);
+        CREATE INDEX patients_name ON patients (PatientName_norm);
+        CREATE INDEX patients_id ON patients (PatientID);
+        CREATE INDEX studies_patient ON studies (patient_pk);
+        CREATE INDEX studies_date ON studies (StudyDate);
+        CREATE INDEX studies_accession ON studies (AccessionNumber);
+        CREATE INDEX series_study ON series (study_pk);
+        CREATE INDEX instances_series ON instances (series_pk);
+    """,
+    )
+
+
+def _execute_all(conn: sqlite3.Connection, script: str) -> None:
+    """Run ';'-separated statements inside the current transaction (executescript commits)."""
+    for statement in script.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migrate_to_1]
+
+
+def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+    """Open the index with the pragmas every connection needs."""
+    if readonly:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+    else:
+        conn = sqlite3.connect(path, timeout=10, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    return conn
+
+
+class Index:
+    """The archive's index; all writes go through ``transaction()``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.RLock()
+        self._conn = connect(path)
+        self._migrate()
+
+    def close(self) -> None:
+        """Close the connection (checkpointing the WAL)."""
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> Index:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _migrate(self) -> None:
+        version = self._conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > len(MIGRATIONS):
+            raise AgentError(
+                f"{self.path} was written by a newer edge-agent (schema {version}); upgrade"
+            )
+        for number, step in enumerate(MIGRATIONS[version:], start=version + 1):
+            with self.transaction() as conn:
+                step(conn)
+                conn.execute(f"PRAGMA user_version={number}")
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction: committed on success, rolled back on any error."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def lookup(self, sop_uid: str) -> tuple[str, int] | None:
+        """The stored (path, size) of an instance, if indexed."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT path, size FROM instances WHERE SOPInstanceUID = ?", (sop_uid,)
+            ).fetchone()
+        return None if row is None else (row[0], row[1])
+
+    def paths(self) -> set[str]:
+        """Every indexed instance path."""
+        with self._lock:
+            return {row[0] for row in self._conn.execute("SELECT path FROM instances")}
+
+    def counts(self) -> Counts:
+        """How much the archive holds."""
+        with self._lock:
+            return read_counts(self._conn)
+
+
+def read_counts(conn: sqlite3.Connection) -> Counts:
+    """Counts from any connection, read-only ones included."""
+
+    def one(sql: str) -> int:
+        return int(conn.execute(sql).fetchone()[0] or 0)
+
+    return Counts(
+        patients=one("SELECT count(*) FROM patients"),
+        studies=one("SELECT count(*) FROM studies"),
+        series=one("SELECT count(*) FROM series"),
+        instances=one("SELECT count(*) FROM instances"),
+        bytes=one("SELECT sum(size) FROM instances"),
+        conflicts=one("SELECT count(*) FROM conflicts"),
+    )
+
+
+def add_instance(conn: sqlite3.Connection, record: InstanceRecord) -> int:
+    """Insert an instance and any missing parents; return the instance's primary key."""
+    patient: dict[str, object] = dict(record.levels[Level.PATIENT])
+    patient["identity"] = (
+        f"{patient.get('PatientID') or ''}\x00{patient.get('IssuerOfPatientID') or ''}"
+    )
+    parent = _upsert(conn, Level.PATIENT, patient, None)
+    parent = _upsert(conn, Level.STUDY, dict(record.levels[Level.STUDY]), parent)
+    parent = _upsert(conn, Level.SERIES, dict(record.levels[Level.SERIES]), parent)
+    row: dict[str, object] = dict(record.levels[Level.IMAGE])
+    row.update({column: getattr(record, column) for column in _FILE_COLUMNS})
+    row[_PARENT[Level.IMAGE]] = parent
+    return _insert(conn, Level.IMAGE.table, row)
+
+
+def _upsert(
+    conn: sqlite3.Connection, level: Level, row: dict[str, object], parent: int | None
+) -> int:
+    """Return the pk of the row with this level's unique key, inserting it if new.
+
+    The first instance of a study or series decides its attributes; later ones that
+    disagree do not rewrite history.
+    """
+    unique = _UNIQUE_COLUMN[level]
+    found = conn.execute(
+        f"SELECT pk FROM {level.table} WHERE {unique} = ?", (row[unique],)
+    ).fetchone()
+    if found:
+        return int(found[0])
+    if parent is not None:
+        row[_PARENT[level]] = parent
+    return _insert(conn, level.table, row)
+
+
+def _insert(conn: sqlite3.Connection, table: str, row: Mapping[str, object]) -> int:
+    columns = ", ".join(row)
+    marks = ", ".join("?" for _ in row)
+    cursor = conn.execute(f"INSERT INTO {table} ({columns}) VALUES ({marks})", tuple(row.values()))
+    return int(cursor.lastrowid or 0)
+
+
+def add_conflict(
+    conn: sqlite3.Connection, sop_uid: str, path: str, size: int, calling_ae: str, received_at: str
+) -> None:
+    """Record a copy that reused a known SOP Instance UID with different content."""
+    conn.execute(
+        "INSERT INTO conflicts (SOPInstanceUID, path, size, calling_ae, received_at)"
+        " VALUES (?, ?, ?, ?, ?)",
+        (sop_uid, path, size, calling_ae, received_at),
+    )
+
+
+def remove_instances(conn: sqlite3.Connection, paths: set[str]) -> None:
+    """Drop instances by path, then any series, study or patient left empty."""
+    conn.executemany("DELETE FROM instances WHERE path = ?", [(p,) for p in paths])
+    _execute_all(
+        conn,
+        """
+        DELETE FROM series WHERE pk NOT IN (SELECT series_pk FROM instances);
+        DELETE FROM studies WHERE pk NOT IN (SELECT study_pk FROM series);
+        DELETE FROM patients WHERE pk NOT IN (SELECT patient_pk FROM studies);
+    """,
+    )
+
+
+def clear(conn: sqlite3.Connection) -> None:
+    """Empty the hierarchy and the conflict list (for a rebuild from the files)."""
+    for table in ("instances", "series", "studies", "patients", "conflicts"):
+        conn.execute(f"DELETE FROM {table}")

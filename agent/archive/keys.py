@@ -1,0 +1,175 @@
+"""The attributes the index keeps, by level of the DICOM hierarchy.
+
+One table drives the SQL schema, the extraction from a received header and (later) the
+C-FIND key mapping, so adding a key is a one-line change. It holds every Unique and
+Required key of the Patient Root, Study Root and Patient/Study Only models (PS3.4 C.6)
+plus the optional keys workstations commonly ask for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from pydicom.datadict import dictionary_VR
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+
+
+class Level(str, Enum):
+    """A level of the query/retrieve hierarchy, named as in Query/Retrieve Level."""
+
+    PATIENT = "PATIENT"
+    STUDY = "STUDY"
+    SERIES = "SERIES"
+    IMAGE = "IMAGE"
+
+    @property
+    def table(self) -> str:
+        """The SQL table holding this level."""
+        return _TABLES[self]
+
+
+_TABLES = {
+    Level.PATIENT: "patients",
+    Level.STUDY: "studies",
+    Level.SERIES: "series",
+    Level.IMAGE: "instances",
+}
+
+
+@dataclass(frozen=True)
+class IndexedKey:
+    """One attribute the index keeps as a column of its level's table."""
+
+    keyword: str
+    level: Level
+
+    @property
+    def vr(self) -> str:
+        """The attribute's value representation, from the data dictionary."""
+        return str(dictionary_VR(self.keyword))
+
+    @property
+    def norm_column(self) -> str | None:
+        """For Person Names, the column holding the case-folded form used for matching."""
+        return f"{self.keyword}_norm" if self.vr == "PN" else None
+
+
+def _keys(level: Level, keywords: Iterable[str]) -> tuple[IndexedKey, ...]:
+    return tuple(IndexedKey(keyword, level) for keyword in keywords)
+
+
+UNIQUE_KEYS: Mapping[Level, str] = {
+    Level.PATIENT: "PatientID",
+    Level.STUDY: "StudyInstanceUID",
+    Level.SERIES: "SeriesInstanceUID",
+    Level.IMAGE: "SOPInstanceUID",
+}
+
+KEYS: Mapping[Level, tuple[IndexedKey, ...]] = {
+    Level.PATIENT: _keys(
+        Level.PATIENT,
+        (
+            "PatientID",
+            "IssuerOfPatientID",
+            "PatientName",
+            "PatientBirthDate",
+            "PatientBirthTime",
+            "PatientSex",
+            "OtherPatientIDs",
+            "OtherPatientNames",
+            "EthnicGroup",
+            "PatientComments",
+        ),
+    ),
+    Level.STUDY: _keys(
+        Level.STUDY,
+        (
+            "StudyInstanceUID",
+            "StudyDate",
+            "StudyTime",
+            "AccessionNumber",
+            "StudyID",
+            "ReferringPhysicianName",
+            "StudyDescription",
+            "NameOfPhysiciansReadingStudy",
+            "PatientAge",
+            "PatientSize",
+            "PatientWeight",
+        ),
+    ),
+    Level.SERIES: _keys(
+        Level.SERIES,
+        (
+            "SeriesInstanceUID",
+            "Modality",
+            "SeriesNumber",
+            "SeriesDescription",
+            "BodyPartExamined",
+            "Laterality",
+            "SeriesDate",
+            "SeriesTime",
+            "ProtocolName",
+            "PerformedProcedureStepStartDate",
+            "PerformedProcedureStepStartTime",
+            "PerformingPhysicianName",
+            "OperatorsName",
+            "StationName",
+            "InstitutionName",
+        ),
+    ),
+    Level.IMAGE: _keys(
+        Level.IMAGE,
+        (
+            "SOPInstanceUID",
+            "SOPClassUID",
+            "InstanceNumber",
+            "ContentDate",
+            "ContentTime",
+            "AcquisitionDate",
+            "AcquisitionTime",
+            "AcquisitionDateTime",
+            "ImageType",
+            "NumberOfFrames",
+            "Rows",
+            "Columns",
+        ),
+    ),
+}
+
+ALL_KEYWORDS: frozenset[str] = frozenset(k.keyword for keys in KEYS.values() for k in keys)
+
+
+def normalize_pn(value: str | None) -> str | None:
+    """Person Name for matching: case-folded, empty trailing components and groups dropped."""
+    if value is None:
+        return None
+    groups = [group.rstrip("^ ") for group in value.split("=")]
+    while groups and not groups[-1]:
+        groups.pop()
+    return "=".join(groups).upper()
+
+
+def as_text(value: Any) -> str:
+    """A decoded element value as the text the index stores (multi-values joined by '\\')."""
+    if value is None:
+        return ""
+    if isinstance(value, (MultiValue, list, tuple)):
+        return "\\".join(as_text(item) for item in value)
+    if isinstance(value, bytes):
+        return value.decode("ascii", "replace")
+    return str(value)
+
+
+def extract(ds: Dataset, level: Level) -> dict[str, str | None]:
+    """Column values of ``level`` from a header: None where the attribute is absent."""
+    row: dict[str, str | None] = {}
+    for key in KEYS[level]:
+        text = as_text(ds.get(key.keyword)) if key.keyword in ds else None
+        row[key.keyword] = text
+        if key.norm_column:
+            row[key.norm_column] = normalize_pn(text)
+    return row

@@ -1,0 +1,27 @@
+"""Domain errors, each also a builtin so callers can catch either."""
+
+from __future__ import annotations
+
+
+class AgentError(Exception):
+    """Base of every error edge-agent raises on purpose."""
+
+
+class ConfigError(AgentError, ValueError):
+    """The configuration is invalid; ``key`` names the dotted TOML key at fault."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}" if key else message)
+        self.key = key
+
+
+class StoreError(AgentError, OSError):
+    """An instance could not be stored; ``status`` is the DICOM status to answer."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class PeerError(AgentError, ConnectionError):
+    """A remote peer could not be reached or refused what we asked."""

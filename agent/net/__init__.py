@@ -1,0 +1,25 @@
+"""The DICOM network side: our SCP, our SCU helpers and socket tuning.
+
+The network layer never touches SQL: it calls the archive's API, and its handlers turn
+every failure into a DICOM status and a log line instead of raising.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from pynetdicom import _config
+
+
+def configure_pynetdicom(*, debug: bool = False, quiet: bool = False) -> None:
+    """Process-wide pynetdicom settings that decide speed, memory and what gets logged.
+
+    ``quiet`` is for commands that report failures in their own words.
+    """
+    _config.LOG_HANDLER_LEVEL = "none"  # the standard handlers format every PDU
+    _config.LOG_REQUEST_IDENTIFIERS = False  # identifiers carry patient data
+    _config.LOG_RESPONSE_IDENTIFIERS = False
+    _config.STORE_RECV_CHUNKED_DATASET = True  # stream received data sets to disk
+    _config.STORE_SEND_CHUNKED_DATASET = True  # stream stored files when sending
+    level = logging.DEBUG if debug else logging.CRITICAL if quiet else logging.WARNING
+    logging.getLogger("pynetdicom").setLevel(level)

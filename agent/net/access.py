@@ -1,0 +1,90 @@
+"""Who may talk to us, and for what: decided once per association, checked per request.
+
+With a config file only listed peers get in, from their configured host unless
+``verify_host = false``; the built-in default also lets unknown AEs echo and store.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+from dataclasses import dataclass
+
+from agent.config import Config, Peer
+
+log = logging.getLogger(__name__)
+
+# A-ASSOCIATE-RJ: result, source and reason (PS3.8 9.3.4)
+REJECTED_PERMANENT = 0x01
+SERVICE_USER = 0x01
+CALLING_AE_NOT_RECOGNISED = 0x03
+CALLED_AE_NOT_RECOGNISED = 0x07
+
+
+@dataclass(frozen=True)
+class Caller:
+    """An admitted association's peer and what it may do."""
+
+    ae_title: str
+    address: str
+    peer: Peer | None
+    allowed: frozenset[str]
+
+    def may(self, service: str) -> bool:
+        """True if this caller may use ``service`` (echo, store, find, move, get)."""
+        return service in self.allowed
+
+    def __str__(self) -> str:
+        name = f"peers.{self.peer.name}" if self.peer else "unknown peer"
+        return f"{self.ae_title} ({name}) at {self.address}"
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why an association is rejected, as the A-ASSOCIATE-RJ reason and a log line."""
+
+    reason: int
+    message: str
+
+
+def admit(config: Config, calling_ae: str, called_ae: str, address: str) -> Caller | Refusal:
+    """Decide whether an association request gets in."""
+    calling_ae, called_ae = calling_ae.strip(), called_ae.strip()
+    if called_ae != config.agent.ae_title:
+        return Refusal(
+            CALLED_AE_NOT_RECOGNISED,
+            f"{calling_ae} at {address} called {called_ae!r}, we are {config.agent.ae_title!r}",
+        )
+    peer = config.peer_by_ae(calling_ae)
+    if peer is None:
+        if config.agent.allow_unknown:
+            return Caller(calling_ae, address, None, config.agent.allow_unknown)
+        return Refusal(CALLING_AE_NOT_RECOGNISED, f"unknown calling AE {calling_ae!r} at {address}")
+    if peer.verify_host and not host_matches(peer.host, address):
+        return Refusal(
+            CALLING_AE_NOT_RECOGNISED,
+            f"{calling_ae} connected from {address}, but peers.{peer.name}.host is {peer.host}",
+        )
+    return Caller(calling_ae, address, peer, peer.allow)
+
+
+def host_matches(configured: str, address: str) -> bool:
+    """True if ``address`` is (one of the addresses of) the configured host."""
+    remote = _normalise(address)
+    try:
+        infos = socket.getaddrinfo(configured, None, proto=socket.IPPROTO_TCP)
+    except OSError as exc:
+        log.warning("cannot resolve %s: %s", configured, exc)
+        return False
+    return any(_normalise(str(info[4][0])) == remote for info in infos)
+
+
+def _normalise(address: str) -> str:
+    try:
+        ip = ipaddress.ip_address(address.split("%")[0])
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ip)

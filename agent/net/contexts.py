@@ -1,0 +1,43 @@
+"""Presentation contexts the agent accepts as an SCP.
+
+Instances are stored as they arrive, in whatever of these transfer syntaxes the sender
+proposes: no transcoding on receipt. Deflated Explicit VR Little Endian is left out on
+purpose: inflating it to read the header could take far more memory than was sent.
+"""
+
+from __future__ import annotations
+
+from pydicom import uid
+from pynetdicom import AllStoragePresentationContexts
+
+STORAGE_TRANSFER_SYNTAXES: tuple[str, ...] = (
+    uid.ExplicitVRLittleEndian,
+    uid.ImplicitVRLittleEndian,
+    uid.ExplicitVRBigEndian,
+    uid.JPEGBaseline8Bit,
+    uid.JPEGExtended12Bit,
+    uid.JPEGLossless,
+    uid.JPEGLosslessSV1,
+    uid.JPEGLSLossless,
+    uid.JPEGLSNearLossless,
+    uid.JPEG2000Lossless,
+    uid.JPEG2000,
+    uid.HTJ2KLossless,
+    uid.HTJ2KLosslessRPCL,
+    uid.HTJ2K,
+    uid.RLELossless,
+    uid.MPEG2MPML,
+    uid.MPEG2MPHL,
+    uid.MPEG4HP41,
+    uid.MPEG4HP41BD,
+)
+
+UNCOMPRESSED: tuple[str, ...] = (
+    uid.ExplicitVRLittleEndian,
+    uid.ImplicitVRLittleEndian,
+)
+
+STORAGE_SOP_CLASSES: tuple[str, ...] = tuple(
+    str(cx.abstract_syntax) for cx in AllStoragePresentationContexts
+)
+VERIFICATION = "1.2.840.10008.1.1"

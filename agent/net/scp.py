@@ -1,0 +1,137 @@
+"""The agent's DICOM listener: one pynetdicom AE, access control at association time,
+and the service handlers. Owns its listening thread; ``close()`` stops it.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import threading
+import time
+import weakref
+from typing import Any
+
+from pynetdicom import AE, evt
+from pynetdicom.transport import ThreadedAssociationServer
+
+from agent.archive import Archive
+from agent.config import Config
+from agent.net import configure_pynetdicom, sockets
+from agent.net.access import REJECTED_PERMANENT, SERVICE_USER, Caller, Refusal, admit
+from agent.net.contexts import (
+    STORAGE_SOP_CLASSES,
+    STORAGE_TRANSFER_SYNTAXES,
+    UNCOMPRESSED,
+    VERIFICATION,
+)
+from agent.net.storage import StorageHandlers
+from agent.status import StatusModel
+
+log = logging.getLogger(__name__)
+
+ACSE_TIMEOUT = 30.0
+DIMSE_TIMEOUT = 60.0
+
+
+class DicomServer:
+    """Listens for associations and serves Verification and Storage."""
+
+    def __init__(self, config: Config, archive: Archive, status: StatusModel) -> None:
+        self.config = config
+        self.archive = archive
+        self.status = status
+        self._callers: weakref.WeakKeyDictionary[Any, Caller] = weakref.WeakKeyDictionary()
+        self._storage = StorageHandlers(archive, status, self._callers.get)
+        self._ae = self._build_ae()
+        self._server: ThreadedAssociationServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def _build_ae(self) -> AE:
+        settings = self.config.agent
+        configure_pynetdicom(debug=settings.log_level == "debug")
+        ae = AE(ae_title=settings.ae_title)
+        ae.maximum_pdu_size = settings.max_pdu
+        ae.network_timeout = settings.network_timeout
+        ae.acse_timeout = ACSE_TIMEOUT
+        ae.dimse_timeout = DIMSE_TIMEOUT
+        ae.maximum_associations = settings.max_associations
+        ae.add_supported_context(VERIFICATION, list(UNCOMPRESSED))
+        for sop_class in STORAGE_SOP_CLASSES:
+            ae.add_supported_context(sop_class, list(STORAGE_TRANSFER_SYNTAXES))
+        return ae
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful when the config asked for port 0)."""
+        if self._server is None:
+            raise RuntimeError("server not started")
+        return int(self._server.server_address[1])
+
+    def start(self) -> None:
+        """Bind the listener and serve in a background thread."""
+        settings = self.config.agent
+        # pynetdicom streams incoming data sets to NamedTemporaryFile: keep those on the
+        # archive's filesystem so that ingest is a rename, never a copy.
+        tempfile.tempdir = str(self.archive.layout.tmp_dir)
+        handlers: list[Any] = [
+            (evt.EVT_REQUESTED, self._on_requested),
+            (evt.EVT_C_ECHO, self._storage.on_echo),
+            (evt.EVT_C_STORE, self._storage.on_store),
+            (evt.EVT_CONN_CLOSE, self._storage.on_connection_closed),
+        ]
+        server = self._ae.make_server(
+            (settings.bind, settings.port),
+            evt_handlers=handlers,
+            server_class=ThreadedAssociationServer,
+            request_handler=sockets.request_handler(settings.network_timeout),
+        )
+        self._ae._servers.append(server)  # so that AE.shutdown() also stops it
+        self._server = server
+        self._thread = threading.Thread(
+            target=server.serve_forever, name="dicom-listener", daemon=True
+        )
+        self._thread.start()
+        self.status.set_listening(settings.bind, self.port)
+        log.info("listening as %s on %s:%d", settings.ae_title, settings.bind, self.port)
+
+    def active_associations(self) -> int:
+        """How many associations are open now."""
+        return len(self._ae.active_associations)
+
+    def close(self, grace: float = 10.0) -> None:
+        """Stop accepting, let running associations finish for ``grace`` s, abort the rest."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        if server.socket is not None:
+            server.socket.close()  # new connections are refused from now on
+        deadline = time.monotonic() + grace
+        while self._ae.active_associations and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self._ae.shutdown()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> DicomServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _on_requested(self, event: Any) -> None:
+        """EVT_REQUESTED: admit the association or reject it with the right reason."""
+        assoc = event.assoc
+        request = assoc.requestor.primitive
+        decision = admit(
+            self.config,
+            calling_ae=str(request.calling_ae_title),
+            called_ae=str(request.called_ae_title),
+            address=str(assoc.requestor.address),
+        )
+        if isinstance(decision, Refusal):
+            log.warning("rejected association: %s", decision.message)
+            assoc.acse.send_reject(REJECTED_PERMANENT, SERVICE_USER, decision.reason)
+            assoc.kill()  # as pynetdicom does for its own rejections: waits until it is sent
+            return
+        self._callers[assoc] = decision

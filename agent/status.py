@@ -1,0 +1,176 @@
+"""The one status model: every part reports events here, and everything that shows the
+agent's state (CLI, console, LEDs, systemd) reads a snapshot of it. Nothing keeps its
+own copy of the truth.
+
+The running agent publishes the snapshot to ``run/status.json`` so that another process
+(``edge-agent status``) reads the same model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+STATUS_FILE = "status.json"
+
+
+class State(str, Enum):
+    """Life cycle of the agent process."""
+
+    STARTING = "starting"
+    SERVING = "serving"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    FAILED = "failed"
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A consistent copy of the status at one moment."""
+
+    state: State = State.STARTING
+    pid: int = field(default_factory=os.getpid)
+    started_at: str = field(default_factory=_now)
+    listening: str | None = None
+    port: int | None = None
+    associations: int = 0
+    received: int = 0
+    received_bytes: int = 0
+    duplicates: int = 0
+    conflicts: int = 0
+    refused: int = 0
+    last_received_at: str | None = None
+    disk_free: int | None = None
+    below_floor: bool = False
+    last_error: str | None = None
+    version: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        """The snapshot as plain JSON types."""
+        data = dataclasses.asdict(self)
+        data["state"] = self.state.value
+        return data
+
+
+class StatusModel:
+    """Thread-safe status; every change bumps ``version`` and wakes waiters."""
+
+    def __init__(self) -> None:
+        self._snapshot = Snapshot()
+        self._changed = threading.Condition()
+        self._listeners: list[Callable[[Snapshot], None]] = []
+
+    def snapshot(self) -> Snapshot:
+        """The current status."""
+        with self._changed:
+            return self._snapshot
+
+    def subscribe(self, listener: Callable[[Snapshot], None]) -> None:
+        """Call ``listener`` with each new snapshot (from the reporting thread: be quick)."""
+        with self._changed:
+            self._listeners.append(listener)
+
+    def wait_for_change(self, version: int, timeout: float) -> Snapshot:
+        """Block until the version differs from ``version`` or ``timeout`` passes."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._snapshot.version != version, timeout)
+            return self._snapshot
+
+    def _apply(self, change: Callable[[Snapshot], dict[str, Any]]) -> None:
+        """Compute changes from the current snapshot and apply them, atomically."""
+        with self._changed:
+            current = self._snapshot
+            changes = change(current)
+            if not changes:
+                return
+            snapshot = dataclasses.replace(current, version=current.version + 1, **changes)
+            self._snapshot = snapshot
+            listeners = list(self._listeners)
+            self._changed.notify_all()
+        for listener in listeners:
+            listener(snapshot)
+
+    def set_state(self, state: State) -> None:
+        """The agent entered a new life-cycle state."""
+        self._apply(lambda s: {"state": state})
+
+    def set_listening(self, host: str, port: int) -> None:
+        """The DICOM listener is bound."""
+        self._apply(lambda s: {"listening": f"{host}:{port}", "port": port})
+
+    def set_associations(self, count: int) -> None:
+        """How many associations are open now."""
+        self._apply(lambda s: {"associations": count} if s.associations != count else {})
+
+    def stored(self, outcome: str, size: int) -> None:
+        """An instance was acknowledged: stored, a duplicate, or a kept-aside conflict."""
+
+        def change(s: Snapshot) -> dict[str, Any]:
+            if outcome == "stored":
+                counts = {"received": s.received + 1, "received_bytes": s.received_bytes + size}
+            elif outcome == "duplicate":
+                counts = {"duplicates": s.duplicates + 1}
+            else:
+                counts = {"conflicts": s.conflicts + 1}
+            return {"last_received_at": _now(), **counts}
+
+        self._apply(change)
+
+    def refused(self, reason: str) -> None:
+        """A C-STORE was answered with a failure."""
+        self._apply(lambda s: {"refused": s.refused + 1, "last_error": reason})
+
+    def disk(self, free: int, below_floor: bool) -> None:
+        """Free space was measured; a change of a few bytes is not news."""
+
+        def change(s: Snapshot) -> dict[str, Any]:
+            moved = s.disk_free is None or abs(s.disk_free - free) >= 1048576
+            if moved or s.below_floor != below_floor:
+                return {"disk_free": free, "below_floor": below_floor}
+            return {}
+
+        self._apply(change)
+
+    def error(self, message: str) -> None:
+        """Something went wrong that an operator should see."""
+        self._apply(lambda s: {"last_error": message})
+
+
+def publish(snapshot: Snapshot, run_dir: Path) -> None:
+    """Write the snapshot atomically where ``edge-agent status`` will read it."""
+    target = run_dir / STATUS_FILE
+    temporary = target.with_suffix(".tmp")
+    temporary.write_text(json.dumps(snapshot.to_json(), indent=1))
+    os.replace(temporary, target)
+
+
+def read_published(run_dir: Path) -> dict[str, Any] | None:
+    """The last snapshot a running agent published, or None if there is none."""
+    try:
+        data = json.loads((run_dir / STATUS_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def process_alive(pid: int) -> bool:
+    """True if a process with this pid exists."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

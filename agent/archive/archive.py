@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Literal
 
 from agent.archive import durable
-from agent.archive.header import build_record, instance_path, read_header, timestamp
+from agent.archive.header import read_header, timestamp
 from agent.archive.index import Counts, Index, add_conflict, add_instance, remove_instances
 from agent.archive.layout import Layout, require_uid
 from agent.errors import StoreError
@@ -87,13 +87,14 @@ class Archive:
     ) -> Stored:
         if self.below_floor():
             raise StoreError(OUT_OF_RESOURCES, "free disk space is below the floor")
-        ds = read_header(incoming)
-        _check_matches_command(ds.get("SOPClassUID"), sop_class_uid, "SOP Class UID")
-        _check_matches_command(ds.get("SOPInstanceUID"), sop_instance_uid, "SOP Instance UID")
-        final = instance_path(self.layout, ds)
+        header = read_header(incoming)
+        _check_matches_command(header.sop_class_uid, sop_class_uid, "SOP Class UID")
+        _check_matches_command(header.sop_instance_uid, sop_instance_uid, "SOP Instance UID")
+        final = self.layout.instance_path(
+            header.study_uid, header.series_uid, header.sop_instance_uid
+        )
         size = incoming.stat().st_size
-        record = build_record(
-            ds,
+        record = header.record(
             path=self.layout.relative(final),
             size=size,
             calling_ae=calling_ae,
@@ -154,8 +155,8 @@ def _commit(write: Callable[[sqlite3.Connection], object], index: Index, *, undo
         raise StoreError(OUT_OF_RESOURCES, f"cannot index the instance: {exc}") from None
 
 
-def _check_matches_command(found: object, expected: str, what: str) -> None:
-    if str(found or "").rstrip("\0 ") != expected.rstrip("\0 "):
+def _check_matches_command(found: str, expected: str, what: str) -> None:
+    if found.rstrip("\0 ") != expected.rstrip("\0 "):
         raise StoreError(DOES_NOT_MATCH, f"{what} in the data set differs from the command's")
 
 

@@ -1,59 +1,69 @@
-"""Reading a stored or incoming file's header and turning it into an index record."""
+"""Reading a received or stored file's header into what the archive needs of it.
+
+pydicom decodes lazily, so a bad value can surface on first access rather than in
+``dcmread``: everything is read here, once, and any failure becomes 0xC000.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom import dcmread
-from pydicom.dataset import Dataset
 
 from agent.archive.index import InstanceRecord
-from agent.archive.keys import KEYS, as_text, extract
-from agent.archive.layout import Layout, require_uid
+from agent.archive.keys import KEYS, Level, as_text, extract
 from agent.errors import StoreError
 
+CANNOT_UNDERSTAND = 0xC000
 
-def read_header(path: Path) -> Dataset:
-    """Parse everything before the pixel data; StoreError 0xC000 if it is not DICOM."""
+
+@dataclass(frozen=True)
+class Header:
+    """The attributes of one instance that the archive files and indexes it by."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_uid: str
+    series_uid: str
+    transfer_syntax: str
+    charset: str
+    levels: Mapping[Level, Mapping[str, str | None]]
+
+    def record(self, *, path: str, size: int, calling_ae: str, received_at: str) -> InstanceRecord:
+        """The index record for this instance stored at ``path``."""
+        return InstanceRecord(
+            levels=self.levels,
+            path=path,
+            size=size,
+            transfer_syntax=self.transfer_syntax,
+            calling_ae=calling_ae,
+            received_at=received_at,
+            charset=self.charset,
+        )
+
+
+def read_header(path: Path) -> Header:
+    """Parse everything before the pixel data; StoreError 0xC000 if it cannot be understood."""
     try:
         ds = dcmread(path, stop_before_pixels=True, defer_size="64 KB")
-        _ = ds.file_meta.TransferSyntaxUID
+        levels = {level: extract(ds, level) for level in KEYS}
+        return Header(
+            sop_class_uid=as_text(ds.get("SOPClassUID", "")),
+            sop_instance_uid=as_text(ds.get("SOPInstanceUID", "")),
+            study_uid=as_text(ds.get("StudyInstanceUID", "")),
+            series_uid=as_text(ds.get("SeriesInstanceUID", "")),
+            transfer_syntax=str(ds.file_meta.TransferSyntaxUID),
+            charset=as_text(ds.get("SpecificCharacterSet", "")),
+            levels=levels,
+        )
     except Exception as exc:  # pydicom raises many kinds for bad input
-        raise StoreError(0xC000, f"cannot parse the data set: {exc}") from None
-    return ds
+        raise StoreError(CANNOT_UNDERSTAND, f"cannot parse the data set: {exc}") from None
 
 
 def timestamp(moment: dt.datetime | None = None) -> str:
     """An arrival time as the index stores it: UTC, ISO 8601, to the second."""
     moment = moment or dt.datetime.now(dt.timezone.utc)
     return moment.astimezone(dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def instance_path(layout: Layout, ds: Dataset) -> Path:
-    """Where this header's instance belongs; StoreError 0xC000 for a missing or bad UID."""
-    return layout.instance_path(
-        require_uid(ds.get("StudyInstanceUID"), "Study Instance UID"),
-        require_uid(ds.get("SeriesInstanceUID"), "Series Instance UID"),
-        require_uid(ds.get("SOPInstanceUID"), "SOP Instance UID"),
-    )
-
-
-def build_record(
-    ds: Dataset, *, path: str, size: int, calling_ae: str, received_at: str
-) -> InstanceRecord:
-    """The index record for a parsed header; StoreError 0xC000 if its values cannot decode."""
-    try:
-        levels = {level: extract(ds, level) for level in KEYS}
-        charset = as_text(ds.get("SpecificCharacterSet", ""))
-    except Exception as exc:  # undecodable values in a sender's data set
-        raise StoreError(0xC000, f"cannot decode the data set's values: {exc}") from None
-    return InstanceRecord(
-        levels=levels,
-        path=path,
-        size=size,
-        transfer_syntax=str(ds.file_meta.TransferSyntaxUID),
-        calling_ae=calling_ae,
-        received_at=received_at,
-        charset=charset,
-    )

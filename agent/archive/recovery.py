@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.archive.archive import Archive
-from agent.archive.header import build_record, instance_path, read_header, timestamp
+from agent.archive.header import read_header, timestamp
 from agent.archive.index import InstanceRecord, add_conflict, add_instance, clear, remove_instances
 from agent.archive.layout import INSTANCE_SUFFIX
 from agent.errors import StoreError
@@ -96,11 +96,14 @@ def _index_files(archive: Archive, relative_paths: list[str]) -> tuple[int, int]
 def _record_for(archive: Archive, relative: str) -> InstanceRecord | None:
     path = archive.layout.absolute(relative)
     try:
-        ds = read_header(path)
-        if archive.layout.relative(instance_path(archive.layout, ds)) != relative:
+        header = read_header(path)
+        expected = archive.layout.instance_path(
+            header.study_uid, header.series_uid, header.sop_instance_uid
+        )
+        if archive.layout.relative(expected) != relative:
             raise StoreError(0xC000, "file name does not match its UIDs")
-        return build_record(
-            ds, path=relative, size=path.stat().st_size, calling_ae="", received_at=_mtime(path)
+        return header.record(
+            path=relative, size=path.stat().st_size, calling_ae="", received_at=_mtime(path)
         )
     except (StoreError, OSError) as exc:
         log.error("cannot index %s: %s", relative, exc)

@@ -1,0 +1,52 @@
+"""Fixtures: configs, an in-process agent on an ephemeral port, child-process agents."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agent import config as config_module
+from agent.app import Agent
+from tests.support import AgentProcess, free_port, peer, write_config
+
+MODALITY_AE = "MODALITY"
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    """An empty data directory."""
+    return tmp_path / "data"
+
+
+@pytest.fixture
+def config_file(tmp_path: Path, data_dir: Path) -> Path:
+    """A config with one modality peer allowed to echo and store, on a free port."""
+    return write_config(
+        tmp_path / "agent.toml",
+        {"ae_title": "EDGE", "port": free_port(), "bind": "127.0.0.1",
+         "data_dir": str(data_dir), "min_free_mb": 0},
+        {"CT": peer(MODALITY_AE, allow=("echo", "store"))},
+    )
+
+
+@pytest.fixture
+def agent(config_file: Path) -> Iterator[Agent]:
+    """The agent running in this process; stopped after the test."""
+    running = Agent(config_module.load_file(config_file))
+    running.start()
+    try:
+        yield running
+    finally:
+        running.close()
+
+
+@pytest.fixture
+def agent_process(config_file: Path, data_dir: Path) -> Iterator[AgentProcess]:
+    """The agent as a child process (for signals and kill -9); stopped after the test."""
+    process = AgentProcess(config_file, data_dir)
+    try:
+        yield process
+    finally:
+        process.stop()

@@ -77,13 +77,14 @@ class DicomServer:
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_C_ECHO, self._storage.on_echo),
             (evt.EVT_C_STORE, self._storage.on_store),
-            (evt.EVT_CONN_CLOSE, self._storage.on_connection_closed),
         ]
         server = self._ae.make_server(
             (settings.bind, settings.port),
             evt_handlers=handlers,
             server_class=ThreadedAssociationServer,
-            request_handler=sockets.request_handler(settings.network_timeout),
+            request_handler=sockets.request_handler(
+                settings.network_timeout, after_association=self._storage.on_association_end
+            ),
         )
         self._ae._servers.append(server)  # so that AE.shutdown() also stops it
         self._server = server

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+from collections.abc import Callable
 from typing import Any
 
 from pynetdicom.transport import AssociationSocket, RequestHandler
@@ -67,9 +68,14 @@ class TunedAssociationSocket(AssociationSocket):
 
 
 class TunedRequestHandler(RequestHandler):
-    """Accept handler that tunes the accepted socket before the association starts."""
+    """Accept handler: tunes the socket, runs the association, then cleans up after it.
+
+    ``after_association`` runs however the association ended (release, abort, timeout,
+    or an exception inside pynetdicom that bypasses its own events).
+    """
 
     network_timeout: float | None = 60.0
+    after_association: Callable[[Any], None] | None = None
 
     def _create_association(self) -> Any:
         sock = self.request
@@ -79,12 +85,27 @@ class TunedRequestHandler(RequestHandler):
         sock.settimeout(self.network_timeout)
         assoc = super()._create_association()
         assoc.dul.socket.__class__ = TunedAssociationSocket
+        self._association = assoc
         return assoc
 
+    def handle(self) -> None:
+        """Start the association (pynetdicom) and wait in this thread until it ends."""
+        super().handle()
+        assoc = self._association
+        assoc.join()
+        if self.after_association is not None:
+            self.after_association(assoc)
 
-def request_handler(network_timeout: float) -> type[TunedRequestHandler]:
-    """A request handler class bound to this server's stall timeout."""
-    return type("BoundRequestHandler", (TunedRequestHandler,), {"network_timeout": network_timeout})
+
+def request_handler(
+    network_timeout: float, after_association: Callable[[Any], None]
+) -> type[TunedRequestHandler]:
+    """A request handler class bound to this server's stall timeout and clean-up."""
+    attributes = {
+        "network_timeout": network_timeout,
+        "after_association": staticmethod(after_association),
+    }
+    return type("BoundRequestHandler", (TunedRequestHandler,), attributes)
 
 
 def on_connection_open(event: Any) -> None:

@@ -70,13 +70,14 @@ class StorageHandlers:
         self.status.stored(stored.outcome, stored.size)
         return SUCCESS
 
-    def on_connection_closed(self, event: Any) -> None:
-        """Remove the temp file of a data set the peer never finished sending."""
-        discard_partial_receive(event.assoc)
+    def on_association_end(self, assoc: Any) -> None:
+        """After any association: drop a data set it left half-received, and say so."""
+        if discard_partial_receive(assoc):
+            self.status.refused("a data set was cut off mid-transfer (sender gone or disk full)")
 
 
-def discard_partial_receive(assoc: Any) -> None:
-    """Delete the half-received data set of an association, if it has one.
+def discard_partial_receive(assoc: Any) -> bool:
+    """Delete the half-received data set of an association; True if there was one.
 
     pynetdicom keeps the message being decoded in ``assoc.dimse.message``; a complete
     message is handed on and reset, so whatever remains there was cut off.
@@ -84,9 +85,10 @@ def discard_partial_receive(assoc: Any) -> None:
     message = getattr(getattr(assoc, "dimse", None), "message", None)
     partial = getattr(message, "_data_set_file", None)
     if partial is None:
-        return
+        return False
     with contextlib.suppress(OSError):
         partial.close()
     with contextlib.suppress(OSError):
         os.unlink(partial.name)
-    log.info("discarded a data set that was cut off mid-transfer")
+    log.warning("discarded a data set that was cut off mid-transfer")
+    return True

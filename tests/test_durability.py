@@ -1,0 +1,138 @@
+"""The archive's promise: what was acknowledged survives; nothing half-written shows."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import dicomgen
+import pytest
+from pydicom import dcmread
+
+from agent import config as config_module
+from agent.app import Agent
+from tests import scu
+from tests.support import AgentProcess, free_port, peer, run_cli, wait_until, write_config
+from tests.test_storage import archived_files, assert_identical, indexed_uids
+
+
+def port_of(config_file: Path) -> int:
+    """The port a config file sets."""
+    return config_module.load_file(config_file).agent.port
+
+
+@pytest.mark.slow
+def test_kill_9_mid_transfer_loses_no_acknowledged_instance(
+        agent_process: AgentProcess, config_file: Path, tmp_path: Path, data_dir: Path) -> None:
+    sent = dicomgen.write_series(tmp_path / "k", 200, size=128)
+    acknowledged: list[Path] = []
+
+    def kill_after_sixty(path: Path, status: int) -> None:
+        if status == 0:
+            acknowledged.append(path)
+        if len(acknowledged) == 60:
+            agent_process.kill()
+
+    agent_process.start()
+    scu.store(port_of(config_file), sent, after_each=kill_after_sixty)
+    assert len(acknowledged) == 60
+    agent_process.start()  # restart: recovery runs before it serves again
+    assert {p.name for p in (data_dir / "tmp").iterdir()} == set()
+    stored = indexed_uids(data_dir)
+    assert len(stored) >= 60
+    assert_identical(acknowledged, data_dir)
+    assert len(archived_files(data_dir)) == len(stored)
+
+
+def test_restart_indexes_orphans_drops_rows_without_files_and_cleans_temp(
+        config_file: Path, tmp_path: Path, data_dir: Path) -> None:
+    sent = dicomgen.write_series(tmp_path / "r", 3)
+    config = config_module.load_file(config_file)
+    with Agent(config) as agent:
+        assert scu.store(config.agent.port, sent) == [0, 0, 0]
+        assert agent.archive is not None
+    archived_files(data_dir)[0].unlink()  # an indexed file that vanished
+    [extra] = dicomgen.write_series(tmp_path / "o", 1)
+    header = dcmread(extra, stop_before_pixels=True)
+    orphan = (data_dir / "archive" / header.StudyInstanceUID / header.SeriesInstanceUID
+              / f"{header.SOPInstanceUID}.dcm")  # placed, but its index row never landed
+    orphan.parent.mkdir(parents=True)
+    shutil.copy(extra, orphan)
+    (data_dir / "tmp" / "tmpleftover.dcm").write_bytes(b"half a data set")
+    with Agent(config) as agent:
+        assert agent.archive is not None
+        assert agent.archive.counts().instances == 3  # 3 - 1 vanished + 1 orphan
+    assert str(header.SOPInstanceUID) in indexed_uids(data_dir)
+    assert not list((data_dir / "tmp").iterdir())
+
+
+def test_reindex_rebuilds_the_index_from_the_files_alone(
+        config_file: Path, tmp_path: Path, data_dir: Path) -> None:
+    sent = dicomgen.write_series(tmp_path / "x", 5)
+    config = config_module.load_file(config_file)
+    with Agent(config):
+        assert scu.store(config.agent.port, sent) == [0] * 5
+    before = indexed_uids(data_dir)
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{data_dir / 'index.sqlite'}{suffix}").unlink(missing_ok=True)
+    result = run_cli("reindex", "--config", str(config_file))
+    assert result.returncode == 0, result.stderr
+    assert "5 instances" in result.stdout
+    assert indexed_uids(data_dir) == before
+
+
+# -- a real full disk: a small tmpfs as the data directory --------------------------------
+
+
+@pytest.fixture
+def small_filesystem(tmp_path: Path) -> Iterator[Path]:
+    """A 4 MiB tmpfs (needs root and mount rights; skipped elsewhere)."""
+    mountpoint = tmp_path / "small"
+    mountpoint.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mountpoint)],
+                             capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", "-l", str(mountpoint)], check=False)
+
+
+@pytest.mark.slow
+def test_a_really_full_disk_never_acknowledges_what_it_could_not_keep(
+        small_filesystem: Path, tmp_path: Path) -> None:
+    data_dir = small_filesystem / "data"
+    config_file = write_config(
+        tmp_path / "small.toml",
+        {"ae_title": "EDGE", "port": free_port(), "bind": "127.0.0.1",
+         "data_dir": str(data_dir), "min_free_mb": 0},
+        {"CT": peer("MODALITY")},
+    )
+    sent = dicomgen.write_series(tmp_path / "fill", 40, size=256)  # 40 x 128 KiB > 4 MiB
+    statuses: dict[Path, int] = {}
+    config = config_module.load_file(config_file)
+    with Agent(config) as agent:
+        for path in sent:
+            try:
+                statuses[path] = scu.store(config.agent.port, [path])[0]
+            except ConnectionError:
+                statuses[path] = -1
+        acknowledged = [p for p, s in statuses.items() if s == 0]
+        refused = [p for p, s in statuses.items() if s != 0]
+        assert acknowledged and refused
+        assert all(s in (0xA700, -1) for s in statuses.values() if s != 0)
+        wait_until(lambda: not list((data_dir / "tmp").iterdir()), 30, "temp files cleaned")
+        assert_identical(acknowledged, data_dir)
+        assert len(archived_files(data_dir)) == len(acknowledged)
+        echo = subprocess.run(
+            [sys.executable, "-c", "import sys; from pynetdicom import AE; ae = AE('MODALITY');"
+             "ae.add_requested_context('1.2.840.10008.1.1');"
+             f"a = ae.associate('127.0.0.1', {config.agent.port}, ae_title='EDGE');"
+             "s = a.send_c_echo(); a.release(); sys.exit(0 if s.Status == 0 else 1)"],
+            timeout=60)
+        assert echo.returncode == 0, "the agent must keep serving on a full disk"
+        assert agent.status.snapshot().refused >= 1

@@ -105,7 +105,8 @@ class AgentProcess:
         def serving() -> bool:
             assert self.proc is not None
             if self.proc.poll() is not None:
-                raise AssertionError(f"agent exited {self.proc.returncode}:\n{self.log.read_text()}")
+                output = self.log.read_text()
+                raise AssertionError(f"agent exited {self.proc.returncode}:\n{output}")
             try:
                 data = json.loads(status.read_text())
             except (OSError, ValueError):

@@ -25,3 +25,11 @@ class StoreError(AgentError, OSError):
 
 class PeerError(AgentError, ConnectionError):
     """A remote peer could not be reached or refused what we asked."""
+
+
+class QueryError(AgentError, ValueError):
+    """A query or retrieve identifier cannot be answered; ``status`` is the DICOM status."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status

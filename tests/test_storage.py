@@ -170,14 +170,16 @@ def test_below_the_free_space_floor_stores_are_refused_with_a700(
     assert not list((data_dir / "tmp").iterdir())
 
 
-def test_a_peer_without_store_permission_gets_0124(tmp_path: Path, data_dir: Path,
-                                                   config_file: Path) -> None:
+def test_a_peer_without_store_permission_is_offered_no_storage_context(
+        tmp_path: Path, data_dir: Path, config_file: Path) -> None:
     from agent import config as config_module
 
     config_file.write_text(config_file.read_text().replace('"echo", "store"', '"echo"'))
     with Agent(config_module.load_file(config_file)) as agent:
         sent = dicomgen.write_series(tmp_path / "p", 1)
-        assert scu.store(agent.server.port, sent) == [0x0124]  # type: ignore[union-attr]
+        result = storescu(agent.server.port, *sent)  # type: ignore[union-attr]
+    assert result.returncode != 0
+    assert "No Acceptable Presentation Contexts" in result.stderr
     assert archived_files(data_dir) == []
 
 

@@ -8,6 +8,7 @@ plus the optional keys workstations commonly ask for.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
@@ -99,6 +100,7 @@ KEYS: Mapping[Level, tuple[IndexedKey, ...]] = {
             "PatientAge",
             "PatientSize",
             "PatientWeight",
+            "ProcedureCodeSequence",
         ),
     ),
     Level.SERIES: _keys(
@@ -119,6 +121,7 @@ KEYS: Mapping[Level, tuple[IndexedKey, ...]] = {
             "OperatorsName",
             "StationName",
             "InstitutionName",
+            "RequestAttributesSequence",
         ),
     ),
     Level.IMAGE: _keys(
@@ -164,11 +167,30 @@ def as_text(value: Any) -> str:
     return str(value)
 
 
+def sequence_as_json(value: Any) -> str:
+    """A sequence as JSON: a list of items, each {keyword: text} of its plain elements."""
+    items = []
+    for item in value or ():
+        items.append(
+            {
+                element.keyword: as_text(element.value)
+                for element in item
+                if element.keyword and element.VR != "SQ"
+            }
+        )
+    return json.dumps(items, ensure_ascii=False)
+
+
 def extract(ds: Dataset, level: Level) -> dict[str, str | None]:
     """Column values of ``level`` from a header: None where the attribute is absent."""
     row: dict[str, str | None] = {}
     for key in KEYS[level]:
-        text = as_text(ds.get(key.keyword)) if key.keyword in ds else None
+        if key.keyword not in ds:
+            text = None
+        elif key.vr == "SQ":
+            text = sequence_as_json(ds.get(key.keyword))
+        else:
+            text = as_text(ds.get(key.keyword))
         row[key.keyword] = text
         if key.norm_column:
             row[key.norm_column] = normalize_pn(text)

@@ -41,3 +41,21 @@ STORAGE_SOP_CLASSES: tuple[str, ...] = tuple(
     str(cx.abstract_syntax) for cx in AllStoragePresentationContexts
 )
 VERIFICATION = "1.2.840.10008.1.1"
+
+_QR_BASE = "1.2.840.10008.5.1.4.1.2"
+# (model, service) for each Query/Retrieve SOP class: .1 Patient Root, .2 Study Root,
+# .3 Patient/Study Only; then .1 FIND, .2 MOVE, .3 GET
+QR_SOP_CLASSES: dict[str, tuple[str, str]] = {
+    f"{_QR_BASE}.{m}.{s}": (model, service)
+    for m, model in ((1, "PATIENT_ROOT"), (2, "STUDY_ROOT"), (3, "PATIENT_STUDY_ONLY"))
+    for s, service in ((1, "find"), (2, "move"), (3, "get"))
+}
+
+
+def service_of(abstract_syntax: str) -> str:
+    """Which permission (echo, store, find, move, get) a presentation context needs."""
+    if abstract_syntax == VERIFICATION:
+        return "echo"
+    if abstract_syntax in QR_SOP_CLASSES:
+        return QR_SOP_CLASSES[abstract_syntax][1]
+    return "store"

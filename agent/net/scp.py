@@ -15,15 +15,19 @@ from pynetdicom import AE, evt
 from pynetdicom.transport import ThreadedAssociationServer
 
 from agent.archive import Archive
+from agent.archive.retrieval import Reader
 from agent.config import Config
 from agent.net import configure_pynetdicom, sockets
 from agent.net.access import REJECTED_PERMANENT, SERVICE_USER, Caller, Refusal, admit
 from agent.net.contexts import (
+    QR_SOP_CLASSES,
     STORAGE_SOP_CLASSES,
     STORAGE_TRANSFER_SYNTAXES,
     UNCOMPRESSED,
     VERIFICATION,
+    service_of,
 )
+from agent.net.qr import QueryRetrieveHandlers
 from agent.net.storage import StorageHandlers
 from agent.status import StatusModel
 
@@ -34,7 +38,7 @@ DIMSE_TIMEOUT = 60.0
 
 
 class DicomServer:
-    """Listens for associations and serves Verification and Storage."""
+    """Listens for associations; serves Verification, Storage and Query/Retrieve."""
 
     def __init__(self, config: Config, archive: Archive, status: StatusModel) -> None:
         self.config = config
@@ -42,6 +46,8 @@ class DicomServer:
         self.status = status
         self._callers: weakref.WeakKeyDictionary[Any, Caller] = weakref.WeakKeyDictionary()
         self._storage = StorageHandlers(archive, status, self._callers.get)
+        reader = Reader(archive.layout, config.agent.ae_title)
+        self._qr = QueryRetrieveHandlers(config, reader, self._callers.get)
         self._ae = self._build_ae()
         self._server: ThreadedAssociationServer | None = None
         self._thread: threading.Thread | None = None
@@ -56,8 +62,12 @@ class DicomServer:
         ae.dimse_timeout = DIMSE_TIMEOUT
         ae.maximum_associations = settings.max_associations
         ae.add_supported_context(VERIFICATION, list(UNCOMPRESSED))
-        for sop_class in STORAGE_SOP_CLASSES:
-            ae.add_supported_context(sop_class, list(STORAGE_TRANSFER_SYNTAXES))
+        for sop_class in QR_SOP_CLASSES:
+            ae.add_supported_context(sop_class, list(UNCOMPRESSED))
+        for sop_class in STORAGE_SOP_CLASSES:  # both roles: C-GET sends us the SCP role
+            ae.add_supported_context(
+                sop_class, list(STORAGE_TRANSFER_SYNTAXES), scu_role=True, scp_role=True
+            )
         return ae
 
     @property
@@ -77,6 +87,10 @@ class DicomServer:
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_C_ECHO, self._storage.on_echo),
             (evt.EVT_C_STORE, self._storage.on_store),
+            (evt.EVT_C_FIND, self._qr.on_find),
+            (evt.EVT_C_MOVE, self._qr.on_move),
+            (evt.EVT_C_GET, self._qr.on_get),
+            (evt.EVT_SOP_EXTENDED, self._qr.on_sop_extended),
         ]
         server = self._ae.make_server(
             (settings.bind, settings.port),
@@ -136,3 +150,9 @@ class DicomServer:
             assoc.kill()  # as pynetdicom does for its own rejections: waits until it is sent
             return
         self._callers[assoc] = decision
+        # a peer is offered only the services it may use: others see "no such context"
+        assoc.acceptor.supported_contexts = [
+            cx
+            for cx in assoc.acceptor.supported_contexts
+            if service_of(str(cx.abstract_syntax)) in decision.allowed
+        ]

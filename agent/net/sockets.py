@@ -63,7 +63,7 @@ class TunedAssociationSocket(AssociationSocket):
         return buffer
 
     def _read_limit(self) -> int:
-        maximum = int(self.assoc.acceptor.maximum_length or 0)
+        maximum = int(self.assoc.ae.maximum_pdu_size or 0)
         return UNLIMITED_PDU_BOUND if maximum == 0 else maximum + PDU_SLACK
 
 
@@ -109,8 +109,14 @@ def request_handler(
 
 
 def on_connection_open(event: Any) -> None:
-    """EVT_CONN_OPEN handler for associations we request: Nagle off on the new socket."""
+    """EVT_CONN_OPEN handler for associations we request: the same tuning as accepted ones.
+
+    QUICKACK matters here too: a peer that leaves Nagle on holds each small response
+    until we ACK the previous one.
+    """
     wrapper = getattr(event.assoc.dul, "socket", None)
     sock = getattr(wrapper, "socket", None)
-    if isinstance(sock, socket.socket):
+    if isinstance(sock, socket.socket) and isinstance(wrapper, AssociationSocket):
         set_nodelay(sock)
+        rearm_quickack(sock)
+        wrapper.__class__ = TunedAssociationSocket

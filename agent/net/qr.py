@@ -1,0 +1,183 @@
+"""C-FIND, C-MOVE and C-GET handlers over the archive (three information models).
+
+Handlers are generators, as pynetdicom wants them. They never raise: a bad identifier
+becomes 0xA900 or 0xC000 with an Error Comment, anything unexpected 0xC000 and a log line.
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import evt
+from pynetdicom.presentation import build_context
+
+from agent.archive.query import Model, StoredInstance
+from agent.archive.retrieval import Reader
+from agent.config import Config
+from agent.errors import QueryError
+from agent.net import sockets
+from agent.net.access import Caller
+from agent.net.contexts import QR_SOP_CLASSES, VERIFICATION
+
+log = logging.getLogger(__name__)
+
+PENDING = 0xFF00
+CANCELLED = 0xFE00
+UNABLE_TO_PROCESS = 0xC000
+MAX_CONTEXTS = 128
+COMBINED_DATETIME_BYTE = 1  # PS3.4 C.5.1: byte 2 of the Q/R extended negotiation
+
+CallerLookup = Callable[[Any], Caller | None]
+VERIFICATION_CX = build_context(VERIFICATION)
+
+
+def failure(status: int, comment: str) -> Dataset:
+    """A status data set with an Error Comment (LO: at most 64 characters)."""
+    ds = Dataset()
+    ds.Status = status
+    ds.ErrorComment = comment[:64]
+    return ds
+
+
+def model_of(event: Any) -> Model:
+    """The information model of the request's SOP class."""
+    return Model(QR_SOP_CLASSES[str(event.request.AffectedSOPClassUID)][0])
+
+
+class QueryRetrieveHandlers:
+    """C-FIND, C-MOVE and C-GET for admitted callers."""
+
+    def __init__(self, config: Config, reader: Reader, caller_of: CallerLookup) -> None:
+        self.config = config
+        self.reader = reader
+        self.caller_of = caller_of
+        self._combined: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
+
+    def on_sop_extended(self, event: Any) -> dict[str, bytes]:
+        """Accept combined date-time matching for C-FIND; decline the other options."""
+        accepted: dict[str, bytes] = {}
+        for sop_class, info in event.app_info.items():
+            if QR_SOP_CLASSES.get(str(sop_class), ("", ""))[1] != "find" or len(info) < 2:
+                continue
+            reply = bytearray(len(info))
+            reply[COMBINED_DATETIME_BYTE] = info[COMBINED_DATETIME_BYTE] & 1
+            accepted[str(sop_class)] = bytes(reply)
+            if reply[COMBINED_DATETIME_BYTE]:
+                self._combined.setdefault(event.assoc, set()).add(str(sop_class))
+        return accepted
+
+    def on_find(self, event: Any) -> Iterator[tuple[int | Dataset, Dataset | None]]:
+        """Stream matches as Pending; stop at C-CANCEL; failures with an Error Comment."""
+        caller = self.caller_of(event.assoc)
+        try:
+            model = model_of(event)
+            combined = str(event.request.AffectedSOPClassUID) in self._combined.get(
+                event.assoc, set()
+            )
+            answers = self.reader.find(model, event.identifier, combined_datetime=combined)
+            count = 0
+            for answer in answers:
+                if event.is_cancelled:
+                    log.info("C-FIND from %s cancelled after %d answers", caller, count)
+                    yield CANCELLED, None
+                    return
+                count += 1
+                yield PENDING, answer
+        except QueryError as exc:
+            log.warning("C-FIND from %s refused 0x%04X: %s", caller, exc.status, exc)
+            yield failure(exc.status, str(exc)), None
+            return
+        except Exception:
+            log.exception("C-FIND from %s failed", caller)
+            yield failure(UNABLE_TO_PROCESS, "unable to process the query"), None
+            return
+        log.info("C-FIND from %s: %d answers", caller, count)
+
+    def on_move(self, event: Any) -> Iterator[Any]:
+        """Send matches to a configured peer: destination, count, then data sets."""
+        caller = self.caller_of(event.assoc)
+        destination = self.config.peer_by_ae(str(event.move_destination).strip())
+        if destination is None:
+            log.warning(
+                "C-MOVE from %s to unknown destination %r refused (0xA801)",
+                caller,
+                str(event.move_destination).strip(),
+            )
+            yield None, None
+            return
+        options = {"evt_handlers": [(evt.EVT_CONN_OPEN, sockets.on_connection_open)]}
+        found = self._resolve(event, caller, "C-MOVE")
+        if isinstance(found, Dataset):
+            # pynetdicom takes a status only after the destination and a count
+            yield destination.host, destination.port, {**options, "contexts": [VERIFICATION_CX]}
+            yield 1
+            yield found, None
+            return
+        yield destination.host, destination.port, {**options, "contexts": contexts_for(found)}
+        yield len(found)
+        yield from self._send(event, found, caller, f"C-MOVE to {destination.name}")
+
+    def on_get(self, event: Any) -> Iterator[Any]:
+        """Send matches back over the same association: count, then data sets."""
+        caller = self.caller_of(event.assoc)
+        found = self._resolve(event, caller, "C-GET")
+        if isinstance(found, Dataset):
+            yield 1
+            yield found, None
+            return
+        yield len(found)
+        yield from self._send(event, found, caller, "C-GET")
+
+    def _resolve(
+        self, event: Any, caller: Caller | None, what: str
+    ) -> list[StoredInstance] | Dataset:
+        """The instances to send, or a failure status data set."""
+        try:
+            instances = self.reader.resolve(model_of(event), event.identifier)
+        except QueryError as exc:
+            log.warning("%s from %s refused 0x%04X: %s", what, caller, exc.status, exc)
+            return failure(exc.status, str(exc))
+        except Exception:
+            log.exception("%s from %s could not be resolved", what, caller)
+            return failure(UNABLE_TO_PROCESS, "unable to process the identifier")
+        log.info("%s from %s: %d instances", what, caller, len(instances))
+        return instances
+
+    def _send(
+        self, event: Any, instances: list[StoredInstance], caller: Caller | None, what: str
+    ) -> Iterator[tuple[int, Dataset | None]]:
+        for instance in instances:
+            if event.is_cancelled:
+                log.info("%s from %s cancelled", what, caller)
+                yield CANCELLED, None
+                return
+            try:
+                dataset = self.reader.load(instance)
+            except Exception as exc:  # a file that went missing or bad: fail that one
+                log.error("%s: cannot read %s: %s", what, instance.path, exc)
+                missing = Dataset()
+                missing.SOPInstanceUID = instance.sop_instance_uid
+                yield UNABLE_TO_PROCESS, missing
+                continue
+            yield PENDING, dataset
+
+
+def contexts_for(instances: list[StoredInstance]) -> list[Any]:
+    """One context per (SOP class, stored syntax): stored syntax first, then uncompressed."""
+    pairs = sorted({(i.sop_class_uid, i.transfer_syntax) for i in instances})
+    if len(pairs) > MAX_CONTEXTS:
+        log.warning(
+            "%d kinds of instance; only the first %d can be proposed", len(pairs), MAX_CONTEXTS
+        )
+    contexts = []
+    for sop_class, syntax in pairs[:MAX_CONTEXTS]:
+        syntaxes = [syntax] + [
+            s for s in (ExplicitVRLittleEndian, ImplicitVRLittleEndian) if s != syntax
+        ]
+        contexts.append(build_context(sop_class, syntaxes))
+    return contexts

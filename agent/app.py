@@ -124,8 +124,9 @@ class Agent:
                 if time.monotonic() - last_sweep > STALE_TEMP_AFTER / 2:
                     self._sweep_stale_temp_files()
                     last_sweep = time.monotonic()
-            except Exception:  # housekeeping must outlive any one failure
+            except Exception as exc:  # housekeeping must outlive any one failure
                 log.exception("housekeeping failed; trying again next tick")
+                self.status.error(f"housekeeping: {exc}")
             self._stop.wait(TICK)
 
     def _measure(self) -> None:

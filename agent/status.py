@@ -65,42 +65,26 @@ class Snapshot:
 
 
 class StatusModel:
-    """Thread-safe status; every change bumps ``version`` and wakes waiters."""
+    """Thread-safe status; every change bumps ``version``."""
 
     def __init__(self) -> None:
         self._snapshot = Snapshot()
-        self._changed = threading.Condition()
-        self._listeners: list[Callable[[Snapshot], None]] = []
+        self._lock = threading.Lock()
 
     def snapshot(self) -> Snapshot:
         """The current status."""
-        with self._changed:
-            return self._snapshot
-
-    def subscribe(self, listener: Callable[[Snapshot], None]) -> None:
-        """Call ``listener`` with each new snapshot (from the reporting thread: be quick)."""
-        with self._changed:
-            self._listeners.append(listener)
-
-    def wait_for_change(self, version: int, timeout: float) -> Snapshot:
-        """Block until the version differs from ``version`` or ``timeout`` passes."""
-        with self._changed:
-            self._changed.wait_for(lambda: self._snapshot.version != version, timeout)
+        with self._lock:
             return self._snapshot
 
     def _apply(self, change: Callable[[Snapshot], dict[str, Any]]) -> None:
         """Compute changes from the current snapshot and apply them, atomically."""
-        with self._changed:
+        with self._lock:
             current = self._snapshot
             changes = change(current)
             if not changes:
                 return
             snapshot = dataclasses.replace(current, version=current.version + 1, **changes)
             self._snapshot = snapshot
-            listeners = list(self._listeners)
-            self._changed.notify_all()
-        for listener in listeners:
-            listener(snapshot)
 
     def set_state(self, state: State) -> None:
         """The agent entered a new life-cycle state."""

@@ -143,8 +143,6 @@ KEYS: Mapping[Level, tuple[IndexedKey, ...]] = {
     ),
 }
 
-ALL_KEYWORDS: frozenset[str] = frozenset(k.keyword for keys in KEYS.values() for k in keys)
-
 
 def normalize_pn(value: str | None) -> str | None:
     """Person Name for matching: case-folded, empty trailing components and groups dropped."""

@@ -9,10 +9,10 @@ from pathlib import Path
 
 
 def fsync_file(path: Path) -> None:
-    """Flush a file's data and metadata to stable storage."""
+    """Flush a file's data (and its size) to stable storage."""
     fd = os.open(path, os.O_RDONLY)
     try:
-        os.fsync(fd)
+        os.fdatasync(fd)
     finally:
         os.close(fd)
 

@@ -1,8 +1,12 @@
 """The SQLite index: patient -> study -> series -> instance, plus conflicting copies.
 
-One writer connection shared under a lock (writes serialise in SQLite anyway), WAL so
-readers never block the writer, and ``synchronous=FULL`` so a commit is on disk before
-we answer Success. The schema grows by numbered migrations, never by rebuilding.
+One writer connection shared under a lock (writes serialise in SQLite anyway) and WAL
+so readers never block the writer. The durable truth is the archived file: it is
+fsynced and its directory entry too before the row is committed, and start-up recovery
+indexes any archived file the index lacks. So the index can use ``synchronous=NORMAL``
+(WAL stays consistent; a power cut may drop the last commits, which recovery restores
+from the files) and save an fsync per instance. The schema grows by numbered
+migrations, never by rebuilding.
 """
 
 from __future__ import annotations
@@ -125,7 +129,7 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     else:
         conn = sqlite3.connect(path, timeout=10, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA foreign_keys=ON")
     return conn
 

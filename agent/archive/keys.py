@@ -47,20 +47,16 @@ class IndexedKey:
 
     keyword: str
     level: Level
-
-    @property
-    def vr(self) -> str:
-        """The attribute's value representation, from the data dictionary."""
-        return str(dictionary_VR(self.keyword))
-
-    @property
-    def norm_column(self) -> str | None:
-        """For Person Names, the column holding the case-folded form used for matching."""
-        return f"{self.keyword}_norm" if self.vr == "PN" else None
+    vr: str
+    norm_column: str | None  # for Person Names: the case-folded copy used for matching
 
 
 def _keys(level: Level, keywords: Iterable[str]) -> tuple[IndexedKey, ...]:
-    return tuple(IndexedKey(keyword, level) for keyword in keywords)
+    keys = []
+    for keyword in keywords:
+        vr = str(dictionary_VR(keyword))
+        keys.append(IndexedKey(keyword, level, vr, f"{keyword}_norm" if vr == "PN" else None))
+    return tuple(keys)
 
 
 UNIQUE_KEYS: Mapping[Level, str] = {
@@ -165,6 +161,9 @@ def as_text(value: Any) -> str:
     return str(value)
 
 
+_ABSENT = object()
+
+
 def sequence_as_json(value: Any) -> str:
     """A sequence as JSON: a list of items, each {keyword: text} of its plain elements."""
     items = []
@@ -183,12 +182,13 @@ def extract(ds: Dataset, level: Level) -> dict[str, str | None]:
     """Column values of ``level`` from a header: None where the attribute is absent."""
     row: dict[str, str | None] = {}
     for key in KEYS[level]:
-        if key.keyword not in ds:
+        value = ds.get(key.keyword, _ABSENT)
+        if value is _ABSENT:
             text = None
         elif key.vr == "SQ":
-            text = sequence_as_json(ds.get(key.keyword))
+            text = sequence_as_json(value)
         else:
-            text = as_text(ds.get(key.keyword))
+            text = as_text(value)
         row[key.keyword] = text
         if key.norm_column:
             row[key.norm_column] = normalize_pn(text)

@@ -21,6 +21,10 @@ log = logging.getLogger(__name__)
 
 _QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)
 PDU_SLACK = 1024
+# pynetdicom's DUL thread sleeps this long between polls when it had nothing to do; its
+# 1 ms default costs about 1 ms per C-STORE. 0.2 ms saves most of that for a modest
+# idle cost per open association (idle ones are closed by network_timeout).
+DUL_POLL_SECONDS = 0.0002
 UNLIMITED_PDU_BOUND = 64 * 1048576
 
 
@@ -85,6 +89,7 @@ class TunedRequestHandler(RequestHandler):
         sock.settimeout(self.network_timeout)
         assoc = super()._create_association()
         assoc.dul.socket.__class__ = TunedAssociationSocket
+        assoc.dul._run_loop_delay = DUL_POLL_SECONDS
         self._association = assoc
         return assoc
 

@@ -1,0 +1,191 @@
+"""Receivers for the benchmarks, each started on loopback with its own storage:
+the agent, DCMTK's storescp and Orthanc. Every one is a context manager that always
+stops what it started.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+DCMTK = Path("/usr/bin")  # pynetdicom's same-named scripts shadow DCMTK's on PATH
+ORTHANC = Path("/usr/sbin/Orthanc")
+
+
+def free_port() -> int:
+    """An ephemeral loopback port that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(condition: Any, timeout: float, what: str) -> None:
+    """Poll until ``condition()`` is true, or raise after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def peak_rss_mb(pid: int) -> float:
+    """Peak resident memory (VmHWM) of a running process, in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class Receiver:
+    """A child process that receives DICOM on loopback."""
+
+    name = "receiver"
+    ae_title = "ANY"
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def command(self) -> list[str]:
+        """The command line that starts the receiver."""
+        raise NotImplementedError
+
+    def environment(self) -> dict[str, str]:
+        """Its environment."""
+        return dict(os.environ)
+
+    def ready(self) -> bool:
+        """True once it accepts associations."""
+        with socket.socket() as sock:
+            return sock.connect_ex(("127.0.0.1", self.port)) == 0
+
+    def count(self) -> int:
+        """How many instances it holds."""
+        raise NotImplementedError
+
+    def __enter__(self) -> Receiver:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        log = (self.workdir / "log.txt").open("ab")
+        self.proc = subprocess.Popen(self.command(), stdout=log, stderr=log,
+                                     env=self.environment(), cwd=self.workdir)
+        wait_for(lambda: self.proc.poll() is None and self.ready(), 60, f"{self.name}")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+class EdgeAgent(Receiver):
+    """The agent, open to echo and store from any AE, with no free-space floor."""
+
+    name = "edge-agent"
+    ae_title = "EDGE"
+
+    def command(self) -> list[str]:
+        config = self.workdir / "agent.toml"
+        config.write_text(
+            f'[agent]\nae_title = "EDGE"\nport = {self.port}\nbind = "127.0.0.1"\n'
+            f'data_dir = "{self.workdir / "data"}"\nmin_free_mb = 0\n'
+            'allow_unknown = ["echo", "store"]\n'
+        )
+        return [sys.executable, "-m", "agent", "run", "--config", str(config)]
+
+    def environment(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+        return env
+
+    def ready(self) -> bool:
+        try:
+            status = json.loads((self.workdir / "data/run/status.json").read_text())
+        except (OSError, ValueError):
+            return False
+        return bool(status.get("state") == "serving")
+
+    def count(self) -> int:
+        return sum(1 for _ in (self.workdir / "data/archive").rglob("*.dcm"))
+
+
+class StoreSCP(Receiver):
+    """DCMTK's storescp writing every instance to a directory."""
+
+    name = "storescp"
+    ae_title = "STORESCP"
+
+    def command(self) -> list[str]:
+        (self.workdir / "out").mkdir(exist_ok=True)
+        return [str(DCMTK / "storescp"), "-aet", self.ae_title, "-od",
+                str(self.workdir / "out"), str(self.port)]
+
+    def environment(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["TCP_NODELAY"] = "1"  # storescp at its best, as Orthanc
+        return env
+
+    def count(self) -> int:
+        return sum(1 for _ in (self.workdir / "out").iterdir())
+
+
+class Orthanc(Receiver):
+    """Orthanc with its own storage, REST on loopback only, open to any AE."""
+
+    name = "Orthanc"
+    ae_title = "ORTHANC"
+
+    def __init__(self, workdir: Path, modalities: dict[str, list[Any]] | None = None) -> None:
+        super().__init__(workdir)
+        self.http_port = free_port()
+        self.modalities = modalities or {}
+
+    def command(self) -> list[str]:
+        config = {
+            "Name": "bench", "StorageDirectory": str(self.workdir / "storage"),
+            "IndexDirectory": str(self.workdir / "index"), "DicomAet": self.ae_title,
+            "DicomPort": self.port, "HttpPort": self.http_port, "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False, "DicomCheckCalledAet": False,
+            "DicomAlwaysAllowStore": True, "DicomAlwaysAllowFind": True,
+            "DicomAlwaysAllowGet": True, "DicomAlwaysAllowMove": True,
+            "DicomModalities": self.modalities, "HttpServerEnabled": True,
+            "Plugins": [], "StableAge": 3600,
+        }
+        path = self.workdir / "orthanc.json"
+        path.write_text(json.dumps(config, indent=1))
+        return [str(ORTHANC), str(path)]
+
+    def environment(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["TCP_NODELAY"] = "1"
+        return env
+
+    def rest(self, path: str, data: bytes | None = None) -> Any:
+        """GET (or POST ``data`` to) the REST API and decode the JSON answer."""
+        request = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}", data=data)
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            return json.loads(answer.read() or b"null")
+
+    def ready(self) -> bool:
+        try:
+            self.rest("/system")
+        except OSError:
+            return False
+        return super().ready()
+
+    def count(self) -> int:
+        return int(self.rest("/statistics")["CountInstances"])

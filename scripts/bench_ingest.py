@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import dicomgen  # noqa: E402
-from bench.peers import DCMTK, EdgeAgent, Orthanc, Receiver, StoreSCP, peak_rss_mb  # noqa: E402
+import dicomgen
+from bench.peers import DCMTK, EdgeAgent, Orthanc, Receiver, StoreSCP, peak_rss_mb
 
 RECEIVERS: dict[str, type[Receiver]] = {"edge-agent": EdgeAgent, "storescp": StoreSCP,
                                         "Orthanc": Orthanc}

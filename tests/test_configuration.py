@@ -77,7 +77,7 @@ def test_a_bad_value_names_its_key(path: str, value: object, key: str, words: st
 def test_invalid_toml_names_the_file(tmp_path: Path) -> None:
     path = tmp_path / "broken.toml"
     path.write_text("[agent\nport = 1\n")
-    with pytest.raises(ConfigError, match="broken.toml is not valid TOML"):
+    with pytest.raises(ConfigError, match=r"broken\.toml is not valid TOML"):
         config_module.load_file(path)
 
 

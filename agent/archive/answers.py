@@ -35,7 +35,9 @@ def build_answer(
         (spec, _fill(spec.keyword, value, ae_title))
         for spec, value in zip(returned, values, strict=True)
     ]
-    answer.SpecificCharacterSet = choose_charset(charset, [v for _, v in filled])
+    chosen = choose_charset(charset, [v for _, v in filled])
+    if chosen:
+        answer.SpecificCharacterSet = chosen
     answer.QueryRetrieveLevel = level.value
     for spec, value in filled:
         tag = tag_for_keyword(spec.keyword)

@@ -31,6 +31,7 @@ CANCELLED = 0xFE00
 UNABLE_TO_PROCESS = 0xC000
 MAX_CONTEXTS = 128
 COMBINED_DATETIME_BYTE = 1  # PS3.4 C.5.1: byte 2 of the Q/R extended negotiation
+NO_SUCH_SOP_CLASS = "1.2.840.10008.999.999"  # never proposed, so never accepted
 
 CallerLookup = Callable[[Any], Caller | None]
 VERIFICATION_CX = build_context(VERIFICATION)
@@ -158,13 +159,23 @@ class QueryRetrieveHandlers:
                 return
             try:
                 dataset = self.reader.load(instance)
-            except Exception as exc:  # a file that went missing or bad: fail that one
+            except Exception as exc:  # a file that went missing or bad: fail that one only
                 log.error("%s: cannot read %s: %s", what, instance.path, exc)
-                missing = Dataset()
-                missing.SOPInstanceUID = instance.sop_instance_uid
-                yield UNABLE_TO_PROCESS, missing
-                continue
+                dataset = unsendable(instance)
             yield PENDING, dataset
+
+
+def unsendable(instance: StoredInstance) -> Dataset:
+    """A stand-in for an instance we cannot read, under a SOP class no context carries.
+
+    pynetdicom ends the whole operation on a failure status, but counts a sub-operation
+    it cannot send as failed and lists its UID: so the rest still goes, and the final
+    answer is 0xB000 with this UID in the Failed SOP Instance UID List.
+    """
+    stand_in = Dataset()
+    stand_in.SOPClassUID = NO_SUCH_SOP_CLASS
+    stand_in.SOPInstanceUID = instance.sop_instance_uid
+    return stand_in
 
 
 def contexts_for(instances: list[StoredInstance]) -> list[Any]:

@@ -150,9 +150,12 @@ class DicomServer:
             assoc.kill()  # as pynetdicom does for its own rejections: waits until it is sent
             return
         self._callers[assoc] = decision
-        # a peer is offered only the services it may use: others see "no such context"
+        # a peer is offered only the services it may use: others see "no such context".
+        # C-GET sends its C-STOREs back on storage contexts, so "get" keeps those too;
+        # a C-STORE from such a peer is still refused by the handler (0x0124).
+        allowed = decision.allowed | ({"store"} if decision.may("get") else set())
         assoc.acceptor.supported_contexts = [
             cx
             for cx in assoc.acceptor.supported_contexts
-            if service_of(str(cx.abstract_syntax)) in decision.allowed
+            if service_of(str(cx.abstract_syntax)) in allowed
         ]

@@ -1,0 +1,151 @@
+"""C-MOVE and C-GET with DCMTK movescu, getscu and storescp, and pynetdicom."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import dicomgen
+import pytest
+from pydicom import dcmread
+from pynetdicom import AE, build_context
+
+from agent import config as config_module
+from agent.app import Agent
+from tests import scu
+from tests.qr_archive import STUDY_ROOT_MOVE
+from tests.qr_archive import identifier as q
+from tests.support import dcmtk, free_port, peer, wait_until, write_config
+
+
+class Setup:
+    """An agent holding one 200-instance series; WS may move and get, DEST receives."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.destination_port = free_port()
+        self.sent = dicomgen.write_series(root / "series", 200, size=64)
+        header = dcmread(self.sent[0], stop_before_pixels=True)
+        self.study_uid = str(header.StudyInstanceUID)
+        self.series_uid = str(header.SeriesInstanceUID)
+        self.config = config_module.load_file(write_config(
+            root / "agent.toml",
+            {"port": free_port(), "bind": "127.0.0.1", "data_dir": str(root / "data"),
+             "min_free_mb": 0},
+            {"CT": peer("MODALITY", allow=("store",)),
+             "WS": peer("WS", allow=("echo", "move", "get")),
+             "VIEWER": peer("VIEWER", allow=("find",)),
+             "DEST": peer("DEST", self.destination_port)}))
+
+    def keys(self) -> list[str]:
+        """findscu-style keys naming the series."""
+        return ["-k", "QueryRetrieveLevel=SERIES", "-k", f"StudyInstanceUID={self.study_uid}",
+                "-k", f"SeriesInstanceUID={self.series_uid}"]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Setup, Agent]]:
+    prepared = Setup(tmp_path_factory.mktemp("retrieve"))
+    with Agent(prepared.config) as agent:
+        assert scu.store(prepared.config.agent.port, prepared.sent) == [0] * 200
+        yield prepared, agent
+
+
+def same_instances(sent: list[Path], received: list[Path]) -> None:
+    """The received files carry the sent data sets, byte for byte."""
+    by_uid = {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID): p for p in received}
+    assert len(by_uid) == len(sent)
+    for path in sent:
+        uid = str(dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+        assert dicomgen.dataset_bytes(by_uid[uid]) == dicomgen.dataset_bytes(path)
+
+
+def storescp(directory: Path, port: int) -> subprocess.Popen[bytes]:
+    """A DCMTK storescp destination, ready to accept."""
+    directory.mkdir(parents=True, exist_ok=True)
+    process = subprocess.Popen([dcmtk("storescp"), "-aet", "DEST", "-od", str(directory),
+                                str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    echo = [dcmtk("echoscu"), "-aec", "DEST", "127.0.0.1", str(port)]
+    wait_until(lambda: subprocess.run(echo, capture_output=True).returncode == 0, 20,
+               "storescp to listen")
+    return process
+
+
+def test_movescu_moves_a_200_instance_series_byte_identical(setup: tuple[Setup, Agent]) -> None:
+    prepared, _agent = setup
+    target = prepared.root / "moved"
+    destination = storescp(target, prepared.destination_port)
+    try:
+        result = subprocess.run([dcmtk("movescu"), "-aet", "WS", "-aec", "EDGE", "-aem", "DEST",
+                                 "-S", *prepared.keys(), "127.0.0.1",
+                                 str(prepared.config.agent.port)],
+                                capture_output=True, text=True, timeout=120)
+    finally:
+        destination.terminate()
+        destination.wait(10)
+    assert result.returncode == 0, result.stderr
+    same_instances(prepared.sent, sorted(target.iterdir()))
+
+
+def test_getscu_gets_a_200_instance_series_byte_identical(setup: tuple[Setup, Agent]) -> None:
+    prepared, _agent = setup
+    target = prepared.root / "got"
+    target.mkdir()
+    result = subprocess.run([dcmtk("getscu"), "-aet", "WS", "-aec", "EDGE", "-S", "-od",
+                             str(target), *prepared.keys(), "127.0.0.1",
+                             str(prepared.config.agent.port)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    same_instances(prepared.sent, sorted(target.iterdir()))
+
+
+def test_an_unknown_move_destination_is_a801(setup: tuple[Setup, Agent]) -> None:
+    prepared, _agent = setup
+    result = subprocess.run([dcmtk("movescu"), "-aet", "WS", "-aec", "EDGE", "-aem", "NOBODY",
+                             "-S", *prepared.keys(), "127.0.0.1",
+                             str(prepared.config.agent.port)],
+                            capture_output=True, text=True, timeout=60)
+    assert "MoveDestinationUnknown" in result.stdout + result.stderr
+
+
+def test_a_peer_without_move_permission_cannot_move(setup: tuple[Setup, Agent]) -> None:
+    prepared, _agent = setup
+    result = subprocess.run([dcmtk("movescu"), "-aet", "VIEWER", "-aec", "EDGE", "-aem", "DEST",
+                             "-S", *prepared.keys(), "127.0.0.1",
+                             str(prepared.config.agent.port)],
+                            capture_output=True, text=True, timeout=60)
+    # movescu's FIND context is accepted, its MOVE context is not; it exits 0 regardless
+    assert "No valid Presentation Context" in result.stderr
+
+
+def test_a_partial_failure_ends_b000_with_the_failed_uids(setup: tuple[Setup, Agent],
+                                                           tmp_path: Path) -> None:
+    prepared, _agent = setup
+    [victim] = dicomgen.write_series(tmp_path / "victim", 1, size=8)
+    [other] = dicomgen.write_series(tmp_path / "other", 1, size=8)
+    header = dcmread(victim, stop_before_pixels=True)
+    other_ds = dcmread(other)
+    other_ds.StudyInstanceUID = header.StudyInstanceUID
+    other_ds.SeriesInstanceUID = header.SeriesInstanceUID
+    other_ds.save_as(other)
+    assert scu.store(prepared.config.agent.port, [victim, other]) == [0, 0]
+    archived = next((prepared.root / "data" / "archive").rglob(f"{header.SOPInstanceUID}.dcm"))
+    archived.unlink()  # the file is gone, the index still names it
+    destination = storescp(tmp_path / "dest", prepared.destination_port)
+    try:
+        requestor = AE(ae_title="WS")
+        requestor.requested_contexts = [build_context(STUDY_ROOT_MOVE)]
+        assoc = requestor.associate("127.0.0.1", prepared.config.agent.port, ae_title="EDGE")
+        responses = list(assoc.send_c_move(
+            q("SERIES", StudyInstanceUID=str(header.StudyInstanceUID),
+              SeriesInstanceUID=str(header.SeriesInstanceUID)), "DEST", STUDY_ROOT_MOVE))
+        assoc.release()
+    finally:
+        destination.terminate()
+        destination.wait(10)
+    status, final = responses[-1]
+    assert status.Status == 0xB000
+    assert status.NumberOfCompletedSuboperations == 1
+    assert status.NumberOfFailedSuboperations == 1
+    assert final.FailedSOPInstanceUIDList == header.SOPInstanceUID

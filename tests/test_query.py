@@ -13,7 +13,6 @@ from pydicom.dataset import Dataset
 from agent import config as config_module
 from agent.app import Agent
 from agent.archive import Archive
-
 from tests import qr_archive as qa
 from tests.qr_archive import identifier as q
 from tests.support import dcmtk, free_port, peer, write_config

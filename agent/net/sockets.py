@@ -125,3 +125,4 @@ def on_connection_open(event: Any) -> None:
         set_nodelay(sock)
         rearm_quickack(sock)
         wrapper.__class__ = TunedAssociationSocket
+        event.assoc.dul._run_loop_delay = DUL_POLL_SECONDS

@@ -98,12 +98,16 @@ class EdgeAgent(Receiver):
     name = "edge-agent"
     ae_title = "EDGE"
 
+    def __init__(self, workdir: Path, peers: str = "") -> None:
+        super().__init__(workdir)
+        self.peers = peers  # extra [peers.X] tables, as TOML text
+
     def command(self) -> list[str]:
         config = self.workdir / "agent.toml"
         config.write_text(
             f'[agent]\nae_title = "EDGE"\nport = {self.port}\nbind = "127.0.0.1"\n'
             f'data_dir = "{self.workdir / "data"}"\nmin_free_mb = 0\n'
-            'allow_unknown = ["echo", "store"]\n'
+            'allow_unknown = ["echo", "store"]\n' + self.peers
         )
         return [sys.executable, "-m", "agent", "run", "--config", str(config)]
 

@@ -43,6 +43,13 @@ class Setup:
         return ["-k", "QueryRetrieveLevel=SERIES", "-k", f"StudyInstanceUID={self.study_uid}",
                 "-k", f"SeriesInstanceUID={self.series_uid}"]
 
+    def movescu(self, calling: str, destination: str) -> subprocess.CompletedProcess[str]:
+        """DCMTK movescu of the series, as ``calling``, to ``destination``."""
+        return subprocess.run([dcmtk("movescu"), "-aet", calling, "-aec", "EDGE", "-aem",
+                               destination, "-S", *self.keys(), "127.0.0.1",
+                               str(self.config.agent.port)],
+                              capture_output=True, text=True, timeout=120)
+
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Setup, Agent]]:
@@ -77,10 +84,7 @@ def test_movescu_moves_a_200_instance_series_byte_identical(setup: tuple[Setup, 
     target = prepared.root / "moved"
     destination = storescp(target, prepared.destination_port)
     try:
-        result = subprocess.run([dcmtk("movescu"), "-aet", "WS", "-aec", "EDGE", "-aem", "DEST",
-                                 "-S", *prepared.keys(), "127.0.0.1",
-                                 str(prepared.config.agent.port)],
-                                capture_output=True, text=True, timeout=120)
+        result = prepared.movescu("WS", "DEST")
     finally:
         destination.terminate()
         destination.wait(10)
@@ -102,19 +106,13 @@ def test_getscu_gets_a_200_instance_series_byte_identical(setup: tuple[Setup, Ag
 
 def test_an_unknown_move_destination_is_a801(setup: tuple[Setup, Agent]) -> None:
     prepared, _agent = setup
-    result = subprocess.run([dcmtk("movescu"), "-aet", "WS", "-aec", "EDGE", "-aem", "NOBODY",
-                             "-S", *prepared.keys(), "127.0.0.1",
-                             str(prepared.config.agent.port)],
-                            capture_output=True, text=True, timeout=60)
+    result = prepared.movescu("WS", "NOBODY")
     assert "MoveDestinationUnknown" in result.stdout + result.stderr
 
 
 def test_a_peer_without_move_permission_cannot_move(setup: tuple[Setup, Agent]) -> None:
     prepared, _agent = setup
-    result = subprocess.run([dcmtk("movescu"), "-aet", "VIEWER", "-aec", "EDGE", "-aem", "DEST",
-                             "-S", *prepared.keys(), "127.0.0.1",
-                             str(prepared.config.agent.port)],
-                            capture_output=True, text=True, timeout=60)
+    result = prepared.movescu("VIEWER", "DEST")
     # movescu's FIND context is accepted, its MOVE context is not; it exits 0 regardless
     assert "No valid Presentation Context" in result.stderr
 

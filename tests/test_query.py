@@ -199,3 +199,21 @@ def test_the_archive_is_unchanged_by_queries(served: qa.Served) -> None:
     counts = served.agent.archive.counts()  # type: ignore[union-attr]
     assert (counts.patients, counts.studies, counts.instances) == (4, 4, 12)
     assert Path(served.data_dir).is_dir()
+
+
+@pytest.mark.parametrize(("keys", "index"), [
+    ({"PatientName": "SMI*"}, "patients_name"),
+    ({"StudyDate": "20260101-20260131"}, "studies_date"),
+])
+def test_prefix_wildcards_and_date_ranges_use_an_index(served: qa.Served, keys: dict[str, str],
+                                                       index: str) -> None:
+    from agent.archive.index import connect
+    from agent.archive.query import Model, plan
+
+    statement, params = plan(Model.STUDY_ROOT, q("STUDY", **keys)).sql()
+    conn = connect(served.data_dir / "index.sqlite", readonly=True)
+    try:
+        steps = conn.execute(f"EXPLAIN QUERY PLAN {statement}", params).fetchall()
+    finally:
+        conn.close()
+    assert any(index in str(step) for step in steps), steps

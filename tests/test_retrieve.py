@@ -43,10 +43,11 @@ class Setup:
         return ["-k", "QueryRetrieveLevel=SERIES", "-k", f"StudyInstanceUID={self.study_uid}",
                 "-k", f"SeriesInstanceUID={self.series_uid}"]
 
-    def movescu(self, calling: str, destination: str) -> subprocess.CompletedProcess[str]:
-        """DCMTK movescu of the series, as ``calling``, to ``destination``."""
+    def movescu(self, calling: str, destination: str, flag: str = "-S",
+                keys: list[str] | None = None) -> subprocess.CompletedProcess[str]:
+        """DCMTK movescu (of the series by default), as ``calling``, to ``destination``."""
         return subprocess.run([dcmtk("movescu"), "-aet", calling, "-aec", "EDGE", "-aem",
-                               destination, "-S", *self.keys(), "127.0.0.1",
+                               destination, flag, *(keys or self.keys()), "127.0.0.1",
                                str(self.config.agent.port)],
                               capture_output=True, text=True, timeout=120)
 
@@ -79,12 +80,17 @@ def storescp(directory: Path, port: int) -> subprocess.Popen[bytes]:
     return process
 
 
-def test_movescu_moves_a_200_instance_series_byte_identical(setup: tuple[Setup, Agent]) -> None:
+@pytest.mark.parametrize(("flag", "level"), [("-S", "SERIES"), ("-P", "STUDY"), ("-O", "STUDY")])
+def test_movescu_moves_a_200_instance_series_byte_identical(
+        setup: tuple[Setup, Agent], tmp_path: Path, flag: str, level: str) -> None:
     prepared, _agent = setup
-    target = prepared.root / "moved"
+    target = tmp_path / "moved"
+    keys = prepared.keys() if level == "SERIES" else [
+        "-k", "QueryRetrieveLevel=STUDY", "-k", "PatientID=EDGE0001",
+        "-k", f"StudyInstanceUID={prepared.study_uid}"]
     destination = storescp(target, prepared.destination_port)
     try:
-        result = prepared.movescu("WS", "DEST")
+        result = prepared.movescu("WS", "DEST", flag, keys)
     finally:
         destination.terminate()
         destination.wait(10)
@@ -104,6 +110,24 @@ def test_getscu_gets_a_200_instance_series_byte_identical(setup: tuple[Setup, Ag
     same_instances(prepared.sent, sorted(target.iterdir()))
 
 
+@pytest.mark.parametrize(("flag", "keys"), [
+    ("-P", ["QueryRetrieveLevel=PATIENT", "PatientID=EDGE0001"]),
+    ("-P", ["QueryRetrieveLevel=STUDY", "PatientID=EDGE0001", "StudyInstanceUID={study}"]),
+    ("-O", ["QueryRetrieveLevel=STUDY", "PatientID=EDGE0001", "StudyInstanceUID={study}"]),
+    ("-O", ["QueryRetrieveLevel=PATIENT", "PatientID=EDGE0001"]),
+])
+def test_getscu_in_the_other_models(setup: tuple[Setup, Agent], tmp_path: Path, flag: str,
+                                    keys: list[str]) -> None:
+    prepared, _agent = setup
+    arguments = [a for key in keys for a in ("-k", key.format(study=prepared.study_uid))]
+    result = subprocess.run([dcmtk("getscu"), "-aet", "WS", "-aec", "EDGE", flag, "-od",
+                             str(tmp_path), *arguments, "127.0.0.1",
+                             str(prepared.config.agent.port)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    same_instances(prepared.sent, sorted(tmp_path.iterdir()))
+
+
 def test_an_unknown_move_destination_is_a801(setup: tuple[Setup, Agent]) -> None:
     prepared, _agent = setup
     result = prepared.movescu("WS", "NOBODY")
@@ -120,8 +144,9 @@ def test_a_peer_without_move_permission_cannot_move(setup: tuple[Setup, Agent]) 
 def test_a_partial_failure_ends_b000_with_the_failed_uids(setup: tuple[Setup, Agent],
                                                            tmp_path: Path) -> None:
     prepared, _agent = setup
-    [victim] = dicomgen.write_series(tmp_path / "victim", 1, size=8)
-    [other] = dicomgen.write_series(tmp_path / "other", 1, size=8)
+    elsewhere = dicomgen.Study(patient_id="ELSEWHERE")
+    [victim] = dicomgen.write_series(tmp_path / "victim", 1, size=8, study=elsewhere)
+    [other] = dicomgen.write_series(tmp_path / "other", 1, size=8, study=elsewhere)
     header = dcmread(victim, stop_before_pixels=True)
     other_ds = dcmread(other)
     other_ds.StudyInstanceUID = header.StudyInstanceUID

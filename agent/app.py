@@ -15,6 +15,7 @@ from agent.archive import Archive, Layout
 from agent.archive.recovery import recover
 from agent.config import Config
 from agent.errors import AgentError
+from agent.forward.forwarder import Forwarder
 from agent.net.scp import DicomServer
 from agent.status import State, StatusModel, publish
 
@@ -64,6 +65,7 @@ class Agent:
         self._lock = DataDirLock(self.layout.run_dir)
         self.archive: Archive | None = None
         self.server: DicomServer | None = None
+        self.forwarder: Forwarder | None = None
         self._stop = threading.Event()
         self._housekeeper: threading.Thread | None = None
 
@@ -78,10 +80,12 @@ class Agent:
             )
         floor = self.config.agent.min_free_mb * 1048576
         self.archive = Archive(self.layout.root, min_free_bytes=floor)
+        self.forwarder = Forwarder(self.config, self.archive, self.status)
         found = recover(self.archive)
         log.info("archive ready: %s", found)
         self.server = DicomServer(self.config, self.archive, self.status)
         self.server.start()
+        self.forwarder.start()
         self._housekeeper = threading.Thread(
             target=self._housekeep, name="housekeeping", daemon=True
         )
@@ -93,6 +97,8 @@ class Agent:
         self.status.set_state(State.STOPPING)
         if self.server is not None:
             self.server.close()
+        if self.forwarder is not None:
+            self.forwarder.close()
         self._stop.set()
         if self._housekeeper is not None:
             self._housekeeper.join(timeout=5)
@@ -135,6 +141,8 @@ class Agent:
             self.status.disk(free, free < self.archive.min_free_bytes)
         if self.server is not None:
             self.status.set_associations(self.server.active_associations())
+        if self.forwarder is not None:
+            self.forwarder.refresh_status()
 
     def _sweep_stale_temp_files(self) -> None:
         """Remove temp files nobody has written to for a while (a receive that died)."""

@@ -14,7 +14,7 @@ import json
 import os
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,18 @@ def _now() -> str:
 
 
 @dataclass(frozen=True)
+class Destination:
+    """Forwarding to one peer, as the operator sees it."""
+
+    name: str
+    pending: int = 0
+    retrying: int = 0
+    quarantined: int = 0
+    last_success: str | None = None
+    last_error: str | None = None
+
+
+@dataclass(frozen=True)
 class Snapshot:
     """A consistent copy of the status at one moment."""
 
@@ -55,6 +67,7 @@ class Snapshot:
     disk_free: int | None = None
     below_floor: bool = False
     last_error: str | None = None
+    destinations: tuple[Destination, ...] = ()
     version: int = 0
 
     def to_json(self) -> dict[str, Any]:
@@ -127,9 +140,51 @@ class StatusModel:
 
         self._apply(change)
 
+    def forwarded(self, name: str) -> None:
+        """An instance reached ``name``."""
+        self._apply(lambda s: _with_destination(s, name, last_success=_now()))
+
+    def forward_failed(self, name: str, error: str) -> None:
+        """An attempt to deliver to ``name`` failed."""
+        self._apply(lambda s: _with_destination(s, name, last_error=f"{_now()} {error}"))
+
+    def queue_depth(self, depth: dict[str, dict[str, int]], names: tuple[str, ...]) -> None:
+        """Job counts per destination and state, as the queue holds them now."""
+
+        def change(s: Snapshot) -> dict[str, Any]:
+            updated = s
+            for name in names:
+                counts = depth.get(name, {})
+                updated = replace(
+                    updated,
+                    **_with_destination(
+                        updated,
+                        name,
+                        pending=counts.get("pending", 0),
+                        retrying=counts.get("retrying", 0),
+                        quarantined=counts.get("quarantined", 0),
+                    ),
+                )
+            return (
+                {}
+                if updated.destinations == s.destinations
+                else {"destinations": updated.destinations}
+            )
+
+        self._apply(change)
+
     def error(self, message: str) -> None:
         """Something went wrong that an operator should see."""
         self._apply(lambda s: {"last_error": message})
+
+
+def _with_destination(s: Snapshot, name: str, **changes: Any) -> dict[str, Any]:
+    """The ``destinations`` field with one destination changed (added if new)."""
+    found = [d for d in s.destinations if d.name == name]
+    current = found[0] if found else Destination(name)
+    updated = replace(current, **changes)
+    others = [d for d in s.destinations if d.name != name]
+    return {"destinations": tuple(sorted([*others, updated], key=lambda d: d.name))}
 
 
 def publish(snapshot: Snapshot, run_dir: Path) -> None:

@@ -13,20 +13,31 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from pydicom.dataset import Dataset
+
 from agent.archive import durable
 from agent.archive.header import read_header, timestamp
-from agent.archive.index import Counts, Index, add_conflict, add_instance, remove_instances
+from agent.archive.index import (
+    Counts,
+    Index,
+    InstanceRecord,
+    add_conflict,
+    add_instance,
+    remove_instances,
+)
 from agent.archive.layout import Layout, require_uid
 from agent.errors import StoreError
+from agent.forward.queue import add_jobs
 
 log = logging.getLogger(__name__)
 
 Outcome = Literal["stored", "duplicate", "conflict"]
+Router = Callable[[Dataset, str], Sequence[str]]
 OUT_OF_RESOURCES = 0xA700
 DOES_NOT_MATCH = 0xA900
 
@@ -44,12 +55,23 @@ class Stored:
 class Archive:
     """Files under ``root/archive`` and the SQLite index that describes them."""
 
-    def __init__(self, root: Path, *, min_free_bytes: int = 0) -> None:
+    def __init__(
+        self, root: Path, *, min_free_bytes: int = 0, router: Router | None = None
+    ) -> None:
         self.layout = Layout(root)
         self.layout.create()
         self.min_free_bytes = min_free_bytes
         self.index = Index(self.layout.index_path)
+        self.router: Router = router or (lambda header, calling_ae: ())
+        self.on_queued: Callable[[Sequence[str]], None] = lambda destinations: None
         self._placing = threading.Lock()
+
+    def index_new(
+        self, conn: sqlite3.Connection, record: InstanceRecord, destinations: Sequence[str]
+    ) -> None:
+        """Index an instance and queue its forwards, in the caller's transaction."""
+        add_instance(conn, record)
+        add_jobs(conn, record.sop_instance_uid, destinations, time.time())
 
     def close(self) -> None:
         """Close the index."""
@@ -108,7 +130,9 @@ class Archive:
                     incoming, known, record.sop_instance_uid, size, calling_ae
                 )
             _guarded(durable.place, incoming, final, self.layout.archive_dir)
-            _commit(lambda conn: add_instance(conn, record), self.index, undo=final)
+            destinations = self.router(header.dataset, calling_ae)
+            _commit(lambda conn: self.index_new(conn, record, destinations), self.index, undo=final)
+        self.on_queued(destinations)
         return Stored("stored", record.sop_instance_uid, final, size)
 
     def _known_copy(self, sop_uid: str) -> Path | None:

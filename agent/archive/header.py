@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 
 from agent.archive.index import InstanceRecord
 from agent.archive.keys import KEYS, Level, as_text, extract
@@ -31,6 +32,7 @@ class Header:
     transfer_syntax: str
     charset: str
     levels: Mapping[Level, Mapping[str, str | None]]
+    dataset: Dataset = field(compare=False, repr=False, default_factory=Dataset)
 
     def record(self, *, path: str, size: int, calling_ae: str, received_at: str) -> InstanceRecord:
         """The index record for this instance stored at ``path``."""
@@ -58,6 +60,7 @@ def read_header(path: Path) -> Header:
             transfer_syntax=str(ds.file_meta.TransferSyntaxUID),
             charset=as_text(ds.get("SpecificCharacterSet", "")),
             levels=levels,
+            dataset=ds,
         )
     except Exception as exc:  # pydicom raises many kinds for bad input
         raise StoreError(CANNOT_UNDERSTAND, f"cannot parse the data set: {exc}") from None

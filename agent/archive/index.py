@@ -119,7 +119,23 @@ def _execute_all(conn: sqlite3.Connection, script: str) -> None:
             conn.execute(statement)
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migrate_to_1]
+def _migrate_to_2(conn: sqlite3.Connection) -> None:
+    """The forward queue: one job per (instance, destination), keyed by SOP Instance UID
+    so that it survives a rebuild of the hierarchy tables."""
+    _execute_all(
+        conn,
+        """
+        CREATE TABLE forward_jobs (
+          pk INTEGER PRIMARY KEY, SOPInstanceUID TEXT NOT NULL, destination TEXT NOT NULL,
+          state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+          next_attempt REAL NOT NULL, last_error TEXT, created_at REAL NOT NULL,
+          done_at REAL, UNIQUE (SOPInstanceUID, destination));
+        CREATE INDEX forward_due ON forward_jobs (destination, state, next_attempt);
+    """,
+    )
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migrate_to_1, _migrate_to_2]
 
 
 def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
@@ -176,6 +192,12 @@ class Index:
                 self._conn.execute("ROLLBACK")
                 raise
             self._conn.execute("COMMIT")
+
+    @contextmanager
+    def reading(self) -> Iterator[sqlite3.Connection]:
+        """The writer connection for a quick read, under the lock."""
+        with self._lock:
+            yield self._conn
 
     def lookup(self, sop_uid: str) -> tuple[str, int] | None:
         """The stored (path, size) of an instance, if indexed."""

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.archive.archive import Archive
-from agent.archive.header import read_header, timestamp
-from agent.archive.index import InstanceRecord, add_conflict, add_instance, clear, remove_instances
+from agent.archive.header import Header, read_header, timestamp
+from agent.archive.index import InstanceRecord, add_conflict, clear, remove_instances
 from agent.archive.layout import INSTANCE_SUFFIX
 from agent.errors import StoreError
 
@@ -84,16 +84,17 @@ def _index_files(archive: Archive, relative_paths: list[str]) -> tuple[int, int]
     for start in range(0, len(relative_paths), batch):
         with archive.index.transaction() as conn:
             for relative in relative_paths[start : start + batch]:
-                record = _record_for(archive, relative)
-                if record is None:
+                found = _record_for(archive, relative)
+                if found is None:
                     unreadable += 1
                     continue
-                add_instance(conn, record)
+                header, record = found
+                archive.index_new(conn, record, archive.router(header.dataset, ""))
                 added += 1
     return added, unreadable
 
 
-def _record_for(archive: Archive, relative: str) -> InstanceRecord | None:
+def _record_for(archive: Archive, relative: str) -> tuple[Header, InstanceRecord] | None:
     path = archive.layout.absolute(relative)
     try:
         header = read_header(path)
@@ -102,9 +103,10 @@ def _record_for(archive: Archive, relative: str) -> InstanceRecord | None:
         )
         if archive.layout.relative(expected) != relative:
             raise StoreError(0xC000, "file name does not match its UIDs")
-        return header.record(
+        record = header.record(
             path=relative, size=path.stat().st_size, calling_ae="", received_at=_mtime(path)
         )
+        return header, record
     except (StoreError, OSError) as exc:
         log.error("cannot index %s: %s", relative, exc)
         return None

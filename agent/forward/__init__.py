@@ -1,0 +1,1 @@
+"""Store-and-forward: routing, the durable queue, per-destination senders, retention."""

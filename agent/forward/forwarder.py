@@ -1,0 +1,55 @@
+"""The forwarder: one sender per destination, woken when an instance is queued."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from agent.archive import Archive
+from agent.config import Config
+from agent.forward import queue
+from agent.forward.rules import route
+from agent.forward.sender import Sender
+from agent.status import StatusModel
+
+log = logging.getLogger(__name__)
+
+
+class Forwarder:
+    """Owns the senders; the archive calls ``wake`` after each queued instance."""
+
+    def __init__(self, config: Config, archive: Archive, status: StatusModel) -> None:
+        self.config = config
+        self.archive = archive
+        self.status = status
+        self.senders = {name: Sender(config.peers[name], config, archive, status)
+                        for name in sorted(config.forward.destinations)}
+        archive.router = lambda header, calling_ae: route(config.forward, header, calling_ae)
+        archive.on_queued = self.wake
+
+    def start(self) -> None:
+        """Start every sender (each drains what an earlier run left queued)."""
+        for sender in self.senders.values():
+            sender.start()
+        if self.senders:
+            log.info("forwarding to %s", ", ".join(self.senders))
+
+    def wake(self, destinations: Sequence[str]) -> None:
+        """New jobs for these destinations."""
+        for name in destinations:
+            sender = self.senders.get(name)
+            if sender is not None:
+                sender.wake()
+
+    def refresh_status(self) -> None:
+        """Publish queue depth per destination into the status model."""
+        if not self.senders:
+            return
+        with self.archive.index.reading() as conn:
+            depth = queue.depth(conn)
+        self.status.queue_depth(depth, tuple(self.senders))
+
+    def close(self) -> None:
+        """Stop every sender."""
+        for sender in self.senders.values():
+            sender.close()

@@ -1,0 +1,32 @@
+"""Routing: which destinations an instance goes to, decided once, when it arrives."""
+
+from __future__ import annotations
+
+from pydicom.dataset import Dataset
+
+from agent.archive.keys import as_text
+from agent.archive.matching import wildcard_regex
+from agent.forward.settings import CALLING_AE, ForwardSettings, Rule
+
+
+def route(settings: ForwardSettings, header: Dataset, calling_ae: str) -> tuple[str, ...]:
+    """Destinations for an instance: ``forward.to`` plus every matching rule's, in order."""
+    chosen: list[str] = list(settings.to)
+    for rule in settings.rules:
+        if matches(rule, header, calling_ae):
+            chosen += [name for name in rule.to if name not in chosen]
+    return tuple(chosen)
+
+
+def matches(rule: Rule, header: Dataset, calling_ae: str) -> bool:
+    """True if every pattern of the rule matches (``*`` and ``?``, case-sensitive)."""
+    for keyword, pattern in rule.match.items():
+        value = calling_ae if keyword == CALLING_AE else _text(header, keyword)
+        if wildcard_regex(pattern).fullmatch(value) is None:
+            return False
+    return True
+
+
+def _text(header: Dataset, keyword: str) -> str:
+    value = header.get(keyword)
+    return "" if value is None else as_text(value)

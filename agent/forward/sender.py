@@ -1,0 +1,167 @@
+"""One sender per destination: drains that destination's queue over reused associations,
+in its own thread, so a dead or slow destination never holds the others back.
+
+Files go as stored: a context with exactly the stored transfer syntax lets pynetdicom
+stream the file without decoding it; an uncompressed file the peer only takes in another
+uncompressed syntax is converted; anything else fails for that instance alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import sqlite3
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from pydicom import dcmread
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom.presentation import build_context
+
+from agent.archive import Archive
+from agent.archive.index import connect
+from agent.config import Config, Peer
+from agent.errors import PeerError
+from agent.forward import queue
+from agent.forward.policy import Outcome, classify_status, gives_up, retry_delay
+from agent.net.scu import Target, associate, new_ae
+from agent.status import StatusModel
+
+log = logging.getLogger(__name__)
+
+BATCH = 200
+MAX_PAIRS = 64  # two contexts per (SOP class, syntax) pair, 128 at most
+IDLE_WAIT = 30.0
+UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+
+
+class Sender:
+    """Delivers the queue of one destination peer."""
+
+    def __init__(self, peer: Peer, config: Config, archive: Archive, status: StatusModel) -> None:
+        self.peer = peer
+        self.config = config
+        self.archive = archive
+        self.status = status
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._rng = random.Random()
+        self._thread = threading.Thread(target=self._run, name=f"forward-{peer.name}", daemon=True)
+
+    def start(self) -> None:
+        """Start draining."""
+        self._thread.start()
+
+    def wake(self) -> None:
+        """New jobs were queued: look now rather than at the next timeout."""
+        self._wake.set()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop after the instance in flight; jobs not marked done are simply resent later."""
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        conn = connect(self.archive.layout.index_path, readonly=True)
+        try:
+            while not self._stop.is_set():
+                try:
+                    jobs = queue.due(conn, self.peer.name, time.time(), BATCH)
+                    if jobs:
+                        self._deliver(jobs)
+                        continue
+                    self._sleep(conn)
+                except Exception:  # the sender must outlive any one failure
+                    log.exception("forwarding to %s failed; trying again shortly", self.peer.name)
+                    self._stop.wait(5)
+        finally:
+            conn.close()
+
+    def _sleep(self, conn: sqlite3.Connection) -> None:
+        upcoming = queue.next_due(conn, self.peer.name)
+        wait = IDLE_WAIT if upcoming is None else max(0.0, min(IDLE_WAIT, upcoming - time.time()))
+        self._wake.wait(wait)
+        self._wake.clear()
+
+    def _deliver(self, jobs: list[queue.Job]) -> None:
+        pairs = sorted({(j.sop_class_uid, j.transfer_syntax) for j in jobs})[:MAX_PAIRS]
+        jobs = [j for j in jobs if (j.sop_class_uid, j.transfer_syntax) in set(pairs)]
+        ae = new_ae(self.config)
+        ae.requested_contexts = contexts_for(pairs)
+        target = Target(self.peer.ae_title, self.peer.host, self.peer.port, self.peer.name)
+        try:
+            assoc = associate(ae, target)
+        except PeerError as exc:
+            self._fail_all(jobs, str(exc))
+            return
+        try:
+            for job in jobs:
+                if self._stop.is_set() or not assoc.is_established:
+                    break
+                self._send_one(assoc, job)
+        finally:
+            if assoc.is_established:
+                assoc.release()
+
+    def _send_one(self, assoc: Any, job: queue.Job) -> None:
+        path = self.archive.layout.absolute(job.path)
+        try:
+            status = assoc.send_c_store(_sendable(assoc, job, path))
+        except ValueError as exc:  # no accepted context for this SOP class and syntax
+            self._record(job, Outcome.PERMANENT, f"no acceptable presentation context: {exc}")
+            return
+        except (OSError, RuntimeError) as exc:
+            self._record(job, Outcome.TRANSIENT, f"cannot send: {exc}")
+            return
+        if not status or "Status" not in status:
+            self._record(job, Outcome.TRANSIENT, "no response (aborted or timed out)")
+            return
+        code = int(status.Status)
+        self._record(job, classify_status(code), f"C-STORE answered 0x{code:04X}")
+
+    def _fail_all(self, jobs: Sequence[queue.Job], reason: str) -> None:
+        """The association failed: every job waits (rejections never quarantine data)."""
+        log.warning("cannot forward to %s: %s", self.peer.name, reason)
+        for job in jobs:
+            self._record(job, Outcome.TRANSIENT, reason)
+
+    def _record(self, job: queue.Job, outcome: Outcome, detail: str) -> None:
+        now = time.time()
+        with self.archive.index.transaction() as conn:
+            if outcome in (Outcome.DELIVERED, Outcome.DELIVERED_WITH_WARNING):
+                queue.mark_done(conn, job, now)
+            else:
+                tries = job.attempts + 1
+                quarantine = gives_up(outcome, tries, self.config.forward)
+                delay = retry_delay(tries, self.config.forward, self._rng)
+                queue.mark_failed(conn, job, detail, now + delay, quarantine)
+        if outcome is Outcome.DELIVERED_WITH_WARNING:
+            log.warning("forwarded to %s with a warning: %s", self.peer.name, detail)
+        if outcome in (Outcome.DELIVERED, Outcome.DELIVERED_WITH_WARNING):
+            self.status.forwarded(self.peer.name)
+        else:
+            self.status.forward_failed(self.peer.name, f"{outcome.value}: {detail}")
+
+
+def contexts_for(pairs: Sequence[tuple[str, str]]) -> list[Any]:
+    """Per pair: the stored syntax alone (streamed as is), then uncompressed fallbacks."""
+    contexts = []
+    for sop_class, syntax in pairs:
+        contexts.append(build_context(sop_class, [syntax]))
+        fallbacks: list[str] = [str(s) for s in UNCOMPRESSED if s != syntax]
+        if syntax in UNCOMPRESSED and fallbacks:
+            contexts.append(build_context(sop_class, fallbacks))
+    return contexts
+
+
+def _sendable(assoc: Any, job: queue.Job, path: Any) -> Any:
+    """The file itself when its syntax was accepted, else a decoded data set to convert."""
+    accepted = {
+        (str(cx.abstract_syntax), str(cx.transfer_syntax[0])) for cx in assoc.accepted_contexts
+    }
+    if (job.sop_class_uid, job.transfer_syntax) in accepted:
+        return path
+    return dcmread(path)

@@ -1,0 +1,103 @@
+"""The ``[forward]`` table: where instances go, and how hard we try.
+
+```toml
+[forward]
+to = ["PACS"]            # every instance goes to these peers
+retry_first = 30         # seconds before retrying a transient failure, doubling...
+retry_max = 600          # ...up to this cap
+permanent_tries = 3      # a permanent failure is tried this often, then quarantined
+keep_days = 7            # keep delivered instances this long (0: remove once delivered)
+
+[[forward.rules]]        # ordered; every rule that matches adds its destinations
+to = ["RESEARCH"]
+match = { calling_ae = "MR*", Modality = "MR" }
+```
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydicom.datadict import tag_for_keyword
+
+from agent import validation as v
+from agent.errors import ConfigError
+
+CALLING_AE = "calling_ae"
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Send instances whose header matches every pattern to more destinations."""
+
+    to: tuple[str, ...]
+    match: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class ForwardSettings:
+    """Validated ``[forward]`` settings."""
+
+    to: tuple[str, ...] = ()
+    rules: tuple[Rule, ...] = ()
+    retry_first: float = 30.0
+    retry_max: float = 600.0
+    permanent_tries: int = 3
+    keep_days: float = 7.0
+    destinations: frozenset[str] = field(default_factory=frozenset)
+
+
+def parse_forward(table: Mapping[str, Any], peers: Mapping[str, object]) -> ForwardSettings:
+    """Validate ``[forward]`` against the configured peers."""
+    d = ForwardSettings()
+    known = {"to", "rules", "retry_first", "retry_max", "permanent_tries", "keep_days"}
+    v.reject_unknown(table, known, "forward")
+    to = _peer_list(table, "forward.to", peers)
+    rules = tuple(
+        _rule(item, f"forward.rules[{i}]", peers)
+        for i, item in enumerate(v.get(table, "forward.rules", list, [], None))
+    )
+    settings = ForwardSettings(
+        to=to,
+        rules=rules,
+        retry_first=float(
+            v.get(table, "forward.retry_first", (int, float), d.retry_first, v.positive)
+        ),
+        retry_max=float(v.get(table, "forward.retry_max", (int, float), d.retry_max, v.positive)),
+        permanent_tries=v.get(
+            table, "forward.permanent_tries", int, d.permanent_tries, v.at_least(1)
+        ),
+        keep_days=float(
+            v.get(table, "forward.keep_days", (int, float), d.keep_days, v.at_least(0))
+        ),
+        destinations=frozenset(to).union(*(rule.to for rule in rules)),
+    )
+    if settings.retry_max < settings.retry_first:
+        raise ConfigError("forward.retry_max", "must not be less than forward.retry_first")
+    return settings
+
+
+def _peer_list(table: Mapping[str, Any], key: str, peers: Mapping[str, object]) -> tuple[str, ...]:
+    names = v.get(table, key, list, [], None)
+    for name in names:
+        if name not in peers:
+            raise ConfigError(key, f"{name!r} is not a configured peer")
+    return tuple(names)
+
+
+def _rule(item: Any, where: str, peers: Mapping[str, object]) -> Rule:
+    if not isinstance(item, dict):
+        raise ConfigError(where, "a rule is a table with 'to' and 'match'")
+    v.reject_unknown(item, {"to", "match"}, where)
+    to = _peer_list(item, f"{where}.to", peers)
+    if not to:
+        raise ConfigError(f"{where}.to", "a rule needs at least one destination")
+    match = v.get(item, f"{where}.match", dict, {}, None)
+    for keyword, pattern in match.items():
+        if keyword != CALLING_AE and tag_for_keyword(keyword) is None:
+            raise ConfigError(f"{where}.match.{keyword}", "is not a DICOM keyword or calling_ae")
+        if not isinstance(pattern, str):
+            raise ConfigError(f"{where}.match.{keyword}", "a pattern is a string")
+    return Rule(to=to, match=dict(match))

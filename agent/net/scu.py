@@ -95,9 +95,7 @@ def describe_failure(assoc: Any) -> str:
             f"source {primitive.result_source}, reason {primitive.diagnostic}",
         )
         return f"association rejected {kind}: {reason}"
-    if assoc.is_aborted:
-        return "association aborted by the peer"
-    return "no answer (connection refused, unreachable or timed out)"
+    return "no association (connection refused, host unreachable, timed out or aborted)"
 
 
 def echo(config: Config, target: Target) -> float:

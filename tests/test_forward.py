@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -49,7 +50,8 @@ def jobs(data_dir: Path) -> dict[str, str]:
 
 def orthanc_uids(orthanc: Orthanc) -> set[str]:
     """SOP Instance UIDs Orthanc holds."""
-    found = orthanc.rest("/tools/find", b'{"Level": "Instance", "Query": {}, "Expand": true}')
+    query = {"Level": "Instance", "Query": {}, "Expand": True}
+    found = orthanc.rest("/tools/find", json.dumps(query).encode())
     return {item["MainDicomTags"]["SOPInstanceUID"] for item in found}
 
 
@@ -71,8 +73,8 @@ def test_a_200_instance_study_reaches_orthanc_byte_for_byte(orthanc: Orthanc,
         assert agent.status.snapshot().destinations[0].last_success is not None
     for path in sent[:: 40]:
         uid = str(dcmread(path, stop_before_pixels=True).SOPInstanceUID)
-        [found] = orthanc.rest("/tools/find", (
-            '{"Level": "Instance", "Query": {"SOPInstanceUID": "%s"}}' % uid).encode())
+        query = {"Level": "Instance", "Query": {"SOPInstanceUID": uid}}
+        [found] = orthanc.rest("/tools/find", json.dumps(query).encode())
         stored = tmp_path / "from-orthanc.dcm"
         stored.write_bytes(orthanc_file(orthanc, found))
         assert dicomgen.dataset_bytes(stored) == dicomgen.dataset_bytes(path)

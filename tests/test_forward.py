@@ -187,3 +187,32 @@ def test_scripted_refusals_follow_the_policy(tmp_path: Path, script: list[int | 
             assert len(scp.received) == tries
     finally:
         scp.close()
+
+
+def test_quarantine_is_listed_and_queue_retry_delivers_it(tmp_path: Path) -> None:
+    from tests.support import run_cli
+
+    scp = ScriptedSCP([0xA900, 0xA900])  # refused twice, then accepted
+    try:
+        config_file = forward_config(tmp_path, {"SCRIPTED": ("SCRIPTED", scp.port)},
+                                     ["SCRIPTED"])
+        config = config_module.load_file(config_file)
+        [sent] = dicomgen.write_series(tmp_path / "one", 1, size=8)
+        with Agent(config):
+            assert scu.store(config.agent.port, [sent]) == [0]
+            wait_until(lambda: set(jobs(tmp_path / "data").values()) == {"quarantined"}, 30,
+                       "quarantine")
+            listing = run_cli("queue", "--config", str(config_file))
+            assert "SCRIPTED: 0 pending, 0 retrying, 1 quarantined" in listing.stdout
+            assert "0xA900" in listing.stdout
+            refused = run_cli("queue", "purge", "--config", str(config_file))
+            assert refused.returncode == 1 and "--yes" in refused.stderr
+            retried = run_cli("queue", "retry", "--all", "--config", str(config_file))
+            assert retried.stdout.startswith("OK re-armed 1 jobs")
+            wait_until(lambda: set(jobs(tmp_path / "data").values()) == {"done"}, 30,
+                       "delivery after retry")
+        assert len(scp.received) == 3
+        assert "everything was delivered" in run_cli(
+            "queue", "--config", str(config_file)).stdout
+    finally:
+        scp.close()

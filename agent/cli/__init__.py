@@ -12,11 +12,11 @@ from collections.abc import Sequence
 from types import ModuleType
 
 from agent import __version__
-from agent.cli import check_config, echo, reindex, run, status
+from agent.cli import check_config, echo, queue, reindex, run, status
 from agent.cli.common import fail, setup_logging
 from agent.errors import AgentError, ConfigError
 
-COMMANDS: tuple[ModuleType, ...] = (run, check_config, echo, status, reindex)
+COMMANDS: tuple[ModuleType, ...] = (run, check_config, echo, status, reindex, queue)
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
 

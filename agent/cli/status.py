@@ -82,6 +82,14 @@ def run(args: argparse.Namespace) -> int:
         f"          {agent['received']} received this run, {agent['refused']} refused, "
         f"{agent['associations']} associations open"
     )
+    for destination in agent.get("destinations", []):
+        print(
+            f"forward   {destination['name']}: {destination['pending']} pending, "
+            f"{destination['retrying']} retrying, {destination['quarantined']} quarantined; "
+            f"last success {destination['last_success'] or 'never'}"
+        )
+        if destination["last_error"]:
+            print(f"          last error {destination['last_error']}")
     if agent.get("below_floor"):
         print("          FREE SPACE BELOW THE FLOOR: new images are refused")
     if agent.get("last_error"):

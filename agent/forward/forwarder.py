@@ -22,8 +22,10 @@ class Forwarder:
         self.config = config
         self.archive = archive
         self.status = status
-        self.senders = {name: Sender(config.peers[name], config, archive, status)
-                        for name in sorted(config.forward.destinations)}
+        self.senders = {
+            name: Sender(config.peers[name], config, archive, status)
+            for name in sorted(config.forward.destinations)
+        }
         archive.router = lambda header, calling_ae: route(config.forward, header, calling_ae)
         archive.on_queued = self.wake
 

@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 BATCH = 200
 MAX_PAIRS = 64  # two contexts per (SOP class, syntax) pair, 128 at most
-IDLE_WAIT = 30.0
+IDLE_WAIT = 5.0  # also how soon 'edge-agent queue retry' takes effect
 UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 
 

@@ -1,0 +1,92 @@
+"""``edge-agent queue``: what waits to be forwarded, and re-arming or purging it."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from agent.archive import Layout
+from agent.archive.index import Index
+from agent.cli.common import load_config
+from agent.errors import AgentError
+from agent.forward import queue
+
+NAME = "queue"
+HELP = "list forward jobs per destination; 'retry' re-arms them, 'purge' drops quarantined"
+SHOWN = 50
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``queue [retry ID...|--all] | [purge --yes]``."""
+    parser.add_argument("action", nargs="?", choices=("list", "retry", "purge"), default="list")
+    parser.add_argument("ids", nargs="*", type=int, metavar="ID", help="job ids to re-arm")
+    parser.add_argument("--all", action="store_true", help="re-arm every waiting job")
+    parser.add_argument("--yes", action="store_true", help="purge without asking")
+
+
+def run(args: argparse.Namespace) -> int:
+    """List, re-arm or purge; changes take effect at the senders' next look (seconds)."""
+    layout = Layout(load_config(args).agent.data_dir)
+    if not layout.index_path.exists():
+        print("queue empty (no archive yet)")
+        return 0
+    with Index(layout.index_path) as index:
+        if args.action == "retry":
+            return _retry(index, args)
+        if args.action == "purge":
+            return _purge(index, args.yes)
+        with index.reading() as conn:
+            _print(queue.depth(conn), queue.listing(conn, SHOWN))
+    return 0
+
+
+def _retry(index: Index, args: argparse.Namespace) -> int:
+    if not args.ids and not args.all:
+        raise AgentError("say which jobs: queue retry ID [ID...] or queue retry --all")
+    with index.transaction() as conn:
+        count = queue.rearm(conn, time.time(), None if args.all else args.ids)
+    print(f"OK re-armed {count} jobs")
+    return 0
+
+
+def _purge(index: Index, confirmed: bool) -> int:
+    with index.reading() as conn:
+        waiting = sum(d.get(queue.QUARANTINED, 0) for d in queue.depth(conn).values())
+    if not confirmed:
+        if not sys.stdin.isatty():
+            raise AgentError(f"purge drops {waiting} quarantined jobs for good; add --yes")
+        answer = input(
+            f"Drop {waiting} quarantined jobs for good? Their files may then be "
+            "removed by retention. Type 'yes': "
+        )
+        if answer.strip().lower() != "yes":
+            print("nothing purged")
+            return 1
+    with index.transaction() as conn:
+        count = queue.purge_quarantined(conn)
+    print(f"OK purged {count} quarantined jobs")
+    return 0
+
+
+def _print(depth: dict[str, dict[str, int]], rows: list[queue.QueueRow]) -> None:
+    if not depth:
+        print("queue empty: everything was delivered")
+        return
+    now = time.time()
+    for destination, counts in sorted(depth.items()):
+        summary = ", ".join(
+            f"{counts.get(s, 0)} {s}" for s in (queue.PENDING, queue.RETRYING, queue.QUARANTINED)
+        )
+        print(f"{destination}: {summary}")
+        for row in (r for r in rows if r.destination == destination):
+            when = (
+                "due now" if row.next_attempt <= now else f"next in {row.next_attempt - now:.0f} s"
+            )
+            if row.state == queue.QUARANTINED:
+                when = "quarantined"
+            error = f"  last error: {row.last_error}" if row.last_error else ""
+            print(
+                f"  #{row.pk:<6} {row.state:11} {when:16} tries {row.attempts}"
+                f"  {row.sop_instance_uid}{error}"
+            )

@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 TICK = 1.0
 STALE_TEMP_AFTER = 300.0
+SWEEP_EVERY = 60.0
 
 
 class DataDirLock:
@@ -127,8 +128,8 @@ class Agent:
                 if snapshot.version != published:
                     publish(snapshot, self.layout.run_dir)
                     published = snapshot.version
-                if time.monotonic() - last_sweep > STALE_TEMP_AFTER / 2:
-                    self._sweep_stale_temp_files()
+                if snapshot.below_floor or time.monotonic() - last_sweep > SWEEP_EVERY:
+                    self._sweep()
                     last_sweep = time.monotonic()
             except Exception as exc:  # housekeeping must outlive any one failure
                 log.exception("housekeeping failed; trying again next tick")
@@ -143,6 +144,12 @@ class Agent:
             self.status.set_associations(self.server.active_associations())
         if self.forwarder is not None:
             self.forwarder.refresh_status()
+
+    def _sweep(self) -> None:
+        """Drop dead temp files; let retention free what every destination has."""
+        self._sweep_stale_temp_files()
+        if self.forwarder is not None:
+            self.forwarder.sweep()
 
     def _sweep_stale_temp_files(self) -> None:
         """Remove temp files nobody has written to for a while (a receive that died)."""

@@ -216,3 +216,36 @@ def test_quarantine_is_listed_and_queue_retry_delivers_it(tmp_path: Path) -> Non
             "queue", "--config", str(config_file)).stdout
     finally:
         scp.close()
+
+
+def archived(data_dir: Path) -> set[str]:
+    """SOP Instance UIDs of the files in the archive."""
+    return {p.stem for p in (data_dir / "archive").rglob("*.dcm")}
+
+
+def test_retention_removes_only_what_every_destination_has(orthanc: Orthanc,
+                                                           tmp_path: Path) -> None:
+    from agent.forward import retention
+
+    config = config_module.load_file(forward_config(
+        tmp_path, {"PACS": ("ORTHANC", orthanc.port), "DEAD": ("DEAD", free_port())},
+        ["PACS"]))
+    data_dir = tmp_path / "data"
+    both = dicomgen.write_series(tmp_path / "both", 3, size=8)
+    pacs_only = dicomgen.write_series(tmp_path / "pacs", 3, size=8)
+    with Agent(config) as agent:
+        assert agent.archive is not None
+        assert scu.store(config.agent.port, pacs_only + both) == [0] * 6
+        wait_until(lambda: orthanc.count() == 6, 60, "delivery")
+        wait_until(lambda: set(jobs(data_dir).values()) == {"done"}, 30, "jobs done")
+        undelivered = {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in both}
+        with agent.archive.index.transaction() as conn:  # as if DEAD was also a destination
+            conn.executemany("INSERT INTO forward_jobs (SOPInstanceUID, destination, state,"
+                             " next_attempt, created_at) VALUES (?, 'DEAD', 'retrying', 0, 0)",
+                             [(uid,) for uid in undelivered])
+        kept_days = retention.sweep(agent.archive, config.forward)
+        assert kept_days == 0  # delivered today: still within keep_days
+        agent.archive.min_free_bytes = 1 << 62  # free space under the floor
+        assert retention.sweep(agent.archive, config.forward) == 3
+        assert archived(data_dir) == undelivered
+        assert agent.archive.counts().instances == 3

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from agent.archive import Archive
 from agent.config import Config
-from agent.forward import queue
+from agent.forward import queue, retention
 from agent.forward.rules import route
 from agent.forward.sender import Sender
 from agent.status import StatusModel
@@ -50,6 +50,12 @@ class Forwarder:
         with self.archive.index.reading() as conn:
             depth = queue.depth(conn)
         self.status.queue_depth(depth, tuple(self.senders))
+
+    def sweep(self) -> int:
+        """Apply retention (only where forwarding is configured)."""
+        if not self.senders:
+            return 0
+        return retention.sweep(self.archive, self.config.forward)
 
     def close(self) -> None:
         """Stop every sender."""

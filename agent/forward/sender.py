@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 BATCH = 200
 MAX_PAIRS = 64  # two contexts per (SOP class, syntax) pair, 128 at most
+LINGER = 2.0  # seconds an idle association waits for more instances before release
 IDLE_WAIT = 5.0  # also how soon 'edge-agent queue retry' takes effect
 UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 
@@ -71,7 +72,7 @@ class Sender:
                 try:
                     jobs = queue.due(conn, self.peer.name, time.time(), BATCH)
                     if jobs:
-                        self._deliver(jobs)
+                        self._deliver(conn, jobs)
                         continue
                     self._sleep(conn)
                 except Exception:  # the sender must outlive any one failure
@@ -86,9 +87,13 @@ class Sender:
         self._wake.wait(wait)
         self._wake.clear()
 
-    def _deliver(self, jobs: list[queue.Job]) -> None:
+    def _deliver(self, conn: sqlite3.Connection, jobs: list[queue.Job]) -> None:
+        """Send over one association for as long as due jobs keep fitting its contexts.
+
+        While a modality is still sending, new jobs arrive one by one: the association
+        lingers a moment for them instead of being set up again for each instance.
+        """
         pairs = sorted({(j.sop_class_uid, j.transfer_syntax) for j in jobs})[:MAX_PAIRS]
-        jobs = [j for j in jobs if (j.sop_class_uid, j.transfer_syntax) in set(pairs)]
         ae = new_ae(self.config)
         ae.requested_contexts = contexts_for(pairs)
         target = Target(self.peer.ae_title, self.peer.host, self.peer.port, self.peer.name)
@@ -97,14 +102,28 @@ class Sender:
         except PeerError as exc:
             self._fail_all(jobs, str(exc))
             return
+        fits = set(pairs)
         try:
-            for job in jobs:
-                if self._stop.is_set() or not assoc.is_established:
-                    break
-                self._send_one(assoc, job)
+            while jobs and not self._stop.is_set() and assoc.is_established:
+                for job in jobs:
+                    if self._stop.is_set() or not assoc.is_established:
+                        return
+                    self._send_one(assoc, job)
+                jobs = self._more(conn, fits)
         finally:
             if assoc.is_established:
                 assoc.release()
+
+    def _more(self, conn: sqlite3.Connection, fits: set[tuple[str, str]]) -> list[queue.Job]:
+        """Due jobs this association can carry, waiting up to LINGER for new ones."""
+        deadline = time.monotonic() + LINGER
+        while True:
+            jobs = queue.due(conn, self.peer.name, time.time(), BATCH)
+            usable = [j for j in jobs if (j.sop_class_uid, j.transfer_syntax) in fits]
+            if usable or jobs or time.monotonic() >= deadline or self._stop.is_set():
+                return usable
+            self._wake.wait(max(0.0, deadline - time.monotonic()))
+            self._wake.clear()
 
     def _send_one(self, assoc: Any, job: queue.Job) -> None:
         path = self.archive.layout.absolute(job.path)

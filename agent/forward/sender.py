@@ -17,7 +17,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from pydicom import dcmread
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom.presentation import build_context
 
 from agent.archive import Archive
@@ -26,6 +25,7 @@ from agent.config import Config, Peer
 from agent.errors import PeerError
 from agent.forward import queue
 from agent.forward.policy import Outcome, classify_status, gives_up, retry_delay
+from agent.net.contexts import UNCOMPRESSED
 from agent.net.scu import Target, associate, new_ae
 from agent.status import StatusModel
 
@@ -35,7 +35,6 @@ BATCH = 200
 MAX_PAIRS = 64  # two contexts per (SOP class, syntax) pair, 128 at most
 LINGER = 2.0  # seconds an idle association waits for more instances before release
 IDLE_WAIT = 5.0  # also how soon 'edge-agent queue retry' takes effect
-UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 
 
 class Sender:

@@ -7,12 +7,12 @@ becomes 0xA900 or 0xC000 with an Error Comment, anything unexpected 0xC000 and a
 from __future__ import annotations
 
 import logging
+import time
 import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from pydicom.dataset import Dataset
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import evt
 from pynetdicom.presentation import build_context
 
@@ -22,7 +22,7 @@ from agent.config import Config
 from agent.errors import QueryError
 from agent.net import sockets
 from agent.net.access import Caller
-from agent.net.contexts import QR_SOP_CLASSES, VERIFICATION
+from agent.net.contexts import QR_SOP_CLASSES, UNCOMPRESSED, VERIFICATION
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +30,7 @@ PENDING = 0xFF00
 CANCELLED = 0xFE00
 UNABLE_TO_PROCESS = 0xC000
 MAX_CONTEXTS = 128
+DRAIN_EVERY = 8  # answers between two chances for the peer's C-CANCEL to be read
 COMBINED_DATETIME_BYTE = 1  # PS3.4 C.5.1: byte 2 of the Q/R extended negotiation
 NO_SUCH_SOP_CLASS = "1.2.840.10008.999.999"  # never proposed, so never accepted
 
@@ -43,6 +44,21 @@ def failure(status: int, comment: str) -> Dataset:
     ds.Status = status
     ds.ErrorComment = comment[:64]
     return ds
+
+
+def let_peer_speak(assoc: Any, timeout: float = 5.0) -> None:
+    """Wait until pynetdicom has sent what is queued, so it reads the peer's PDUs again.
+
+    Its DUL thread reads from the socket only in a loop turn with nothing to send, so a
+    stream of answers produced faster than they go out would keep a C-CANCEL unread to
+    the end (and queue every answer in memory).
+    """
+    outgoing = getattr(getattr(assoc, "dul", None), "to_provider_queue", None)
+    deadline = time.monotonic() + timeout
+    while outgoing is not None and outgoing.qsize() and time.monotonic() < deadline:
+        if not assoc.is_established:
+            return
+        time.sleep(0.0005)
 
 
 def model_of(event: Any) -> Model:
@@ -83,6 +99,8 @@ class QueryRetrieveHandlers:
             answers = self.reader.find(model, event.identifier, combined_datetime=combined)
             count = 0
             for answer in answers:
+                if count % DRAIN_EVERY == 0:
+                    let_peer_speak(event.assoc)
                 if event.is_cancelled:
                     log.info("C-FIND from %s cancelled after %d answers", caller, count)
                     yield CANCELLED, None
@@ -187,8 +205,6 @@ def contexts_for(instances: list[StoredInstance]) -> list[Any]:
         )
     contexts = []
     for sop_class, syntax in pairs[:MAX_CONTEXTS]:
-        syntaxes = [syntax] + [
-            s for s in (ExplicitVRLittleEndian, ImplicitVRLittleEndian) if s != syntax
-        ]
+        syntaxes = [syntax] + [s for s in UNCOMPRESSED if s != syntax]
         contexts.append(build_context(sop_class, syntaxes))
     return contexts

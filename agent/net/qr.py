@@ -13,16 +13,15 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from pydicom.dataset import Dataset
-from pynetdicom import evt
 from pynetdicom.presentation import build_context
 
 from agent.archive.query import Model, StoredInstance
 from agent.archive.retrieval import Reader
 from agent.config import Config
 from agent.errors import QueryError
-from agent.net import sockets
 from agent.net.access import Caller
 from agent.net.contexts import QR_SOP_CLASSES, UNCOMPRESSED, VERIFICATION
+from agent.net.reactor import requestor_handlers
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +128,7 @@ class QueryRetrieveHandlers:
             )
             yield None, None
             return
-        options = {"evt_handlers": [(evt.EVT_CONN_OPEN, sockets.on_connection_open)]}
+        options = {"evt_handlers": requestor_handlers()}
         found = self._resolve(event, caller, "C-MOVE")
         if isinstance(found, Dataset):
             # pynetdicom takes a status only after the destination and a count

@@ -11,12 +11,13 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from pynetdicom import AE, evt
+from pynetdicom import AE
 
 from agent.config import Config
 from agent.errors import ConfigError, PeerError
-from agent.net import configure_pynetdicom, sockets
+from agent.net import configure_pynetdicom
 from agent.net.contexts import UNCOMPRESSED, VERIFICATION
+from agent.net.reactor import requestor_handlers
 
 _TARGET = re.compile(r"^(?P<ae>[^@]{1,16})@(?P<host>[^:@]+|\[[0-9A-Fa-f:.]+\]):(?P<port>\d{1,5})$")
 
@@ -78,7 +79,7 @@ def associate(ae: AE, target: Target) -> Any:
         target.host,
         target.port,
         ae_title=target.ae_title,
-        evt_handlers=[(evt.EVT_CONN_OPEN, sockets.on_connection_open)],
+        evt_handlers=requestor_handlers(),
     )
     if assoc.is_established:
         return assoc

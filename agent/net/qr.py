@@ -29,7 +29,7 @@ PENDING = 0xFF00
 CANCELLED = 0xFE00
 UNABLE_TO_PROCESS = 0xC000
 MAX_CONTEXTS = 128
-DRAIN_EVERY = 8  # answers between two chances for the peer's C-CANCEL to be read
+DRAIN_EVERY = 64  # answers between two chances for the peer's C-CANCEL to be read
 COMBINED_DATETIME_BYTE = 1  # PS3.4 C.5.1: byte 2 of the Q/R extended negotiation
 NO_SUCH_SOP_CLASS = "1.2.840.10008.999.999"  # never proposed, so never accepted
 

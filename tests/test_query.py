@@ -111,6 +111,7 @@ def test_latin1_names_match_and_come_back_in_a_fitting_character_set(
     (qa.STUDY_ROOT_FIND, {"Modality": "CT"}, 0xA900),  # below the study level
     (qa.PATIENT_ROOT_FIND, {"StudyDate": ""}, 0xA900),  # no PatientID above the level
     (qa.STUDY_ROOT_FIND, {"StudyDate": "2026AB01"}, 0xC000),
+    (qa.STUDY_ROOT_FIND, {"StudyTime": "1275"}, 0xC000),  # no 75th minute
     (qa.PATIENT_STUDY_FIND, {"QueryRetrieveLevel": "SERIES"}, 0xA900),
     (qa.STUDY_ROOT_FIND, {"QueryRetrieveLevel": "PATIENT"}, 0xA900),
 ])

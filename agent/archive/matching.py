@@ -171,6 +171,8 @@ def time_span(value: str) -> tuple[int, int]:
     if match is None:
         raise QueryError(CANNOT_UNDERSTAND, f"{value!r} is not a time (HHMMSS.FFFFFF)")
     hours, minutes, seconds, fraction = match.groups()
+    if int(hours) > 23 or int(minutes or 0) > 59 or int(seconds or 0) > 60:
+        raise QueryError(CANNOT_UNDERSTAND, f"{value!r} is not a time of day")
     start = int(hours) * 3_600_000_000 + int(minutes or 0) * 60_000_000
     start += int(seconds or 0) * 1_000_000 + int((fraction or "0").ljust(6, "0"))
     if fraction is not None:

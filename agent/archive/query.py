@@ -18,7 +18,7 @@ from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.dataset import Dataset
 
 from agent.archive.answers import build_answer
-from agent.archive.keys import KEYS, UNIQUE_KEYS, Level
+from agent.archive.keys import KEYS, UNIQUE_KEYS, Level, as_text
 from agent.archive.matching import Condition, is_universal
 from agent.archive.predicates import combined_condition, condition_for
 from agent.errors import QueryError
@@ -263,7 +263,7 @@ def _answers(
             assert condition.check is not None
             checks.append((position, condition.check))
             position += 1
-    charset = str(identifier.get("SpecificCharacterSet", "") or "")
+    charset = as_text(identifier.get("SpecificCharacterSet"))  # multi-valued: joined by "\\"
     for row in cursor:
         if all(check(row[i]) for i, check in checks):
             yield build_answer(

@@ -131,6 +131,7 @@ def _migrate_to_2(conn: sqlite3.Connection) -> None:
           next_attempt REAL NOT NULL, last_error TEXT, created_at REAL NOT NULL,
           done_at REAL, UNIQUE (SOPInstanceUID, destination));
         CREATE INDEX forward_due ON forward_jobs (destination, state, next_attempt);
+        CREATE INDEX forward_state ON forward_jobs (state, destination);
     """,
     )
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from agent import validation as v
 from agent.errors import ConfigError
+from agent.field.settings import ConsoleSettings, LedSettings, parse_console, parse_leds
 from agent.forward.settings import ForwardSettings, parse_forward
 
 if sys.version_info >= (3, 11):
@@ -66,6 +67,8 @@ class Config:
     agent: AgentSettings
     peers: Mapping[str, Peer] = field(default_factory=dict)
     forward: ForwardSettings = field(default_factory=ForwardSettings)
+    leds: LedSettings = field(default_factory=LedSettings)
+    console: ConsoleSettings = field(default_factory=ConsoleSettings)
     source: Path | None = None
 
     def peer_by_ae(self, ae_title: str) -> Peer | None:
@@ -119,14 +122,16 @@ def load_file(path: Path) -> Config:
 
 def parse(raw: Mapping[str, Any], source: Path | None = None) -> Config:
     """Validate a decoded TOML document and build the frozen configuration."""
-    v.reject_unknown(raw, {"agent", "peers", "forward"}, "")
+    v.reject_unknown(raw, {"agent", "peers", "forward", "leds", "console"}, "")
     base_dir = source.resolve().parent if source else Path.cwd()
     agent = _parse_agent(v.table(raw, "agent", ""), base_dir)
     peers_raw = v.table(raw, "peers", "")
     peers = {name: _parse_peer(name, v.table(peers_raw, name, "peers")) for name in peers_raw}
     _check_unique_ae_titles(agent, peers)
     forward = parse_forward(v.table(raw, "forward", ""), peers)
-    return Config(agent=agent, peers=peers, forward=forward, source=source)
+    leds = parse_leds(v.table(raw, "leds", ""))
+    console = parse_console(v.table(raw, "console", ""))
+    return Config(agent, peers, forward, leds, console, source)
 
 
 def _parse_agent(table: Mapping[str, Any], base_dir: Path) -> AgentSettings:

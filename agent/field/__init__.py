@@ -1,0 +1,1 @@
+"""The box's own hardware and service manager: LEDs, serial console, systemd."""

@@ -26,6 +26,10 @@ STALE_TEMP_AFTER = 300.0
 SWEEP_EVERY = 60.0
 
 
+class DataDirBusy(AgentError):
+    """Another process (normally the running agent) holds the data directory."""
+
+
 class DataDirLock:
     """An exclusive lock on a data directory: one agent (or reindex) at a time."""
 
@@ -42,7 +46,7 @@ class DataDirLock:
             handle.seek(0)
             holder = handle.read().strip() or "another process"
             handle.close()
-            raise AgentError(f"{self.path.parent.parent} is in use by pid {holder}") from None
+            raise DataDirBusy(f"{self.path.parent.parent} is in use by pid {holder}") from None
         handle.seek(0)
         handle.truncate()
         handle.write(str(os.getpid()))

@@ -15,6 +15,10 @@ class ConfigError(AgentError, ValueError):
         self.key = key
 
 
+class UsageError(AgentError, ValueError):
+    """The command line asks for something that cannot be done as written."""
+
+
 class StoreError(AgentError, OSError):
     """An instance could not be stored; ``status`` is the DICOM status to answer."""
 

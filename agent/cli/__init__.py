@@ -12,11 +12,13 @@ from collections.abc import Sequence
 from types import ModuleType
 
 from agent import __version__
-from agent.cli import check_config, echo, queue, reindex, run, status
+from agent.cli import check_config, echo, find, queue, reindex, retrieve, run, status
 from agent.cli.common import fail, setup_logging
-from agent.errors import AgentError, ConfigError
+from agent.errors import AgentError, ConfigError, UsageError
 
-COMMANDS: tuple[ModuleType, ...] = (run, check_config, echo, status, reindex, queue)
+COMMANDS: tuple[ModuleType, ...] = (
+    run, check_config, echo, status, reindex, queue, find, retrieve
+)
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
 
@@ -49,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(verbose=args.verbose)
     try:
         return int(args.handler(args))
-    except ConfigError as exc:
+    except (ConfigError, UsageError) as exc:
         return fail(str(exc), EXIT_CONFIG)
     except AgentError as exc:
         return fail(str(exc), EXIT_FAILED)

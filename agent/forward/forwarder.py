@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from agent.archive import Archive
 from agent.config import Config
 from agent.forward import queue, retention
-from agent.forward.rules import route
+from agent.forward.rules import router_for
 from agent.forward.sender import Sender
 from agent.status import StatusModel
 
@@ -26,7 +26,7 @@ class Forwarder:
             name: Sender(config.peers[name], config, archive, status)
             for name in sorted(config.forward.destinations)
         }
-        archive.router = lambda header, calling_ae: route(config.forward, header, calling_ae)
+        archive.router = router_for(config.forward, config.peers)
         archive.on_queued = self.wake
 
     def start(self) -> None:
@@ -44,12 +44,23 @@ class Forwarder:
                 sender.wake()
 
     def refresh_status(self) -> None:
-        """Publish queue depth per destination into the status model."""
-        if not self.senders:
-            return
+        """Publish queue depth per destination; start senders for newly queued peers."""
         with self.archive.index.reading() as conn:
             depth = queue.depth(conn)
-        self.status.queue_depth(depth, tuple(self.senders))
+        self._adopt(depth)
+        if self.senders:
+            self.status.queue_depth(depth, tuple(self.senders))
+
+    def _adopt(self, depth: dict[str, dict[str, int]]) -> None:
+        """A sender for every configured peer with jobs (``retrieve --send-to`` queues some)."""
+        for name, counts in depth.items():
+            waiting = counts.get("pending", 0) + counts.get("retrying", 0)
+            if name in self.senders or name not in self.config.peers or not waiting:
+                continue
+            sender = Sender(self.config.peers[name], self.config, self.archive, self.status)
+            self.senders[name] = sender
+            sender.start()
+            log.info("forwarding to %s (jobs were queued for it)", name)
 
     def sweep(self) -> int:
         """Apply retention (only where forwarding is configured)."""

@@ -53,6 +53,19 @@ def add_jobs(
     )
 
 
+def send_again(
+    conn: sqlite3.Connection, sop_uids: Iterable[str], destination: str, now: float
+) -> int:
+    """Queue instances for a destination now, even those it already has (an explicit push)."""
+    return conn.executemany(
+        "INSERT INTO forward_jobs (SOPInstanceUID, destination, state, next_attempt, created_at)"
+        " VALUES (?, ?, 'pending', ?, ?) ON CONFLICT (SOPInstanceUID, destination) DO UPDATE"
+        " SET state = 'pending', attempts = 0, next_attempt = excluded.next_attempt,"
+        " done_at = NULL, last_error = NULL",
+        [(uid, destination, now, now) for uid in sop_uids],
+    ).rowcount
+
+
 def due(conn: sqlite3.Connection, destination: str, now: float, limit: int) -> list[Job]:
     """Jobs ready to try, grouped by study so one association carries a study."""
     rows = conn.execute(

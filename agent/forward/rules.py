@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from typing import Any
+
 from pydicom.dataset import Dataset
 
 from agent.archive.keys import as_text
@@ -16,6 +19,22 @@ def route(settings: ForwardSettings, header: Dataset, calling_ae: str) -> tuple[
         if matches(rule, header, calling_ae):
             chosen += [name for name in rule.to if name not in chosen]
     return tuple(chosen)
+
+
+def router_for(
+    settings: ForwardSettings, peers: Mapping[str, Any]
+) -> Callable[[Dataset, str], tuple[str, ...]]:
+    """The archive's router: ``route``, minus the peer the instance came from.
+
+    An instance is never sent back to the AE that sent it: a study pulled from the PACS
+    (by C-MOVE or C-GET) must not be forwarded to that PACS again.
+    """
+
+    def router(header: Dataset, calling_ae: str) -> tuple[str, ...]:
+        chosen = route(settings, header, calling_ae)
+        return tuple(name for name in chosen if peers[name].ae_title != calling_ae)
+
+    return router
 
 
 def matches(rule: Rule, header: Dataset, calling_ae: str) -> bool:

@@ -59,3 +59,11 @@ def service_of(abstract_syntax: str) -> str:
     if abstract_syntax in QR_SOP_CLASSES:
         return QR_SOP_CLASSES[abstract_syntax][1]
     return "store"
+
+
+def qr_sop_class(model: str, service: str) -> str:
+    """The Query/Retrieve SOP Class UID of a model (``STUDY_ROOT``...) and service (``find``...)."""
+    for sop_class, pair in QR_SOP_CLASSES.items():
+        if pair == (model, service):
+            return sop_class
+    raise KeyError(f"no {service} SOP class in {model}")

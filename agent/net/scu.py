@@ -7,7 +7,9 @@ person reading them is usually a field engineer with a cable and a deadline.
 from __future__ import annotations
 
 import re
+import socket
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +23,9 @@ from agent.net.reactor import requestor_handlers
 
 _TARGET = re.compile(r"^(?P<ae>[^@]{1,16})@(?P<host>[^:@]+|\[[0-9A-Fa-f:.]+\]):(?P<port>\d{1,5})$")
 
+ACSE_TIMEOUT = 30.0
+DIMSE_TIMEOUT = 60.0
+PROBE_TIMEOUT = 5.0
 _REJECT_REASONS = {
     (1, 1): "no reason given",
     (1, 2): "application context name not supported",
@@ -62,28 +67,56 @@ def resolve_target(config: Config, spec: str) -> Target:
     return Target(match["ae"], match["host"].strip("[]"), port, spec)
 
 
-def new_ae(config: Config) -> AE:
-    """An AE for requesting associations, with our AE title and speed settings."""
+def new_ae(config: Config, *, timeout: float | None = None) -> AE:
+    """An AE for requesting associations, with our AE title and speed settings.
+
+    ``timeout`` bounds connecting, the association request and each answer awaited.
+    """
     configure_pynetdicom(debug=config.agent.log_level == "debug", quiet=True)
     ae = AE(ae_title=config.agent.ae_title)
     ae.maximum_pdu_size = config.agent.max_pdu
     ae.network_timeout = config.agent.network_timeout
-    ae.acse_timeout = 30
-    ae.dimse_timeout = 60
+    ae.connection_timeout = timeout or ACSE_TIMEOUT
+    ae.acse_timeout = timeout or ACSE_TIMEOUT
+    ae.dimse_timeout = timeout or DIMSE_TIMEOUT
     return ae
 
 
-def associate(ae: AE, target: Target) -> Any:
+def associate(
+    ae: AE, target: Target, *, ext_neg: list[Any] | None = None, extra_handlers: Sequence[Any] = ()
+) -> Any:
     """Open an association with Nagle off, or raise PeerError with the reason in words."""
     assoc = ae.associate(
         target.host,
         target.port,
         ae_title=target.ae_title,
-        evt_handlers=requestor_handlers(),
+        ext_neg=ext_neg or None,
+        evt_handlers=[*requestor_handlers(), *extra_handlers],
     )
     if assoc.is_established:
         return assoc
-    raise PeerError(f"{target}: {describe_failure(assoc)}")
+    reason = describe_failure(assoc)
+    if not assoc.is_rejected:
+        reason = probe(target, min(float(ae.acse_timeout or PROBE_TIMEOUT), PROBE_TIMEOUT))
+    raise PeerError(f"{target}: {reason}")
+
+
+def probe(target: Target, timeout: float) -> str:
+    """Why no association came up, found by trying a plain TCP connection."""
+    where = f"{target.host}:{target.port}"
+    try:
+        with socket.create_connection((target.host, target.port), timeout=timeout):
+            pass
+    except ConnectionRefusedError:
+        return f"connection refused: nothing listens on {where} (agent stopped? wrong port?)"
+    except TimeoutError:
+        return f"{where} did not answer within {timeout:g} s (host down, firewall, wrong address?)"
+    except OSError as exc:
+        return f"cannot reach {where}: {exc.strerror or exc}"
+    return (
+        f"{where} accepts connections but gave no association answer within {timeout:g} s "
+        "(not a DICOM port, or the peer is overloaded)"
+    )
 
 
 def describe_failure(assoc: Any) -> str:

@@ -1,0 +1,63 @@
+"""C-FIND as an SCU: ask a peer what it holds, collect the answers and the final status."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from pydicom.dataset import Dataset
+from pydicom.uid import UID
+
+from agent.config import Config
+from agent.errors import PeerError
+from agent.net.contexts import UNCOMPRESSED, qr_sop_class
+from agent.net.scu import Target, associate, new_ae
+from agent.qr.identifiers import FindRequest
+from agent.qr.outcome import Outcome, outcome_of
+
+log = logging.getLogger(__name__)
+
+PENDING = (0xFF00, 0xFF01)
+
+
+@dataclass(frozen=True)
+class FindResult:
+    """The answers to a C-FIND and how it ended."""
+
+    target: Target
+    request: FindRequest
+    matches: tuple[Dataset, ...]
+    outcome: Outcome
+
+
+def find(
+    config: Config, target: Target, request: FindRequest, *, timeout: float = 30.0
+) -> FindResult:
+    """Run one C-FIND; PeerError if no association or no final answer, else the result."""
+    identifier = request.identifier()
+    sop_class = UID(qr_sop_class(request.model.value, "find"))
+    ae = new_ae(config, timeout=timeout)
+    ae.add_requested_context(sop_class, list(UNCOMPRESSED))
+    assoc = associate(ae, target)
+    matches: list[Dataset] = []
+    try:
+        _require_accepted(assoc, sop_class, target)
+        for status, answer in assoc.send_c_find(identifier, sop_class):
+            if not status or "Status" not in status:
+                raise PeerError(f"{target}: no answer to C-FIND within {timeout:g} s, or aborted")
+            if int(status.Status) in PENDING:
+                if answer is not None:
+                    matches.append(answer)
+                continue
+            return FindResult(target, request, tuple(matches), outcome_of(status, "find"))
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    raise PeerError(f"{target}: the C-FIND ended without a final status")
+
+
+def _require_accepted(assoc: object, sop_class: UID, target: Target) -> None:
+    """PeerError naming the model when the peer accepted the association but not the model."""
+    accepted = {cx.abstract_syntax for cx in getattr(assoc, "accepted_contexts", [])}
+    if sop_class not in accepted:
+        raise PeerError(f"{target}: the peer does not offer {sop_class.name} (try -P, -S or -O)")

@@ -1,0 +1,65 @@
+"""DICOM statuses in words, with a hint for the mistakes field engineers meet most."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pynetdicom.status import (
+    GENERAL_STATUS,
+    QR_FIND_SERVICE_CLASS_STATUS,
+    QR_GET_SERVICE_CLASS_STATUS,
+    QR_MOVE_SERVICE_CLASS_STATUS,
+    code_to_category,
+)
+
+_TABLES = {
+    "find": QR_FIND_SERVICE_CLASS_STATUS,
+    "move": QR_MOVE_SERVICE_CLASS_STATUS,
+    "get": QR_GET_SERVICE_CLASS_STATUS,
+}
+HINTS = {
+    0xA801: "the peer does not know our AE title as a move destination: add it (with our "
+    "host and port) to the peer's list of modalities, or use --get",
+    0x0122: "the peer does not offer this information model: try another of -P, -S, -O",
+    0x0124: "the peer does not let our AE title do this",
+}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The final status of an operation, in words."""
+
+    status: int
+    category: str
+    words: str
+    comment: str | None = None
+
+    @property
+    def succeeded(self) -> bool:
+        """Success, or a warning that still delivered the answer."""
+        return self.category in ("Success", "Warning")
+
+    def __str__(self) -> str:
+        text = f"{self.words} (0x{self.status:04X})"
+        if self.comment:
+            text += f" ({self.comment})"
+        hint = HINTS.get(self.status)
+        return f"{text}; {hint}" if hint else text
+
+
+def outcome_of(status: Any, service: str) -> Outcome:
+    """The Outcome of a response status Dataset from a find, move or get."""
+    code = int(status.Status)
+    category = code_to_category(code)
+    table = _TABLES[service]
+    known = table.get(code) or GENERAL_STATUS.get(code)
+    words = (known[1] if known else "") or _by_category(category)
+    comment = status.get("ErrorComment")
+    return Outcome(code, category, words, str(comment).strip() if comment else None)
+
+
+def _by_category(category: str) -> str:
+    return {"Failure": "unable to process", "Cancel": "cancelled"}.get(
+        category, category.lower()
+    )

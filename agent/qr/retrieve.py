@@ -1,0 +1,157 @@
+"""C-MOVE and C-GET as an SCU: pull instances from a peer, reporting progress.
+
+With ``move`` the peer opens its own association to the move destination (normally
+this agent's Storage SCP); with ``get`` the instances come back on our association and
+``on_store`` keeps each one, answering with the status its C-STORE deserves.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydicom.dataset import Dataset
+from pydicom.uid import UID
+from pynetdicom import StoragePresentationContexts, build_role, evt
+
+from agent.config import Config
+from agent.errors import PeerError, UsageError
+from agent.net.contexts import STORAGE_TRANSFER_SYNTAXES, UNCOMPRESSED, qr_sop_class
+from agent.net.scu import Target, associate, new_ae
+from agent.qr.identifiers import RetrieveRequest
+from agent.qr.outcome import Outcome, outcome_of
+
+log = logging.getLogger(__name__)
+
+Method = Literal["move", "get"]
+StoreHandler = Callable[[Any], int]
+MAX_STORAGE_CONTEXTS = 127  # 128 presentation contexts at most, one is the C-GET's own
+PENDING = (0xFF00, 0xFF01)
+DEFAULT_STORAGE_CLASSES = tuple(str(cx.abstract_syntax) for cx in StoragePresentationContexts)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Sub-operation counts from a pending (or the final) response."""
+
+    remaining: int | None
+    completed: int
+    failed: int
+    warning: int
+
+    @property
+    def done(self) -> int:
+        """Sub-operations finished, whatever their outcome."""
+        return self.completed + self.failed + self.warning
+
+
+@dataclass(frozen=True)
+class RetrieveResult:
+    """How a C-MOVE or C-GET ended."""
+
+    target: Target
+    method: Method
+    outcome: Outcome
+    progress: Progress
+    failed_uids: tuple[str, ...]
+
+    @property
+    def complete(self) -> bool:
+        """Every sub-operation succeeded (or warned) and the peer said so."""
+        return self.outcome.succeeded and self.progress.failed == 0 and not self.failed_uids
+
+
+def retrieve(
+    config: Config,
+    target: Target,
+    request: RetrieveRequest,
+    *,
+    method: Method,
+    destination: str | None = None,
+    on_store: StoreHandler | None = None,
+    storage_classes: Sequence[str] = DEFAULT_STORAGE_CLASSES,
+    on_progress: Callable[[Progress], None] = lambda progress: None,
+    timeout: float = 60.0,
+) -> RetrieveResult:
+    """Run one C-MOVE (to ``destination``, default our AE) or C-GET (into ``on_store``)."""
+    identifier = request.identifier()
+    sop_class = UID(qr_sop_class(request.model.value, method))
+    ae = new_ae(config, timeout=timeout)
+    ae.add_requested_context(sop_class, list(UNCOMPRESSED))
+    handlers: list[Any] = []
+    roles: list[Any] = []
+    if method == "get":
+        if on_store is None:
+            raise UsageError("a C-GET needs somewhere to keep what arrives")
+        for storage_class in list(dict.fromkeys(storage_classes))[:MAX_STORAGE_CONTEXTS]:
+            ae.add_requested_context(storage_class, list(STORAGE_TRANSFER_SYNTAXES))
+            roles.append(build_role(storage_class, scp_role=True))
+        handlers.append((evt.EVT_C_STORE, on_store))
+    assoc = associate(ae, target, ext_neg=roles, extra_handlers=handlers)
+    try:
+        if sop_class not in {cx.abstract_syntax for cx in assoc.accepted_contexts}:
+            raise PeerError(f"{target}: the peer does not offer {sop_class.name}")
+        if method == "move":
+            responses = assoc.send_c_move(
+                identifier, destination or config.agent.ae_title, sop_class
+            )
+        else:
+            responses = assoc.send_c_get(identifier, sop_class)
+        return _follow(responses, target, method, timeout, on_progress)
+    finally:
+        if assoc.is_established:
+            assoc.release()
+
+
+def _follow(
+    responses: Any,
+    target: Target,
+    method: Method,
+    timeout: float,
+    on_progress: Callable[[Progress], None],
+) -> RetrieveResult:
+    """Report each pending response; return the final one as a result."""
+    last = Progress(None, 0, 0, 0)
+    for status, identifier in responses:
+        if not status or "Status" not in status:
+            raise PeerError(
+                f"{target}: no answer to the C-{method.upper()} within {timeout:g} s, or aborted"
+                f" (after {last.done} instances)"
+            )
+        last = _progress(status, last)
+        if int(status.Status) in PENDING:
+            on_progress(last)
+            continue
+        return RetrieveResult(
+            target, method, outcome_of(status, method), last, _failed_uids(identifier)
+        )
+    raise PeerError(f"{target}: the C-{method.upper()} ended without a final status")
+
+
+def _progress(status: Dataset, previous: Progress) -> Progress:
+    """Counts from a response; a final response may leave them out (keep the last seen)."""
+
+    def count(keyword: str, fallback: int) -> int:
+        value = status.get(f"NumberOf{keyword}Suboperations")
+        return int(value) if value is not None and value != "" else fallback
+
+    remaining = status.get("NumberOfRemainingSuboperations")
+    return Progress(
+        int(remaining) if remaining not in (None, "") else None,
+        count("Completed", previous.completed),
+        count("Failed", previous.failed),
+        count("Warning", previous.warning),
+    )
+
+
+def _failed_uids(identifier: Dataset | None) -> tuple[str, ...]:
+    """The Failed SOP Instance UID List of a final response, if the peer sent one."""
+    if identifier is None:
+        return ()
+    value = identifier.get("FailedSOPInstanceUIDList")
+    if value is None or value == "":
+        return ()
+    values = [value] if isinstance(value, str) else list(value)
+    return tuple(str(uid).strip() for uid in values if str(uid).strip())

@@ -99,7 +99,7 @@ def test_the_pacs_down_for_a_while_then_up_gets_everything(tmp_path: Path) -> No
         wait_until(lambda: set(jobs(tmp_path / "data").values()) == {"retrying"}, 30,
                    "the jobs to wait for the PACS")
         [pacs_state] = agent.status.snapshot().destinations
-        assert "no association" in str(pacs_state.last_error)
+        assert "connection refused: nothing listens on" in str(pacs_state.last_error)
         with pacs:
             wait_until(lambda: pacs.count() == 20, 60, "the PACS to receive everything")
     assert set(jobs(tmp_path / "data").values()) == {"done"}

@@ -63,6 +63,7 @@ class Snapshot:
     duplicates: int = 0
     conflicts: int = 0
     refused: int = 0
+    forwarded: int = 0
     last_received_at: str | None = None
     disk_free: int | None = None
     below_floor: bool = False
@@ -142,7 +143,12 @@ class StatusModel:
 
     def forwarded(self, name: str) -> None:
         """An instance reached ``name``."""
-        self._apply(lambda s: _with_destination(s, name, last_success=_now()))
+        self._apply(
+            lambda s: {
+                "forwarded": s.forwarded + 1,
+                **_with_destination(s, name, last_success=_now()),
+            }
+        )
 
     def forward_failed(self, name: str, error: str) -> None:
         """An attempt to deliver to ``name`` failed."""

@@ -12,12 +12,12 @@ from collections.abc import Sequence
 from types import ModuleType
 
 from agent import __version__
-from agent.cli import check_config, echo, find, queue, reindex, retrieve, run, status
+from agent.cli import check_config, echo, find, leds, queue, reindex, retrieve, run, status
 from agent.cli.common import fail, setup_logging
 from agent.errors import AgentError, ConfigError, UsageError
 
 COMMANDS: tuple[ModuleType, ...] = (
-    run, check_config, echo, status, reindex, queue, find, retrieve
+    run, check_config, echo, status, reindex, queue, find, retrieve, leds
 )
 EXIT_FAILED = 1
 EXIT_CONFIG = 2

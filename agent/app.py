@@ -8,6 +8,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -15,6 +16,9 @@ from agent.archive import Archive, Layout
 from agent.archive.recovery import recover
 from agent.config import Config
 from agent.errors import AgentError
+from agent.field import logbuffer
+from agent.field.console import SerialConsole, start_console
+from agent.field.leds import StatusLeds
 from agent.forward.forwarder import Forwarder
 from agent.net.scp import DicomServer
 from agent.status import State, StatusModel, publish
@@ -63,14 +67,24 @@ class DataDirLock:
 class Agent:
     """The running agent: archive, DICOM server and housekeeping, started and stopped together."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        on_restart: Callable[[], None] | None = None,
+        hardware: bool = True,
+    ) -> None:
         self.config = config
+        self.hardware = hardware  # False: no LEDs or console (a retrieve's temporary agent)
+        self.on_restart = on_restart  # the serial console's 'restart yes' calls it
+        self.console: SerialConsole | None = None
         self.status = StatusModel()
         self.layout = Layout(config.agent.data_dir)
         self._lock = DataDirLock(self.layout.run_dir)
         self.archive: Archive | None = None
         self.server: DicomServer | None = None
         self.forwarder: Forwarder | None = None
+        self.leds: StatusLeds | None = None
         self._stop = threading.Event()
         self._housekeeper: threading.Thread | None = None
 
@@ -78,6 +92,9 @@ class Agent:
         """Lock the data dir, recover the archive, start listening, then report SERVING."""
         self.layout.create()
         self._lock.acquire()
+        logbuffer.install()
+        if self.hardware:
+            self.leds = StatusLeds(self.status, self.config.leds)
         if self.config.agent.allow_unknown:
             log.warning(
                 "unknown AEs may %s: fine for a first test, not for a hospital network",
@@ -95,11 +112,16 @@ class Agent:
             target=self._housekeep, name="housekeeping", daemon=True
         )
         self._housekeeper.start()
+        if self.hardware:
+            self.console = start_console(self, self.on_restart)
         self.status.set_state(State.SERVING)
 
     def close(self) -> None:
         """Stop serving, flush the status, close the archive and release the data dir."""
         self.status.set_state(State.STOPPING)
+        if self.console is not None:
+            self.console.close()
+            self.console = None
         if self.server is not None:
             self.server.close()
         if self.forwarder is not None:
@@ -113,6 +135,9 @@ class Agent:
         if self.archive is not None:
             self.archive.close()
         self._lock.release()
+        if self.leds is not None:
+            self.leds.close()
+            self.leds = None
 
     def __enter__(self) -> Agent:
         self.start()

@@ -134,7 +134,7 @@ def landing(config: Config, agent: Agent | None, *, serve: bool) -> Iterator[Lan
 @contextlib.contextmanager
 def _temporary_agent(config: Config) -> Iterator[Landing]:
     """The agent, started in this process for the length of one retrieve."""
-    temporary = Agent(config)
+    temporary = Agent(config, hardware=False)
     try:
         temporary.start()
         assert temporary.archive is not None and temporary.forwarder is not None

@@ -40,11 +40,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Query, print, exit 0 on success (or warning), 1 on a failure status."""
-    return execute(args, load_config(args), sys.stdout)
+    return execute(args, load_config(args), sys.stdout, errors=sys.stderr)
 
 
-def execute(args: argparse.Namespace, config: Config, out: TextIO) -> int:
-    """The command's work, printing to ``out`` (the CLI's stdout or the serial console)."""
+def execute(
+    args: argparse.Namespace, config: Config, out: TextIO, *, errors: TextIO | None = None
+) -> int:
+    """The command's work, printing to ``out`` (the CLI's stdout or the serial console).
+
+    With ``--json`` a failure is told on ``errors`` (default ``out``), keeping stdout JSON.
+    """
     request = request_from(args)
     result = find(config, resolve_target(config, args.peer), request, timeout=args.timeout)
     if args.json:
@@ -55,7 +60,7 @@ def execute(args: argparse.Namespace, config: Config, out: TextIO) -> int:
     if result.outcome.succeeded:
         return 0
     if args.json:
-        sys.stderr.write(f"edge-agent: {summary(result)}\n")
+        (errors or out).write(f"edge-agent: {summary(result)}\n")
     return 1
 
 

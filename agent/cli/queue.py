@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import builtins
+import functools
 import sys
 import time
+from typing import TextIO
 
 from agent.archive import Layout
 from agent.archive.index import Index
 from agent.cli.common import load_config
+from agent.config import Config
 from agent.errors import AgentError
 from agent.forward import queue
 
@@ -27,30 +31,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """List, re-arm or purge; changes take effect at the senders' next look (seconds)."""
-    layout = Layout(load_config(args).agent.data_dir)
+    return execute(args, load_config(args), sys.stdout)
+
+
+def execute(args: argparse.Namespace, config: Config, out: TextIO) -> int:
+    """The command's work, printing to ``out`` (the CLI's stdout or the serial console)."""
+    layout = Layout(config.agent.data_dir)
     if not layout.index_path.exists():
-        print("queue empty (no archive yet)")
+        out.write("queue empty (no archive yet)\n")
         return 0
     with Index(layout.index_path) as index:
         if args.action == "retry":
-            return _retry(index, args)
+            return _retry(index, args, out)
         if args.action == "purge":
-            return _purge(index, args.yes)
+            return _purge(index, args.yes, out)
         with index.reading() as conn:
-            _print(queue.depth(conn), queue.listing(conn, SHOWN))
+            _print(queue.depth(conn), queue.listing(conn, SHOWN), out)
     return 0
 
 
-def _retry(index: Index, args: argparse.Namespace) -> int:
+def _retry(index: Index, args: argparse.Namespace, out: TextIO) -> int:
     if not args.ids and not args.all:
         raise AgentError("say which jobs: queue retry ID [ID...] or queue retry --all")
     with index.transaction() as conn:
         count = queue.rearm(conn, time.time(), None if args.all else args.ids)
-    print(f"OK re-armed {count} jobs")
+    out.write(f"OK re-armed {count} jobs\n")
     return 0
 
 
-def _purge(index: Index, confirmed: bool) -> int:
+def _purge(index: Index, confirmed: bool, out: TextIO) -> int:
     with index.reading() as conn:
         waiting = sum(d.get(queue.QUARANTINED, 0) for d in queue.depth(conn).values())
     if not confirmed:
@@ -61,15 +70,16 @@ def _purge(index: Index, confirmed: bool) -> int:
             "removed by retention. Type 'yes': "
         )
         if answer.strip().lower() != "yes":
-            print("nothing purged")
+            out.write("nothing purged\n")
             return 1
     with index.transaction() as conn:
         count = queue.purge_quarantined(conn)
-    print(f"OK purged {count} quarantined jobs")
+    out.write(f"OK purged {count} quarantined jobs\n")
     return 0
 
 
-def _print(depth: dict[str, dict[str, int]], rows: list[queue.QueueRow]) -> None:
+def _print(depth: dict[str, dict[str, int]], rows: list[queue.QueueRow], out: TextIO) -> None:
+    print = functools.partial(builtins.print, file=out)
     if not depth:
         print("queue empty: everything was delivered")
         return

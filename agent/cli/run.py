@@ -13,6 +13,7 @@ from agent.cli.common import load_config
 
 NAME = "run"
 HELP = "run the agent in the foreground (what the systemd service runs)"
+EXIT_RESTART = 75  # EX_TEMPFAIL: the console asked for a restart; Restart=on-failure does it
 log = logging.getLogger(__name__)
 
 
@@ -31,7 +32,14 @@ def run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    agent = Agent(config)
+    restart = threading.Event()
+
+    def request_restart() -> None:
+        log.warning("restart asked for on the serial console; exiting with %d", EXIT_RESTART)
+        restart.set()
+        stop.set()
+
+    agent = Agent(config, on_restart=request_restart)
     try:
         agent.start()
         where = config.source or "built-in default configuration"
@@ -39,4 +47,4 @@ def run(args: argparse.Namespace) -> int:
         stop.wait()
     finally:
         agent.close()
-    return 0
+    return EXIT_RESTART if restart.is_set() else 0

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import builtins
 import dataclasses
+import functools
 import json
 import shutil
-from typing import Any
+import sys
+from typing import Any, TextIO
 
 from agent.archive import Layout
 from agent.archive.index import Counts, connect, read_counts
 from agent.cli.common import load_config
+from agent.config import Config
 from agent.status import process_alive, read_published
 
 NAME = "status"
@@ -54,8 +58,13 @@ def _counts(layout: Layout) -> Counts:
 
 def run(args: argparse.Namespace) -> int:
     """Print the status; exit 0 whether or not the agent is running."""
-    config = load_config(args)
+    return execute(args, load_config(args), sys.stdout)
+
+
+def execute(args: argparse.Namespace, config: Config, out: TextIO) -> int:
+    """The command's work, printing to ``out`` (the CLI's stdout or the serial console)."""
     info = gather(Layout(config.agent.data_dir))
+    print = functools.partial(builtins.print, file=out)
     if args.json:
         print(json.dumps(info, indent=1))
         return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 from pathlib import Path
 
@@ -190,6 +191,20 @@ def test_an_unknown_calling_ae_is_rejected_at_association(agent: Agent, tmp_path
     assert result.returncode != 0
     assert "Calling AE Title Not Recognized" in result.stdout + result.stderr
     assert archived_files(data_dir) == []
+
+
+def test_a_connection_that_never_asks_for_an_association_is_let_go_at_once(
+        agent: Agent) -> None:
+    # a port probe or a health check: without care, each holds a thread for the
+    # 30 s ACSE timeout, and stopping the agent waits for all of them
+    assert agent.server is not None
+    for _ in range(3):
+        socket.create_connection(("127.0.0.1", agent.server.port), timeout=5).close()
+    echo = [dcmtk("echoscu"), "-aet", "MODALITY", "-aec", "EDGE", "127.0.0.1",
+            str(agent.server.port)]
+    assert subprocess.run(echo, capture_output=True, timeout=30).returncode == 0
+    wait_until(lambda: agent.server.active_associations() == 0,  # type: ignore[union-attr]
+               10, "the probes' associations to end")
 
 
 @pytest.mark.slow

@@ -85,6 +85,7 @@ class DicomServer:
         tempfile.tempdir = str(self.archive.layout.tmp_dir)
         handlers: list[Any] = [
             (evt.EVT_REQUESTED, self._on_requested),
+            (evt.EVT_CONN_CLOSE, sockets.end_if_never_requested),
             (evt.EVT_C_ECHO, self._storage.on_echo),
             (evt.EVT_C_STORE, self._storage.on_store),
             (evt.EVT_C_FIND, self._qr.on_find),
@@ -108,6 +109,25 @@ class DicomServer:
         self._thread.start()
         self.status.set_listening(settings.bind, self.port)
         log.info("listening as %s on %s:%d", settings.ae_title, settings.bind, self.port)
+
+    def serving(self) -> bool:
+        """True while the listener socket is open and its thread runs."""
+        server, thread = self._server, self._thread
+        return (
+            server is not None
+            and server.socket is not None
+            and server.socket.fileno() >= 0
+            and thread is not None
+            and thread.is_alive()
+        )
+
+    def reconfigure(self, config: Config) -> None:
+        """Take a reloaded configuration: admission and move destinations read it from now on.
+
+        The listener itself (AE title, port, PDU size) keeps what it was built with.
+        """
+        self.config = config
+        self._qr.config = config
 
     def active_associations(self) -> int:
         """How many associations are open now."""

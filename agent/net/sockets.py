@@ -126,3 +126,15 @@ def on_connection_open(event: Any) -> None:
         rearm_quickack(sock)
         wrapper.__class__ = TunedAssociationSocket
         event.assoc.dul._run_loop_delay = DUL_POLL_SECONDS
+
+
+def end_if_never_requested(event: Any) -> None:
+    """EVT_CONN_CLOSE: a connection that closed before asking for an association ends now.
+
+    A port probe or a load balancer's health check connects and hangs up at once;
+    pynetdicom's acceptor would otherwise hold its thread for the whole ACSE timeout,
+    and the server's shutdown would wait for it.
+    """
+    assoc = event.assoc
+    if assoc.is_acceptor and assoc.requestor.primitive is None:
+        assoc.dul.to_user_queue.put(None)  # read as "no request came": the reactor ends

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
+from agent import reconfigure
 from agent.archive import Archive, Layout
 from agent.archive.recovery import recover
 from agent.config import Config
@@ -19,9 +20,11 @@ from agent.errors import AgentError
 from agent.field import logbuffer
 from agent.field.console import SerialConsole, start_console
 from agent.field.leds import StatusLeds
+from agent.field.systemd import Notifier
 from agent.forward.forwarder import Forwarder
+from agent.net import configure_pynetdicom
 from agent.net.scp import DicomServer
-from agent.status import State, StatusModel, publish
+from agent.status import Snapshot, State, StatusModel, publish
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +78,9 @@ class Agent:
         hardware: bool = True,
     ) -> None:
         self.config = config
-        self.hardware = hardware  # False: no LEDs or console (a retrieve's temporary agent)
+        # False: no LEDs, console or systemd notifications (a retrieve's temporary agent)
+        self.hardware = hardware
+        self.notifier = Notifier() if hardware else Notifier({})
         self.on_restart = on_restart  # the serial console's 'restart yes' calls it
         self.console: SerialConsole | None = None
         self.status = StatusModel()
@@ -87,6 +92,9 @@ class Agent:
         self.leds: StatusLeds | None = None
         self._stop = threading.Event()
         self._housekeeper: threading.Thread | None = None
+        self._reloading = threading.Lock()
+        self._published = -1  # the status version last written to run/status.json
+        self._summary = ""  # the STATUS= line last sent to systemd
 
     def start(self) -> None:
         """Lock the data dir, recover the archive, start listening, then report SERVING."""
@@ -115,9 +123,36 @@ class Agent:
         if self.hardware:
             self.console = start_console(self, self.on_restart)
         self.status.set_state(State.SERVING)
+        self.notifier.ready(self.status.snapshot().summary())
+
+    def reload(self, new: Config) -> list[str]:
+        """Apply ``new`` where it can change live; return the keys that need a restart."""
+        with self._reloading:
+            self.notifier.reloading()
+            effective, later = reconfigure.split(self.config, new)
+            changed = reconfigure.changed_keys(self.config, effective)
+            if effective.agent.log_level != self.config.agent.log_level:
+                level = effective.agent.log_level.upper()
+                logging.getLogger().setLevel(level)
+                configure_pynetdicom(debug=level == "DEBUG")
+            self.config = effective
+            if self.archive is not None:
+                self.archive.min_free_bytes = effective.agent.min_free_mb * 1048576
+            if self.server is not None:
+                self.server.reconfigure(effective)
+            if self.forwarder is not None:
+                self.forwarder.reconfigure(effective)
+            log.warning(
+                "configuration reloaded: %d setting(s) changed live%s",
+                len(changed),
+                f", {len(later)} wait for a restart: {', '.join(later)}" if later else "",
+            )
+            self.notifier.ready(self.status.snapshot().summary())
+            return later
 
     def close(self) -> None:
         """Stop serving, flush the status, close the archive and release the data dir."""
+        self.notifier.stopping()
         self.status.set_state(State.STOPPING)
         if self.console is not None:
             self.console.close()
@@ -138,6 +173,7 @@ class Agent:
         if self.leds is not None:
             self.leds.close()
             self.leds = None
+        self.notifier.close()
 
     def __enter__(self) -> Agent:
         self.start()
@@ -147,16 +183,13 @@ class Agent:
         self.close()
 
     def _housekeep(self) -> None:
-        """Measure, publish and sweep, once a tick, until stopped."""
-        published = -1
+        """Measure, report and sweep, once a tick, until stopped."""
         last_sweep = time.monotonic()
         while not self._stop.is_set():
             try:
                 self._measure()
                 snapshot = self.status.snapshot()
-                if snapshot.version != published:
-                    publish(snapshot, self.layout.run_dir)
-                    published = snapshot.version
+                self._report(snapshot)
                 if snapshot.below_floor or time.monotonic() - last_sweep > SWEEP_EVERY:
                     self._sweep()
                     last_sweep = time.monotonic()
@@ -164,6 +197,33 @@ class Agent:
                 log.exception("housekeeping failed; trying again next tick")
                 self.status.error(f"housekeeping: {exc}")
             self._stop.wait(TICK)
+
+    def _report(self, snapshot: Snapshot) -> None:
+        """Publish the status file, tell systemd, and feed its watchdog if all is well."""
+        if snapshot.version != self._published:
+            publish(snapshot, self.layout.run_dir)
+            self._published = snapshot.version
+        summary = snapshot.summary()
+        if summary != self._summary:
+            self.notifier.status(summary)
+            self._summary = summary
+        if snapshot.state is not State.SERVING:
+            return  # starting or stopping: nothing to prove, and the listener may be closed
+        sick = self._sickness()
+        if sick is None:
+            self.notifier.watchdog()
+        elif sick != snapshot.last_error:
+            log.error("%s: the systemd watchdog is no longer fed", sick)
+            self.status.error(sick)
+
+    def _sickness(self) -> str | None:
+        """Why the agent does not work (None: the listener serves and the index answers)."""
+        if self.server is None or not self.server.serving():
+            return "the DICOM listener is not serving"
+        if self.archive is not None:
+            with self.archive.index.reading() as conn:
+                conn.execute("SELECT 1 FROM instances LIMIT 1").fetchall()
+        return None
 
     def _measure(self) -> None:
         if self.archive is not None:

@@ -71,6 +71,22 @@ class Snapshot:
     destinations: tuple[Destination, ...] = ()
     version: int = 0
 
+    def summary(self) -> str:
+        """One line for ``systemctl status``: state, listener, counts, queue, trouble."""
+        parts = [self.state.value]
+        if self.listening:
+            parts[0] += f" on {self.listening}"
+        parts.append(f"{self.received} received")
+        if self.destinations:
+            waiting = sum(d.pending + d.retrying for d in self.destinations)
+            parts.append(f"{self.forwarded} forwarded, {waiting} queued")
+            quarantined = sum(d.quarantined for d in self.destinations)
+            if quarantined:
+                parts.append(f"{quarantined} quarantined")
+        if self.below_floor:
+            parts.append("disk below the floor")
+        return ", ".join(parts)
+
     def to_json(self) -> dict[str, Any]:
         """The snapshot as plain JSON types."""
         data = dataclasses.asdict(self)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +13,10 @@ from agent.app import Agent
 from tests.support import AgentProcess, free_port, peer, write_config
 
 MODALITY_AE = "MODALITY"
+
+# a test run under a systemd service must not notify that service for in-process agents
+for _name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
+    os.environ.pop(_name, None)
 
 
 @pytest.fixture

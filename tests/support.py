@@ -80,16 +80,18 @@ def agent_env() -> dict[str, str]:
     """Environment for child agents: our package importable, no stray config."""
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    env.pop("EDGE_AGENT_CONFIG", None)
+    for name in ("EDGE_AGENT_CONFIG", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
+        env.pop(name, None)
     return env
 
 
 class AgentProcess:
     """``edge-agent run`` as a child process, ready once it publishes state 'serving'."""
 
-    def __init__(self, config: Path, data_dir: Path) -> None:
+    def __init__(self, config: Path, data_dir: Path, env: dict[str, str] | None = None) -> None:
         self.config = config
         self.data_dir = data_dir
+        self.env = {**agent_env(), **(env or {})}
         self.log = data_dir.parent / f"agent-{data_dir.name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -100,7 +102,7 @@ class AgentProcess:
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "agent", "run", "--config", str(self.config)],
-                stdout=log, stderr=log, env=agent_env(), start_new_session=True)
+                stdout=log, stderr=log, env=self.env, start_new_session=True)
 
         def serving() -> bool:
             assert self.proc is not None

@@ -62,6 +62,24 @@ class Forwarder:
             sender.start()
             log.info("forwarding to %s (jobs were queued for it)", name)
 
+    def reconfigure(self, config: Config) -> None:
+        """Route and deliver by a reloaded configuration; start senders for new destinations.
+
+        A sender whose peer left the configuration stops; its jobs stay queued.
+        """
+        self.config = config
+        self.archive.router = router_for(config.forward, config.peers)
+        for name in sorted(self.senders):
+            if name not in config.peers:
+                self.senders.pop(name).close()
+                log.warning("stopped forwarding to %s: no longer a configured peer", name)
+        for name, sender in self.senders.items():
+            sender.peer, sender.config = config.peers[name], config
+        for name in sorted(set(config.forward.destinations) - set(self.senders)):
+            self.senders[name] = Sender(config.peers[name], config, self.archive, self.status)
+            self.senders[name].start()
+            log.info("forwarding to %s (added by a reload)", name)
+
     def sweep(self) -> int:
         """Apply retention (only where forwarding is configured)."""
         if not self.senders:

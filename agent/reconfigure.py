@@ -1,0 +1,66 @@
+"""What a changed configuration may change in a running agent, and what waits for a restart.
+
+Peers, who may do what, forwarding and retention, the disk floor and the log level
+take effect at once (SIGHUP or the console's ``config apply``). What the listener,
+the data directory or the hardware were built from is kept as it runs until the
+agent restarts: the running configuration stays coherent, and the operator is told.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from agent.config import Config
+
+RESTART_ONLY = (
+    "agent.ae_title",
+    "agent.port",
+    "agent.bind",
+    "agent.data_dir",
+    "agent.max_pdu",
+    "agent.network_timeout",
+    "agent.max_associations",
+    "leds",
+    "console",
+)
+
+
+def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    """Every leaf of a configuration under its dotted key (``peers.PACS.port``)."""
+    if dataclasses.is_dataclass(node) and not isinstance(node, type):
+        children: Mapping[str, Any] = {
+            f.name: getattr(node, f.name) for f in dataclasses.fields(node) if f.name != "source"
+        }
+    elif isinstance(node, Mapping):
+        children = node
+    else:
+        return {prefix: node}
+    flat: dict[str, Any] = {}
+    for name, value in children.items():
+        flat.update(flatten(value, f"{prefix}.{name}" if prefix else str(name)))
+    return flat
+
+
+def changed_keys(old: Config, new: Config) -> list[str]:
+    """Dotted keys whose value differs (added and removed ones included), sorted."""
+    before, after = flatten(old), flatten(new)
+    return sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+
+
+def needs_restart(key: str) -> bool:
+    """True if ``key`` is only read when the agent starts."""
+    return any(key == r or key.startswith(r + ".") for r in RESTART_ONLY)
+
+
+def split(running: Config, new: Config) -> tuple[Config, list[str]]:
+    """The configuration to run with now, and the changed keys that wait for a restart.
+
+    The first is ``new`` with every restart-only setting kept as it runs.
+    """
+    later = [k for k in changed_keys(running, new) if needs_restart(k)]
+    kept = {k.split(".", 1)[1] for k in RESTART_ONLY if k.startswith("agent.")}
+    agent = dataclasses.replace(new.agent, **{k: getattr(running.agent, k) for k in kept})
+    effective = dataclasses.replace(new, agent=agent, leds=running.leds, console=running.console)
+    return effective, later

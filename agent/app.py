@@ -143,9 +143,9 @@ class Agent:
             if self.forwarder is not None:
                 self.forwarder.reconfigure(effective)
             log.warning(
-                "configuration reloaded: %d setting(s) changed live%s",
-                len(changed),
-                f", {len(later)} wait for a restart: {', '.join(later)}" if later else "",
+                "configuration reloaded: %s%s",
+                ", ".join(sorted({".".join(k.split(".")[:2]) for k in changed})) or "no change",
+                f"; wait for a restart: {', '.join(later)}" if later else "",
             )
             self.notifier.ready(self.status.snapshot().summary())
             return later

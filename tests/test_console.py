@@ -220,6 +220,8 @@ def test_status_peers_version_logs_net(running: Agent, terminal: Terminal) -> No
     status = terminal.command("status")
     assert status[0] == "OK serving"
     assert any("0 patients" in line for line in status)
+    # the live model, not the file housekeeping publishes up to a second later
+    assert any(line.startswith("  agent     serving on 127.0.0.1:") for line in status), status
     peers = terminal.command("peers")
     assert peers[0] == "OK 2 peers"
     assert any("CT" in line and "MODALITY@127.0.0.1:104 allow echo,store" in line

@@ -15,7 +15,7 @@ from agent.archive import Layout
 from agent.archive.index import Counts, connect, read_counts
 from agent.cli.common import load_config
 from agent.config import Config
-from agent.status import process_alive, read_published
+from agent.status import Snapshot, process_alive, read_published
 
 NAME = "status"
 HELP = "show archive counts, free disk and whether the agent is serving"
@@ -26,10 +26,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
-def gather(layout: Layout) -> dict[str, Any]:
-    """Everything ``status`` shows, from the index, the disk and the published model."""
-    published = read_published(layout.run_dir)
-    running = published is not None and _is_live(published)
+def gather(layout: Layout, live: Snapshot | None = None) -> dict[str, Any]:
+    """Everything ``status`` shows, from the index, the disk and the status model.
+
+    ``live`` is the running agent's own model (the console); otherwise the snapshot
+    that agent last published is read.
+    """
+    published = live.to_json() if live is not None else read_published(layout.run_dir)
+    running = published is not None and (live is not None or _is_live(published))
     return {
         "data_dir": str(layout.root),
         "archive": dataclasses.asdict(_counts(layout)),
@@ -61,9 +65,11 @@ def run(args: argparse.Namespace) -> int:
     return execute(args, load_config(args), sys.stdout)
 
 
-def execute(args: argparse.Namespace, config: Config, out: TextIO) -> int:
+def execute(
+    args: argparse.Namespace, config: Config, out: TextIO, *, live: Snapshot | None = None
+) -> int:
     """The command's work, printing to ``out`` (the CLI's stdout or the serial console)."""
-    info = gather(Layout(config.agent.data_dir))
+    info = gather(Layout(config.agent.data_dir), live)
     print = functools.partial(builtins.print, file=out)
     if args.json:
         print(json.dumps(info, indent=1))

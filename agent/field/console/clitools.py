@@ -21,10 +21,15 @@ if TYPE_CHECKING:
 from agent.field.console.table import Args, Command, Reply, err, ok, parse_syntax
 
 
-def run_cli(module: ModuleType, config: Config, **options: Any) -> tuple[int, list[str]]:
-    """Run a CLI subcommand's ``execute`` for this config; its exit status and lines."""
+def run_cli(
+    module: ModuleType, config: Config, *, extra: dict[str, Any] | None = None, **options: Any
+) -> tuple[int, list[str]]:
+    """Run a CLI subcommand's ``execute`` for this config; its exit status and lines.
+
+    ``options`` are the parsed command line; ``extra`` goes to ``execute`` as keywords.
+    """
     out = io.StringIO()
-    status = int(module.execute(argparse.Namespace(**options), config, out))
+    status = int(module.execute(argparse.Namespace(**options), config, out, **(extra or {})))
     return status, out.getvalue().splitlines()
 
 

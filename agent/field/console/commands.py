@@ -8,7 +8,7 @@ import logging
 import platform
 import socket
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from agent import __version__
 from agent.field import logbuffer
@@ -51,7 +51,7 @@ class AgentCommands:
         from agent.cli import status as status_cli
 
         snapshot = self.agent.status.snapshot()
-        _, lines = run_cli(status_cli, self.agent.config, json=False)
+        _, lines = run_cli(status_cli, self.agent.config, json=False, extra={"live": snapshot})
         return ok(snapshot.state.value, lines)
 
     @syntax("peers", "the configured peers: AE title, address and what each may do")
@@ -99,7 +99,7 @@ class AgentCommands:
             return err("type 'queue purge yes' to drop every quarantined job for good")
         return self._queue(action="purge", ids=[], all=False, yes=True)
 
-    def _queue(self, **options: object) -> Reply:
+    def _queue(self, **options: Any) -> Reply:
         from agent.cli import queue as queue_cli
 
         options.setdefault("yes", False)

@@ -6,6 +6,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from agent.field import logbuffer
 from agent.field.console import SerialConsole, start_console
 from agent.field.leds import StatusLeds
 from agent.field.systemd import Notifier
+from agent.forward import retention
 from agent.forward.forwarder import Forwarder
 from agent.net import configure_pynetdicom
 from agent.net.scp import DicomServer
@@ -185,13 +187,15 @@ class Agent:
     def _housekeep(self) -> None:
         """Measure, report and sweep, once a tick, until stopped."""
         last_sweep = time.monotonic()
+        unfinished = False  # the last sweep ran out of time: go on next tick
         while not self._stop.is_set():
             try:
                 self._measure()
                 snapshot = self.status.snapshot()
                 self._report(snapshot)
-                if snapshot.below_floor or time.monotonic() - last_sweep > SWEEP_EVERY:
-                    self._sweep()
+                due = time.monotonic() - last_sweep > SWEEP_EVERY
+                if snapshot.below_floor or unfinished or due:
+                    unfinished = self._sweep() >= retention.BATCH
                     last_sweep = time.monotonic()
             except Exception as exc:  # housekeeping must outlive any one failure
                 log.exception("housekeeping failed; trying again next tick")
@@ -207,22 +211,30 @@ class Agent:
         if summary != self._summary:
             self.notifier.status(summary)
             self._summary = summary
-        if snapshot.state is not State.SERVING:
+        if snapshot.state not in (State.SERVING, State.FAILED):
             return  # starting or stopping: nothing to prove, and the listener may be closed
         sick = self._sickness()
         if sick is None:
+            self.status.beat()
             self.notifier.watchdog()
-        elif sick != snapshot.last_error:
+            if snapshot.state is State.FAILED:
+                log.warning("working again: the listener serves and the index answers")
+                self.status.set_state(State.SERVING)
+        elif snapshot.state is State.SERVING:
             log.error("%s: the systemd watchdog is no longer fed", sick)
             self.status.error(sick)
+            self.status.set_state(State.FAILED)
 
     def _sickness(self) -> str | None:
         """Why the agent does not work (None: the listener serves and the index answers)."""
         if self.server is None or not self.server.serving():
             return "the DICOM listener is not serving"
         if self.archive is not None:
-            with self.archive.index.reading() as conn:
-                conn.execute("SELECT 1 FROM instances LIMIT 1").fetchall()
+            try:
+                with self.archive.index.reading() as conn:
+                    conn.execute("SELECT 1 FROM instances LIMIT 1").fetchall()
+            except sqlite3.Error as exc:
+                return f"the index does not answer: {exc}"
         return None
 
     def _measure(self) -> None:
@@ -234,11 +246,10 @@ class Agent:
         if self.forwarder is not None:
             self.forwarder.refresh_status()
 
-    def _sweep(self) -> None:
+    def _sweep(self) -> int:
         """Drop dead temp files; let retention free what every destination has."""
         self._sweep_stale_temp_files()
-        if self.forwarder is not None:
-            self.forwarder.sweep()
+        return self.forwarder.sweep() if self.forwarder is not None else 0
 
     def _sweep_stale_temp_files(self) -> None:
         """Remove temp files nobody has written to for a while (a receive that died)."""

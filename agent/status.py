@@ -13,6 +13,7 @@ import datetime as dt
 import json
 import os
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from enum import Enum
@@ -20,6 +21,9 @@ from pathlib import Path
 from typing import Any
 
 STATUS_FILE = "status.json"
+# seconds without a passed health check before a serving agent counts as stuck; more than
+# a retention sweep may take, less than the systemd watchdog's 30 s
+STUCK_AFTER = 15.0
 
 
 class State(str, Enum):
@@ -100,11 +104,23 @@ class StatusModel:
     def __init__(self) -> None:
         self._snapshot = Snapshot()
         self._lock = threading.Lock()
+        self._beat: float | None = None  # monotonic time of the last passed health check
 
     def snapshot(self) -> Snapshot:
-        """The current status."""
+        """The current status; a serving agent whose health checks stopped shows FAILED."""
         with self._lock:
-            return self._snapshot
+            current, beat = self._snapshot, self._beat
+        if current.state is State.SERVING and beat is not None:
+            silent = time.monotonic() - beat
+            if silent > STUCK_AFTER:
+                reason = f"stuck: no health check passed for {silent:.0f} s"
+                return replace(current, state=State.FAILED, last_error=reason)
+        return current
+
+    def beat(self, at: float | None = None) -> None:
+        """A health check passed (``at``: monotonic time). Not news: no new version."""
+        with self._lock:
+            self._beat = time.monotonic() if at is None else at
 
     def _apply(self, change: Callable[[Snapshot], dict[str, Any]]) -> None:
         """Compute changes from the current snapshot and apply them, atomically."""

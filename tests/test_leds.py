@@ -6,6 +6,7 @@ import io
 import logging
 import re
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from agent.app import Agent
 from agent.field import patterns as p
 from agent.field.leds import StatusLeds, walk_patterns
 from agent.field.settings import LedSettings
-from agent.status import Destination, Snapshot, State, StatusModel
+from agent.status import STUCK_AFTER, Destination, Snapshot, State, StatusModel
 from tests import scu
 from tests.support import (
     REPO,
@@ -266,6 +267,22 @@ def test_failed_lights_the_fault_led_and_darkens_the_heartbeat(
     await_pattern(leds, "heartbeat", p.OFF)
     assert_steady(pin(factory, "fault"), on=True)
     assert_steady(pin(factory, "heartbeat"), on=False)
+
+
+def test_an_agent_whose_health_checks_stop_shows_failed_until_they_pass_again(
+        leds: StatusLeds, model: StatusModel, factory: MockFactory) -> None:
+    # the LEDs blink from gpiozero's own thread: a hung agent must not keep looking alive
+    model.set_state(State.SERVING)
+    model.beat()
+    await_pattern(leds, "heartbeat", p.SLOW)
+    model.beat(at=time.monotonic() - STUCK_AFTER - 1)
+    await_pattern(leds, "heartbeat", p.OFF)
+    await_pattern(leds, "fault", p.STEADY)
+    stuck = model.snapshot()
+    assert stuck.state is State.FAILED and stuck.last_error.startswith("stuck: no health check")
+    model.beat()
+    await_pattern(leds, "heartbeat", p.SLOW)
+    await_pattern(leds, "fault", p.OFF)
 
 
 def test_stopping_then_stopped_then_closed(model: StatusModel, factory: MockFactory) -> None:

@@ -22,6 +22,7 @@ from agent import config as config_module
 from agent import reconfigure
 from agent.app import Agent
 from agent.field.systemd import Notifier
+from agent.status import State
 from tests.support import (
     REPO,
     AgentProcess,
@@ -256,6 +257,8 @@ def test_watchdog_stops_when_the_listener_dies(
         wait_until(
             lambda: agent.status.snapshot().last_error == "the DICOM listener is not serving",
             10, "the agent to notice")
+        assert agent.status.snapshot().state is State.FAILED  # the fault LED lights
+        listener.expect(lambda m: m.get("STATUS", "").startswith("failed on 127.0.0.1:"))
         while not listener.messages.empty():  # pings sent before it noticed
             listener.messages.get()
         with pytest.raises(AssertionError, match="no such message"):

@@ -45,7 +45,7 @@ def gather(layout: Layout, live: Snapshot | None = None) -> dict[str, Any]:
 
 def _is_live(published: dict[str, Any]) -> bool:
     state = published.get("state")
-    return state in ("starting", "serving", "stopping") and process_alive(
+    return state in ("starting", "serving", "stopping", "failed") and process_alive(
         int(published.get("pid", 0))
     )
 

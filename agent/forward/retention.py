@@ -19,6 +19,7 @@ from agent.forward.settings import ForwardSettings
 log = logging.getLogger(__name__)
 
 BATCH = 200
+BUDGET = 5.0  # seconds one sweep may take: it runs in the loop that feeds the watchdog
 _DELIVERED = """
     SELECT i.path, i.size FROM instances i
     JOIN forward_jobs j ON j.SOPInstanceUID = i.SOPInstanceUID
@@ -28,18 +29,24 @@ _DELIVERED = """
 """
 
 
-def sweep(archive: Archive, settings: ForwardSettings, now: float | None = None) -> int:
-    """Remove what retention allows; return how many instances went."""
+def sweep(
+    archive: Archive, settings: ForwardSettings, now: float | None = None, budget: float = BUDGET
+) -> int:
+    """Remove what retention allows, for at most about ``budget`` seconds (at least one
+    batch); return how many instances went. A full batch may mean more is left."""
     now = time.time() if now is None else now
-    removed = _remove(archive, now - settings.keep_days * 86400, enough=lambda: False)
-    if archive.below_floor():
-        removed += _remove(archive, now, enough=lambda: not archive.below_floor())
+    deadline = time.monotonic() + budget
+    removed = _remove(archive, now - settings.keep_days * 86400, deadline, lambda: False)
+    if archive.below_floor() and (removed == 0 or time.monotonic() < deadline):
+        removed += _remove(archive, now, deadline, lambda: not archive.below_floor())
     return removed
 
 
-def _remove(archive: Archive, delivered_before: float, enough: Callable[[], bool]) -> int:
+def _remove(
+    archive: Archive, delivered_before: float, deadline: float, enough: Callable[[], bool]
+) -> int:
     removed = 0
-    while not enough():
+    while not enough() and (removed == 0 or time.monotonic() < deadline):
         with archive.index.reading() as conn:
             batch = conn.execute(_DELIVERED, (delivered_before, BATCH)).fetchall()
         if not batch:

@@ -104,6 +104,7 @@ class StatusModel:
     def __init__(self) -> None:
         self._snapshot = Snapshot()
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
         self._beat: float | None = None  # monotonic time of the last passed health check
 
     def snapshot(self) -> Snapshot:
@@ -131,6 +132,18 @@ class StatusModel:
                 return
             snapshot = dataclasses.replace(current, version=current.version + 1, **changes)
             self._snapshot = snapshot
+            self._changed.notify_all()
+
+    def wait_for_change(self, version: int, timeout: float) -> None:
+        """Block until the version differs from ``version``, ``nudge`` is called, or timeout."""
+        with self._changed:
+            if self._snapshot.version == version:
+                self._changed.wait(timeout)
+
+    def nudge(self) -> None:
+        """Wake every ``wait_for_change`` now (a reader that is closing)."""
+        with self._changed:
+            self._changed.notify_all()
 
     def set_state(self, state: State) -> None:
         """The agent entered a new life-cycle state."""

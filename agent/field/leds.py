@@ -1,6 +1,7 @@
 """The status LEDs: gpiozero devices that show the one status model.
 
-``StatusLeds`` reads ``StatusModel.snapshot()`` every 100 ms and changes an LED only when
+``StatusLeds`` reads ``StatusModel.snapshot()`` whenever the model changes (at most 20
+times a second, and once a second without a change) and changes an LED only when
 its pattern changes (``agent.field.patterns`` decides which). Without GPIO the agent
 runs as usual with the LEDs dark, and says so once. ``walk_patterns`` is the lamp test
 behind ``edge-agent leds --test`` and the console's ``leds test``.
@@ -23,7 +24,8 @@ from agent.status import StatusModel
 
 log = logging.getLogger(__name__)
 
-POLL = 0.1
+IDLE_WAKE = 1.0  # without a change, look again this often (a stuck agent shows no change)
+MIN_GAP = 0.05  # during a transfer the model changes per image: refresh at most 20 times/s
 JOIN_TIMEOUT = 2.0
 
 
@@ -93,10 +95,8 @@ class StatusLeds:
         settings: LedSettings,
         *,
         pin_factory: Any = None,
-        poll: float = POLL,
     ) -> None:
         self._status = status
-        self._poll = poll
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._shown: dict[str, Pattern] = {}
@@ -123,6 +123,7 @@ class StatusLeds:
     def close(self) -> None:
         """Stop the thread, turn the LEDs off and release their pins."""
         self._stop.set()
+        self._status.nudge()
         if self._thread is not None:
             self._thread.join(timeout=JOIN_TIMEOUT)
         with self._lock:
@@ -136,15 +137,20 @@ class StatusLeds:
         self.close()
 
     def _run(self) -> None:
-        """Follow the model until closed."""
-        while not self._stop.wait(self._poll):
-            self._refresh()
+        """Follow the model until closed: woken by its changes, not by polling."""
+        while not self._stop.is_set():
+            version = self._refresh()
+            now = time.monotonic()
+            flicker_left = self._activity.busy_until - now
+            wait = min(IDLE_WAKE, flicker_left) if flicker_left > 0 else IDLE_WAKE
+            self._status.wait_for_change(version, wait)
+            self._stop.wait(MIN_GAP)
 
-    def _refresh(self) -> None:
-        """Show the current snapshot, changing only LEDs whose pattern changed."""
+    def _refresh(self) -> int:
+        """Show the current snapshot, changing only LEDs whose pattern changed; its version."""
+        snapshot = self._status.snapshot()
         try:
             with self._lock:
-                snapshot = self._status.snapshot()
                 active = self._activity.update(snapshot, time.monotonic())
                 for name, signal in signals(snapshot, active=active).items():
                     led = self._leds.get(name)
@@ -156,6 +162,7 @@ class StatusLeds:
             if not self._failing:
                 log.exception("status LEDs could not be updated; trying again")
             self._failing = True
+        return snapshot.version
 
 
 def _open_quietly(settings: LedSettings, pin_factory: Any) -> dict[str, Any]:

@@ -133,3 +133,8 @@ class ActivityWatch:
             self._until = now + self._hold
         self._count = count
         return now < self._until
+
+    @property
+    def busy_until(self) -> float:
+        """Monotonic time the flicker ends, unless more images move."""
+        return self._until

@@ -18,7 +18,7 @@ import serial
 log = logging.getLogger(__name__)
 
 RETRY_EVERY = 1.5
-READ_TIMEOUT = 0.2
+READ_TIMEOUT = 2.0  # only how often the reader looks up; close() cancels the read
 WRITE_TIMEOUT = 5.0
 JOIN_TIMEOUT = 5.0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 
 from agent.archive import Archive
@@ -22,6 +23,7 @@ class Forwarder:
         self.config = config
         self.archive = archive
         self.status = status
+        self._senders_lock = threading.Lock()  # housekeeping adopts, a reload reconfigures
         self.senders = {
             name: Sender(config.peers[name], config, archive, status)
             for name in sorted(config.forward.destinations)
@@ -53,32 +55,34 @@ class Forwarder:
 
     def _adopt(self, depth: dict[str, dict[str, int]]) -> None:
         """A sender for every configured peer with jobs (``retrieve --send-to`` queues some)."""
-        for name, counts in depth.items():
-            waiting = counts.get("pending", 0) + counts.get("retrying", 0)
-            if name in self.senders or name not in self.config.peers or not waiting:
-                continue
-            sender = Sender(self.config.peers[name], self.config, self.archive, self.status)
-            self.senders[name] = sender
-            sender.start()
-            log.info("forwarding to %s (jobs were queued for it)", name)
+        with self._senders_lock:
+            for name, counts in depth.items():
+                waiting = counts.get("pending", 0) + counts.get("retrying", 0)
+                if name in self.senders or name not in self.config.peers or not waiting:
+                    continue
+                sender = Sender(self.config.peers[name], self.config, self.archive, self.status)
+                self.senders[name] = sender
+                sender.start()
+                log.info("forwarding to %s (jobs were queued for it)", name)
 
     def reconfigure(self, config: Config) -> None:
         """Route and deliver by a reloaded configuration; start senders for new destinations.
 
         A sender whose peer left the configuration stops; its jobs stay queued.
         """
-        self.config = config
-        self.archive.router = router_for(config.forward, config.peers)
-        for name in sorted(self.senders):
-            if name not in config.peers:
-                self.senders.pop(name).close()
-                log.warning("stopped forwarding to %s: no longer a configured peer", name)
-        for name, sender in self.senders.items():
-            sender.peer, sender.config = config.peers[name], config
-        for name in sorted(set(config.forward.destinations) - set(self.senders)):
-            self.senders[name] = Sender(config.peers[name], config, self.archive, self.status)
-            self.senders[name].start()
-            log.info("forwarding to %s (added by a reload)", name)
+        with self._senders_lock:
+            self.config = config
+            self.archive.router = router_for(config.forward, config.peers)
+            for name in sorted(self.senders):
+                if name not in config.peers:
+                    self.senders.pop(name).close()
+                    log.warning("stopped forwarding to %s: no longer a configured peer", name)
+            for name, sender in self.senders.items():
+                sender.peer, sender.config = config.peers[name], config
+            for name in sorted(set(config.forward.destinations) - set(self.senders)):
+                self.senders[name] = Sender(config.peers[name], config, self.archive, self.status)
+                self.senders[name].start()
+                log.info("forwarding to %s (added by a reload)", name)
 
     def sweep(self) -> int:
         """Apply retention (only where forwarding is configured)."""
@@ -88,5 +92,6 @@ class Forwarder:
 
     def close(self) -> None:
         """Stop every sender."""
-        for sender in self.senders.values():
-            sender.close()
+        with self._senders_lock:
+            for sender in self.senders.values():
+                sender.close()

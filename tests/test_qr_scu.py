@@ -14,11 +14,15 @@ import dicomgen
 import pytest
 from bench.peers import Orthanc
 from pydicom import dcmread
+from pynetdicom import evt
 
 from agent import config as config_module
 from agent.app import Agent
 from agent.archive import Layout
 from agent.archive.index import connect
+from agent.errors import PeerError
+from agent.net.contexts import VERIFICATION
+from agent.net.scu import Target, associate, new_ae
 from tests.pacs import Dcmqrscp
 from tests.support import (
     AgentProcess,
@@ -299,6 +303,22 @@ def test_a_wrong_called_ae_title_is_named(config_file: Path, pacs: Pacs) -> None
     found = cli(config_file, "find", f"NOTDCMQR@127.0.0.1:{pacs.qr.port}")
     assert found.returncode == 1
     assert "called AE title not recognised" in found.stderr
+
+
+def test_a_rejection_that_beats_pynetdicom_to_its_socket_check_is_still_named(
+        config_file: Path, pacs: Pacs) -> None:
+    # pynetdicom checks its socket only after EVT_REQUESTED: holding that handler lets
+    # dcmqrscp's reject and hang-up arrive first, as a loaded machine does by chance
+    config = config_module.load_file(config_file)
+    target = Target("NOTDCMQR", "127.0.0.1", pacs.qr.port, "NOTDCMQR")
+    ae = new_ae(config, timeout=10)
+    ae.add_requested_context(VERIFICATION)
+    closed = threading.Event()
+    slow = [(evt.EVT_REQUESTED, lambda event: closed.wait(2)),
+            (evt.EVT_CONN_CLOSE, lambda event: closed.set())]
+    with pytest.raises(PeerError, match="rejected permanently: called AE title not recog"):
+        associate(ae, target, extra_handlers=slow)
+    assert closed.is_set()
 
 
 def test_an_unknown_calling_ae_title_is_named(tmp_path: Path, config_file: Path) -> None:

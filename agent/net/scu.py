@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pynetdicom import AE
+from pynetdicom.pdu_primitives import A_ASSOCIATE
 
 from agent.config import Config
 from agent.errors import ConfigError, PeerError
@@ -95,10 +96,28 @@ def associate(
     )
     if assoc.is_established:
         return assoc
-    reason = describe_failure(assoc)
-    if not assoc.is_rejected:
-        reason = probe(target, min(float(ae.acse_timeout or PROBE_TIMEOUT), PROBE_TIMEOUT))
+    rejection = rejection_of(assoc)
+    if rejection is not None:
+        raise PeerError(f"{target}: {describe_rejection(rejection)}")
+    reason = probe(target, min(float(ae.acse_timeout or PROBE_TIMEOUT), PROBE_TIMEOUT))
     raise PeerError(f"{target}: {reason}")
+
+
+def rejection_of(assoc: Any) -> Any | None:
+    """The A-ASSOCIATE-RJ that turned this association down, if one came.
+
+    pynetdicom 3.0 misses a rejection that arrives, and closes the connection, before
+    its requesting thread looks at the socket (a busy machine, a fast peer such as
+    dcmqrscp): it then reports an abort, and the reject waits unread in its queue.
+    """
+    if assoc.is_rejected:
+        return assoc.acceptor.primitive
+    waiting = getattr(assoc.dul, "to_user_queue", None)
+    while waiting is not None and not waiting.empty():
+        primitive = waiting.get_nowait()
+        if isinstance(primitive, A_ASSOCIATE) and primitive.result in (0x01, 0x02):
+            return primitive
+    return None
 
 
 def probe(target: Target, timeout: float) -> str:
@@ -119,17 +138,14 @@ def probe(target: Target, timeout: float) -> str:
     )
 
 
-def describe_failure(assoc: Any) -> str:
-    """Why an association did not come up, in words."""
-    if assoc.is_rejected:
-        primitive = assoc.acceptor.primitive
-        kind = "permanently" if primitive.result == 1 else "for now (transient)"
-        reason = _REJECT_REASONS.get(
-            (primitive.result_source, primitive.diagnostic),
-            f"source {primitive.result_source}, reason {primitive.diagnostic}",
-        )
-        return f"association rejected {kind}: {reason}"
-    return "no association (connection refused, host unreachable, timed out or aborted)"
+def describe_rejection(primitive: Any) -> str:
+    """An A-ASSOCIATE-RJ in words."""
+    kind = "permanently" if primitive.result == 1 else "for now (transient)"
+    reason = _REJECT_REASONS.get(
+        (primitive.result_source, primitive.diagnostic),
+        f"source {primitive.result_source}, reason {primitive.diagnostic}",
+    )
+    return f"association rejected {kind}: {reason}"
 
 
 def echo(config: Config, target: Target) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import logging
 import re
@@ -333,6 +334,19 @@ def test_without_gpio_the_leds_are_off_and_say_so_once(
     messages = [r.getMessage() for r in caplog.records]
     assert len(messages) == 1 and "status LEDs are off: no GPIO available" in messages[0]
     assert caplog.records[0].levelno == logging.WARNING
+
+
+@pytest.mark.skipif(importlib.util.find_spec("lgpio") is not None, reason="lgpio is installed")
+def test_a_pin_factory_whose_library_is_missing_says_what_to_install(
+        model: StatusModel, default_factory: None, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setenv("GPIOZERO_PIN_FACTORY", "lgpio")  # what the systemd unit sets
+    with caplog.at_level(logging.WARNING, logger="agent.field"), \
+            StatusLeds(model, SETTINGS) as running:
+        assert running.leds == {}
+    assert [r.getMessage() for r in caplog.records] == [
+        "status LEDs are off: no GPIO available: the pin factory's library is missing "
+        "(No module named 'lgpio'); on Raspberry Pi OS: apt install python3-lgpio"]
 
 
 # --- the agent ----------------------------------------------------------------------------

@@ -64,6 +64,11 @@ def _reason(exc: Exception, name: str, pin: int) -> str:
     """Why gpiozero could not give us a pin, in plain words."""
     if type(exc).__name__ == "BadPinFactory":
         return f"no GPIO available: this machine has no GPIO gpiozero can use ({exc})"
+    if isinstance(exc, ImportError):  # GPIOZERO_PIN_FACTORY names a library not installed
+        return (
+            f"no GPIO available: the pin factory's library is missing ({exc}); "
+            "on Raspberry Pi OS: apt install python3-lgpio"
+        )
     return f"cannot use GPIO{pin} for the {name} LED ({type(exc).__name__}: {exc})"
 
 

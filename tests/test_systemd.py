@@ -224,7 +224,8 @@ def test_the_service_lifecycle_over_the_notify_socket(tmp_path: Path) -> None:
         listener.expect(has("RELOADING"))
         listener.expect(has("READY"))
         assert echo(port, "NEWWS") == 0
-        wait_until(lambda: "agent.port" in process.log.read_text(), 10, "the restart note")
+        wait_until(lambda: "wait for a restart: agent.port" in process.log.read_text(), 10,
+                   "the restart note")
 
         # a broken file is refused and the agent keeps serving what it had
         config.write_text("[agent\nport = 'x'\n")

@@ -78,6 +78,4 @@ def reload(agent: Agent, args: argparse.Namespace) -> None:
         log.error("reload refused, still running the previous configuration: %s", exc)
         agent.status.error(f"reload refused: {exc}")
         return
-    later = agent.reload(new)
-    if later:
-        log.warning("restart the service to apply: %s", ", ".join(later))
+    agent.reload(new)  # it logs what changed and what waits for a restart

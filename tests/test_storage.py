@@ -137,6 +137,18 @@ def test_a_uid_with_dot_dot_writes_nothing_outside_the_archive(agent: Agent, tmp
     assert not list((data_dir / "tmp").iterdir())
 
 
+def test_a_missing_study_uid_is_called_missing(agent: Agent, tmp_path: Path, data_dir: Path,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    [path] = dicomgen.write_series(tmp_path / "nostudy", 1)
+    ds = dcmread(path)
+    del ds.StudyInstanceUID
+    ds.save_as(path)
+    assert scu.store(agent.server.port, [path]) == [0xC000]  # type: ignore[union-attr]
+    assert "Study Instance UID is missing" in caplog.text
+    assert "not a valid UID" not in caplog.text
+    assert archived_files(data_dir) == []
+
+
 def test_a_data_set_that_disagrees_with_its_command_gets_a900(agent: Agent, tmp_path: Path,
                                                               data_dir: Path) -> None:
     [path] = dicomgen.write_series(tmp_path / "m", 1)

@@ -23,6 +23,8 @@ def is_valid_uid(value: object) -> bool:
 
 def require_uid(value: object, what: str) -> str:
     """Return ``value`` if it is a valid UID; else raise StoreError 0xC000 naming ``what``."""
+    if value is None or value == "":
+        raise StoreError(0xC000, f"{what} is missing")
     if not is_valid_uid(value):
         raise StoreError(0xC000, f"{what} is not a valid UID")
     return str(value)

@@ -136,7 +136,16 @@ def _migrate_to_2(conn: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migrate_to_1, _migrate_to_2]
+def _migrate_to_3(conn: sqlite3.Connection) -> None:
+    """Which syntaxes each SOP class is stored in, read when a C-GET peer negotiates."""
+    conn.execute("CREATE INDEX instances_syntax ON instances (SOPClassUID, transfer_syntax)")
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
+    _migrate_to_1,
+    _migrate_to_2,
+    _migrate_to_3,
+]
 
 
 def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:

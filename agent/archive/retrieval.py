@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 
-from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from agent.archive.index import connect
@@ -43,9 +42,23 @@ class Reader:
         finally:
             conn.close()
 
-    def load(self, instance: StoredInstance) -> Dataset:
-        """An archived instance, its bulk data left on disk until it is encoded."""
-        return dcmread(self.path_of(instance), defer_size="256 KB")
+    def stored_syntaxes(self, sop_classes: Collection[str]) -> dict[str, dict[str, int]]:
+        """Per SOP class, how many of its instances are stored in each transfer syntax."""
+        if not sop_classes:
+            return {}
+        marks = ", ".join("?" for _ in sop_classes)
+        statement = (
+            "SELECT SOPClassUID, transfer_syntax, count(*) FROM instances"
+            f" WHERE SOPClassUID IN ({marks}) GROUP BY 1, 2"
+        )
+        conn = connect(self.layout.index_path, readonly=True)
+        try:
+            found: dict[str, dict[str, int]] = {}
+            for sop_class, syntax, count in conn.execute(statement, list(sop_classes)):
+                found.setdefault(sop_class, {})[syntax] = count
+            return found
+        finally:
+            conn.close()
 
     def path_of(self, instance: StoredInstance) -> Path:
         """The file of an archived instance."""

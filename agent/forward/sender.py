@@ -16,17 +16,15 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from pydicom import dcmread
-from pynetdicom.presentation import build_context
-
 from agent.archive import Archive
 from agent.archive.index import connect
 from agent.config import Config, Peer
 from agent.errors import PeerError
 from agent.forward import queue
 from agent.forward.policy import Outcome, classify_status, gives_up, retry_delay
-from agent.net.contexts import UNCOMPRESSED
+from agent.net.contexts import sending_contexts
 from agent.net.scu import Target, associate, new_ae
+from agent.net.stored import sendable
 from agent.status import StatusModel
 
 log = logging.getLogger(__name__)
@@ -94,7 +92,7 @@ class Sender:
         """
         pairs = sorted({(j.sop_class_uid, j.transfer_syntax) for j in jobs})[:MAX_PAIRS]
         ae = new_ae(self.config)
-        ae.requested_contexts = contexts_for(pairs)
+        ae.requested_contexts = sending_contexts(pairs)
         target = Target(self.peer.ae_title, self.peer.host, self.peer.port, self.peer.name)
         try:
             assoc = associate(ae, target)
@@ -127,7 +125,8 @@ class Sender:
     def _send_one(self, assoc: Any, job: queue.Job) -> None:
         path = self.archive.layout.absolute(job.path)
         try:
-            status = assoc.send_c_store(_sendable(assoc, job, path))
+            sent = sendable(assoc, job.sop_class_uid, job.transfer_syntax, path)
+            status = assoc.send_c_store(sent)
         except ValueError as exc:  # no accepted context for this SOP class and syntax
             self._record(job, Outcome.PERMANENT, f"no acceptable presentation context: {exc}")
             return
@@ -162,24 +161,3 @@ class Sender:
             self.status.forwarded(self.peer.name)
         else:
             self.status.forward_failed(self.peer.name, f"{outcome.value}: {detail}")
-
-
-def contexts_for(pairs: Sequence[tuple[str, str]]) -> list[Any]:
-    """Per pair: the stored syntax alone (streamed as is), then uncompressed fallbacks."""
-    contexts = []
-    for sop_class, syntax in pairs:
-        contexts.append(build_context(sop_class, [syntax]))
-        fallbacks: list[str] = [str(s) for s in UNCOMPRESSED if s != syntax]
-        if syntax in UNCOMPRESSED and fallbacks:
-            contexts.append(build_context(sop_class, fallbacks))
-    return contexts
-
-
-def _sendable(assoc: Any, job: queue.Job, path: Any) -> Any:
-    """The file itself when its syntax was accepted, else a decoded data set to convert."""
-    accepted = {
-        (str(cx.abstract_syntax), str(cx.transfer_syntax[0])) for cx in assoc.accepted_contexts
-    }
-    if (job.sop_class_uid, job.transfer_syntax) in accepted:
-        return path
-    return dcmread(path)

@@ -7,8 +7,14 @@ purpose: inflating it to read the header could take far more memory than was sen
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Mapping, Sequence
+
 from pydicom import uid
 from pynetdicom import AllStoragePresentationContexts
+from pynetdicom.presentation import PresentationContext, build_context
+
+log = logging.getLogger(__name__)
 
 STORAGE_TRANSFER_SYNTAXES: tuple[str, ...] = (
     uid.ExplicitVRLittleEndian,
@@ -67,3 +73,46 @@ def qr_sop_class(model: str, service: str) -> str:
         if pair == (model, service):
             return sop_class
     raise KeyError(f"no {service} SOP class in {model}")
+
+MAX_CONTEXTS = 128  # PS3.8: presentation context IDs are the odd numbers 1 to 255
+
+
+def sending_contexts(pairs: Sequence[tuple[str, str]]) -> list[PresentationContext]:
+    """Contexts to send stored files on: per (SOP class, stored syntax), the stored syntax
+    alone (the file streams as is), then for an uncompressed one the other uncompressed
+    syntaxes (pynetdicom converts between them). At most 128 contexts."""
+    contexts = []
+    for sop_class, syntax in sorted(set(pairs)):
+        contexts.append(build_context(sop_class, [syntax]))
+        fallbacks = [s for s in UNCOMPRESSED if s != syntax]
+        if syntax in UNCOMPRESSED and fallbacks:
+            contexts.append(build_context(sop_class, fallbacks))
+    if len(contexts) > MAX_CONTEXTS:
+        log.warning(
+            "%d contexts needed to send %d kinds of instance; only %d can be proposed",
+            len(contexts),
+            len(set(pairs)),
+            MAX_CONTEXTS,
+        )
+    return contexts[:MAX_CONTEXTS]
+
+
+def preferring(
+    contexts: Sequence[PresentationContext], first: Mapping[str, Sequence[str]]
+) -> list[PresentationContext]:
+    """Copies of acceptor ``contexts`` whose transfer syntaxes start with ``first[SOP class]``.
+
+    pynetdicom accepts the first of our syntaxes that the peer proposed: this is how a
+    C-GET peer offering several syntaxes in one context gets instances as stored.
+    """
+    preferred = []
+    for cx in contexts:
+        wanted = [s for s in first.get(str(cx.abstract_syntax), ()) if s in cx.transfer_syntax]
+        if not wanted:
+            preferred.append(cx)
+            continue
+        rest = [str(s) for s in cx.transfer_syntax if s not in wanted]
+        copy = build_context(str(cx.abstract_syntax), [*wanted, *rest])
+        copy.scu_role, copy.scp_role = cx.scu_role, cx.scp_role
+        preferred.append(copy)
+    return preferred

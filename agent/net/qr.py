@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from pydicom.dataset import Dataset
+from pynetdicom import evt
 from pynetdicom.presentation import build_context
 
 from agent.archive.query import Model, StoredInstance
@@ -20,18 +21,17 @@ from agent.archive.retrieval import Reader
 from agent.config import Config
 from agent.errors import QueryError
 from agent.net.access import Caller
-from agent.net.contexts import QR_SOP_CLASSES, UNCOMPRESSED, VERIFICATION
+from agent.net.contexts import QR_SOP_CLASSES, VERIFICATION, sending_contexts
 from agent.net.reactor import requestor_handlers
+from agent.net.stored import StoredFile, on_accepted, send_as_stored
 
 log = logging.getLogger(__name__)
 
 PENDING = 0xFF00
 CANCELLED = 0xFE00
 UNABLE_TO_PROCESS = 0xC000
-MAX_CONTEXTS = 128
 DRAIN_EVERY = 64  # answers between two chances for the peer's C-CANCEL to be read
 COMBINED_DATETIME_BYTE = 1  # PS3.4 C.5.1: byte 2 of the Q/R extended negotiation
-NO_SUCH_SOP_CLASS = "1.2.840.10008.999.999"  # never proposed, so never accepted
 
 CallerLookup = Callable[[Any], Caller | None]
 VERIFICATION_CX = build_context(VERIFICATION)
@@ -128,7 +128,7 @@ class QueryRetrieveHandlers:
             )
             yield None, None
             return
-        options = {"evt_handlers": requestor_handlers()}
+        options = {"evt_handlers": [*requestor_handlers(), (evt.EVT_ACCEPTED, on_accepted)]}
         found = self._resolve(event, caller, "C-MOVE")
         if isinstance(found, Dataset):
             # pynetdicom takes a status only after the destination and a count
@@ -136,7 +136,8 @@ class QueryRetrieveHandlers:
             yield 1
             yield found, None
             return
-        yield destination.host, destination.port, {**options, "contexts": contexts_for(found)}
+        pairs = [(i.sop_class_uid, i.transfer_syntax) for i in found]
+        yield destination.host, destination.port, {**options, "contexts": sending_contexts(pairs)}
         yield len(found)
         yield from self._send(event, found, caller, f"C-MOVE to {destination.name}")
 
@@ -148,6 +149,7 @@ class QueryRetrieveHandlers:
             yield 1
             yield found, None
             return
+        send_as_stored(event.assoc)
         yield len(found)
         yield from self._send(event, found, caller, "C-GET")
 
@@ -174,36 +176,9 @@ class QueryRetrieveHandlers:
                 log.info("%s from %s cancelled", what, caller)
                 yield CANCELLED, None
                 return
-            try:
-                dataset = self.reader.load(instance)
-            except Exception as exc:  # a file that went missing or bad: fail that one only
-                log.error("%s: cannot read %s: %s", what, instance.path, exc)
-                dataset = unsendable(instance)
-            yield PENDING, dataset
-
-
-def unsendable(instance: StoredInstance) -> Dataset:
-    """A stand-in for an instance we cannot read, under a SOP class no context carries.
-
-    pynetdicom ends the whole operation on a failure status, but counts a sub-operation
-    it cannot send as failed and lists its UID: so the rest still goes, and the final
-    answer is 0xB000 with this UID in the Failed SOP Instance UID List.
-    """
-    stand_in = Dataset()
-    stand_in.SOPClassUID = NO_SUCH_SOP_CLASS
-    stand_in.SOPInstanceUID = instance.sop_instance_uid
-    return stand_in
-
-
-def contexts_for(instances: list[StoredInstance]) -> list[Any]:
-    """One context per (SOP class, stored syntax): stored syntax first, then uncompressed."""
-    pairs = sorted({(i.sop_class_uid, i.transfer_syntax) for i in instances})
-    if len(pairs) > MAX_CONTEXTS:
-        log.warning(
-            "%d kinds of instance; only the first %d can be proposed", len(pairs), MAX_CONTEXTS
-        )
-    contexts = []
-    for sop_class, syntax in pairs[:MAX_CONTEXTS]:
-        syntaxes = [syntax] + [s for s in UNCOMPRESSED if s != syntax]
-        contexts.append(build_context(sop_class, syntaxes))
-    return contexts
+            yield PENDING, StoredFile(
+                self.reader.path_of(instance),
+                instance.sop_class_uid,
+                instance.sop_instance_uid,
+                instance.transfer_syntax,
+            )

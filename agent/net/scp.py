@@ -5,6 +5,7 @@ and the service handlers. Owns its listening thread; ``close()`` stops it.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import tempfile
 import threading
 import time
@@ -25,6 +26,7 @@ from agent.net.contexts import (
     STORAGE_TRANSFER_SYNTAXES,
     UNCOMPRESSED,
     VERIFICATION,
+    preferring,
     service_of,
 )
 from agent.net.qr import QueryRetrieveHandlers
@@ -46,8 +48,8 @@ class DicomServer:
         self.status = status
         self._callers: weakref.WeakKeyDictionary[Any, Caller] = weakref.WeakKeyDictionary()
         self._storage = StorageHandlers(archive, status, self._callers.get)
-        reader = Reader(archive.layout, config.agent.ae_title)
-        self._qr = QueryRetrieveHandlers(config, reader, self._callers.get)
+        self._reader = Reader(archive.layout, config.agent.ae_title)
+        self._qr = QueryRetrieveHandlers(config, self._reader, self._callers.get)
         self._ae = self._build_ae()
         self._server: ThreadedAssociationServer | None = None
         self._thread: threading.Thread | None = None
@@ -174,8 +176,34 @@ class DicomServer:
         # C-GET sends its C-STOREs back on storage contexts, so "get" keeps those too;
         # a C-STORE from such a peer is still refused by the handler (0x0124).
         allowed = decision.allowed | ({"store"} if decision.may("get") else set())
-        assoc.acceptor.supported_contexts = [
+        contexts = [
             cx
             for cx in assoc.acceptor.supported_contexts
             if service_of(str(cx.abstract_syntax)) in allowed
         ]
+        if decision.may("get"):
+            contexts = self._as_stored_for_get(assoc, contexts)
+        assoc.acceptor.supported_contexts = contexts
+
+    def _as_stored_for_get(self, assoc: Any, contexts: list[Any]) -> list[Any]:
+        """For the SOP classes a C-GET peer will receive, prefer the syntaxes they are stored in.
+
+        A peer proposing several syntaxes in one context (getscu does) then gets files as
+        stored. One context carries one syntax: the commonest stored one wins, the peer's
+        order breaks ties, and instances stored otherwise are converted if they can be.
+        """
+        receives = {
+            str(uid) for uid, item in assoc.requestor.role_selection.items() if item.scp_role
+        }
+        try:
+            counts = self._reader.stored_syntaxes(receives)
+        except sqlite3.Error as exc:
+            log.warning("cannot read the stored syntaxes; C-GET keeps the default order: %s", exc)
+            return contexts
+        first: dict[str, list[str]] = {}
+        for cx in assoc.requestor.requested_contexts:
+            stored = counts.get(str(cx.abstract_syntax), {})
+            offered = [str(s) for s in cx.transfer_syntax if str(s) in stored]
+            ranked = sorted(offered, key=lambda s: (-stored[s], offered.index(s)))
+            first.setdefault(str(cx.abstract_syntax), ranked)
+        return preferring(contexts, first)

@@ -1,0 +1,91 @@
+"""Sending archived files as they are stored, from C-GET, C-MOVE and the forwarder.
+
+pynetdicom's C-GET and C-MOVE service classes take a ``Dataset`` from our handler and
+hand it to ``send_c_store``, which would encode it again: Implicit VR would leave as
+Explicit, retired Group Lengths would be dropped, a compressed file could not go on an
+uncompressed context. Our handlers yield a ``StoredFile`` instead, and the association's
+``send_c_store`` (wrapped by ``send_as_stored``) sends the file itself when its syntax
+was accepted, and a decoded copy to convert only when it was not.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+
+from agent.net.contexts import UNCOMPRESSED
+
+log = logging.getLogger(__name__)
+
+_WRAPPED = "_edge_agent_sends_stored"
+
+
+class StoredFile(Dataset):
+    """An archived instance to send: its UIDs (so failures are listed) and its file."""
+
+    def __init__(
+        self, path: Path, sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str
+    ) -> None:
+        super().__init__()
+        self.SOPClassUID = sop_class_uid
+        self.SOPInstanceUID = sop_instance_uid
+        self.stored_path = path
+        self.stored_syntax = transfer_syntax
+
+
+def accepts_as_stored(assoc: Any, sop_class_uid: str, transfer_syntax: str) -> bool:
+    """True if ``assoc`` has a context on which we may send this SOP class in this syntax."""
+    return any(
+        str(cx.abstract_syntax) == sop_class_uid
+        and str(cx.transfer_syntax[0]) == transfer_syntax
+        and cx.as_scu
+        for cx in assoc.accepted_contexts
+    )
+
+
+def sendable(assoc: Any, sop_class_uid: str, transfer_syntax: str, path: Path) -> Path | Dataset:
+    """The file itself when its syntax was accepted, else a decoded copy to convert.
+
+    Only uncompressed files convert (pynetdicom changes the VR encoding); a compressed
+    file the peer does not take as stored raises ValueError: that instance alone fails.
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is gone")
+    if accepts_as_stored(assoc, sop_class_uid, transfer_syntax):
+        return path
+    if transfer_syntax not in UNCOMPRESSED:
+        raise ValueError(
+            f"stored in {transfer_syntax}, which the peer did not accept for {sop_class_uid}"
+        )
+    return dcmread(path, defer_size="256 KB")
+
+
+def send_as_stored(assoc: Any) -> None:
+    """Let ``assoc.send_c_store`` take a ``StoredFile`` (idempotent, per association)."""
+    if getattr(assoc, _WRAPPED, False):
+        return
+    original: Callable[..., Any] = assoc.send_c_store
+
+    def send_c_store(dataset: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(dataset, StoredFile):
+            try:
+                dataset = sendable(
+                    assoc, dataset.SOPClassUID, dataset.stored_syntax, dataset.stored_path
+                )
+            except (OSError, ValueError) as exc:
+                log.warning("cannot send %s: %s", dataset.stored_path.name, exc)
+                raise
+        return original(dataset, *args, **kwargs)
+
+    assoc.send_c_store = send_c_store
+    setattr(assoc, _WRAPPED, True)
+
+
+def on_accepted(event: Any) -> None:
+    """EVT_ACCEPTED handler for the associations a C-MOVE opens to its destination."""
+    send_as_stored(event.assoc)

@@ -66,6 +66,17 @@ UNIQUE_KEYS: Mapping[Level, str] = {
     Level.IMAGE: "SOPInstanceUID",
 }
 
+# Required Keys (R) of PS3.4 C.6.1.1 and C.6.2.1, by the level they stand at; the Unique
+# Keys are listed above. Study Root has no patient level: its studies carry the patient's
+# name and ID as Required Keys.
+REQUIRED_KEYS: Mapping[Level, frozenset[str]] = {
+    Level.PATIENT: frozenset({"PatientName"}),
+    Level.STUDY: frozenset({"StudyDate", "StudyTime", "AccessionNumber", "StudyID"}),
+    Level.SERIES: frozenset({"Modality", "SeriesNumber"}),
+    Level.IMAGE: frozenset({"InstanceNumber"}),
+}
+STUDY_ROOT_PATIENT_KEYS = frozenset({"PatientName", "PatientID"})
+
 KEYS: Mapping[Level, tuple[IndexedKey, ...]] = {
     Level.PATIENT: _keys(
         Level.PATIENT,

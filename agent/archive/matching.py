@@ -155,6 +155,8 @@ def date_condition(column: str, value: str) -> Condition:
     if low:
         parts.append(f"{column} >= ?")
         params.append(parse_date(low))
+    else:  # '' sorts below every date: an empty value is no date, so not "up to" one
+        parts.append(f"{column} <> ''")
     if high:
         parts.append(f"{column} <= ?")
         params.append(parse_date(high))
@@ -275,6 +277,28 @@ def combined_span(date: str, time: str | None) -> tuple[dt.datetime, dt.datetime
     first, last = time_span(time)
     midnight = dt.datetime.strptime(day, "%Y%m%d")
     return (midnight + dt.timedelta(microseconds=first), midnight + dt.timedelta(microseconds=last))
+
+
+# -- zero-length Required Keys (PS3.4 C.2.2.1.2) -----------------------------------------
+
+
+def or_zero_length(condition: Condition, column: str) -> Condition:
+    """A Required Key the entity holds with zero length is unknown, so it matches anything.
+
+    Only a present, empty value counts (stored as ''); an absent one (NULL) does not.
+    """
+    if condition.sql is not None:
+        sql = f"(({condition.sql}) OR {column} = '')"
+        if condition.check is None:
+            return Condition(sql, condition.params)
+        # an SQL prefilter with a check: the check must let the empty value through too
+        return Condition(sql, condition.params, _empty_or(condition.check), condition.columns)
+    assert condition.check is not None
+    return Condition(check=_empty_or(condition.check), columns=condition.columns)
+
+
+def _empty_or(check: Check) -> Check:
+    return lambda stored: stored == "" or check(stored)
 
 
 # -- sequences ---------------------------------------------------------------------------

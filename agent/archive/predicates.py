@@ -8,6 +8,7 @@ from pydicom.datadict import dictionary_VM
 
 from agent.archive import matching as m
 from agent.archive.keys import as_text
+from agent.errors import QueryError
 
 
 def is_multi_valued(keyword: str) -> bool:
@@ -15,8 +16,21 @@ def is_multi_valued(keyword: str) -> bool:
     return str(dictionary_VM(keyword)) != "1"
 
 
-def condition_for(keyword: str, vr: str, value: Any, column: str) -> m.Condition | None:
-    """The condition for one key, or None when it matches everything (universal)."""
+def condition_for(
+    keyword: str, vr: str, value: Any, column: str, *, required: bool = False
+) -> m.Condition | None:
+    """The condition for one key, or None when it matches everything (universal).
+
+    ``required``: a Required Key, which an entity holding it with zero length matches.
+    """
+    condition = _condition(keyword, vr, value, column)
+    if condition is None or not required:
+        return condition
+    single_pn = vr == "PN" and not is_multi_valued(keyword)
+    return m.or_zero_length(condition, f"{column}_norm" if single_pn else column)
+
+
+def _condition(keyword: str, vr: str, value: Any, column: str) -> m.Condition | None:
     if vr == "SQ":
         return sequence_condition(value, column)
     text = as_text(value).strip() if vr != "PN" else as_text(value).rstrip()
@@ -64,8 +78,12 @@ def sequence_condition(value: Any, column: str) -> m.Condition | None:
 
 
 def combined_condition(date_column: str, time_column: str, date: str, time: str) -> m.Condition:
-    """Study Date and Time as one range (combined date-time matching was negotiated)."""
-    prefilter = m.date_condition(date_column, date)
+    """Study Date and Time as one range (combined date-time matching was negotiated).
+
+    Both are Required Keys: a zero-length Study Date matches (PS3.4 C.2.2.1.2), and a
+    zero-length Study Time leaves the whole day, which matches if it meets the range.
+    """
+    prefilter = m.or_zero_length(m.date_condition(date_column, date), date_column)
     date_low, date_high = _ends(date)
     time_low, time_high = _ends(time)
     low = m.combined_span(date_low, time_low)[0] if date_low else None
@@ -73,11 +91,14 @@ def combined_condition(date_column: str, time_column: str, date: str, time: str)
 
     def check(stored: str | None) -> bool:
         day, _, clock = (stored or "").partition(" ")
+        if day == "":
+            return True
         try:
-            point = m.combined_span(day, clock or None)[0]
-        except Exception:
+            first, last = m.combined_span(day, clock or None)
+        except QueryError:
             return False
-        return (low is None or point >= low) and (high is None or point <= high)
+        point_low, point_high = (first, last) if not clock else (first, first)
+        return (low is None or point_high >= low) and (high is None or point_low <= high)
 
     combined = f"{date_column} || ' ' || coalesce({time_column}, '')"
     return m.Condition(prefilter.sql, prefilter.params, check, (combined,))

@@ -18,7 +18,14 @@ from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.dataset import Dataset
 
 from agent.archive.answers import build_answer
-from agent.archive.keys import KEYS, UNIQUE_KEYS, Level, as_text
+from agent.archive.keys import (
+    KEYS,
+    REQUIRED_KEYS,
+    STUDY_ROOT_PATIENT_KEYS,
+    UNIQUE_KEYS,
+    Level,
+    as_text,
+)
 from agent.archive.matching import Condition, is_universal
 from agent.archive.predicates import combined_condition, condition_for
 from agent.errors import QueryError
@@ -197,18 +204,44 @@ def _add_key(
     if _ORDER.index(key_level) > _ORDER.index(level):
         raise QueryError(DOES_NOT_MATCH, f"{keyword} is below the {level.value} query level")
     if key_level is not level:
+        text = "" if vr == "SQ" else as_text(value).strip()
+        if _asks_nothing(value, vr):
+            # Orthanc and others send empty keys above the level: harmless, so answered
+            # with the entity's value rather than refused (docs/conformance.md)
+            compiled.returned.append(_returned(keyword, value))
+            return
         if unique_above.get(key_level) != keyword:
             raise QueryError(
                 DOES_NOT_MATCH,
                 f"only unique keys may stand above the query level; {keyword} is not one",
             )
-        text = str(value or "").strip()
-        if is_universal(text) or "\\" in text or "*" in text or "?" in text:
+        if "\\" in text or "*" in text or "?" in text:
             raise QueryError(DOES_NOT_MATCH, f"{keyword} above the query level needs one value")
     compiled.returned.append(_returned(keyword, value))
-    condition = condition_for(keyword, str(dictionary_VR(keyword)), value, column_of(keyword))
+    condition = condition_for(
+        keyword,
+        str(dictionary_VR(keyword)),
+        value,
+        column_of(keyword),
+        required=is_required(model, key_level, keyword),
+    )
     if condition is not None:
         compiled.conditions.append(condition)
+
+
+def _asks_nothing(value: Any, vr: str) -> bool:
+    """A universal key: empty, '*', or a sequence with no item or one empty item."""
+    if vr == "SQ":
+        items = list(value or [])
+        return not items or (len(items) == 1 and all(e.is_empty for e in items[0]))
+    return is_universal(as_text(value).strip())
+
+
+def is_required(model: Model, level: Level, keyword: str) -> bool:
+    """True for a Required Key of ``level`` in ``model`` (the zero-length rule applies)."""
+    if model is Model.STUDY_ROOT and keyword in STUDY_ROOT_PATIENT_KEYS:
+        return True
+    return keyword in REQUIRED_KEYS[level]
 
 
 def _returned(keyword: str, value: Any) -> Returned:
@@ -303,7 +336,7 @@ def resolve(conn: sqlite3.Connection, model: Model, identifier: Dataset) -> list
             raise QueryError(
                 DOES_NOT_MATCH, f"{keyword} is not a unique key at or above the {level.value} level"
             )
-        uids = [v.strip() for v in str(element.value or "").split("\\") if v.strip()]
+        uids = [v.strip("\0 ") for v in as_text(element.value).split("\\") if v.strip("\0 ")]
         if not uids:
             raise QueryError(DOES_NOT_MATCH, f"{keyword} needs a value to retrieve")
         where.append(f"{column_of(keyword)} IN ({', '.join('?' for _ in uids)})")

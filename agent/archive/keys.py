@@ -163,7 +163,7 @@ def normalize_pn(value: str | None) -> str | None:
 
 def as_text(value: Any) -> str:
     """A decoded element value as the text the index stores (multi-values joined by '\\')."""
-    if value is None:
+    if value is None or isinstance(value, Dataset):  # a sequence's items are never text
         return ""
     if isinstance(value, (MultiValue, list, tuple)):
         return "\\".join(as_text(item) for item in value)

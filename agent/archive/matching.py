@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent.archive import wildcard
 from agent.archive.keys import normalize_pn
 from agent.errors import QueryError
 
@@ -50,12 +51,6 @@ def glob_pattern(value: str) -> str:
     return value.replace("[", "[[]")
 
 
-def wildcard_regex(value: str, flags: int = 0) -> re.Pattern[str]:
-    """A DICOM wildcard as a regular expression ('?' is one character, not one byte)."""
-    parts = (".*" if c == "*" else "." if c == "?" else re.escape(c) for c in value)
-    return re.compile("".join(parts), flags | re.DOTALL)
-
-
 def values_of(stored: object) -> list[str]:
     """The values of a stored multi-valued text (empty list for absent or empty).
 
@@ -69,20 +64,16 @@ def values_of(stored: object) -> list[str]:
 
 def text_condition(column: str, vr: str, value: str, *, multi_valued: bool) -> Condition:
     """Single value or wildcard matching for string VRs, case-sensitive (PN aside)."""
-    wildcard = vr in WILDCARD_VRS and has_wildcard(value)
+    uses_wildcard = vr in WILDCARD_VRS and has_wildcard(value)
     candidates = value.split("\\")
     if multi_valued or len(candidates) > 1:
-        pattern = [wildcard_regex(v) if wildcard else None for v in candidates]
+        tests = [wildcard.matcher(v) if uses_wildcard else v.__eq__ for v in candidates]
 
         def check(stored: str | None) -> bool:
-            for item in values_of(stored):
-                for wanted, regex in zip(candidates, pattern, strict=True):
-                    if regex.fullmatch(item) if regex else item == wanted:
-                        return True
-            return False
+            return any(test(item) for item in values_of(stored) for test in tests)
 
         return Condition(check=check, columns=(column,))
-    if wildcard:
+    if uses_wildcard:
         return Condition(f"{column} GLOB ?", (glob_pattern(value),))
     return Condition(f"{column} = ?", (value,))
 
@@ -320,14 +311,14 @@ def sequence_check(item_conditions: dict[str, Check]) -> Check:
 def text_check(vr: str, value: str) -> Check:
     """A pure-Python check for a sequence item's key (same rules as top-level keys)."""
     if vr == "PN":
-        regex = wildcard_regex(value, re.IGNORECASE) if has_wildcard(value) else None
+        pattern = wildcard.matcher(value, ignore_case=True) if has_wildcard(value) else None
         wanted = normalize_pn(value)
 
         def check(stored: str | None) -> bool:
             if not stored:
                 return False
-            if regex is not None:
-                return regex.fullmatch(stored) is not None
+            if pattern is not None:
+                return pattern(stored)
             return normalize_pn(stored) == wanted
 
         return check

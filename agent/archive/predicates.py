@@ -69,8 +69,10 @@ def sequence_condition(value: Any, column: str) -> m.Condition | None:
         return None
     checks: dict[str, m.Check] = {}
     for element in items[0]:
+        if not element.keyword or element.VR == "SQ":  # nested sequences are not matched
+            continue
         text = as_text(element.value)
-        if element.keyword and element.VR != "SQ" and not m.is_universal(text):
+        if not m.is_universal(text):
             checks[element.keyword] = m.text_check(element.VR, text)
     if not checks:
         return None

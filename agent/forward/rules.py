@@ -7,8 +7,8 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
+from agent.archive import wildcard
 from agent.archive.keys import as_text
-from agent.archive.matching import wildcard_regex
 from agent.forward.settings import CALLING_AE, ForwardSettings, Rule
 
 
@@ -41,7 +41,7 @@ def matches(rule: Rule, header: Dataset, calling_ae: str) -> bool:
     """True if every pattern of the rule matches (``*`` and ``?``, case-sensitive)."""
     for keyword, pattern in rule.match.items():
         value = calling_ae if keyword == CALLING_AE else _text(header, keyword)
-        if wildcard_regex(pattern).fullmatch(value) is None:
+        if not wildcard.matches(pattern, value):
             return False
     return True
 

@@ -21,6 +21,7 @@ from agent.archive.retrieval import Reader
 from agent.config import Config
 from agent.errors import QueryError
 from agent.net.access import Caller
+from agent.net.bounds import identifier_of
 from agent.net.contexts import QR_SOP_CLASSES, VERIFICATION, sending_contexts
 from agent.net.reactor import requestor_handlers
 from agent.net.stored import StoredFile, on_accepted, send_as_stored
@@ -95,7 +96,8 @@ class QueryRetrieveHandlers:
             combined = str(event.request.AffectedSOPClassUID) in self._combined.get(
                 event.assoc, set()
             )
-            answers = self.reader.find(model, event.identifier, combined_datetime=combined)
+            identifier = identifier_of(event)
+            answers = self.reader.find(model, identifier, combined_datetime=combined)
             count = 0
             for answer in answers:
                 if count % DRAIN_EVERY == 0:
@@ -158,7 +160,7 @@ class QueryRetrieveHandlers:
     ) -> list[StoredInstance] | Dataset:
         """The instances to send, or a failure status data set."""
         try:
-            instances = self.reader.resolve(model_of(event), event.identifier)
+            instances = self.reader.resolve(model_of(event), identifier_of(event))
         except QueryError as exc:
             log.warning("%s from %s refused 0x%04X: %s", what, caller, exc.status, exc)
             return failure(exc.status, str(exc))

@@ -10,6 +10,8 @@ import logging
 
 from pynetdicom import _config
 
+from agent.net import engine
+
 
 def configure_pynetdicom(*, debug: bool = False, quiet: bool = False) -> None:
     """Process-wide pynetdicom settings that decide speed, memory and what gets logged.
@@ -21,5 +23,6 @@ def configure_pynetdicom(*, debug: bool = False, quiet: bool = False) -> None:
     _config.LOG_RESPONSE_IDENTIFIERS = False
     _config.STORE_RECV_CHUNKED_DATASET = True  # stream received data sets to disk
     _config.STORE_SEND_CHUNKED_DATASET = True  # stream stored files when sending
+    engine.install()  # event-driven DUL and association loops instead of polling ones
     level = logging.DEBUG if debug else logging.CRITICAL if quiet else logging.WARNING
     logging.getLogger("pynetdicom").setLevel(level)

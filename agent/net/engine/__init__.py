@@ -1,0 +1,48 @@
+"""The agent's DICOM engine: the one place that reaches into pynetdicom's internals.
+
+``install()`` swaps pynetdicom's polling DUL and association loops for event-driven
+ones (agent/net/engine/dul.py, reactor.py), process-wide, once. Every private name used
+here is listed in ``PRIVATE_NAMES`` and checked by tests/test_engine_contract.py, and
+pynetdicom is pinned to the minor version those tests ran on.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pynetdicom
+from pynetdicom import association, dul
+
+from agent.net.engine.dul import EventDrivenDUL
+from agent.net.engine.reactor import run_reactor
+
+TESTED_VERSION = "3.0"
+_installed = threading.Lock()
+_done = False
+
+# (object, attribute) pairs of pynetdicom that the engine reads, overrides or replaces
+PRIVATE_NAMES: tuple[tuple[object, str], ...] = (
+    (association, "DULServiceProvider"),  # the class an Association builds its DUL from
+    (association.Association, "_run_reactor"),
+    (association.Association, "_serve_request"),
+    (dul.DULServiceProvider, "_is_transport_event"),
+    (dul.DULServiceProvider, "_process_recv_primitive"),
+    (dul.DULServiceProvider, "_idle_timer"),
+    (dul.DULServiceProvider, "_kill_thread"),
+)
+
+
+def install() -> None:
+    """Make every association in this process use the event-driven loops (idempotent)."""
+    global _done
+    with _installed:
+        if _done:
+            return
+        if not pynetdicom.__version__.startswith(TESTED_VERSION + "."):
+            raise RuntimeError(
+                f"edge-agent's DICOM engine was tested with pynetdicom {TESTED_VERSION}.x,"
+                f" not {pynetdicom.__version__}"
+            )
+        setattr(association, "DULServiceProvider", EventDrivenDUL)  # noqa: B010
+        setattr(association.Association, "_run_reactor", run_reactor)  # noqa: B010
+        _done = True

@@ -1,0 +1,126 @@
+"""A DUL that waits on its socket instead of polling it.
+
+pynetdicom's DUL thread loops forever: one outgoing primitive *or* one incoming PDU per
+turn, a zero-timeout ``select`` on the socket, then a 1 ms sleep when the turn found
+nothing. Each PDU so waits up to a millisecond, a stream of outgoing PDUs starves the
+reading side (a C-CANCEL stays unread), and an idle association burns CPU. This one
+does, each turn, one read and one send while either has work, and otherwise blocks in
+``select`` on the socket and a wake-up socket that ``send_pdu`` writes to, the nearer
+of the ARTIM and idle timers (at most a second) as the timeout. The state machine,
+the timers and every event are pynetdicom's own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import select
+import socket
+import ssl
+import threading
+from typing import Any
+
+from pynetdicom.dul import DULServiceProvider
+from pynetdicom.pdu import A_ABORT_RQ
+
+log = logging.getLogger(__name__)
+
+MAX_WAIT = 1.0  # seconds; timers are checked at least this often
+MIN_WAIT = 0.001  # an expired timer must not turn the wait into a busy loop
+
+
+class EventDrivenDUL(DULServiceProvider):
+    """pynetdicom's DUL service provider with a blocking, fair reactor loop."""
+
+    def __init__(self, assoc: Any) -> None:
+        super().__init__(assoc)
+        self.wake_association = threading.Event()  # set whenever the state machine acted
+        self._wake_in, self._wake_out = socket.socketpair()
+        self._wake_in.setblocking(False)
+        self._wake_out.setblocking(False)
+
+    def send_pdu(self, primitive: Any) -> None:
+        """Queue a primitive for the peer, and wake the loop to send it."""
+        super().send_pdu(primitive)
+        self._nudge()
+
+    def kill_dul(self) -> None:
+        """Stop the loop (it may be waiting)."""
+        super().kill_dul()
+        self._nudge()
+
+    def _nudge(self) -> None:
+        with contextlib.suppress(OSError):  # full (a wake-up is pending anyway) or closed
+            self._wake_out.send(b"\0")
+
+    def run_reactor(self) -> None:
+        """Serve the association until killed: act while there is work, else wait."""
+        self._idle_timer.start()
+        self.assoc._dul_ready.set()
+        try:
+            while not self._kill_thread:
+                if self.artim_timer.expired:
+                    self.event_queue.put("Evt18")
+                if not self._turn():
+                    self._wait()
+        except Exception as exc:
+            self._abort_on(exc)
+        finally:
+            self.wake_association.set()
+            self._wake_in.close()
+            self._wake_out.close()
+
+    def _turn(self) -> bool:
+        """One incoming PDU and one outgoing primitive, each if there is one; True if any."""
+        worked = False
+        if self._is_transport_event():  # reads one PDU if the socket has data
+            self._idle_timer.restart()
+            worked = True
+        worked = self._act() or worked
+        if self._process_recv_primitive():  # queues the event that sends it
+            worked = True
+        return self._act() or worked
+
+    def _act(self) -> bool:
+        """Run the state machine on every queued event; wake the association if any."""
+        acted = False
+        while True:
+            try:
+                event = self.event_queue.get(block=False)
+            except queue.Empty:
+                break
+            self.state_machine.do_action(event)
+            acted = True
+        if acted:
+            self.wake_association.set()
+        return acted
+
+    def _wait(self) -> None:
+        """Block until the socket is readable, a primitive is queued, or a timer is due."""
+        timeout = min(self._idle_timer.remaining, self.artim_timer.remaining, MAX_WAIT)
+        watched: list[Any] = [self._wake_in]
+        raw = getattr(self.socket, "socket", None)
+        if raw is not None and raw.fileno() >= 0:
+            if isinstance(raw, ssl.SSLSocket) and raw.pending():
+                return  # decrypted bytes that select cannot see
+            watched.append(raw)
+        with contextlib.suppress(OSError, ValueError):  # closed meanwhile: the turn sees it
+            select.select(watched, [], [], max(MIN_WAIT, timeout))
+        with contextlib.suppress(OSError):
+            while self._wake_in.recv(4096):
+                pass
+
+    def _abort_on(self, exc: Exception) -> None:
+        """As pynetdicom does: a failure inside the DUL aborts the association at once."""
+        log.debug("DUL failed, aborting the association: %r", exc)
+        abort = A_ABORT_RQ()
+        abort.source = 0x02
+        abort.reason_diagnostic = 0x00
+        with contextlib.suppress(Exception):
+            if self.socket is not None:
+                self.socket.send(abort.encode())
+        self.assoc.is_aborted = True
+        self.assoc.is_established = False
+        self.assoc._kill = True
+        self._kill_thread = True

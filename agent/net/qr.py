@@ -7,7 +7,6 @@ becomes 0xA900 or 0xC000 with an Error Comment, anything unexpected 0xC000 and a
 from __future__ import annotations
 
 import logging
-import time
 import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -23,7 +22,7 @@ from agent.errors import QueryError
 from agent.net.access import Caller
 from agent.net.bounds import identifier_of
 from agent.net.contexts import QR_SOP_CLASSES, VERIFICATION, sending_contexts
-from agent.net.reactor import requestor_handlers
+from agent.net.sockets import requestor_handlers
 from agent.net.stored import StoredFile, on_accepted, send_as_stored
 
 log = logging.getLogger(__name__)
@@ -31,7 +30,6 @@ log = logging.getLogger(__name__)
 PENDING = 0xFF00
 CANCELLED = 0xFE00
 UNABLE_TO_PROCESS = 0xC000
-DRAIN_EVERY = 64  # answers between two chances for the peer's C-CANCEL to be read
 COMBINED_DATETIME_BYTE = 1  # PS3.4 C.5.1: byte 2 of the Q/R extended negotiation
 
 CallerLookup = Callable[[Any], Caller | None]
@@ -44,21 +42,6 @@ def failure(status: int, comment: str) -> Dataset:
     ds.Status = status
     ds.ErrorComment = comment[:64]
     return ds
-
-
-def let_peer_speak(assoc: Any, timeout: float = 5.0) -> None:
-    """Wait until pynetdicom has sent what is queued, so it reads the peer's PDUs again.
-
-    Its DUL thread reads from the socket only in a loop turn with nothing to send, so a
-    stream of answers produced faster than they go out would keep a C-CANCEL unread to
-    the end (and queue every answer in memory).
-    """
-    outgoing = getattr(getattr(assoc, "dul", None), "to_provider_queue", None)
-    deadline = time.monotonic() + timeout
-    while outgoing is not None and outgoing.qsize() and time.monotonic() < deadline:
-        if not assoc.is_established:
-            return
-        time.sleep(0.0005)
 
 
 def model_of(event: Any) -> Model:
@@ -100,8 +83,6 @@ class QueryRetrieveHandlers:
             answers = self.reader.find(model, identifier, combined_datetime=combined)
             count = 0
             for answer in answers:
-                if count % DRAIN_EVERY == 0:
-                    let_peer_speak(event.assoc)
                 if event.is_cancelled:
                     log.info("C-FIND from %s cancelled after %d answers", caller, count)
                     yield CANCELLED, None

@@ -20,7 +20,7 @@ from agent.config import Config
 from agent.errors import ConfigError, PeerError
 from agent.net import configure_pynetdicom
 from agent.net.contexts import UNCOMPRESSED, VERIFICATION
-from agent.net.reactor import requestor_handlers
+from agent.net.sockets import requestor_handlers
 
 _TARGET = re.compile(r"^(?P<ae>[^@]{1,16})@(?P<host>[^:@]+|\[[0-9A-Fa-f:.]+\]):(?P<port>\d{1,5})$")
 

@@ -15,6 +15,7 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
+from pynetdicom import evt
 from pynetdicom.transport import AssociationSocket, RequestHandler
 
 log = logging.getLogger(__name__)
@@ -138,3 +139,8 @@ def end_if_never_requested(event: Any) -> None:
     assoc = event.assoc
     if assoc.is_acceptor and assoc.requestor.primitive is None:
         assoc.dul.to_user_queue.put(None)  # read as "no request came": the reactor ends
+
+
+def requestor_handlers() -> list[Any]:
+    """Event handlers for the associations the agent requests (to send, find or retrieve)."""
+    return [(evt.EVT_CONN_OPEN, on_connection_open)]

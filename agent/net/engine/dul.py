@@ -23,11 +23,13 @@ from typing import Any
 
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
+from pynetdicom.pdu_primitives import P_DATA
 
 log = logging.getLogger(__name__)
 
 MAX_WAIT = 1.0  # seconds; timers are checked at least this often
 MIN_WAIT = 0.001  # an expired timer must not turn the wait into a busy loop
+MAX_QUEUED = 8  # outgoing P-DATA primitives (one PDU each) a producer may run ahead by
 
 
 class EventDrivenDUL(DULServiceProvider):
@@ -39,16 +41,31 @@ class EventDrivenDUL(DULServiceProvider):
         self._wake_in, self._wake_out = socket.socketpair()
         self._wake_in.setblocking(False)
         self._wake_out.setblocking(False)
+        self._room = threading.Condition()
 
     def send_pdu(self, primitive: Any) -> None:
-        """Queue a primitive for the peer, and wake the loop to send it."""
+        """Queue a primitive for the peer and wake the loop to send it.
+
+        P-DATA waits while MAX_QUEUED are already queued: a C-FIND streaming answers or a
+        C-STORE of a large file cannot pile up in memory faster than the socket drains.
+        """
+        if isinstance(primitive, P_DATA) and threading.current_thread() is not self:
+            with self._room:
+                self._room.wait_for(self._has_room, timeout=self.network_timeout or MAX_WAIT * 60)
         super().send_pdu(primitive)
         self._nudge()
 
+    def _has_room(self) -> bool:
+        if self._kill_thread or not self.is_alive():
+            return True  # nobody will drain the queue: let the caller fail on its own
+        return self.to_provider_queue.qsize() < MAX_QUEUED
+
     def kill_dul(self) -> None:
-        """Stop the loop (it may be waiting)."""
+        """Stop the loop (it may be waiting), and any producer waiting for room."""
         super().kill_dul()
         self._nudge()
+        with self._room:
+            self._room.notify_all()
 
     def _nudge(self) -> None:
         with contextlib.suppress(OSError):  # full (a wake-up is pending anyway) or closed
@@ -67,6 +84,8 @@ class EventDrivenDUL(DULServiceProvider):
         except Exception as exc:
             self._abort_on(exc)
         finally:
+            with self._room:
+                self._room.notify_all()
             self.wake_association.set()
             self._wake_in.close()
             self._wake_out.close()
@@ -94,6 +113,8 @@ class EventDrivenDUL(DULServiceProvider):
             acted = True
         if acted:
             self.wake_association.set()
+            with self._room:
+                self._room.notify_all()
         return acted
 
     def _wait(self) -> None:

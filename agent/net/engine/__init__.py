@@ -1,7 +1,8 @@
 """The agent's DICOM engine: the one place that reaches into pynetdicom's internals.
 
 ``install()`` swaps pynetdicom's polling DUL and association loops for event-driven
-ones (agent/net/engine/dul.py, reactor.py), process-wide, once. Every private name used
+ones (agent/net/engine/dul.py, reactor.py) and sends each DIMSE message in as few PDUs
+as fit (messages.py), process-wide, once. Every private name used
 here is listed in ``PRIVATE_NAMES`` and checked by tests/test_engine_contract.py, and
 pynetdicom is pinned to the minor version those tests ran on.
 """
@@ -11,8 +12,9 @@ from __future__ import annotations
 import threading
 
 import pynetdicom
-from pynetdicom import association, dul
+from pynetdicom import association, dimse_messages, dul
 
+from agent.net.engine import messages
 from agent.net.engine.dul import EventDrivenDUL
 from agent.net.engine.reactor import run_reactor
 
@@ -25,6 +27,7 @@ PRIVATE_NAMES: tuple[tuple[object, str], ...] = (
     (association, "DULServiceProvider"),  # the class an Association builds its DUL from
     (association.Association, "_run_reactor"),
     (association.Association, "_serve_request"),
+    (dimse_messages.DIMSEMessage, "encode_msg"),  # wrapped: joins fragments into fewer PDUs
     (dul.DULServiceProvider, "_is_transport_event"),
     (dul.DULServiceProvider, "_process_recv_primitive"),
     (dul.DULServiceProvider, "_idle_timer"),
@@ -45,4 +48,5 @@ def install() -> None:
             )
         setattr(association, "DULServiceProvider", EventDrivenDUL)  # noqa: B010
         setattr(association.Association, "_run_reactor", run_reactor)  # noqa: B010
+        setattr(dimse_messages.DIMSEMessage, "encode_msg", messages.encode_msg)  # noqa: B010
         _done = True

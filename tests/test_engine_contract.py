@@ -69,3 +69,63 @@ def test_associations_both_ways_run_the_event_driven_loops(agent: Agent) -> None
     finally:
         assoc.release()
     assert not assoc.is_established
+
+
+def _primitives() -> list[object]:
+    """One of each message the agent sends, with the optional fields set and unset."""
+    from io import BytesIO
+
+    from pynetdicom.dimse_primitives import C_ECHO, C_FIND, C_GET, C_MOVE, C_STORE
+
+    echo_rsp = C_ECHO()
+    echo_rsp.MessageIDBeingRespondedTo, echo_rsp.Status = 7, 0
+    echo_rsp.AffectedSOPClassUID = VERIFICATION
+    store_rq = C_STORE()
+    store_rq.MessageID, store_rq.Priority = 65535, 2
+    store_rq.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    store_rq.AffectedSOPInstanceUID = "1.2.3.45"  # odd length: padded with a NUL
+    store_rq.MoveOriginatorApplicationEntityTitle = "WS"
+    store_rq.MoveOriginatorMessageID = 3
+    store_rq.DataSet = BytesIO(b"\x08\x00\x16\x00")
+    store_rsp = C_STORE()
+    store_rsp.MessageIDBeingRespondedTo, store_rsp.Status = 9, 0xA700
+    store_rsp.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    store_rsp.AffectedSOPInstanceUID = "1.2.3.4"
+    store_rsp.ErrorComment = "disk below the floor"  # even length
+    find_rsp = C_FIND()
+    find_rsp.MessageIDBeingRespondedTo, find_rsp.Status = 1, 0xFF00
+    find_rsp.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.2.2.1"
+    find_rsp.Identifier = BytesIO(b"\x08\x00\x52\x00")
+    find_fail = C_FIND()
+    find_fail.MessageIDBeingRespondedTo, find_fail.Status = 1, 0xA900
+    find_fail.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.2.2.1"
+    find_fail.ErrorComment = "odd comment"
+    find_fail.OffendingElement = [0x00100010, 0x00080020]
+    get_rsp = C_GET()
+    get_rsp.MessageIDBeingRespondedTo, get_rsp.Status = 4, 0xFF00
+    get_rsp.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.2.2.3"
+    get_rsp.NumberOfRemainingSuboperations = 299
+    get_rsp.NumberOfCompletedSuboperations = 1
+    get_rsp.NumberOfFailedSuboperations = 0
+    get_rsp.NumberOfWarningSuboperations = 0
+    move_rq = C_MOVE()
+    move_rq.MessageID, move_rq.Priority = 2, 0
+    move_rq.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.2.2.2"
+    move_rq.MoveDestination = "EDGE"
+    move_rq.Identifier = BytesIO(b"\x08\x00\x52\x00")
+    return [echo_rsp, store_rq, store_rsp, find_rsp, find_fail, get_rsp, move_rq]
+
+
+@pytest.mark.parametrize("primitive", _primitives(), ids=lambda p: type(p).__name__)
+def test_commands_encoded_directly_match_pynetdicoms_bytes(primitive: object) -> None:
+    from pynetdicom.dimse_messages import _MESSAGE_TYPES
+    from pynetdicom.dsutils import encode
+
+    from agent.net.engine.commands import _message_name, encode_command
+
+    name = _message_name(primitive)
+    message = dict(_MESSAGE_TYPES.values())[name]()
+    message.primitive_to_message(primitive)
+    expected = encode(message.command_set, True, True)
+    has_data = message.command_set.CommandDataSetType == 0x0001
+    assert encode_command(name, primitive, has_data) == expected

@@ -1,8 +1,9 @@
 """The agent's DICOM engine: the one place that reaches into pynetdicom's internals.
 
 ``install()`` swaps pynetdicom's polling DUL and association loops for event-driven
-ones (agent/net/engine/dul.py, reactor.py) and sends each DIMSE message in as few PDUs
-as fit (messages.py), process-wide, once. Every private name used
+ones (agent/net/engine/dul.py, reactor.py), encodes command sets without pydicom
+(commands.py) and sends each DIMSE message in as few PDUs as fit (messages.py),
+process-wide, once. Every private name used
 here is listed in ``PRIVATE_NAMES`` and checked by tests/test_engine_contract.py, and
 pynetdicom is pinned to the minor version those tests ran on.
 """
@@ -12,9 +13,9 @@ from __future__ import annotations
 import threading
 
 import pynetdicom
-from pynetdicom import association, dimse_messages, dul
+from pynetdicom import association, dimse, dimse_messages, dul
 
-from agent.net.engine import messages
+from agent.net.engine import commands, messages
 from agent.net.engine.dul import EventDrivenDUL
 from agent.net.engine.reactor import run_reactor
 
@@ -28,6 +29,9 @@ PRIVATE_NAMES: tuple[tuple[object, str], ...] = (
     (association.Association, "_run_reactor"),
     (association.Association, "_serve_request"),
     (dimse_messages.DIMSEMessage, "encode_msg"),  # wrapped: joins fragments into fewer PDUs
+    (dimse.DIMSEServiceProvider, "send_msg"),  # replaced: command sets encoded directly
+    (dimse_messages, "_MESSAGE_TYPES"),
+    (dimse_messages, "_DATASET_KEYWORDS"),
     (dul.DULServiceProvider, "_is_transport_event"),
     (dul.DULServiceProvider, "_process_recv_primitive"),
     (dul.DULServiceProvider, "_idle_timer"),
@@ -49,4 +53,5 @@ def install() -> None:
         setattr(association, "DULServiceProvider", EventDrivenDUL)  # noqa: B010
         setattr(association.Association, "_run_reactor", run_reactor)  # noqa: B010
         setattr(dimse_messages.DIMSEMessage, "encode_msg", messages.encode_msg)  # noqa: B010
+        setattr(dimse.DIMSEServiceProvider, "send_msg", commands.send_msg)  # noqa: B010
         _done = True

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from pydicom.datadict import dictionary_VR
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
@@ -49,13 +49,15 @@ class IndexedKey:
     level: Level
     vr: str
     norm_column: str | None  # for Person Names: the case-folded copy used for matching
+    tag: int  # looked up by tag: by keyword, each absent key costs a failed attribute lookup
 
 
 def _keys(level: Level, keywords: Iterable[str]) -> tuple[IndexedKey, ...]:
     keys = []
     for keyword in keywords:
         vr = str(dictionary_VR(keyword))
-        keys.append(IndexedKey(keyword, level, vr, f"{keyword}_norm" if vr == "PN" else None))
+        norm = f"{keyword}_norm" if vr == "PN" else None
+        keys.append(IndexedKey(keyword, level, vr, norm, int(tag_for_keyword(keyword) or 0)))
     return tuple(keys)
 
 
@@ -172,9 +174,6 @@ def as_text(value: Any) -> str:
     return str(value)
 
 
-_ABSENT = object()
-
-
 def sequence_as_json(value: Any) -> str:
     """A sequence as JSON: a list of items, each {keyword: text} of its plain elements."""
     items = []
@@ -193,13 +192,12 @@ def extract(ds: Dataset, level: Level) -> dict[str, str | None]:
     """Column values of ``level`` from a header: None where the attribute is absent."""
     row: dict[str, str | None] = {}
     for key in KEYS[level]:
-        value = ds.get(key.keyword, _ABSENT)
-        if value is _ABSENT:
+        if key.tag not in ds:
             text = None
         elif key.vr == "SQ":
-            text = sequence_as_json(value)
+            text = sequence_as_json(ds[key.tag].value)
         else:
-            text = as_text(value)
+            text = as_text(ds[key.tag].value)
         row[key.keyword] = text
         if key.norm_column:
             row[key.norm_column] = normalize_pn(text)

@@ -28,13 +28,15 @@ from pynetdicom.dimse_primitives import (
     C_MOVE,
     C_STORE,
 )
-from pynetdicom.pdu_primitives import P_DATA
 
+from agent.net.engine.dul import EncodedPData, EventDrivenDUL
 from agent.net.engine.messages import PDV_ITEM_HEADER
 
 _original_send: Callable[..., None] = DIMSEServiceProvider.send_msg
 _FAST = (C_ECHO, C_FIND, C_GET, C_MOVE, C_STORE)
 _HEADER = struct.Struct("<HHI")
+_PDU_HEADER = struct.Struct(">BBI")  # P-DATA-TF: type, reserved, length
+_ITEM_HEADER = struct.Struct(">IBB")  # PDV item: length, context ID, control header
 _COMMAND_FIELD = {name: code for code, (name, _) in _MESSAGE_TYPES.items()}
 
 
@@ -93,13 +95,18 @@ def _message_name(primitive: Any) -> str:
     return f"{kind}-{'RQ' if primitive.MessageIDBeingRespondedTo is None else 'RSP'}"
 
 
+READ_BLOCK = 1 << 20  # bytes read from a file at a time
+WRITE_BLOCK = 256 * 1024  # bytes of encoded PDUs handed to the socket in one write
+
+
 def _chunks(data: bytes | BytesIO | None, path: Any, size: int) -> Iterator[bytes]:
     """The data set in pieces of at most ``size`` bytes (a file is read as it goes)."""
     if path is not None:
-        with open(path[0], "rb") as handle:
+        with open(path[0], "rb", buffering=0) as handle:
             handle.seek(path[1])
-            while piece := handle.read(size):
-                yield piece
+            while block := handle.read(READ_BLOCK):
+                for start in range(0, len(block), size):
+                    yield block[start : start + size]
         return
     raw = data.getvalue() if isinstance(data, BytesIO) else data or b""
     for start in range(0, len(raw), size):
@@ -121,24 +128,46 @@ def _fragments(command: bytes, data: Any, path: Any, max_pdu: int) -> Iterator[t
         yield 0x02, held
 
 
-def _pdata(context_id: int, fragments: Iterator[tuple[int, bytes]], max_pdu: int) -> Iterator[Any]:
-    """P-DATA primitives, each carrying as many consecutive PDVs as fit."""
-    current, used = None, 0
+def _pdus(context_id: int, fragments: Iterator[tuple[int, bytes]], max_pdu: int) -> Iterator[bytes]:
+    """Encoded P-DATA-TF PDUs, each carrying as many consecutive PDVs as fit."""
+    items: list[bytes] = []
+    used = 0
     for control, piece in fragments:
         size = PDV_ITEM_HEADER + 1 + len(piece)
-        if current is None or (max_pdu and used + size > max_pdu):
-            if current is not None:
-                yield current
-            current, used = P_DATA(), 0
-        current.presentation_data_value_list.append((context_id, bytes([control]) + piece))
+        if items and max_pdu and used + size > max_pdu:
+            yield _PDU_HEADER.pack(0x04, 0, used) + b"".join(items)
+            items, used = [], 0
+        items.append(_ITEM_HEADER.pack(len(piece) + 2, context_id, control) + piece)
         used += size
-    if current is not None:
-        yield current
+    if items:
+        yield _PDU_HEADER.pack(0x04, 0, used) + b"".join(items)
+
+
+def _writes(pdus: Iterator[bytes]) -> Iterator[EncodedPData]:
+    """Consecutive PDUs joined into writes of about WRITE_BLOCK bytes."""
+    batch: list[bytes] = []
+    size = 0
+    for pdu in pdus:
+        batch.append(pdu)
+        size += len(pdu)
+        if size >= WRITE_BLOCK:
+            yield EncodedPData(b"".join(batch))
+            batch, size = [], 0
+    if batch:
+        yield EncodedPData(b"".join(batch))
+
+
+def _fast_lane(dimse: Any, primitive: Any) -> bool:
+    """True if nobody wants pynetdicom's objects for this message, its PDUs or its bytes."""
+    if not isinstance(primitive, _FAST) or not isinstance(dimse.dul, EventDrivenDUL):
+        return False
+    watched = (evt.EVT_DIMSE_SENT, evt.EVT_PDU_SENT, evt.EVT_DATA_SENT)
+    return not any(dimse.assoc.get_handlers(event) for event in watched)
 
 
 def send_msg(self: Any, primitive: Any, context_id: int) -> None:
     """DIMSEServiceProvider.send_msg with the command set encoded directly."""
-    if not isinstance(primitive, _FAST) or self.assoc.get_handlers(evt.EVT_DIMSE_SENT):
+    if not _fast_lane(self, primitive):
         _original_send(self, primitive, context_id)
         return
     name = _message_name(primitive)
@@ -152,6 +181,6 @@ def send_msg(self: Any, primitive: Any, context_id: int) -> None:
         _original_send(self, primitive, context_id)
         return
     max_pdu = self.maximum_pdu_size
-    for pdata in _pdata(context_id, _fragments(command, data, path, max_pdu), max_pdu):
-        self.dul.send_pdu(pdata)
-
+    fragments = _fragments(command, data, path, max_pdu)
+    for write in _writes(_pdus(context_id, fragments, max_pdu)):
+        self.dul.send_pdu(write)

@@ -32,6 +32,21 @@ MIN_WAIT = 0.001  # an expired timer must not turn the wait into a busy loop
 MAX_QUEUED = 8  # outgoing P-DATA primitives (one PDU each) a producer may run ahead by
 
 
+class EncodedPData:
+    """One or more whole P-DATA-TF PDUs, already encoded, to go out as one write.
+
+    pynetdicom turns each P-DATA primitive into a PDU object, runs it through the state
+    machine and sends it alone: per 16 KB PDU (the size DCMTK peers accept by default)
+    that is most of the cost of sending a file. Messages whose PDUs the engine encodes
+    itself queue them in this form, in order with every other primitive.
+    """
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+
 class EventDrivenDUL(DULServiceProvider):
     """pynetdicom's DUL service provider with a blocking, fair reactor loop."""
 
@@ -49,7 +64,7 @@ class EventDrivenDUL(DULServiceProvider):
         P-DATA waits while MAX_QUEUED are already queued: a C-FIND streaming answers or a
         C-STORE of a large file cannot pile up in memory faster than the socket drains.
         """
-        if isinstance(primitive, P_DATA) and threading.current_thread() is not self:
+        if isinstance(primitive, (P_DATA, EncodedPData)) and threading.current_thread() is not self:
             with self._room:
                 self._room.wait_for(self._has_room, timeout=self.network_timeout or MAX_WAIT * 60)
         super().send_pdu(primitive)
@@ -97,9 +112,28 @@ class EventDrivenDUL(DULServiceProvider):
             self._idle_timer.restart()
             worked = True
         worked = self._act() or worked
-        if self._process_recv_primitive():  # queues the event that sends it
+        if self._send_encoded() or self._process_recv_primitive():  # the latter queues an event
             worked = True
         return self._act() or worked
+
+    def _send_encoded(self) -> bool:
+        """Write the next queued EncodedPData straight to the socket; False if not one."""
+        try:
+            head = self.to_provider_queue.queue[0]
+        except IndexError:
+            return False
+        if not isinstance(head, EncodedPData):
+            return False
+        self.to_provider_queue.get(block=False)
+        raw = getattr(self.socket, "socket", None)
+        if self.state_machine.current_state != "Sta6" or raw is None:
+            log.debug("association no longer established: %d bytes not sent", len(head.data))
+            return True
+        try:
+            raw.sendall(head.data)
+        except OSError:
+            self.event_queue.put("Evt17")  # as pynetdicom's socket does: connection closed
+        return True
 
     def _act(self) -> bool:
         """Run the state machine on every queued event; wake the association if any."""

@@ -18,9 +18,11 @@ import queue
 import select
 import socket
 import ssl
+import struct
 import threading
 from typing import Any
 
+from pynetdicom import evt
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.pdu_primitives import P_DATA
@@ -29,6 +31,7 @@ log = logging.getLogger(__name__)
 
 MAX_WAIT = 1.0  # seconds; timers are checked at least this often
 MIN_WAIT = 0.001  # an expired timer must not turn the wait into a busy loop
+PDU_TYPES = frozenset(range(0x01, 0x08))  # A-ASSOCIATE-RQ ... A-ABORT
 MAX_QUEUED = 8  # outgoing P-DATA primitives (one PDU each) a producer may run ahead by
 
 
@@ -115,6 +118,69 @@ class EventDrivenDUL(DULServiceProvider):
         if self._send_encoded() or self._process_recv_primitive():  # the latter queues an event
             worked = True
         return self._act() or worked
+
+    def _read_pdu_data(self) -> None:
+        """Read one PDU; a P-DATA-TF on an established association goes straight to DIMSE.
+
+        For any other PDU, state, or a handler watching PDUs, pynetdicom's own path.
+        """
+        header = self._recv_exactly(6)
+        if header is None:
+            return
+        pdu_type, _, length = struct.unpack(">BBI", header)
+        if pdu_type not in PDU_TYPES:
+            log.debug("unknown PDU type 0x%02X", pdu_type)
+            self.event_queue.put("Evt19")
+            return
+        body = self._recv_exactly(length)
+        if body is None:
+            return
+        if pdu_type == 0x04 and self._pdata_fast_lane():
+            self._deliver_pdata(body)
+            return
+        try:
+            pdu, event = self._decode_pdu(bytearray(header + body))
+        except Exception as exc:  # pynetdicom: READ_PDU_EXC_F
+            log.debug("cannot decode a received PDU: %r", exc)
+            self.event_queue.put("Evt19")
+            return
+        self.event_queue.put(event)
+        self._recv_pdu.put(pdu)
+
+    def _recv_exactly(self, count: int) -> bytes | None:
+        """``count`` bytes from the peer, or None (and Evt17) if the connection ended."""
+        try:
+            data = bytes(self.socket.recv(count)) if self.socket is not None else b""
+        except (OSError, TimeoutError):
+            data = b""
+        if len(data) != count:
+            self.event_queue.put("Evt17")  # transport connection closed
+            return None
+        return data
+
+    def _pdata_fast_lane(self) -> bool:
+        if self.state_machine.current_state != "Sta6" or not self.event_queue.empty():
+            return False
+        return not any(
+            self.assoc.get_handlers(event) for event in (evt.EVT_PDU_RECV, evt.EVT_DATA_RECV)
+        )
+
+    def _deliver_pdata(self, body: bytes) -> None:
+        """Split a P-DATA-TF's items into a P-DATA primitive and hand it to DIMSE (DT-2)."""
+        primitive = P_DATA()
+        values = primitive.presentation_data_value_list
+        position = 0
+        while position + 5 <= len(body):
+            (item_length,) = struct.unpack_from(">I", body, position)
+            end = position + 4 + item_length
+            if item_length < 2 or end > len(body):
+                self.event_queue.put("Evt19")  # a PDV item that does not fit its PDU
+                return
+            values.append((body[position + 4], body[position + 5 : end]))
+            position = end
+        self._idle_timer.restart()
+        self.assoc.dimse.receive_primitive(primitive)
+        self.wake_association.set()
 
     def _send_encoded(self) -> bool:
         """Write the next queued EncodedPData straight to the socket; False if not one."""

@@ -498,9 +498,17 @@ def normal(keyword: str, element: Any) -> str:
     return text
 
 
+def element(ds: Dataset, keyword: str) -> Any:
+    """The data element for ``keyword``, or None when the answer does not hold it."""
+    try:
+        return ds[keyword]
+    except KeyError:
+        return None
+
+
 def answer_key(query: Query, answer: Dataset, keys: list[str]) -> dict[str, str]:
     wanted = dict.fromkeys([*keys, UNIQUE[query.level]])
-    return {k: normal(k, answer.data_element(k)) for k in wanted}
+    return {k: normal(k, element(answer, k)) for k in wanted}
 
 
 def frozen(answer: dict[str, str]) -> Answer:
@@ -708,7 +716,7 @@ def read_catalogue(qr: Finder) -> Catalogue:
             "series", "StudyRoot", "SERIES",
             (("StudyInstanceUID", study), ("SeriesInstanceUID", ""), ("Modality", ""))).dataset())
         assert status == 0
-        series[study] = [(str(a.SeriesInstanceUID), normal("Modality", a.data_element("Modality")))
+        series[study] = [(str(a.SeriesInstanceUID), normal("Modality", element(a, "Modality")))
                          for a in found]
         for series_uid, _ in series[study]:
             images, status = qr.find("StudyRoot", Query(

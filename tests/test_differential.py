@@ -25,6 +25,7 @@ from typing import Any
 import dicomgen
 import pytest
 from pydicom import uid
+from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pynetdicom import AE, build_context
@@ -515,37 +516,6 @@ def frozen(answer: dict[str, str]) -> Answer:
     return tuple(sorted(answer.items()))
 
 
-# -- Permitted differences -----------------------------------------------------------------
-# What the agent does differently from dcmqrscp, and why the standard lets (or makes) it.
-# Each one is applied to dcmqrscp's answers to predict the agent's.
-EXPECTATIONS = {  # name: (clause, what differs and how the agent's answer is predicted)
-    "pn-case": (
-        "PS3.4 C.2.2.2.1, C.2.2.2.4",
-        "Person Names may be matched ignoring case; the agent does (Unicode upper-casing), "
-        "ignores empty trailing components (PS3.5 6.2: 'DOE^JOHN^^' is 'DOE^JOHN') and "
-        "takes '?' as one character. dcmqrscp compares bytes, case-sensitively, and its "
-        "'?' is one byte of UTF-8. Predicted: what dcmqrscp matches on the key, plus "
-        "what matches it so."),
-    "zero-length": (
-        "PS3.4 C.2.2.1.2",
-        "An entity whose Required key is present with zero length matches any value of "
-        "that key. dcmqrscp applies no such rule (and does not record absence). "
-        "Predicted: what dcmqrscp matches on the key, plus the entities holding it empty "
-        "(absent ones still do not match)."),
-    "computed": (
-        "PS3.4 C.6.1.1.3-C.6.1.1.4, C.6.2.1.2",
-        "Modalities in Study and the Number of ... Related ... keys are computed by the "
-        "agent; dcmqrscp neither returns nor matches them. Predicted from dcmqrscp's own "
-        "SERIES and IMAGE answers."),
-    "universal-above": (
-        "PS3.4 C.4.1.2.1, C.2.2.2.3",
-        "Above the level only unique keys may appear and dcmqrscp -XF refuses any other "
-        "(0xA900); but a zero-length key asks for nothing to be matched, and Orthanc "
-        "sends them, so the agent accepts it. Predicted: dcmqrscp's answer without the "
-        "key; the agent may return it empty or with the entity's value."),
-}
-
-
 def is_universal(value: str) -> bool:
     return value in ("", "*")
 
@@ -575,119 +545,196 @@ def wildcard(value: str) -> re.Pattern[str]:
 
 def cs_any_matches(query: str, stored: list[str]) -> bool:
     """CS, multi-valued: any stored value matches any of the query's values."""
-    for wanted in query.split("\\"):
-        if any(wildcard(wanted).fullmatch(value) for value in stored):
-            return True
-    return False
+    return any(wildcard(wanted).fullmatch(value)
+               for wanted in query.split("\\") for value in stored)
 
 
 @dataclass
 class Catalogue:
     """What dcmqrscp holds, read back through its own C-FIND answers."""
 
-    studies: dict[str, dict[str, str]]  # study UID -> its keys (patient keys too)
-    series: dict[str, list[tuple[str, str]]]  # study UID -> [(series UID, Modality)]
+    studies: dict[str, dict[str, str]]  # study UID -> its keys (the patient's too)
+    series: dict[str, dict[str, dict[str, str]]]  # study UID -> series UID -> its keys
     instances: dict[str, int]  # series UID -> instance count
     empties: dict[str, set[str]]  # UID (PatientID for patients) -> keys held empty
 
     def computed(self, level: str, unique: str) -> dict[str, str]:
+        """The computed keys of one entity, from dcmqrscp's lower-level answers."""
         if level == "SERIES":
             return {"NumberOfSeriesRelatedInstances": str(self.instances[unique])}
-        if level == "STUDY":
-            studies = [unique]
-        else:
-            studies = [s for s, keys in self.studies.items() if keys["PatientID"] == unique]
-        series = [s for study in studies for s in self.series[study]]
-        values = {"NumberOfStudyRelatedSeries": str(len(series)),
-                  "NumberOfStudyRelatedInstances": str(sum(self.instances[s] for s, _ in
-                                                           series)),
-                  "ModalitiesInStudy": "\\".join(sorted({m for _, m in series if m})),
-                  "NumberOfPatientRelatedStudies": str(len(studies)),
-                  "NumberOfPatientRelatedSeries": str(len(series)),
-                  "NumberOfPatientRelatedInstances": str(sum(self.instances[s] for s, _ in
-                                                             series))}
-        return values
+        studies = [unique] if level == "STUDY" else [
+            s for s, keys in self.studies.items() if keys["PatientID"] == unique]
+        series = {uid: keys for study in studies for uid, keys in self.series[study].items()}
+        instances = str(sum(self.instances[uid] for uid in series))
+        return {"NumberOfStudyRelatedSeries": str(len(series)),
+                "NumberOfStudyRelatedInstances": instances,
+                "ModalitiesInStudy": "\\".join(sorted({k["Modality"] for k in series.values()}
+                                                       - {""})),
+                "NumberOfPatientRelatedStudies": str(len(studies)),
+                "NumberOfPatientRelatedSeries": str(len(series)),
+                "NumberOfPatientRelatedInstances": instances}
+
+    def value_above(self, query: Query, keyword: str) -> str | None:
+        """The value of a key above the query level, for the entity the query names."""
+        study = query.values.get("StudyInstanceUID", "")
+        if level_of(query.model, keyword) == "SERIES":
+            series = query.values.get("SeriesInstanceUID", "")
+            return self.series.get(study, {}).get(series, {}).get(keyword)
+        return self.studies.get(study, {}).get(keyword)
 
 
-def predict(query: Query, qr: Finder, catalogue: Catalogue) -> tuple[list[Answer], int,
-                                                                     list[str]]:
-    """dcmqrscp's answers changed by EXPECTATIONS: (answers, status, expectations used)."""
-    used: list[str] = []
-    values = query.values
-    above = {k for k in values if level_of(query.model, k) != query.level}
-    empty_above = {k for k in above if values[k] == "" and k != UNIQUE[level_of(query.model,
-                                                                                 k)]}
-    computed = {k for k in values if k in COMPUTED[query.level]}
-    widened: dict[str, Callable[[dict[str, str]], bool]] = {}
-    for keyword, value in values.items():
-        if keyword in above or keyword in computed or is_universal(value):
-            continue
-        checks = []
-        if dictionary_pn(keyword):
-            checks.append(("pn-case", lambda a, k=keyword, v=value: pn_matches(v, a[k])))
-        if keyword in required(query.model, query.level):
-            checks.append(("zero-length",
-                           lambda a, k=keyword: k in catalogue.empties.get(
-                               a[UNIQUE[query.level]], set())))
-        if checks:
-            widened[keyword] = lambda a, cs=tuple(checks): any(c(a) for _, c in cs)
-            used += [name for name, _ in checks]
-    if empty_above:
-        used.append("universal-above")
-    if computed:
-        used.append("computed")
-    drop = frozenset(empty_above | computed)
-    relaxed = {k: "" for k in widened}
-    base, status = qr.find(query.model, query.dataset(drop, relaxed))
-    if status != 0:
-        return [], status, used
-    returned = [k for k in query.returned if k not in drop]
-    rows = [answer_key(query, a, returned) for a in base]
-    # dcmqrscp's own verdict on each widened key, with the others relaxed
-    strict: dict[str, set[str]] = {}
-    for keyword in widened:
-        others = {k: "" for k in widened if k != keyword}
-        answers, status = qr.find(query.model, query.dataset(drop, others))
-        assert status == 0
-        strict[keyword] = {answer_key(query, a, [])[UNIQUE[query.level]] for a in answers}
-    predicted = []
-    for row in rows:
-        unique = row[UNIQUE[query.level]]
-        if not all(unique in strict[k] or ok(row) for k, ok in widened.items()):
-            continue
-        if computed:
-            filled = catalogue.computed(query.level, unique)
-            wanted = values.get("ModalitiesInStudy", "")
-            if not is_universal(wanted) and not cs_any_matches(
-                    wanted, filled["ModalitiesInStudy"].split("\\")):
+Row = dict[str, str]
+
+
+@dataclass
+class Prediction:
+    """How dcmqrscp's answers to a query become the agent's; the EXPECTATIONS fill it in."""
+
+    query: Query
+    catalogue: Catalogue
+    widened: dict[str, list[Callable[[Row], bool]]] = field(default_factory=dict)
+    computed: set[str] = field(default_factory=set)
+    loose_above: set[str] = field(default_factory=set)
+    used: list[str] = field(default_factory=list)
+
+    @property
+    def unique(self) -> str:
+        return UNIQUE[self.query.level]
+
+    def matching(self) -> Iterator[tuple[str, str]]:
+        """The keys at the query level that restrict the answers."""
+        for keyword, value in self.query.keys:
+            if (level_of(self.query.model, keyword) == self.query.level
+                    and keyword not in COMPUTED[self.query.level] and not is_universal(value)):
+                yield keyword, value
+
+    def widen(self, keyword: str, why: str, also: Callable[[Row], bool]) -> None:
+        """The agent also matches the rows ``also`` accepts on this key."""
+        self.widened.setdefault(keyword, []).append(also)
+        self.used.append(why)
+
+    def compute(self, keyword: str, why: str) -> None:
+        """The agent computes this key; dcmqrscp is not asked for it."""
+        self.computed.add(keyword)
+        self.used.append(why)
+
+    def loosen_above(self, keyword: str, why: str) -> None:
+        """dcmqrscp is not sent this key; the agent may answer it empty or rightly."""
+        self.loose_above.add(keyword)
+        self.used.append(why)
+
+    def answers(self, qr: Finder) -> tuple[list[Answer], int]:
+        """Ask dcmqrscp, with widened keys universal, then apply the expectations."""
+        query, drop = self.query, frozenset(self.computed | self.loose_above)
+        relaxed = dict.fromkeys(self.widened, "")
+        base, status = qr.find(query.model, query.dataset(drop, relaxed))
+        if status != 0:
+            return [], status
+        # dcmqrscp's own verdict on each widened key, the other widened keys relaxed
+        verdict: dict[str, set[str]] = {}
+        for keyword in self.widened:
+            others = {k: "" for k in self.widened if k != keyword}
+            found, status = qr.find(query.model, query.dataset(drop, others))
+            assert status == 0
+            verdict[keyword] = {answer_key(query, a, [])[self.unique] for a in found}
+        predicted = []
+        for answer in base:
+            row = answer_key(query, answer, [k for k in query.returned if k not in drop])
+            if not all(row[self.unique] in verdict[k] or any(ok(row) for ok in extra)
+                       for k, extra in self.widened.items()):
                 continue
-            row.update({k: filled[k] for k in computed})
-        predicted.append(frozen(row))
-    return predicted, 0, used
+            if self.computed:
+                filled = self.catalogue.computed(query.level, row[self.unique])
+                wanted = query.values.get("ModalitiesInStudy", "")
+                if not is_universal(wanted) and not cs_any_matches(
+                        wanted, filled["ModalitiesInStudy"].split("\\")):
+                    continue
+                row.update({k: filled[k] for k in self.computed})
+            predicted.append(frozen(row))
+        return predicted, 0
+
+    def observed(self, agent: Finder) -> tuple[list[Answer], int]:
+        """The agent's answers, normalised like the prediction."""
+        answers, status = agent.find(self.query.model, self.query.dataset())
+        rows = []
+        for answer in answers:
+            row = answer_key(self.query, answer, self.query.returned)
+            for keyword in self.loose_above:
+                if row[keyword] in ("", "<not returned>",
+                                    self.catalogue.value_above(self.query, keyword)):
+                    del row[keyword]
+            rows.append(frozen(row))
+        return rows, status
 
 
-def dictionary_pn(keyword: str) -> bool:
-    from pydicom.datadict import dictionary_VR
+# -- Permitted differences -----------------------------------------------------------------
+# What the agent does differently from dcmqrscp, and why the standard lets (or makes) it
+# do so. Each is applied to dcmqrscp's answers to predict the agent's; the first line of
+# each docstring is shown when a query it applied to fails.
 
-    return str(dictionary_VR(keyword)) == "PN"
+def pn_case(p: Prediction) -> None:
+    """pn-case, PS3.4 C.2.2.2.1/C.2.2.2.4: PN ignores case, empty trailing components.
+
+    Person Names may be matched case-insensitively; the agent does (Unicode
+    upper-casing, accents kept), ignores empty trailing components (PS3.5 6.2:
+    'DOE^JOHN^^' is 'DOE^JOHN') and takes '?' as one character. dcmqrscp compares bytes,
+    case-sensitively, and its '?' is one byte of UTF-8. Predicted: what dcmqrscp matches
+    on the key, plus what matches it so.
+    """
+    for keyword, value in p.matching():
+        if str(dictionary_VR(keyword)) == "PN":
+            p.widen(keyword, "pn_case", lambda row, k=keyword, v=value: pn_matches(v, row[k]))
 
 
-def observed(query: Query, agent: Finder, catalogue: Catalogue) -> tuple[list[Answer], int]:
-    """The agent's answers, normalised; keys above the level accepted per universal-above."""
-    answers, status = agent.find(query.model, query.dataset())
-    values = query.values
-    above = [k for k in values if level_of(query.model, k) != query.level
-             and values[k] == "" and k != UNIQUE[level_of(query.model, k)]]
-    rows = []
-    for answer in answers:
-        row = answer_key(query, answer, query.returned)
-        study = row.get("StudyInstanceUID") or values.get("StudyInstanceUID", "")
-        for keyword in above:
-            truth = catalogue.studies.get(study, {}).get(keyword)
-            if row[keyword] in ("", "<not returned>", truth):
-                del row[keyword]
-        rows.append(frozen(row))
-    return rows, status
+def zero_length(p: Prediction) -> None:
+    """zero-length, PS3.4 C.2.2.1.2: an empty Required key matches any value.
+
+    An entity whose Required key (REQUIRED above) is present with zero length matches
+    any value of that key; an absent one does not. dcmqrscp applies no such rule and
+    does not record absence. Predicted: what dcmqrscp matches on the key, plus the
+    entities the archive holds with it empty.
+    """
+    for keyword, _ in p.matching():
+        if keyword in required(p.query.model, p.query.level):
+            p.widen(keyword, "zero_length", lambda row, k=keyword: k in p.catalogue.empties.get(
+                row[p.unique], set()))
+
+
+def computed(p: Prediction) -> None:
+    """computed, PS3.4 C.6.1.1.3-4, C.6.2.1.2: the agent computes ModalitiesInStudy, counts.
+
+    Modalities in Study and the Number of ... Related ... keys are computed by the
+    agent, returned and matched; dcmqrscp neither returns nor matches them. Predicted
+    from dcmqrscp's own SERIES and IMAGE answers.
+    """
+    for keyword, _ in p.query.keys:
+        if keyword in COMPUTED[p.query.level]:
+            p.compute(keyword, "computed")
+
+
+def universal_above(p: Prediction) -> None:
+    """universal-above, PS3.4 C.4.1.2.1, C.2.2.2.3: empty keys above the level accepted.
+
+    Above the query level only unique keys may appear, and dcmqrscp -XF refuses any
+    other (0xA900); but a zero-length key asks for nothing to be matched, and Orthanc
+    sends them, so the agent accepts it (a non-empty one is still refused by both).
+    Predicted: dcmqrscp's answer to the query without the key; the agent may leave it
+    out, return it empty or with the entity's value.
+    """
+    for keyword, value in p.query.keys:
+        level = level_of(p.query.model, keyword)
+        if level != p.query.level and value == "" and keyword != UNIQUE[level]:
+            p.loosen_above(keyword, "universal_above")
+
+
+EXPECTATIONS = (pn_case, zero_length, computed, universal_above)
+
+
+def predict(query: Query, catalogue: Catalogue) -> Prediction:
+    prediction = Prediction(query, catalogue)
+    for expectation in EXPECTATIONS:
+        expectation(prediction)
+    return prediction
 
 
 def describe(rows: list[Answer]) -> str:
@@ -709,16 +756,17 @@ def read_catalogue(qr: Finder) -> Catalogue:
     answers, status = qr.find("StudyRoot", dump.dataset())
     assert status == 0
     studies = {str(a.StudyInstanceUID): answer_key(dump, a, list(study_keys)) for a in answers}
-    series: dict[str, list[tuple[str, str]]] = {}
+    series: dict[str, dict[str, dict[str, str]]] = {}
     instances: dict[str, int] = {}
     for study in studies:
-        found, status = qr.find("StudyRoot", Query(
-            "series", "StudyRoot", "SERIES",
-            (("StudyInstanceUID", study), ("SeriesInstanceUID", ""), ("Modality", ""))).dataset())
+        query = Query("series", "StudyRoot", "SERIES", (
+            ("StudyInstanceUID", study), ("SeriesInstanceUID", ""), ("Modality", ""),
+            ("SeriesNumber", "")))
+        found, status = qr.find("StudyRoot", query.dataset())
         assert status == 0
-        series[study] = [(str(a.SeriesInstanceUID), normal("Modality", element(a, "Modality")))
-                         for a in found]
-        for series_uid, _ in series[study]:
+        series[study] = {str(a.SeriesInstanceUID): answer_key(query, a, list(SERIES_KEYS))
+                         for a in found}
+        for series_uid in series[study]:
             images, status = qr.find("StudyRoot", Query(
                 "images", "StudyRoot", "IMAGE",
                 (("StudyInstanceUID", study), ("SeriesInstanceUID", series_uid),
@@ -770,12 +818,14 @@ def test_the_archive_is_varied_enough() -> None:
 
 @pytest.mark.parametrize("query", QUERIES, ids=[q.name for q in QUERIES])
 def test_agent_answers_as_dcmqrscp_does(servers: Servers, query: Query) -> None:
-    predicted, predicted_status, used = predict(query, servers.qr, servers.catalogue)
-    got, status = observed(query, servers.agent, servers.catalogue)
-    why = ", ".join(f"{name} ({EXPECTATIONS[name][0]})" for name in dict.fromkeys(used))
+    prediction = predict(query, servers.catalogue)
+    predicted, predicted_status = prediction.answers(servers.qr)
+    got, status = prediction.observed(servers.agent)
+    applied = {e.__name__: e for e in EXPECTATIONS if e.__name__ in prediction.used}
+    why = "".join(f"\n  {str(e.__doc__).splitlines()[0]}" for e in applied.values())
     header = (f"query ({query.model}, {query.level}, {query.charset}): "
               + ", ".join(f"{k}={v!r}" for k, v in query.keys)
-              + f"\npermitted differences applied: {why or 'none'}")
+              + f"\npermitted differences applied:{why or ' none'}")
     assert status == predicted_status, (
         f"{header}\nstatus: agent 0x{status:04X}, predicted 0x{predicted_status:04X}"
         f"\nagent answers:\n{describe(got)}")

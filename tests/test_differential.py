@@ -150,7 +150,7 @@ def build_archive(rng: random.Random) -> list[Node]:
                        charset=charset)
         for _ in range(1 + (rng.random() < 0.5)):
             study_no += 1
-            day = rng.randrange(730)  # 2024-01-01 .. 2025-12-30
+            day = rng.randrange(730)  # a day of 2024 or 2025
             date = f"{2024 + day // 365}{(day % 365) // 28 % 12 + 1:02d}{day % 28 + 1:02d}"
             time = f"{rng.randrange(7, 20):02d}{rng.randrange(60):02d}"
             time += f"{rng.randrange(60):02d}" if rng.random() < 0.7 else ""

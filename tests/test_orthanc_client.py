@@ -158,17 +158,31 @@ def test_an_instance_level_query_by_uids(setup: Setup) -> None:
     assert {i["SOPInstanceUID"] for i in answers(setup, str(query["ID"]))} == instances
 
 
+def held_by_orthanc(setup: Setup) -> set[str]:
+    return {setup.rest(f"/instances/{i}/simplified-tags")["SOPInstanceUID"]
+            for i in setup.rest("/instances")}
+
+
+def test_move_one_series_with_the_modalities_move_route(setup: Setup) -> None:
+    """POST /modalities/EDGE/move of one series: the agent sends just that series."""
+    uid, series = next(iter(setup.studies.items()))
+    series_uid, instances = sorted(series.items(), key=lambda s: len(s[1]))[-1]
+    before = held_by_orthanc(setup)
+    setup.rest("/modalities/EDGE/move", {
+        "Level": "Series", "TargetAet": setup.orthanc.ae_title, "Synchronous": True,
+        "Resources": [{"StudyInstanceUID": uid, "SeriesInstanceUID": series_uid}]})
+    wait_until(lambda: instances <= held_by_orthanc(setup), 60, "the series in Orthanc")
+    assert held_by_orthanc(setup) - before <= instances
+
+
 def test_retrieve_by_c_move_brings_every_instance_into_orthanc(setup: Setup) -> None:
     """C-MOVE each study answer to Orthanc itself; Orthanc then holds every instance."""
-    assert setup.orthanc.count() == 0
     query = study_query(setup)
     setup.rest(f"/queries/{query}/retrieve",
                {"TargetAet": setup.orthanc.ae_title, "Synchronous": True})
     wait_until(lambda: setup.orthanc.count() == len(setup.instances), 60,
                "Orthanc to hold every instance")
-    held = {setup.rest(f"/instances/{i}/simplified-tags")["SOPInstanceUID"]
-            for i in setup.rest("/instances")}
-    assert held == setup.instances
+    assert held_by_orthanc(setup) == setup.instances
     statistics = setup.rest("/statistics")
     assert (statistics["CountStudies"], statistics["CountSeries"]) == (
         len(setup.studies), sum(len(s) for s in setup.studies.values()))

@@ -345,7 +345,7 @@ def generate() -> list[Query]:
 
     def add(model: str, level: str, keys: list[tuple[str, str]], what: str,
             charset: str = UTF8) -> None:
-        name = f"{len(queries):02d}-{model}-{level}-{what}"
+        name = f"{len(queries):02d}-{model}-{level}-{what}".replace(" ", "_")
         queries.append(Query(name, model, level, tuple(keys), charset))
 
     # one dump per model and level: every key back, nothing matched but the hierarchy

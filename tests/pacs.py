@@ -19,10 +19,12 @@ class Dcmqrscp:
 
     ae_title = "DCMQR"
 
-    def __init__(self, workdir: Path, hosts: dict[str, tuple[str, int]]) -> None:
+    def __init__(self, workdir: Path, hosts: dict[str, tuple[str, int]],
+                 options: tuple[str, ...] = ()) -> None:
         self.workdir = workdir
         self.port = free_port()
         self.hosts = hosts
+        self.options = options  # extra command line options, e.g. -XF
         self.proc: subprocess.Popen[bytes] | None = None
 
     def config_text(self) -> str:
@@ -43,7 +45,7 @@ class Dcmqrscp:
         config.write_text(self.config_text())
         with (self.workdir / "dcmqrscp.log").open("ab") as log:
             self.proc = subprocess.Popen(
-                [dcmtk("dcmqrscp"), "-c", str(config), str(self.port)],
+                [dcmtk("dcmqrscp"), *self.options, "-c", str(config), str(self.port)],
                 stdout=log, stderr=log, start_new_session=True)
         wait_until(self._answers, 20, "dcmqrscp to listen")
         return self

@@ -78,12 +78,18 @@ class EventDrivenDUL(DULServiceProvider):
             return True  # nobody will drain the queue: let the caller fail on its own
         return self.to_provider_queue.qsize() < MAX_QUEUED
 
-    def kill_dul(self) -> None:
-        """Stop the loop (it may be waiting), and any producer waiting for room."""
-        super().kill_dul()
-        self._nudge()
-        with self._room:
-            self._room.notify_all()
+    @property
+    def _kill_thread(self) -> bool:
+        """pynetdicom sets this to stop the loop (kill_dul, stop_dul): wake the loop to see it."""
+        return self._killed
+
+    @_kill_thread.setter
+    def _kill_thread(self, value: bool) -> None:
+        self._killed = value
+        if value and hasattr(self, "_room"):
+            self._nudge()
+            with self._room:
+                self._room.notify_all()
 
     def _nudge(self) -> None:
         with contextlib.suppress(OSError):  # full (a wake-up is pending anyway) or closed
@@ -191,6 +197,8 @@ class EventDrivenDUL(DULServiceProvider):
         if not isinstance(head, EncodedPData):
             return False
         self.to_provider_queue.get(block=False)
+        with self._room:
+            self._room.notify_all()
         raw = getattr(self.socket, "socket", None)
         if self.state_machine.current_state != "Sta6" or raw is None:
             log.debug("association no longer established: %d bytes not sent", len(head.data))

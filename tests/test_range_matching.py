@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import dicomgen
 import pytest
@@ -300,3 +301,22 @@ def test_the_empty_and_absent_series_of_an_empty_study(served: Served) -> None:
     above["SeriesInstanceUID"] = served.series[("EMPTY", "absent")]
     assert found(served, qa.STUDY_ROOT_FIND, "IMAGE", {"InstanceNumber": "7"}, above) \
         == {"empty"}
+
+
+def test_an_index_from_before_keeps_no_leading_spaces_after_migration(tmp_path: Path) -> None:
+    """Leading spaces of SH and LO are padding (PS3.5 6.2): old rows lose them on upgrade."""
+    from agent.archive.header import read_header
+    from agent.archive.index import MIGRATIONS, Index, add_instance
+
+    [source] = dicomgen.write_series(tmp_path / "src", 1, size=8)
+    header = read_header(source)
+    path = tmp_path / "index.sqlite"
+    with Index(path) as index, index.transaction() as conn:
+        add_instance(conn, header.record(path="a.dcm", size=1, calling_ae="CT",
+                                         received_at="2026-01-01T00:00:00+00:00"))
+        conn.execute("UPDATE studies SET AccessionNumber = ' ACC1',"
+                     " StudyDescription = '  CT HEAD'")  # as an older version stored them
+        conn.execute(f"PRAGMA user_version={len(MIGRATIONS) - 1}")
+    with Index(path) as index, index.reading() as conn:
+        row = conn.execute("SELECT AccessionNumber, StudyDescription FROM studies").fetchone()
+    assert tuple(row) == ("ACC1", "CT HEAD")

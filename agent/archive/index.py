@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.archive.keys import KEYS, Level
+from agent.archive.keys import KEYS, LEADING_SPACES_PAD, Level
 from agent.errors import AgentError
 
 _PARENT = {Level.STUDY: "patient_pk", Level.SERIES: "study_pk", Level.IMAGE: "series_pk"}
@@ -141,10 +141,23 @@ def _migrate_to_3(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX instances_syntax ON instances (SOPClassUID, transfer_syntax)")
 
 
+def _migrate_to_4(conn: sqlite3.Connection) -> None:
+    """Leading spaces of AE, CS, DS, IS, LO and SH values are padding: drop them."""
+    for level, keys in KEYS.items():
+        for key in keys:
+            if key.vr in LEADING_SPACES_PAD:
+                column = key.keyword
+                conn.execute(
+                    f"UPDATE {level.table} SET {column} = ltrim({column}, ' ')"
+                    f" WHERE {column} LIKE ' %'"
+                )
+
+
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _migrate_to_1,
     _migrate_to_2,
     _migrate_to_3,
+    _migrate_to_4,
 ]
 
 

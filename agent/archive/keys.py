@@ -61,6 +61,9 @@ def _keys(level: Level, keywords: Iterable[str]) -> tuple[IndexedKey, ...]:
     return tuple(keys)
 
 
+# VRs whose leading spaces are padding too (PS3.5 6.2): stored and matched without them
+LEADING_SPACES_PAD = frozenset({"AE", "CS", "DS", "IS", "LO", "SH"})
+
 UNIQUE_KEYS: Mapping[Level, str] = {
     Level.PATIENT: "PatientID",
     Level.STUDY: "StudyInstanceUID",
@@ -198,6 +201,8 @@ def extract(ds: Dataset, level: Level) -> dict[str, str | None]:
             text = sequence_as_json(ds[key.tag].value)
         else:
             text = as_text(ds[key.tag].value)
+            if key.vr in LEADING_SPACES_PAD:
+                text = "\\".join(v.lstrip(" ") for v in text.split("\\"))
         row[key.keyword] = text
         if key.norm_column:
             row[key.norm_column] = normalize_pn(text)

@@ -80,9 +80,9 @@ def text_condition(column: str, vr: str, value: str, *, multi_valued: bool) -> C
 
 def person_name_condition(norm_column: str, value: str) -> Condition:
     """PN: matched case-insensitively on the normalised copy; trailing empties ignored."""
-    wanted = normalize_pn(value) or ""
+    wanted = normalize_pn(value) or ""  # a pattern is normalised like the stored copy
     if has_wildcard(value):
-        return Condition(f"{norm_column} GLOB ?", (glob_pattern(value.upper()),))
+        return Condition(f"{norm_column} GLOB ?", (glob_pattern(wanted),))
     return Condition(f"{norm_column} = ?", (wanted,))
 
 
@@ -311,15 +311,14 @@ def sequence_check(item_conditions: dict[str, Check]) -> Check:
 def text_check(vr: str, value: str) -> Check:
     """A pure-Python check for a sequence item's key (same rules as top-level keys)."""
     if vr == "PN":
-        pattern = wildcard.matcher(value, ignore_case=True) if has_wildcard(value) else None
-        wanted = normalize_pn(value)
+        wanted = normalize_pn(value) or ""
+        pattern = wildcard.matcher(wanted) if has_wildcard(value) else None
 
         def check(stored: str | None) -> bool:
             if not stored:
                 return False
-            if pattern is not None:
-                return pattern(stored)
-            return normalize_pn(stored) == wanted
+            folded = normalize_pn(stored) or ""
+            return pattern(folded) if pattern is not None else folded == wanted
 
         return check
     condition = text_condition("item", vr, value, multi_valued=True)

@@ -10,6 +10,11 @@ import logging
 
 from pynetdicom import _config
 
+from agent.net import peerlog
+
+# our loggers that speak of what a peer did; pynetdicom's are found at run time
+PEER_LOGGERS = ("agent.net.scp", "agent.net.storage", "agent.net.guards", "agent.net.sockets")
+
 
 def configure_pynetdicom(*, debug: bool = False, quiet: bool = False) -> None:
     """Process-wide pynetdicom settings that decide speed, memory and what gets logged.
@@ -23,3 +28,5 @@ def configure_pynetdicom(*, debug: bool = False, quiet: bool = False) -> None:
     _config.STORE_SEND_CHUNKED_DATASET = True  # stream stored files when sending
     level = logging.DEBUG if debug else logging.CRITICAL if quiet else logging.WARNING
     logging.getLogger("pynetdicom").setLevel(level)
+    pynetdicom_loggers = [n for n in logging.root.manager.loggerDict if n.startswith("pynetdicom")]
+    peerlog.install([*pynetdicom_loggers, *PEER_LOGGERS], debug=debug)

@@ -17,7 +17,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from agent.archive import Archive
 from agent.archive.retrieval import Reader
 from agent.config import Config
-from agent.net import configure_pynetdicom, sockets
+from agent.net import configure_pynetdicom, guards, sockets
 from agent.net.access import REJECTED_PERMANENT, SERVICE_USER, Caller, Refusal, admit
 from agent.net.contexts import (
     QR_SOP_CLASSES,
@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 
 ACSE_TIMEOUT = 30.0
 DIMSE_TIMEOUT = 60.0
+# A-ASSOCIATE-RJ "local limit exceeded": transient, service provider (presentation), reason 2
+REJECTED_TRANSIENT, SERVICE_PROVIDER_PRESENTATION, LOCAL_LIMIT_EXCEEDED = 2, 3, 2
 
 
 class DicomServer:
@@ -60,7 +62,9 @@ class DicomServer:
         ae.network_timeout = settings.network_timeout
         ae.acse_timeout = ACSE_TIMEOUT
         ae.dimse_timeout = DIMSE_TIMEOUT
-        ae.maximum_associations = settings.max_associations
+        # we count only connections that asked for an association (see _on_requested);
+        # pynetdicom counts every connection, so its own limit is set out of the way
+        ae.maximum_associations = settings.max_associations + 2 * guards.PENDING_LIMIT
         ae.add_supported_context(VERIFICATION, list(UNCOMPRESSED))
         for sop_class in QR_SOP_CLASSES:
             ae.add_supported_context(sop_class, list(UNCOMPRESSED))
@@ -86,6 +90,7 @@ class DicomServer:
         handlers: list[Any] = [
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_CONN_CLOSE, sockets.end_if_never_requested),
+            (evt.EVT_DIMSE_RECV, guards.remember_received),
             (evt.EVT_C_ECHO, self._storage.on_echo),
             (evt.EVT_C_STORE, self._storage.on_store),
             (evt.EVT_C_FIND, self._qr.on_find),
@@ -96,9 +101,11 @@ class DicomServer:
         server = self._ae.make_server(
             (settings.bind, settings.port),
             evt_handlers=handlers,
-            server_class=ThreadedAssociationServer,
+            server_class=guards.GuardedAssociationServer,
             request_handler=sockets.request_handler(
-                settings.network_timeout, after_association=self._storage.on_association_end
+                settings.network_timeout,
+                settings.handshake_timeout,
+                after_association=self._storage.on_association_end,
             ),
         )
         self._ae._servers.append(server)  # so that AE.shutdown() also stops it
@@ -130,8 +137,8 @@ class DicomServer:
         self._qr.config = config
 
     def active_associations(self) -> int:
-        """How many associations are open now."""
-        return len(self._ae.active_associations)
+        """How many associations are open now (connections that never asked do not count)."""
+        return guards.open_associations(self._ae.active_associations)
 
     def close(self, grace: float = 10.0) -> None:
         """Stop accepting, let running associations finish for ``grace`` s, abort the rest."""
@@ -168,6 +175,15 @@ class DicomServer:
             log.warning("rejected association: %s", decision.message)
             assoc.acse.send_reject(REJECTED_PERMANENT, SERVICE_USER, decision.reason)
             assoc.kill()  # as pynetdicom does for its own rejections: waits until it is sent
+            return
+        limit = self.config.agent.max_associations
+        if guards.open_associations(self._ae.active_associations) > limit:
+            log.warning("rejected association from %s: max_associations (%d) are open",
+                        decision, limit)
+            assoc.acse.send_reject(
+                REJECTED_TRANSIENT, SERVICE_PROVIDER_PRESENTATION, LOCAL_LIMIT_EXCEEDED
+            )
+            assoc.kill()
             return
         self._callers[assoc] = decision
         # a peer is offered only the services it may use: others see "no such context".

@@ -5,6 +5,10 @@ ACK: about 40 ms per C-STORE, whatever the hardware. We set TCP_NODELAY on our s
 and, on accepted ones, re-arm TCP_QUICKACK after each PDU read, so that even a sender
 that leaves Nagle on (stock DCMTK) is never held back by our ACKs. Accepted sockets also
 get a timeout, and a PDU length is checked before anything is allocated for it.
+
+Until its association is established, an accepted connection has ``handshake_timeout``
+seconds in all (not per read) to ask for it; pynetdicom's own wait for the request and
+its ARTIM timer get the same bound, so a silent or dribbling connection is closed then.
 """
 
 from __future__ import annotations
@@ -12,10 +16,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 from pynetdicom.transport import AssociationSocket, RequestHandler
+
+from agent.net import guards, peerlog
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +54,11 @@ def rearm_quickack(sock: socket.socket) -> None:
 class TunedAssociationSocket(AssociationSocket):
     """pynetdicom's socket wrapper with bounded, fast reads that re-arm TCP_QUICKACK."""
 
+    # set on accepted sockets: the moment by which the association must be established,
+    # and the stall timeout that applies from then on
+    handshake_deadline: float | None = None
+    stall_timeout: float | None = None
+
     def recv(self, nr_bytes: int) -> bytearray:
         """Read exactly ``nr_bytes`` (fewer only if the peer closed)."""
         limit = self._read_limit()
@@ -57,6 +70,7 @@ class TunedAssociationSocket(AssociationSocket):
         with memoryview(buffer) as view:
             got = 0
             while got < nr_bytes:
+                self._apply_deadline(sock)
                 count = sock.recv_into(view[got:], nr_bytes - got)
                 if count == 0:
                     break
@@ -65,6 +79,20 @@ class TunedAssociationSocket(AssociationSocket):
         if got < nr_bytes:
             del buffer[got:]
         return buffer
+
+    def _apply_deadline(self, sock: socket.socket) -> None:
+        """Before establishment, bound the whole handshake; afterwards, each stall."""
+        deadline = self.handshake_deadline
+        if deadline is None:
+            return
+        if self.assoc.is_established:
+            self.handshake_deadline = None
+            sock.settimeout(self.stall_timeout)
+            return
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("no association within the handshake timeout")
+        sock.settimeout(remaining)
 
     def _read_limit(self) -> int:
         maximum = int(self.assoc.ae.maximum_pdu_size or 0)
@@ -79,6 +107,7 @@ class TunedRequestHandler(RequestHandler):
     """
 
     network_timeout: float | None = 60.0
+    handshake_timeout: float = 5.0
     after_association: Callable[[Any], None] | None = None
 
     def _create_association(self) -> Any:
@@ -86,10 +115,20 @@ class TunedRequestHandler(RequestHandler):
         assert isinstance(sock, socket.socket)
         set_nodelay(sock)
         rearm_quickack(sock)
-        sock.settimeout(self.network_timeout)
+        sock.settimeout(self.handshake_timeout)
         assoc = super()._create_association()
-        assoc.dul.socket.__class__ = TunedAssociationSocket
+        wrapper = assoc.dul.socket
+        assert isinstance(wrapper, AssociationSocket)
+        wrapper.__class__ = TunedAssociationSocket
+        assert isinstance(wrapper, TunedAssociationSocket)
+        wrapper.handshake_deadline = time.monotonic() + self.handshake_timeout
+        wrapper.stall_timeout = self.network_timeout
+        assoc.acse_timeout = self.handshake_timeout  # the wait for the request, and ARTIM
         assoc.dul._run_loop_delay = DUL_POLL_SECONDS
+        peer = guards.host_of(self.client_address)
+        for thread in (threading.current_thread(), assoc, assoc.dul):
+            peerlog.tag_thread(thread, peer)
+        guards.guard_threads(assoc, peer)
         self._association = assoc
         return assoc
 
@@ -103,11 +142,12 @@ class TunedRequestHandler(RequestHandler):
 
 
 def request_handler(
-    network_timeout: float, after_association: Callable[[Any], None]
+    network_timeout: float, handshake_timeout: float, after_association: Callable[[Any], None]
 ) -> type[TunedRequestHandler]:
-    """A request handler class bound to this server's stall timeout and clean-up."""
+    """A request handler class bound to this server's timeouts and clean-up."""
     attributes = {
         "network_timeout": network_timeout,
+        "handshake_timeout": handshake_timeout,
         "after_association": staticmethod(after_association),
     }
     return type("BoundRequestHandler", (TunedRequestHandler,), attributes)

@@ -17,7 +17,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from agent.archive import Archive
 from agent.archive.retrieval import Reader
 from agent.config import Config
-from agent.net import configure_pynetdicom, guards, sockets
+from agent.net import configure_pynetdicom, guards, peerlog, sockets
 from agent.net.access import REJECTED_PERMANENT, SERVICE_USER, Caller, Refusal, admit
 from agent.net.contexts import (
     QR_SOP_CLASSES,
@@ -53,6 +53,8 @@ class DicomServer:
         self._ae = self._build_ae()
         self._server: ThreadedAssociationServer | None = None
         self._thread: threading.Thread | None = None
+        self._ended = threading.Condition()
+        self._ended_count = 0
 
     def _build_ae(self) -> AE:
         settings = self.config.agent
@@ -105,9 +107,11 @@ class DicomServer:
             request_handler=sockets.request_handler(
                 settings.network_timeout,
                 settings.handshake_timeout,
-                after_association=self._storage.on_association_end,
+                after_association=self._after_connection,
             ),
         )
+        if isinstance(server, guards.GuardedAssociationServer):
+            server.pending_wait = settings.handshake_timeout
         self._ae._servers.append(server)  # so that AE.shutdown() also stops it
         self._server = server
         self._thread = threading.Thread(
@@ -140,6 +144,25 @@ class DicomServer:
         """How many associations are open now (connections that never asked do not count)."""
         return guards.open_associations(self._ae.active_associations)
 
+    def connections_ended(self) -> int:
+        """How many accepted connections have ended and been cleaned up after."""
+        with self._ended:
+            return self._ended_count
+
+    def wait_connections_ended(self, count: int, timeout: float) -> bool:
+        """Wait until ``count`` connections in all have ended; False on timeout."""
+        with self._ended:
+            return self._ended.wait_for(lambda: self._ended_count >= count, timeout)
+
+    def _after_connection(self, assoc: Any) -> None:
+        """After every accepted connection, however it ended: clean up, then count it."""
+        try:
+            self._storage.on_association_end(assoc)
+        finally:
+            with self._ended:
+                self._ended_count += 1
+                self._ended.notify_all()
+
     def close(self, grace: float = 10.0) -> None:
         """Stop accepting, let running associations finish for ``grace`` s, abort the rest."""
         server, self._server = self._server, None
@@ -153,6 +176,7 @@ class DicomServer:
         self._ae.shutdown()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        peerlog.LIMITER.flush(everything=True)
 
     def __enter__(self) -> DicomServer:
         self.start()

@@ -134,11 +134,12 @@ class TunedRequestHandler(RequestHandler):
 
     def handle(self) -> None:
         """Start the association (pynetdicom) and wait in this thread until it ends."""
-        super().handle()
-        assoc = self._association
-        assoc.join()
-        if self.after_association is not None:
-            self.after_association(assoc)
+        try:
+            super().handle()
+            self._association.join()
+        finally:
+            if self.after_association is not None:
+                self.after_association(getattr(self, "_association", None))
 
 
 def request_handler(

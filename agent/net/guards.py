@@ -19,6 +19,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from pathlib import Path
@@ -32,7 +33,8 @@ from pynetdicom.transport import ThreadedAssociationServer
 log = logging.getLogger(__name__)
 
 LISTEN_BACKLOG = 64  # a burst of connects waits in the kernel instead of being dropped
-PENDING_LIMIT = 32  # connections that have not sent an A-ASSOCIATE-RQ yet
+PENDING_LIMIT = 64  # connections that have not sent an A-ASSOCIATE-RQ yet
+PENDING_POLL = 0.02
 # A-ASSOCIATE-RJ: permanent (1), DICOM UL service provider, ACSE related (2), no reason (1)
 ASSOCIATE_RJ = bytes([0x03, 0, 0, 0, 0, 4, 0, 1, 2, 1])
 # A-ABORT: source DICOM UL service provider (2), reason "invalid PDU parameter value" (6)
@@ -43,21 +45,33 @@ _received_lock = threading.Lock()
 
 
 class GuardedAssociationServer(ThreadedAssociationServer):
-    """pynetdicom's threaded server with a deep backlog and a cap on silent connections."""
+    """pynetdicom's threaded server with a deep backlog and a cap on silent connections.
+
+    While ``pending_limit`` connections have not asked for an association, the next one
+    waits (and those behind it wait in the kernel's backlog) until one of them does or
+    is closed by the handshake timeout; only if none is by then is it closed.
+    """
 
     request_queue_size = LISTEN_BACKLOG
     pending_limit = PENDING_LIMIT
+    pending_wait = 5.0  # set to the handshake timeout by the server's owner
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
-        """Refuse a connection while too many others have not asked for an association."""
-        waiting = sum(1 for assoc in self.active_associations if not requested(assoc))
-        if waiting < self.pending_limit:
-            return True
-        log.warning(
-            "closed a connection from %s: %d others have not asked for an association yet",
-            host_of(client_address), waiting,
-        )
-        return False
+        """Admit a connection once fewer than ``pending_limit`` others are silent."""
+        deadline = time.monotonic() + self.pending_wait
+        while (waiting := self.waiting()) >= self.pending_limit:
+            if time.monotonic() > deadline or self.socket is None:
+                log.warning(
+                    "closed a connection from %s: %d others have not asked for an association",
+                    host_of(client_address), waiting,
+                )
+                return False
+            time.sleep(PENDING_POLL)
+        return True
+
+    def waiting(self) -> int:
+        """Connections accepted that have not asked for an association yet."""
+        return sum(1 for assoc in self.active_associations if not requested(assoc))
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """One line for a connection pynetdicom could not handle (traceback at debug level)."""
@@ -151,6 +165,8 @@ def _servable(message: Any) -> bool:
 
 def discard_unarchived(assoc: Any) -> tuple[bool, int]:
     """Delete what an association received and did not archive: (partial?, complete count)."""
+    if assoc is None:
+        return False, 0
     message = getattr(getattr(assoc, "dimse", None), "message", None)
     partial = getattr(message, "_data_set_file", None)
     if partial is not None:

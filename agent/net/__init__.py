@@ -13,7 +13,9 @@ from pynetdicom import _config
 from agent.net import peerlog
 
 # our loggers that speak of what a peer did; pynetdicom's are found at run time
-PEER_LOGGERS = ("agent.net.scp", "agent.net.storage", "agent.net.guards", "agent.net.sockets")
+PEER_LOGGERS = (
+    "agent.net.scp", "agent.net.storage", "agent.net.guards", "agent.net.sockets", "pydicom",
+)
 
 
 def configure_pynetdicom(*, debug: bool = False, quiet: bool = False) -> None:

@@ -7,8 +7,10 @@ modality that must still get in.
 from __future__ import annotations
 
 import logging
+import random
 import socket
 import struct
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,7 +25,7 @@ from agent import config as config_module
 from agent.app import Agent
 from tests import rawdicom as raw
 from tests.conftest import MODALITY_AE
-from tests.support import free_port, peer, write_config
+from tests.support import free_port, peer, wait_until, write_config
 
 HANDSHAKE = 2.0  # the agent.handshake_timeout of these tests
 CT_CONTEXTS: list[raw.Context] = [
@@ -246,8 +248,6 @@ def test_a_burst_of_connections_is_answered(hostile: Agent) -> None:
 def test_random_bytes_write_a_bounded_log(
     hostile: Agent, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    import random
-
     rng = random.Random(5)
     port = port_of(hostile)
     caplog.set_level(logging.INFO)
@@ -260,3 +260,81 @@ def test_random_bytes_write_a_bounded_log(
     assert not any(r.exc_info or r.exc_text for r in records)
     assert "Traceback" not in capfd.readouterr().err
     assert echo(port)
+
+
+# -- fuzzing -----------------------------------------------------------------------------
+
+
+def _mutate(data: bytes, rng: random.Random) -> bytes:
+    """One random mutation: flipped bytes, a cut, an insertion or a length field rewritten."""
+    buffer = bytearray(data)
+    choice = rng.randrange(5)
+    at = rng.randrange(len(buffer))
+    if choice == 0:
+        for _ in range(rng.randint(1, 8)):
+            buffer[rng.randrange(len(buffer))] ^= 1 << rng.randrange(8)
+    elif choice == 1:
+        del buffer[at:]
+    elif choice == 2:
+        buffer[at:at] = rng.randbytes(rng.randint(1, 64))
+    elif choice == 3:
+        value = rng.choice([0, 1, 0xFFFF, 0x7FFFFFFF, 0xFFFFFFFF, rng.getrandbits(32)])
+        buffer[at : at + 4] = struct.pack(">I", value)
+    else:
+        buffer[at:at] = buffer[at : at + rng.randint(1, 256)]
+    return bytes(buffer)
+
+
+def _drain(sock: socket.socket, timeout: float = 10.0) -> None:
+    """Stop sending and read whatever the agent answers until it closes."""
+    sock.settimeout(timeout)
+    try:
+        sock.shutdown(socket.SHUT_WR)
+        while sock.recv(65536):
+            pass
+    except OSError:
+        pass
+
+
+def _rss_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+@pytest.mark.slow
+def test_fuzzed_input_leaves_the_agent_serving(hostile: Agent) -> None:
+    rng = random.Random(20261201)
+    port = port_of(hostile)
+    assert echo(port)  # pynetdicom's own threads and caches warm up before the baseline
+    threads, rss = threading.active_count(), _rss_bytes()
+    ended = 1
+    request = raw.associate_rq([*CT_CONTEXTS, (5, raw.VERIFICATION, (raw.IMPLICIT,))])
+    ds = ct_dataset()
+    store = raw.p_data(1, 3, raw.store_command(raw.CT_IMAGE, str(ds.SOPInstanceUID)))
+    data = raw.dataset_bytes(ds, implicit=False)
+    for round_ in range(300):
+        if round_ % 3 == 0:  # a mutated A-ASSOCIATE-RQ
+            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+            with sock:
+                sock.sendall(_mutate(request, rng))
+                _drain(sock)
+        else:
+            assoc = raw.RawAssociation.open(port, CT_CONTEXTS)
+            with assoc.sock:
+                if round_ % 3 == 1:  # mutated P-DATA PDUs carrying a C-STORE
+                    assoc.sock.sendall(_mutate(store + raw.p_data(1, 2, data), rng))
+                else:  # a well-framed C-STORE whose data set is mutated
+                    assoc.send_store(1, raw.store_command(raw.CT_IMAGE, str(ds.SOPInstanceUID)),
+                                     _mutate(data, rng))
+                    assoc.sock.settimeout(10)
+                    assert assoc.read_status() in (0x0000, 0xA900, 0xC000, None)
+                _drain(assoc.sock)
+        ended += 1
+    wait_ended(hostile, ended, timeout=60)
+    assert hostile.server is not None and hostile.server.serving()
+    assert echo(port)
+    assert tmp_files(hostile) == []
+    wait_until(lambda: threading.active_count() <= threads, 20, "threads to end")
+    assert _rss_bytes() - rss < 64 * 1048576

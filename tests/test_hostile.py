@@ -208,6 +208,40 @@ def test_an_idle_association_is_closed_after_network_timeout(hostile: Agent) -> 
         assoc.close()
 
 
+def _dribble(sock: socket.socket, data: bytes, stop: threading.Event) -> None:
+    """Send one byte every 0.3 s until told to stop or the agent closes."""
+    for byte in data:
+        if stop.wait(0.3):
+            return
+        try:
+            sock.send(bytes([byte]))
+        except OSError:
+            return
+
+
+@pytest.mark.parametrize("established", [False, True], ids=["handshake", "established"])
+def test_a_peer_that_dribbles_is_cut_off(hostile: Agent, established: bool) -> None:
+    """Byte by byte, a read never completes: the handshake or network timeout ends it."""
+    port = port_of(hostile)
+    if established:
+        assoc = raw.RawAssociation.open(port, [(1, raw.VERIFICATION, (raw.IMPLICIT,))])
+        sock, data = assoc.sock, raw.p_data(1, 3, bytes(4000))
+    else:
+        sock = socket.create_connection(("127.0.0.1", port))
+        data = raw.associate_rq([(1, raw.VERIFICATION, (raw.IMPLICIT,))])
+    stop = threading.Event()
+    sender = threading.Thread(target=_dribble, args=(sock, data, stop))
+    sender.start()
+    try:
+        sock.settimeout(30)  # the timeouts are 2 s (handshake) and 3 s (network)
+        answer = raw.read_pdu(sock)
+        assert answer is None or answer[0] == raw.ABORT
+    finally:
+        stop.set()
+        sender.join()
+        sock.close()
+
+
 @pytest.mark.parametrize("context_id", [2, 0])
 def test_an_even_presentation_context_id_is_refused_and_closed(
     hostile: Agent, context_id: int

@@ -55,22 +55,24 @@ class TunedAssociationSocket(AssociationSocket):
     """pynetdicom's socket wrapper with bounded, fast reads that re-arm TCP_QUICKACK."""
 
     # set on accepted sockets: the moment by which the association must be established,
-    # and the stall timeout that applies from then on
+    # and how long any one read may take from then on (network_timeout)
     handshake_deadline: float | None = None
     stall_timeout: float | None = None
 
     def recv(self, nr_bytes: int) -> bytearray:
-        """Read exactly ``nr_bytes`` (fewer only if the peer closed)."""
+        """Read exactly ``nr_bytes`` (fewer only if the peer closed) before the deadline."""
         limit = self._read_limit()
         if nr_bytes > limit:
             raise OSError(f"peer announced a {nr_bytes}-byte PDU; our limit is {limit}")
         sock = self.socket
         assert sock is not None
+        deadline = self._deadline()
         buffer = bytearray(nr_bytes)
         with memoryview(buffer) as view:
             got = 0
             while got < nr_bytes:
-                self._apply_deadline(sock)
+                if deadline is not None:
+                    sock.settimeout(_remaining(deadline))
                 count = sock.recv_into(view[got:], nr_bytes - got)
                 if count == 0:
                     break
@@ -80,19 +82,17 @@ class TunedAssociationSocket(AssociationSocket):
             del buffer[got:]
         return buffer
 
-    def _apply_deadline(self, sock: socket.socket) -> None:
-        """Before establishment, bound the whole handshake; afterwards, each stall."""
-        deadline = self.handshake_deadline
-        if deadline is None:
-            return
-        if self.assoc.is_established:
-            self.handshake_deadline = None
-            sock.settimeout(self.stall_timeout)
-            return
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError("no association within the handshake timeout")
-        sock.settimeout(remaining)
+    def _deadline(self) -> float | None:
+        """Before establishment the whole handshake is bounded; afterwards each read.
+
+        Bounding the whole read, not each chunk, stops a peer that dribbles a byte at a
+        time from holding its thread (and our shutdown) for ever.
+        """
+        if self.handshake_deadline is not None and not self.assoc.is_established:
+            return self.handshake_deadline
+        if self.stall_timeout is None:
+            return None
+        return time.monotonic() + self.stall_timeout
 
     def _read_limit(self) -> int:
         maximum = int(self.assoc.ae.maximum_pdu_size or 0)
@@ -140,6 +140,13 @@ class TunedRequestHandler(RequestHandler):
         finally:
             if self.after_association is not None:
                 self.after_association(getattr(self, "_association", None))
+
+
+def _remaining(deadline: float) -> float:
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise TimeoutError("the peer took too long to send what it announced")
+    return remaining
 
 
 def request_handler(

@@ -1,7 +1,9 @@
 """What keeps one hostile or broken peer from hurting everyone else.
 
-pynetdicom trusts its input in a few places; this module (with ``sockets``) owns every
-private pynetdicom name the listener relies on, each pinned by a contract test:
+pynetdicom trusts its input in a few places. The private pynetdicom names the listener
+relies on live here and in ``sockets`` only (``RequestHandler._create_association``,
+``DULServiceProvider._run_loop_delay``), each pinned by tests/test_pynetdicom_contract.py.
+This module's own:
 
 - ``DIMSEMessage._data_set_path`` / ``._data_set_file``: where a received data set is
   being written, so that nothing received and not archived outlives its association.

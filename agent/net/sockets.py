@@ -111,6 +111,7 @@ class TunedRequestHandler(RequestHandler):
     after_association: Callable[[Any], None] | None = None
 
     def _create_association(self) -> Any:
+        """pynetdicom's acceptor, with our socket, timeouts, log tags and thread guards."""
         sock = self.request
         assert isinstance(sock, socket.socket)
         set_nodelay(sock)

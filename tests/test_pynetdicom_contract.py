@@ -87,3 +87,18 @@ def test_an_acceptor_knows_whether_it_was_asked() -> None:
     _require(hasattr(assoc.requestor, "primitive") and assoc.requestor.primitive is None,
              "ServiceUser.primitive is gone or not None before the request",
              "agent/net/guards.py requested / open_associations")
+
+
+def test_a_new_acceptor_awaits_the_request_in_sta2() -> None:
+    from pynetdicom.transport import AssociationSocket
+
+    _require(isinstance(AssociationSocket.__dict__.get("ready"), property),
+             "AssociationSocket.ready is no longer a property",
+             "agent/net/sockets.py TunedAssociationSocket.ready")
+    from pynetdicom import fsm
+
+    _require(fsm.TRANSITION_TABLE.get(("Evt6", "Sta2")) == "AE-6",
+             "an A-ASSOCIATE-RQ is no longer awaited in state Sta2",
+             "agent/net/sockets.py TunedAssociationSocket.ready")
+    _require(hasattr(_acceptor().dul.state_machine, "current_state"),
+             "StateMachine.current_state is gone", "agent/net/sockets.py")

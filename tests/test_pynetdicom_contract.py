@@ -66,7 +66,8 @@ def test_both_threads_run_through_thread_run() -> None:
 
 def test_the_dul_can_be_tuned_and_stopped_from_outside() -> None:
     dul = _acceptor().dul
-    for name in ("_run_loop_delay", "to_user_queue", "kill_dul", "socket", "state_machine"):
+    for name in ("_run_loop_delay", "to_user_queue", "kill_dul", "socket", "state_machine",
+                 "event_queue", "to_provider_queue"):
         _require(hasattr(dul, name), f"DULServiceProvider.{name} is gone",
                  "agent/net/sockets.py and agent/net/guards.py")
 

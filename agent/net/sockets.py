@@ -90,8 +90,8 @@ class TunedAssociationSocket(AssociationSocket):
     @property
     def ready(self) -> bool:
         """True if there is data to read; before the request, wait for it in select()."""
-        sock = self.socket
-        if sock is not None and self.assoc.dul.state_machine.current_state == "Sta2":
+        sock, dul = self.socket, self.assoc.dul
+        if sock is not None and _awaiting_request(dul):
             with contextlib.suppress(OSError, ValueError):
                 select.select([sock], [], [], AWAITING_REQUEST_WAIT)  # returns when data comes
         return bool(super().ready)
@@ -155,6 +155,15 @@ class TunedRequestHandler(RequestHandler):
         finally:
             if self.after_association is not None:
                 self.after_association(getattr(self, "_association", None))
+
+
+def _awaiting_request(dul: Any) -> bool:
+    """True while the DUL has nothing to do but wait for the peer's A-ASSOCIATE-RQ."""
+    return bool(
+        dul.state_machine.current_state == "Sta2"
+        and dul.event_queue.empty()  # a request already read waits here to be handled
+        and dul.to_provider_queue.empty()
+    )
 
 
 def _remaining(deadline: float) -> float:

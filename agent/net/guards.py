@@ -77,7 +77,7 @@ class GuardedAssociationServer(ThreadedAssociationServer):
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """One line for a connection pynetdicom could not handle (traceback at debug level)."""
-        log.info("connection from %s ended with an error", host_of(client_address))
+        log.warning("connection from %s ended with an error", host_of(client_address))
         log.debug("the error was", exc_info=True)
 
 
@@ -142,7 +142,7 @@ def remember_received(event: Any) -> None:
     path = getattr(message, "_data_set_path", None)
     if not isinstance(path, Path):
         return
-    if not _servable(message):
+    if not _servable(message, event.assoc):
         _remove(getattr(message, "_data_set_file", None), path)
         log.warning("discarded a C-STORE from %s that pynetdicom cannot serve",
                     host_of(event.assoc.requestor.address))
@@ -151,7 +151,8 @@ def remember_received(event: Any) -> None:
         _received.setdefault(event.assoc, []).append(path)
 
 
-def _servable(message: Any) -> bool:
+def _servable(message: Any, assoc: Any) -> bool:
+    """Would pynetdicom pass this C-STORE to our handler? (as ``_serve_request`` decides)."""
     command = getattr(message, "command_set", None)
     if command is None:
         return False
@@ -159,10 +160,11 @@ def _servable(message: Any) -> bool:
         if keyword != "DataSet" and command.get(keyword) in (None, ""):
             return False
     try:
-        service = uid_to_service_class(str(command.AffectedSOPClassUID))
-    except Exception:  # a malformed UID
+        sop_class = str(command.AffectedSOPClassUID)
+        mapped = assoc.acceptor.accepted_common_extended.get(sop_class, (sop_class,))[0]
+        return issubclass(uid_to_service_class(str(mapped)), StorageServiceClass)
+    except Exception:  # a malformed UID, or an acceptor without negotiation results
         return False
-    return issubclass(service, StorageServiceClass)
 
 
 def discard_unarchived(assoc: Any) -> tuple[bool, int]:

@@ -32,6 +32,8 @@ from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import uid_to_service_class
 from pynetdicom.transport import ThreadedAssociationServer
 
+from agent.net import peerlog
+
 log = logging.getLogger(__name__)
 
 LISTEN_BACKLOG = 64  # a burst of connects waits in the kernel instead of being dropped
@@ -62,14 +64,18 @@ class GuardedAssociationServer(ThreadedAssociationServer):
         """Admit a connection once fewer than ``pending_limit`` others are silent."""
         deadline = time.monotonic() + self.pending_wait
         while (waiting := self.waiting()) >= self.pending_limit:
-            if time.monotonic() > deadline or self.socket is None:
-                log.warning(
-                    "closed a connection from %s: %d others have not asked for an association",
-                    host_of(client_address), waiting,
-                )
+            if time.monotonic() > deadline or self._closing():
+                with peerlog.speaking_of(host_of(client_address)):
+                    log.warning(
+                        "closed a connection from %s: %d others have not asked for an "
+                        "association", host_of(client_address), waiting,
+                    )
                 return False
             time.sleep(PENDING_POLL)
         return True
+
+    def _closing(self) -> bool:
+        return self.socket is None or self.socket.fileno() < 0
 
     def waiting(self) -> int:
         """Connections accepted that have not asked for an association yet."""
@@ -77,8 +83,9 @@ class GuardedAssociationServer(ThreadedAssociationServer):
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """One line for a connection pynetdicom could not handle (traceback at debug level)."""
-        log.warning("connection from %s ended with an error", host_of(client_address))
-        log.debug("the error was", exc_info=True)
+        with peerlog.speaking_of(host_of(client_address)):
+            log.warning("connection from %s ended with an error", host_of(client_address))
+            log.debug("the error was", exc_info=True)
 
 
 def requested(assoc: Any) -> bool:

@@ -11,12 +11,13 @@ bug, and are written in debug mode only (where nothing is limited).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,23 @@ def tag_thread(thread: threading.Thread, peer: str) -> None:
     """Record that ``thread`` serves a connection from ``peer`` (an address)."""
     with _peers_lock:
         _peers[thread] = peer
+
+
+@contextlib.contextmanager
+def speaking_of(peer: str) -> Iterator[None]:
+    """Within this block, the calling thread's warnings are limited as ``peer``'s."""
+    thread = threading.current_thread()
+    with _peers_lock:
+        before = _peers.get(thread)
+        _peers[thread] = peer
+    try:
+        yield
+    finally:
+        with _peers_lock:
+            if before is None:
+                _peers.pop(thread, None)
+            else:
+                _peers[thread] = before
 
 
 def current_peer() -> str | None:

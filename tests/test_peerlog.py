@@ -29,7 +29,7 @@ def limited(caplog: pytest.LogCaptureFixture) -> Iterator[Limited]:
     limiter = peerlog.PeerLogLimiter(window=60, clock=clock)
     logger = logging.getLogger("pynetdicom.test_peerlog")
     logger.addFilter(limiter)
-    caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.DEBUG, logger=logger.name)  # pynetdicom may sit at WARNING
     try:
         yield logger, clock, limiter
     finally:

@@ -372,3 +372,29 @@ def test_fuzzed_input_leaves_the_agent_serving(hostile: Agent) -> None:
     assert tmp_files(hostile) == []
     wait_until(lambda: threading.active_count() <= threads, 20, "threads to end")
     assert _rss_bytes() - rss < 64 * 1048576
+
+
+def test_one_host_cannot_take_every_waiting_slot(
+    hostile: Agent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Silent connections from one address beyond its share are closed at once."""
+    from agent.net.guards import GuardedAssociationServer
+
+    monkeypatch.setattr(GuardedAssociationServer, "pending_per_host", 4)
+    port = port_of(hostile)
+    silent = []
+    for _ in range(6):
+        sock = socket.socket()
+        sock.bind(("127.0.0.2", 0))  # the attacker; the modality is 127.0.0.1
+        sock.connect(("127.0.0.1", port))
+        silent.append(sock)
+    try:
+        started = time.monotonic()
+        assert echo(port)
+        for sock in silent[4:]:
+            sock.settimeout(HANDSHAKE + 20)
+            assert sock.recv(1) == b""
+        assert time.monotonic() - started < HANDSHAKE  # closed at once, not timed out
+    finally:
+        for sock in silent:
+            sock.close()

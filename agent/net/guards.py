@@ -16,6 +16,7 @@ answers the peer and closes the connection at once instead of leaving it hanging
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import os
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 
 LISTEN_BACKLOG = 64  # a burst of connects waits in the kernel instead of being dropped
 PENDING_LIMIT = 64  # connections that have not sent an A-ASSOCIATE-RQ yet
+PENDING_PER_HOST = 32  # of those, from one address: one bad host cannot take every slot
 PENDING_POLL = 0.02
 # A-ASSOCIATE-RJ: permanent (1), DICOM UL service provider, ACSE related (2), no reason (1)
 ASSOCIATE_RJ = bytes([0x03, 0, 0, 0, 0, 4, 0, 1, 2, 1])
@@ -53,33 +55,60 @@ class GuardedAssociationServer(ThreadedAssociationServer):
 
     While ``pending_limit`` connections have not asked for an association, the next one
     waits (and those behind it wait in the kernel's backlog) until one of them does or
-    is closed by the handshake timeout; only if none is by then is it closed.
+    is closed by the handshake timeout; only if none is by then is it closed. A host
+    that already holds ``pending_per_host`` silent connections is refused at once.
     """
 
     request_queue_size = LISTEN_BACKLOG
     pending_limit = PENDING_LIMIT
+    pending_per_host = PENDING_PER_HOST
     pending_wait = 5.0  # set to the handshake timeout by the server's owner
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._starting: collections.Counter[str] = collections.Counter()
+        self._starting_lock = threading.Lock()
+        super().__init__(*args, **kwargs)
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
         """Admit a connection once fewer than ``pending_limit`` others are silent."""
+        host = host_of(client_address)
+        if self.waiting(host) >= self.pending_per_host:
+            return self._refuse(host, f"{self.pending_per_host} of its connections")
         deadline = time.monotonic() + self.pending_wait
         while (waiting := self.waiting()) >= self.pending_limit:
             if time.monotonic() > deadline or self._closing():
-                with peerlog.speaking_of(host_of(client_address)):
-                    log.warning(
-                        "closed a connection from %s: %d others have not asked for an "
-                        "association", host_of(client_address), waiting,
-                    )
-                return False
+                return self._refuse(host, f"{waiting} connections")
             time.sleep(PENDING_POLL)
+        with self._starting_lock:
+            self._starting[host] += 1  # counted as waiting until its thread runs
         return True
+
+    def connection_started(self, client_address: Any) -> None:
+        """The request handler's association thread runs: it is counted from there on."""
+        host = host_of(client_address)
+        with self._starting_lock:
+            self._starting[host] -= 1
+            if self._starting[host] <= 0:
+                del self._starting[host]
+
+    def _refuse(self, host: str, who: str) -> bool:
+        with peerlog.speaking_of(host):
+            log.warning("closed a connection from %s: %s have not asked for an association",
+                        host, who)
+        return False
 
     def _closing(self) -> bool:
         return self.socket is None or self.socket.fileno() < 0
 
-    def waiting(self) -> int:
-        """Connections accepted that have not asked for an association yet."""
-        return sum(1 for assoc in self.active_associations if not requested(assoc))
+    def waiting(self, host: str | None = None) -> int:
+        """Connections accepted that have not asked for an association yet (from ``host``)."""
+        with self._starting_lock:
+            starting = sum(self._starting.values()) if host is None else self._starting[host]
+        return starting + sum(
+            1
+            for assoc in self.active_associations
+            if not requested(assoc) and (host is None or _peer_host(assoc) == host)
+        )
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """One line for a connection pynetdicom could not handle (traceback at debug level)."""
@@ -196,6 +225,13 @@ def _remove(handle: Any, path: Path) -> None:
             handle.close()
     with contextlib.suppress(OSError):
         os.unlink(path)
+
+
+def _peer_host(assoc: Any) -> str | None:
+    try:
+        return str(assoc.requestor.address)
+    except (AttributeError, ValueError):  # no address set yet
+        return None
 
 
 def host_of(address: Any) -> str:

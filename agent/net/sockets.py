@@ -150,7 +150,12 @@ class TunedRequestHandler(RequestHandler):
     def handle(self) -> None:
         """Start the association (pynetdicom) and wait in this thread until it ends."""
         try:
-            super().handle()
+            try:
+                super().handle()
+            finally:  # the server counts this connection by its thread from now on
+                started = getattr(self.server, "connection_started", None)
+                if started is not None:
+                    started(self.client_address)
             self._association.join()
         finally:
             if self.after_association is not None:

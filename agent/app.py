@@ -24,7 +24,7 @@ from agent.field.leds import StatusLeds
 from agent.field.systemd import Notifier
 from agent.forward import retention
 from agent.forward.forwarder import Forwarder
-from agent.net import configure_pynetdicom
+from agent.net import configure_pynetdicom, peerlog
 from agent.net.scp import DicomServer
 from agent.status import Snapshot, State, StatusModel, publish
 
@@ -191,6 +191,7 @@ class Agent:
         while not self._stop.is_set():
             try:
                 self._measure()
+                peerlog.LIMITER.flush()  # report what peers' repeated failures did not write
                 snapshot = self.status.snapshot()
                 self._report(snapshot)
                 due = time.monotonic() - last_sweep > SWEEP_EVERY

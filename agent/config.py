@@ -43,6 +43,7 @@ class AgentSettings:
     min_free_mb: int = 1024
     max_pdu: int = 1048576
     network_timeout: float = 60.0
+    handshake_timeout: float = 5.0
     max_associations: int = 16
     allow_unknown: frozenset[str] = frozenset()
     log_level: str = "info"
@@ -147,6 +148,10 @@ def _parse_agent(table: Mapping[str, Any], base_dir: Path) -> AgentSettings:
         max_pdu=v.get(table, "agent.max_pdu", int, d.max_pdu, v.max_pdu),
         network_timeout=float(
             v.get(table, "agent.network_timeout", (int, float), d.network_timeout, v.positive)
+        ),
+        handshake_timeout=float(
+            v.get(table, "agent.handshake_timeout", (int, float), d.handshake_timeout,
+                  v.between(0.5, 120))
         ),
         max_associations=v.get(
             table, "agent.max_associations", int, d.max_associations, v.at_least(1)

@@ -25,8 +25,9 @@ from agent.errors import ConfigError
 from agent.forward import queue
 from agent.forward.rules import router_for
 from agent.net.access import Caller
+from agent.net.guards import discard_unarchived
 from agent.net.scu import Target
-from agent.net.storage import StorageHandlers, discard_partial_receive
+from agent.net.storage import StorageHandlers
 from agent.qr.find import find
 from agent.qr.identifiers import FindRequest, Key, RetrieveRequest
 from agent.qr.retrieve import DEFAULT_STORAGE_CLASSES, Method, Progress, RetrieveResult, retrieve
@@ -163,7 +164,7 @@ def _keeper(land: Landing, target: Target) -> Callable[[object], int]:
     def keep(event: object) -> int:
         status = handlers.on_store(event)
         if status != 0:
-            discard_partial_receive(getattr(event, "assoc", None))
+            discard_unarchived(getattr(event, "assoc", None))
         return status
 
     return keep

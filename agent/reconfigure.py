@@ -21,6 +21,7 @@ RESTART_ONLY = (
     "agent.data_dir",
     "agent.max_pdu",
     "agent.network_timeout",
+    "agent.handshake_timeout",
     "agent.max_associations",
     "leds",
     "console",

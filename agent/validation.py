@@ -111,6 +111,14 @@ def positive(key: str, value: float) -> None:
         raise ConfigError(key, "must be greater than 0")
 
 
+def between(low: float, high: float) -> Callable[[str, float], None]:
+    def check(key: str, value: float) -> None:
+        if not low <= value <= high:
+            raise ConfigError(key, f"must be between {low:g} and {high:g}, not {value:g}")
+
+    return check
+
+
 def max_pdu(key: str, value: int) -> None:
     if not 4096 <= value <= 16 * 1048576:
         raise ConfigError(key, "must be between 4096 and 16777216 bytes")

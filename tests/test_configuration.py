@@ -43,6 +43,8 @@ def test_a_good_file_parses_into_settings_and_peers(tmp_path: Path) -> None:
     assert config.peers["PACS"].allow == frozenset({"echo"})
     assert config.peers["PACS"].verify_host is True
     assert config.peer_by_ae("CT1") is config.peers["CT1"]
+    assert config.agent.handshake_timeout == 5.0
+    assert parse(with_change("agent.handshake_timeout", 2)).agent.handshake_timeout == 2.0
 
 
 @pytest.mark.parametrize(("path", "value", "key", "words"), [
@@ -63,6 +65,8 @@ def test_a_good_file_parses_into_settings_and_peers(tmp_path: Path) -> None:
     ("peers.CT1.host", ..., "peers.CT1.host", "is required"),
     ("peers.CT1.host", "bad host", "peers.CT1.host", "neither an IP address nor a host"),
     ("agent.max_pdu", 100, "agent.max_pdu", "between"),
+    ("agent.handshake_timeout", 0, "agent.handshake_timeout", "between 0.5 and 120"),
+    ("agent.handshake_timeout", "5", "agent.handshake_timeout", "must be an integer or a number"),
     ("agent.log_level", "loud", "agent.log_level", "must be one of"),
     ("peers.bad name", {"ae_title": "X", "host": "h", "port": 1}, "peers.bad name", "peer name"),
 ])

@@ -31,6 +31,7 @@ from agent.archive.index import (
     remove_instances,
 )
 from agent.archive.layout import Layout, require_uid
+from agent.archive.structure import check_file
 from agent.errors import StoreError
 from agent.forward.queue import add_jobs
 
@@ -109,6 +110,7 @@ class Archive:
     ) -> Stored:
         if self.below_floor():
             raise StoreError(OUT_OF_RESOURCES, "free disk space is below the floor")
+        check_file(incoming)  # every tag and length fits, encoded as its context says
         header = read_header(incoming)
         _check_matches_command(header.sop_class_uid, sop_class_uid, "SOP Class UID")
         _check_matches_command(header.sop_instance_uid, sop_instance_uid, "SOP Instance UID")

@@ -11,7 +11,13 @@ import logging
 from pydicom import config as pydicom_config
 from pynetdicom import _config
 
-from agent.net import engine
+from agent.net import engine, peerlog
+
+# our loggers that speak of what a peer did; pynetdicom's are found at run time
+PEER_LOGGERS = (
+    "agent.net.scp", "agent.net.storage", "agent.net.guards", "agent.net.sockets",
+    "agent.net.engine.dul", "pydicom",
+)
 
 
 def configure_pynetdicom(*, debug: bool = False, quiet: bool = False) -> None:
@@ -31,3 +37,5 @@ def configure_pynetdicom(*, debug: bool = False, quiet: bool = False) -> None:
     pydicom_config.settings.writing_validation_mode = pydicom_config.IGNORE
     level = logging.DEBUG if debug else logging.CRITICAL if quiet else logging.WARNING
     logging.getLogger("pynetdicom").setLevel(level)
+    pynetdicom_loggers = [n for n in logging.root.manager.loggerDict if n.startswith("pynetdicom")]
+    peerlog.install([*pynetdicom_loggers, *PEER_LOGGERS], debug=debug)

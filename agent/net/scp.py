@@ -18,7 +18,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from agent.archive import Archive
 from agent.archive.retrieval import Reader
 from agent.config import Config
-from agent.net import configure_pynetdicom, sockets
+from agent.net import configure_pynetdicom, guards, peerlog, sockets
 from agent.net.access import REJECTED_PERMANENT, SERVICE_USER, Caller, Refusal, admit
 from agent.net.contexts import (
     QR_SOP_CLASSES,
@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 
 ACSE_TIMEOUT = 30.0
 DIMSE_TIMEOUT = 60.0
+# A-ASSOCIATE-RJ "local limit exceeded": transient, service provider (presentation), reason 2
+REJECTED_TRANSIENT, SERVICE_PROVIDER_PRESENTATION, LOCAL_LIMIT_EXCEEDED = 2, 3, 2
 
 
 class DicomServer:
@@ -53,6 +55,8 @@ class DicomServer:
         self._ae = self._build_ae()
         self._server: ThreadedAssociationServer | None = None
         self._thread: threading.Thread | None = None
+        self._ended = threading.Condition()
+        self._ended_count = 0
 
     def _build_ae(self) -> AE:
         settings = self.config.agent
@@ -62,7 +66,9 @@ class DicomServer:
         ae.network_timeout = settings.network_timeout
         ae.acse_timeout = ACSE_TIMEOUT
         ae.dimse_timeout = DIMSE_TIMEOUT
-        ae.maximum_associations = settings.max_associations
+        # we count only connections that asked for an association (see _on_requested);
+        # pynetdicom counts every connection, so its own limit is set out of the way
+        ae.maximum_associations = settings.max_associations + 2 * guards.PENDING_LIMIT
         ae.add_supported_context(VERIFICATION, list(UNCOMPRESSED))
         for sop_class in QR_SOP_CLASSES:
             ae.add_supported_context(sop_class, list(UNCOMPRESSED))
@@ -88,6 +94,7 @@ class DicomServer:
         handlers: list[Any] = [
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_CONN_CLOSE, sockets.end_if_never_requested),
+            (evt.EVT_DIMSE_RECV, guards.remember_received),
             (evt.EVT_C_ECHO, self._storage.on_echo),
             (evt.EVT_C_STORE, self._storage.on_store),
             (evt.EVT_C_FIND, self._qr.on_find),
@@ -98,11 +105,15 @@ class DicomServer:
         server = self._ae.make_server(
             (settings.bind, settings.port),
             evt_handlers=handlers,
-            server_class=ThreadedAssociationServer,
+            server_class=guards.GuardedAssociationServer,
             request_handler=sockets.request_handler(
-                settings.network_timeout, after_association=self._storage.on_association_end
+                settings.network_timeout,
+                settings.handshake_timeout,
+                after_association=self._after_connection,
             ),
         )
+        if isinstance(server, guards.GuardedAssociationServer):
+            server.pending_wait = settings.handshake_timeout
         self._ae._servers.append(server)  # so that AE.shutdown() also stops it
         self._server = server
         self._thread = threading.Thread(
@@ -132,8 +143,27 @@ class DicomServer:
         self._qr.config = config
 
     def active_associations(self) -> int:
-        """How many associations are open now."""
-        return len(self._ae.active_associations)
+        """How many associations are open now (connections that never asked do not count)."""
+        return guards.open_associations(self._ae.active_associations)
+
+    def connections_ended(self) -> int:
+        """How many accepted connections have ended and been cleaned up after."""
+        with self._ended:
+            return self._ended_count
+
+    def wait_connections_ended(self, count: int, timeout: float) -> bool:
+        """Wait until ``count`` connections in all have ended; False on timeout."""
+        with self._ended:
+            return self._ended.wait_for(lambda: self._ended_count >= count, timeout)
+
+    def _after_connection(self, assoc: Any) -> None:
+        """After every accepted connection, however it ended: clean up, then count it."""
+        try:
+            self._storage.on_association_end(assoc)
+        finally:
+            with self._ended:
+                self._ended_count += 1
+                self._ended.notify_all()
 
     def close(self, grace: float = 10.0) -> None:
         """Stop accepting, let running associations finish for ``grace`` s, abort the rest."""
@@ -148,6 +178,7 @@ class DicomServer:
         self._ae.shutdown()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        peerlog.LIMITER.flush(everything=True)
 
     def __enter__(self) -> DicomServer:
         self.start()
@@ -170,6 +201,15 @@ class DicomServer:
             log.warning("rejected association: %s", decision.message)
             assoc.acse.send_reject(REJECTED_PERMANENT, SERVICE_USER, decision.reason)
             assoc.kill()  # as pynetdicom does for its own rejections: waits until it is sent
+            return
+        limit = self.config.agent.max_associations
+        if guards.open_associations(self._ae.active_associations) > limit:
+            log.warning("rejected association from %s: max_associations (%d) are open",
+                        decision, limit)
+            assoc.acse.send_reject(
+                REJECTED_TRANSIENT, SERVICE_PROVIDER_PRESENTATION, LOCAL_LIMIT_EXCEEDED
+            )
+            assoc.kill()
             return
         self._callers[assoc] = decision
         # a peer is offered only the services it may use: others see "no such context".

@@ -5,6 +5,10 @@ ACK: about 40 ms per C-STORE, whatever the hardware. We set TCP_NODELAY on our s
 and, on accepted ones, re-arm TCP_QUICKACK after each PDU read, so that even a sender
 that leaves Nagle on (stock DCMTK) is never held back by our ACKs. Accepted sockets also
 get a timeout, and a PDU length is checked before anything is allocated for it.
+
+Until its association is established, an accepted connection has ``handshake_timeout``
+seconds in all (not per read) to ask for it; pynetdicom's own wait for the request and
+its ARTIM timer get the same bound, so a silent or dribbling connection is closed then.
 """
 
 from __future__ import annotations
@@ -12,20 +16,20 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 from pynetdicom import evt
 from pynetdicom.transport import AssociationSocket, RequestHandler
 
+from agent.net import guards, peerlog
+
 log = logging.getLogger(__name__)
 
 _QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)
 PDU_SLACK = 1024
-# pynetdicom's DUL thread sleeps this long between polls when it had nothing to do; its
-# 1 ms default costs about 1 ms per C-STORE. 0.2 ms saves most of that for a modest
-# idle cost per open association (idle ones are closed by network_timeout).
-DUL_POLL_SECONDS = 0.0002
 UNLIMITED_PDU_BOUND = 64 * 1048576
 
 
@@ -47,17 +51,25 @@ def rearm_quickack(sock: socket.socket) -> None:
 class TunedAssociationSocket(AssociationSocket):
     """pynetdicom's socket wrapper with bounded, fast reads that re-arm TCP_QUICKACK."""
 
+    # set on accepted sockets: the moment by which the association must be established,
+    # and how long any one read may take from then on (network_timeout)
+    handshake_deadline: float | None = None
+    stall_timeout: float | None = None
+
     def recv(self, nr_bytes: int) -> bytearray:
-        """Read exactly ``nr_bytes`` (fewer only if the peer closed)."""
+        """Read exactly ``nr_bytes`` (fewer only if the peer closed) before the deadline."""
         limit = self._read_limit()
         if nr_bytes > limit:
             raise OSError(f"peer announced a {nr_bytes}-byte PDU; our limit is {limit}")
         sock = self.socket
         assert sock is not None
+        deadline = self._deadline()
         buffer = bytearray(nr_bytes)
         with memoryview(buffer) as view:
             got = 0
             while got < nr_bytes:
+                if deadline is not None:
+                    sock.settimeout(_remaining(deadline))
                 count = sock.recv_into(view[got:], nr_bytes - got)
                 if count == 0:
                     break
@@ -66,6 +78,18 @@ class TunedAssociationSocket(AssociationSocket):
         if got < nr_bytes:
             del buffer[got:]
         return buffer
+
+    def _deadline(self) -> float | None:
+        """Before establishment the whole handshake is bounded; afterwards each read.
+
+        Bounding the whole read, not each chunk, stops a peer that dribbles a byte at a
+        time from holding its thread (and our shutdown) for ever.
+        """
+        if self.handshake_deadline is not None and not self.assoc.is_established:
+            return self.handshake_deadline
+        if self.stall_timeout is None:
+            return None
+        return time.monotonic() + self.stall_timeout
 
     def _read_limit(self) -> int:
         maximum = int(self.assoc.ae.maximum_pdu_size or 0)
@@ -80,35 +104,60 @@ class TunedRequestHandler(RequestHandler):
     """
 
     network_timeout: float | None = 60.0
+    handshake_timeout: float = 5.0
     after_association: Callable[[Any], None] | None = None
 
     def _create_association(self) -> Any:
+        """pynetdicom's acceptor, with our socket, timeouts, log tags and thread guards."""
         sock = self.request
         assert isinstance(sock, socket.socket)
         set_nodelay(sock)
         rearm_quickack(sock)
-        sock.settimeout(self.network_timeout)
+        sock.settimeout(self.handshake_timeout)
         assoc = super()._create_association()
-        assoc.dul.socket.__class__ = TunedAssociationSocket
-        assoc.dul._run_loop_delay = DUL_POLL_SECONDS
+        wrapper = assoc.dul.socket
+        assert isinstance(wrapper, AssociationSocket)
+        wrapper.__class__ = TunedAssociationSocket
+        assert isinstance(wrapper, TunedAssociationSocket)
+        wrapper.handshake_deadline = time.monotonic() + self.handshake_timeout
+        wrapper.stall_timeout = self.network_timeout
+        assoc.acse_timeout = self.handshake_timeout  # the wait for the request, and ARTIM
+        peer = guards.host_of(self.client_address)
+        for thread in (threading.current_thread(), assoc, assoc.dul):
+            peerlog.tag_thread(thread, peer)
+        guards.guard_threads(assoc, peer)
         self._association = assoc
         return assoc
 
     def handle(self) -> None:
         """Start the association (pynetdicom) and wait in this thread until it ends."""
-        super().handle()
-        assoc = self._association
-        assoc.join()
-        if self.after_association is not None:
-            self.after_association(assoc)
+        try:
+            try:
+                super().handle()
+            finally:  # the server counts this connection by its thread from now on
+                started = getattr(self.server, "connection_started", None)
+                if started is not None:
+                    started(self.client_address)
+            self._association.join()
+        finally:
+            if self.after_association is not None:
+                self.after_association(getattr(self, "_association", None))
+
+
+def _remaining(deadline: float) -> float:
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise TimeoutError("the peer took too long to send what it announced")
+    return remaining
 
 
 def request_handler(
-    network_timeout: float, after_association: Callable[[Any], None]
+    network_timeout: float, handshake_timeout: float, after_association: Callable[[Any], None]
 ) -> type[TunedRequestHandler]:
-    """A request handler class bound to this server's stall timeout and clean-up."""
+    """A request handler class bound to this server's timeouts and clean-up."""
     attributes = {
         "network_timeout": network_timeout,
+        "handshake_timeout": handshake_timeout,
         "after_association": staticmethod(after_association),
     }
     return type("BoundRequestHandler", (TunedRequestHandler,), attributes)
@@ -126,7 +175,6 @@ def on_connection_open(event: Any) -> None:
         set_nodelay(sock)
         rearm_quickack(sock)
         wrapper.__class__ = TunedAssociationSocket
-        event.assoc.dul._run_loop_delay = DUL_POLL_SECONDS
 
 
 def end_if_never_requested(event: Any) -> None:

@@ -6,15 +6,14 @@ stays out of log lines above debug level.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from agent.archive import Archive
 from agent.errors import StoreError
+from agent.net import guards
 from agent.net.access import Caller
 from agent.status import StatusModel
 
@@ -71,24 +70,12 @@ class StorageHandlers:
         return SUCCESS
 
     def on_association_end(self, assoc: Any) -> None:
-        """After any association: drop a data set it left half-received, and say so."""
-        if discard_partial_receive(assoc):
+        """After any association: delete every data set it received and did not archive."""
+        partial, complete = guards.discard_unarchived(assoc)
+        if partial:
+            log.warning("discarded a data set that was cut off mid-transfer")
             self.status.refused("a data set was cut off mid-transfer (sender gone or disk full)")
+        if complete:
+            log.warning("discarded %d received data sets that were never answered", complete)
+            self.status.refused("a received data set was never answered (malformed command)")
 
-
-def discard_partial_receive(assoc: Any) -> bool:
-    """Delete the half-received data set of an association; True if there was one.
-
-    pynetdicom keeps the message being decoded in ``assoc.dimse.message``; a complete
-    message is handed on and reset, so whatever remains there was cut off.
-    """
-    message = getattr(getattr(assoc, "dimse", None), "message", None)
-    partial = getattr(message, "_data_set_file", None)
-    if partial is None:
-        return False
-    with contextlib.suppress(OSError):
-        partial.close()
-    with contextlib.suppress(OSError):
-        os.unlink(partial.name)
-    log.warning("discarded a data set that was cut off mid-transfer")
-    return True

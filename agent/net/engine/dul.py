@@ -24,13 +24,16 @@ from typing import Any
 
 from pynetdicom import evt
 from pynetdicom.dul import DULServiceProvider
-from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.pdu_primitives import P_DATA
 
 log = logging.getLogger(__name__)
 
 MAX_WAIT = 1.0  # seconds; timers are checked at least this often
 MIN_WAIT = 0.001  # an expired timer must not turn the wait into a busy loop
+# A-ASSOCIATE-RJ: permanent (1), DICOM UL service provider, ACSE related (2), no reason (1)
+ASSOCIATE_RJ = bytes([0x03, 0, 0, 0, 0, 4, 0, 1, 2, 1])
+# A-ABORT: source DICOM UL service provider (2), reason "invalid PDU parameter value" (6)
+ABORT = bytes([0x07, 0, 0, 0, 0, 4, 0, 0, 2, 6])
 PDU_TYPES = frozenset(range(0x01, 0x08))  # A-ASSOCIATE-RQ ... A-ABORT
 MAX_QUEUED = 8  # outgoing P-DATA primitives (one PDU each) a producer may run ahead by
 
@@ -241,15 +244,25 @@ class EventDrivenDUL(DULServiceProvider):
                 pass
 
     def _abort_on(self, exc: Exception) -> None:
-        """As pynetdicom does: a failure inside the DUL aborts the association at once."""
-        log.debug("DUL failed, aborting the association: %r", exc)
-        abort = A_ABORT_RQ()
-        abort.source = 0x02
-        abort.reason_diagnostic = 0x00
+        """Bad input broke the DUL: answer the peer (reject or abort) and close, at once.
+
+        pynetdicom sent an A-ABORT and left the socket open, and an acceptor still waiting
+        for the request waited out the ACSE timeout.
+        """
+        log.warning("dropped the connection: bad input (%s)", exc)
+        log.debug("the DUL failed with", exc_info=exc)
+        requested = getattr(self.assoc.requestor, "primitive", None) is not None
+        answer = ABORT if self.assoc.is_established or requested else ASSOCIATE_RJ
+        raw = getattr(self.socket, "socket", None)
+        with contextlib.suppress(Exception):
+            if isinstance(raw, socket.socket):
+                raw.sendall(answer)
+                raw.shutdown(socket.SHUT_RDWR)
         with contextlib.suppress(Exception):
             if self.socket is not None:
-                self.socket.send(abort.encode())
+                self.socket.close()
         self.assoc.is_aborted = True
         self.assoc.is_established = False
         self.assoc._kill = True
         self._kill_thread = True
+        self.to_user_queue.put(None)  # an acceptor waiting for the request stops waiting

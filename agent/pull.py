@@ -25,7 +25,7 @@ from agent.errors import ConfigError
 from agent.forward import queue
 from agent.forward.rules import router_for
 from agent.net.access import Caller
-from agent.net.guards import discard_unarchived
+from agent.net.engine.guards import discard_unarchived
 from agent.net.scu import Target
 from agent.net.storage import StorageHandlers
 from agent.qr.find import find

@@ -32,7 +32,7 @@ from bench.peers import DCMTK, REPO, EdgeAgent, Orthanc, Receiver, free_port, wa
 from pydicom.dataset import Dataset
 from pynetdicom import AE, build_context, evt
 
-from agent.net.sockets import on_connection_open
+from agent.net.engine.transport import on_connection_open
 
 STUDY_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
 SURNAMES = ["SMITH", "JONES", "MILLER", "DAVIS", "GARCIA", "RODRIGUEZ", "WILSON", "MARTINEZ",

@@ -378,7 +378,7 @@ def test_one_host_cannot_take_every_waiting_slot(
     hostile: Agent, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Silent connections from one address beyond its share are closed at once."""
-    from agent.net.guards import GuardedAssociationServer
+    from agent.net.engine.guards import GuardedAssociationServer
 
     monkeypatch.setattr(GuardedAssociationServer, "pending_per_host", 4)
     port = port_of(hostile)
@@ -390,11 +390,11 @@ def test_one_host_cannot_take_every_waiting_slot(
         silent.append(sock)
     try:
         started = time.monotonic()
-        assert echo(port)
         for sock in silent[4:]:
             sock.settimeout(HANDSHAKE + 20)
             assert sock.recv(1) == b""
         assert time.monotonic() - started < HANDSHAKE  # closed at once, not timed out
+        assert echo(port)  # while another address is served
     finally:
         for sock in silent:
             sock.close()

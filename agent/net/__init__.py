@@ -9,13 +9,12 @@ from __future__ import annotations
 import logging
 
 from pydicom import config as pydicom_config
-from pynetdicom import _config
 
 from agent.net import engine, peerlog
 
 # our loggers that speak of what a peer did; pynetdicom's are found at run time
 PEER_LOGGERS = (
-    "agent.net.scp", "agent.net.storage", "agent.net.guards", "agent.net.sockets",
+    "agent.net.scp", "agent.net.storage", "agent.net.engine.guards", "agent.net.engine.transport",
     "agent.net.engine.dul", "pydicom",
 )
 
@@ -25,12 +24,7 @@ def configure_pynetdicom(*, debug: bool = False, quiet: bool = False) -> None:
 
     ``quiet`` is for commands that report failures in their own words.
     """
-    _config.LOG_HANDLER_LEVEL = "none"  # the standard handlers format every PDU
-    _config.LOG_REQUEST_IDENTIFIERS = False  # identifiers carry patient data
-    _config.LOG_RESPONSE_IDENTIFIERS = False
-    _config.STORE_RECV_CHUNKED_DATASET = True  # stream received data sets to disk
-    _config.STORE_SEND_CHUNKED_DATASET = True  # stream stored files when sending
-    engine.install()  # event-driven DUL and association loops instead of polling ones
+    engine.install()  # pynetdicom's settings, and its polling loops swapped for ours
     # pydicom checks every value against its VR as an element is made, and at most warns:
     # a fifth of the cost of a C-FIND answer. Values that matter are checked where used.
     pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE

@@ -22,7 +22,7 @@ from agent.errors import QueryError
 from agent.net.access import Caller
 from agent.net.bounds import identifier_of
 from agent.net.contexts import QR_SOP_CLASSES, VERIFICATION, sending_contexts
-from agent.net.sockets import requestor_handlers
+from agent.net.engine.transport import requestor_handlers
 from agent.net.stored import StoredFile, on_accepted, send_as_stored
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from agent.archive import Archive
 from agent.archive.retrieval import Reader
 from agent.config import Config
-from agent.net import configure_pynetdicom, guards, peerlog, sockets
+from agent.net import configure_pynetdicom, peerlog
 from agent.net.access import REJECTED_PERMANENT, SERVICE_USER, Caller, Refusal, admit
 from agent.net.contexts import (
     QR_SOP_CLASSES,
@@ -29,6 +29,7 @@ from agent.net.contexts import (
     preferring,
     service_of,
 )
+from agent.net.engine import guards, transport
 from agent.net.qr import QueryRetrieveHandlers
 from agent.net.storage import StorageHandlers
 from agent.status import StatusModel
@@ -93,7 +94,7 @@ class DicomServer:
         tempfile.tempdir = str(self.archive.layout.tmp_dir)
         handlers: list[Any] = [
             (evt.EVT_REQUESTED, self._on_requested),
-            (evt.EVT_CONN_CLOSE, sockets.end_if_never_requested),
+            (evt.EVT_CONN_CLOSE, transport.end_if_never_requested),
             (evt.EVT_DIMSE_RECV, guards.remember_received),
             (evt.EVT_C_ECHO, self._storage.on_echo),
             (evt.EVT_C_STORE, self._storage.on_store),
@@ -106,7 +107,7 @@ class DicomServer:
             (settings.bind, settings.port),
             evt_handlers=handlers,
             server_class=guards.GuardedAssociationServer,
-            request_handler=sockets.request_handler(
+            request_handler=transport.request_handler(
                 settings.network_timeout,
                 settings.handshake_timeout,
                 after_association=self._after_connection,
@@ -114,7 +115,7 @@ class DicomServer:
         )
         if isinstance(server, guards.GuardedAssociationServer):
             server.pending_wait = settings.handshake_timeout
-        self._ae._servers.append(server)  # so that AE.shutdown() also stops it
+        transport.register_server(self._ae, server)
         self._server = server
         self._thread = threading.Thread(
             target=server.serve_forever, name="dicom-listener", daemon=True

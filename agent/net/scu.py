@@ -14,13 +14,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from pynetdicom import AE
-from pynetdicom.pdu_primitives import A_ASSOCIATE
 
 from agent.config import Config
 from agent.errors import ConfigError, PeerError
 from agent.net import configure_pynetdicom
 from agent.net.contexts import UNCOMPRESSED, VERIFICATION
-from agent.net.sockets import requestor_handlers
+from agent.net.engine.transport import requestor_handlers, unread_rejection
 
 _TARGET = re.compile(r"^(?P<ae>[^@]{1,16})@(?P<host>[^:@]+|\[[0-9A-Fa-f:.]+\]):(?P<port>\d{1,5})$")
 
@@ -112,12 +111,7 @@ def rejection_of(assoc: Any) -> Any | None:
     """
     if assoc.is_rejected:
         return assoc.acceptor.primitive
-    waiting = getattr(assoc.dul, "to_user_queue", None)
-    while waiting is not None and not waiting.empty():
-        primitive = waiting.get_nowait()
-        if isinstance(primitive, A_ASSOCIATE) and primitive.result in (0x01, 0x02):
-            return primitive
-    return None
+    return unread_rejection(assoc)
 
 
 def probe(target: Target, timeout: float) -> str:

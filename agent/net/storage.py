@@ -13,8 +13,8 @@ from typing import Any
 
 from agent.archive import Archive
 from agent.errors import StoreError
-from agent.net import guards
 from agent.net.access import Caller
+from agent.net.engine import guards
 from agent.status import StatusModel
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 
 import pynetdicom
-from pynetdicom import association, dimse, dimse_messages, dul
+from pynetdicom import _config, association, dimse, dimse_messages, dul
 
 from agent.net.engine import commands, messages
 from agent.net.engine.dul import EventDrivenDUL
@@ -39,6 +39,15 @@ PRIVATE_NAMES: tuple[tuple[object, str], ...] = (
 )
 
 
+def _configure() -> None:
+    """pynetdicom's process-wide settings that decide speed, memory and what is logged."""
+    _config.LOG_HANDLER_LEVEL = "none"  # the standard handlers format every PDU
+    _config.LOG_REQUEST_IDENTIFIERS = False  # identifiers carry patient data
+    _config.LOG_RESPONSE_IDENTIFIERS = False
+    _config.STORE_RECV_CHUNKED_DATASET = True  # stream received data sets to disk
+    _config.STORE_SEND_CHUNKED_DATASET = True  # stream stored files when sending
+
+
 def install() -> None:
     """Make every association in this process use the event-driven loops (idempotent)."""
     global _done
@@ -50,6 +59,7 @@ def install() -> None:
                 f"edge-agent's DICOM engine was tested with pynetdicom {TESTED_VERSION}.x,"
                 f" not {pynetdicom.__version__}"
             )
+        _configure()
         setattr(association, "DULServiceProvider", EventDrivenDUL)  # noqa: B010
         setattr(association.Association, "_run_reactor", run_reactor)  # noqa: B010
         setattr(dimse_messages.DIMSEMessage, "encode_msg", messages.encode_msg)  # noqa: B010

@@ -16,7 +16,6 @@ answers the peer and closes the connection at once instead of leaving it hanging
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import logging
 import os
@@ -62,7 +61,7 @@ class GuardedAssociationServer(ThreadedAssociationServer):
     pending_wait = 5.0  # set to the handshake timeout by the server's owner
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self._starting: collections.Counter[str] = collections.Counter()
+        self._starting: set[tuple[str, int]] = set()  # admitted, association not running yet
         self._starting_lock = threading.Lock()
         super().__init__(*args, **kwargs)
 
@@ -77,16 +76,13 @@ class GuardedAssociationServer(ThreadedAssociationServer):
                 return self._refuse(host, f"{waiting} connections")
             time.sleep(PENDING_POLL)
         with self._starting_lock:
-            self._starting[host] += 1  # counted as waiting until its thread runs
+            self._starting.add(_key(client_address))  # waiting until its association runs
         return True
 
     def connection_started(self, client_address: Any) -> None:
         """The request handler's association thread runs: it is counted from there on."""
-        host = host_of(client_address)
         with self._starting_lock:
-            self._starting[host] -= 1
-            if self._starting[host] <= 0:
-                del self._starting[host]
+            self._starting.discard(_key(client_address))
 
     def _refuse(self, host: str, who: str) -> bool:
         with peerlog.speaking_of(host):
@@ -99,13 +95,14 @@ class GuardedAssociationServer(ThreadedAssociationServer):
 
     def waiting(self, host: str | None = None) -> int:
         """Connections accepted that have not asked for an association yet (from ``host``)."""
-        with self._starting_lock:
-            starting = sum(self._starting.values()) if host is None else self._starting[host]
-        return starting + sum(
-            1
+        silent = {
+            _key((assoc.requestor.address, assoc.requestor.port))
             for assoc in self.active_associations
-            if not requested(assoc) and (host is None or _peer_host(assoc) == host)
-        )
+            if not requested(assoc)
+        }
+        with self._starting_lock:
+            every = silent | self._starting  # one connection counts once, in either stage
+        return sum(1 for address, _ in every if host is None or address == host)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """One line for a connection pynetdicom could not handle (traceback at debug level)."""
@@ -224,11 +221,12 @@ def _remove(handle: Any, path: Path) -> None:
         os.unlink(path)
 
 
-def _peer_host(assoc: Any) -> str | None:
+def _key(address: Any) -> tuple[str, int]:
+    """A connection by its peer's address and port."""
     try:
-        return str(assoc.requestor.address)
-    except (AttributeError, ValueError):  # no address set yet
-        return None
+        return str(address[0]), int(address[1])
+    except (TypeError, ValueError, IndexError):
+        return str(address), 0
 
 
 def host_of(address: Any) -> str:

@@ -22,9 +22,11 @@ from collections.abc import Callable
 from typing import Any
 
 from pynetdicom import evt
+from pynetdicom.pdu_primitives import A_ASSOCIATE
 from pynetdicom.transport import AssociationSocket, RequestHandler
 
-from agent.net import guards, peerlog
+from agent.net import peerlog
+from agent.net.engine import guards
 
 log = logging.getLogger(__name__)
 
@@ -192,3 +194,18 @@ def end_if_never_requested(event: Any) -> None:
 def requestor_handlers() -> list[Any]:
     """Event handlers for the associations the agent requests (to send, find or retrieve)."""
     return [(evt.EVT_CONN_OPEN, on_connection_open)]
+
+
+def unread_rejection(assoc: Any) -> Any | None:
+    """An A-ASSOCIATE-RJ the requesting thread never read from the DUL's queue, if any."""
+    waiting = getattr(assoc.dul, "to_user_queue", None)
+    while waiting is not None and not waiting.empty():
+        primitive = waiting.get_nowait()
+        if isinstance(primitive, A_ASSOCIATE) and primitive.result in (0x01, 0x02):
+            return primitive
+    return None
+
+
+def register_server(ae: Any, server: Any) -> None:
+    """Let ``AE.shutdown()`` stop a server we built ourselves, as it stops its own."""
+    ae._servers.append(server)

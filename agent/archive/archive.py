@@ -110,8 +110,8 @@ class Archive:
     ) -> Stored:
         if self.below_floor():
             raise StoreError(OUT_OF_RESOURCES, "free disk space is below the floor")
-        check_file(incoming)  # every tag and length fits, encoded as its context says
-        header = read_header(incoming)
+        header_end = check_file(incoming)  # every tag and length fits, as its context says
+        header = read_header(incoming, header_end)
         _check_matches_command(header.sop_class_uid, sop_class_uid, "SOP Class UID")
         _check_matches_command(header.sop_instance_uid, sop_instance_uid, "SOP Instance UID")
         final = self.layout.instance_path(

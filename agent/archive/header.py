@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from io import BytesIO
 from pathlib import Path
 
 from pydicom import dcmread
@@ -47,10 +48,26 @@ class Header:
         )
 
 
-def read_header(path: Path) -> Header:
-    """Parse everything before the pixel data; StoreError 0xC000 if it cannot be understood."""
+MAX_HEAD_BYTES = 16 * 1024 * 1024  # a header read into memory at once; larger: from the file
+
+
+def _parse(path: Path, header_end: int | None) -> Dataset:
+    """The header; in one read when its end is known (pydicom reading the file itself
+    seeks and tells around every element: some 50 system calls per instance)."""
+    if header_end is None or header_end > MAX_HEAD_BYTES:
+        return dcmread(path, stop_before_pixels=True, defer_size="64 KB")
+    with path.open("rb", buffering=0) as handle:
+        head = handle.read(header_end)
+    return dcmread(BytesIO(head), stop_before_pixels=True)
+
+
+def read_header(path: Path, header_end: int | None = None) -> Header:
+    """Parse everything before the pixel data; StoreError 0xC000 if it cannot be understood.
+
+    ``header_end``: where the pixel data starts, if known (structure.check_file says).
+    """
     try:
-        ds = dcmread(path, stop_before_pixels=True, defer_size="64 KB")
+        ds = _parse(path, header_end)
         levels = {level: extract(ds, level) for level in KEYS}
         return Header(
             sop_class_uid=as_text(ds.get("SOPClassUID", "")),

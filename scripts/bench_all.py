@@ -253,7 +253,8 @@ class Bench:
         return self._cache[key]  # type: ignore[return-value]
 
     def find_and_move(self) -> list[Row]:
-        """C-FIND on each archive size; C-MOVE and C-GET on the first (with ``move-get``)."""
+        """C-FIND on each archive size; C-MOVE and C-GET on the first (with ``move-get``).
+        The agent, Orthanc and dcmqrscp each hold the same archive."""
         rows: list[Row] = []
         destination = free_port()
         selected = self.args.paths
@@ -267,65 +268,68 @@ class Bench:
             peers = (f'\n[peers.BENCH]\nae_title = "BENCH"\nhost = "127.0.0.1"\n'
                      f'port = {destination}\nallow = ["echo", "find", "move", "get"]\n')
             orthanc = Orthanc(root / "orthanc", {"BENCH": ["BENCH", "127.0.0.1", destination]})
-            with EdgeAgent(root / "agent", peers) as agent, orthanc:
+            dcmqrscp = Dcmqrscp(root / "dcmqrscp", {"BENCH": destination})
+            with EdgeAgent(root / "agent", peers) as agent, orthanc, dcmqrscp:
                 if not state["loaded"]:
                     seconds = archive.load_orthanc(orthanc, state["files"])  # type: ignore[arg-type]
-                    state["loaded"] = True
                     progress(f"loaded Orthanc: {seconds:.0f} s (REST)")
+                    started = time.perf_counter()
+                    measured([str(DCMTK / "storescu"), "-aec", dcmqrscp.ae_title, "+sd", "+r",
+                              "127.0.0.1", str(dcmqrscp.port), str(root / "source")],
+                             dcmtk_env(), timeout=7200)
+                    progress(f"loaded dcmqrscp: {time.perf_counter() - started:.0f} s (storescu)")
+                    state["loaded"] = True
                 if "find" in selected:
-                    rows += self.find(agent, orthanc, studies)
+                    rows += self.find((agent, orthanc, dcmqrscp), studies)
                 if with_big:
-                    rows += self.move_get(agent, orthanc, state, destination)
+                    rows += self.move_get((agent, orthanc, dcmqrscp), state, destination)
         return rows
 
-    def find(self, agent: EdgeAgent, orthanc: Orthanc, studies: int) -> list[Row]:
+    def find(self, servers: tuple[EdgeAgent, Orthanc, Dcmqrscp], studies: int) -> list[Row]:
+        agent = servers[0]
         rows = []
         for label, queries in archive.query_sets(self.args.queries).items():
             latencies: dict[str, list[float]] = {}
+            counts: dict[str, int] = {}
             before = cpu_seconds(agent.pid)
-            for server in (agent, orthanc):
-                latencies[server.name], answers = find_latencies(server.port, server.ae_title,
-                                                                 queries)
-                progress(f"C-FIND {label}, {studies} studies: {server.name}, first query"
-                         f" {answers} answers")
-            cpu = cpu_seconds(agent.pid) - before  # the agent is idle while Orthanc answers
+            for server in servers:
+                latencies[server.name], counts[server.name] = find_latencies(
+                    server.port, server.ae_title, queries)
+            cpu = cpu_seconds(agent.pid) - before  # the agent is idle while the others answer
+            progress(f"C-FIND {label}, {studies} studies, answers to the first query: "
+                     + ", ".join(f"{name} {count}" for name, count in counts.items()))
             name = f"C-FIND {label}, {studies} studies"
             for stat, function, limit in (("median", median, 0.8), ("p95", archive.p95, 1.0)):
                 figures = {server: 1000 * function(values) for server, values in latencies.items()}
                 rows.append(Row(f"{name}, {stat}", "ms", figures[AGENT],
-                                [Compare("Orthanc", figures["Orthanc"], limit)],
+                                [Compare("Orthanc", figures["Orthanc"], limit),
+                                 Compare("dcmqrscp (DCMTK)", figures["dcmqrscp"])],
                                 cpu if stat == "median" else None, peak_rss_mb(agent.pid)))
         return rows
 
-    def move_get(self, agent: EdgeAgent, orthanc: Orthanc, state: dict[str, object],
+    def move_get(self, servers: tuple[EdgeAgent, Orthanc, Dcmqrscp], state: dict[str, object],
                  destination: int) -> list[Row]:
         study_uid, count = str(state["study_uid"]), self.args.move_count
-        root = state["root"]
-        assert isinstance(root, Path)
-        with Dcmqrscp(root / "dcmqrscp", {"BENCH": destination}) as dcmqrscp:
-            if not state.get("dcmqrscp_loaded"):
-                measured([str(DCMTK / "storescu"), "-aec", "QR", "+sd", "+r", "127.0.0.1",
-                          str(dcmqrscp.port), str(root / "source" / study_uid)], dcmtk_env())
-                state["dcmqrscp_loaded"] = True
-            rows = []
-            for kind in ("C-MOVE", "C-GET"):
-                times: dict[str, list[float]] = defaultdict(list)
-                cpu = []
-                for round_number in range(self.args.repeat):
-                    for server in (agent, orthanc, dcmqrscp):
-                        before = cpu_seconds(agent.pid)
-                        times[server.name].append(retrieve_seconds(
-                            kind, server, study_uid, destination, self.runs, count))
-                        if server is agent:
-                            cpu.append(cpu_seconds(agent.pid) - before)
-                    progress(f"{kind} {count}, round {round_number + 1}: " + ", ".join(
-                        f"{name} {values[-1]:.2f} s" for name, values in times.items()))
-                how = "to storescp (movescu)" if kind == "C-MOVE" else "by getscu"
-                medians = {name: median(values) for name, values in times.items()}
-                rows.append(Row(f"{kind} {count} x {self.args.size}² {how}", "s", medians[AGENT],
-                                [Compare("Orthanc", medians["Orthanc"], 1.0),
-                                 Compare("dcmqrscp (DCMTK)", medians["dcmqrscp"])],
-                                median(cpu), peak_rss_mb(agent.pid)))
+        agent = servers[0]
+        rows = []
+        for kind in ("C-MOVE", "C-GET"):
+            times: dict[str, list[float]] = defaultdict(list)
+            cpu = []
+            for round_number in range(self.args.repeat):
+                for server in servers:
+                    before = cpu_seconds(agent.pid)
+                    times[server.name].append(retrieve_seconds(
+                        kind, server, study_uid, destination, self.runs, count))
+                    if server is agent:
+                        cpu.append(cpu_seconds(agent.pid) - before)
+                progress(f"{kind} {count}, round {round_number + 1}: " + ", ".join(
+                    f"{name} {values[-1]:.2f} s" for name, values in times.items()))
+            how = "to storescp (movescu)" if kind == "C-MOVE" else "by getscu"
+            medians = {name: median(values) for name, values in times.items()}
+            rows.append(Row(f"{kind} {count} x {self.args.size}² {how}", "s", medians[AGENT],
+                            [Compare("Orthanc", medians["Orthanc"], 1.0),
+                             Compare("dcmqrscp (DCMTK)", medians["dcmqrscp"])],
+                            median(cpu), peak_rss_mb(agent.pid)))
         return rows
 
     def retrieve(self) -> list[Row]:

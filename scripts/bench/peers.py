@@ -299,7 +299,7 @@ class Dcmqrscp(Receiver):
         config.write_text(
             f"NetworkTCPPort = {self.port}\nMaxPDUSize = 16384\nMaxAssociations = 16\n"
             f"HostTable BEGIN\n{hosts}HostTable END\nVendorTable BEGIN\nVendorTable END\n"
-            f"AETable BEGIN\nQR {storage} RW (2000, 4096mb) ANY\nAETable END\n"
+            f"AETable BEGIN\nQR {storage} RW (100000, 8192mb) ANY\nAETable END\n"
         )
         return [str(DCMTK / "dcmqrscp"), "-c", str(config)]
 

@@ -280,7 +280,8 @@ class BareSCP(Receiver):
 
 
 class Dcmqrscp(Receiver):
-    """DCMTK's query/retrieve SCP (AE QR) over its own database, which accepts stores;
+    """DCMTK's query/retrieve SCP (AE QR) over its own database, which accepts stores and
+    keeps at most 500 studies of 1 GB (DCMTK's own limits);
     ``destinations`` are the AEs it may C-MOVE to, as {AE: port} on loopback."""
 
     name = "dcmqrscp"
@@ -299,7 +300,7 @@ class Dcmqrscp(Receiver):
         config.write_text(
             f"NetworkTCPPort = {self.port}\nMaxPDUSize = 16384\nMaxAssociations = 16\n"
             f"HostTable BEGIN\n{hosts}HostTable END\nVendorTable BEGIN\nVendorTable END\n"
-            f"AETable BEGIN\nQR {storage} RW (100000, 8192mb) ANY\nAETable END\n"
+            f"AETable BEGIN\nQR {storage} RW (500, 1024mb) ANY\nAETable END\n"
         )
         return [str(DCMTK / "dcmqrscp"), "-c", str(config)]
 

@@ -525,6 +525,15 @@ def print_table(mode: str, rows: list[Row], normal: dict[tuple[str, str], float]
                     line += (f"  {change:.2f} ({before:.2f} → {ratio:.2f})"
                              f" {'ok' if change <= DRIFT_LIMIT else 'WORSE'}")
             print(line.rstrip())
+    verdicts = [c.met(row.agent) for row in rows for c in row.compares]
+    met = sum(1 for v in verdicts if v)
+    summary = f"{mode}: targets met {met} of {sum(1 for v in verdicts if v is not None)}"
+    if drift:
+        assert normal is not None
+        changes = [r / normal[key] for key, r in ratios(rows).items() if normal.get(key)]
+        summary += (f"; ratios within {DRIFT_LIMIT}x of normal mode:"
+                    f" {sum(1 for c in changes if c <= DRIFT_LIMIT)} of {len(changes)}")
+    print(summary)
 
 
 def ratios(rows: list[Row]) -> dict[tuple[str, str], float]:

@@ -112,13 +112,27 @@ class Receiver:
         """How many instances it holds."""
         raise NotImplementedError
 
+    def new_ports(self) -> None:
+        """Pick fresh ports (after a start that failed, perhaps on a port taken since)."""
+        self.port = free_port()
+
     def __enter__(self) -> Receiver:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        log = (self.workdir / "log.txt").open("ab")
-        self.proc = subprocess.Popen(pinned(self.command()), stdout=log, stderr=log,
-                                     env=self.environment(), cwd=self.workdir)
-        wait_for(lambda: self.proc.poll() is None and self.ready(), 60, f"{self.name}")
-        return self
+        for attempt in range(3):
+            if attempt:
+                self.new_ports()
+            with (self.workdir / "log.txt").open("ab") as log:
+                self.proc = subprocess.Popen(pinned(self.command()), stdout=log, stderr=log,
+                                             env=self.environment(), cwd=self.workdir)
+            try:
+                wait_for(lambda: self.proc.poll() is not None or self.ready(), 60, self.name)
+            except BaseException:
+                self.__exit__()
+                raise
+            if self.proc.poll() is None:
+                return self
+        tail = (self.workdir / "log.txt").read_text(errors="replace")[-2000:]
+        raise RuntimeError(f"{self.name} exited at start ({self.proc.returncode}):\n{tail}")
 
     @property
     def pid(self) -> int:
@@ -166,7 +180,8 @@ class EdgeAgent(Receiver):
             status = json.loads((self.workdir / "data/run/status.json").read_text())
         except (OSError, ValueError):
             return False
-        return bool(status.get("state") == "serving")
+        # a status.json left by an earlier run in the same directory must not count
+        return bool(status.get("state") == "serving") and super().ready()
 
     def count(self) -> int:
         return sum(1 for _ in (self.workdir / "data/archive").rglob("*.dcm"))
@@ -223,15 +238,19 @@ class Orthanc(Receiver):
         env["TCP_NODELAY"] = "1"
         return env
 
-    def rest(self, path: str, data: bytes | None = None) -> Any:
+    def new_ports(self) -> None:
+        super().new_ports()
+        self.http_port = free_port()
+
+    def rest(self, path: str, data: bytes | None = None, timeout: float = 60) -> Any:
         """GET (or POST ``data`` to) the REST API and decode the JSON answer."""
         request = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}", data=data)
-        with urllib.request.urlopen(request, timeout=60) as answer:
+        with urllib.request.urlopen(request, timeout=timeout) as answer:
             return json.loads(answer.read() or b"null")
 
     def ready(self) -> bool:
         try:
-            self.rest("/system")
+            self.rest("/system", timeout=2)
         except OSError:
             return False
         return super().ready()

@@ -20,7 +20,7 @@ while it receives one 1 GB instance).
 Each line gives the agent's figure, a reference's, the ratio and, where the issue sets
 one, the target and whether it is met; the agent's CPU seconds (utime+stime from
 /proc/PID/stat over the measured work, waited-for children included; for the retrieve
-CLI, its rusage) and peak RSS (VmHWM; for the CLI, ru_maxrss). Times are medians of
+CLI, its rusage) and peak RSS (VmHWM; for the CLI, polled while it runs). Times are medians of
 --repeat rounds, the receivers interleaved within each round, each on a fresh receiver.
 
 --modes small-box pins every server and client (DCMTK tools, Orthanc, the agent and its
@@ -46,6 +46,8 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# this tree's agent (not whichever one the interpreter has installed), then scripts/
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import dicomgen
 from bench import archive
@@ -95,7 +97,7 @@ class Compare:
         if self.limit is None:
             return None
         figure = agent if self.value is None else self.ratio(agent)
-        return figure is not None and figure <= self.limit * (1 + 1e-9)  # 0.2 is not 0.2
+        return figure is not None and figure <= self.limit * (1 + 1e-9)  # exactly 0.2 % counts
 
 
 @dataclass

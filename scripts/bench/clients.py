@@ -23,7 +23,7 @@ from pynetdicom import AE, build_context, evt
 
 from agent.net.sockets import on_connection_open
 
-from .peers import DCMTK, Receiver, pinned, pinned_core, wait_for
+from .peers import DCMTK, Receiver, peak_rss_mb, pinned, pinned_core, wait_for
 
 STUDY_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
 
@@ -50,16 +50,25 @@ class Run:
 def measured(command: list[str], env: dict[str, str] | None = None, timeout: float = 1800,
              expect: str | None = None) -> Run:
     """Run a command (pinned if pinning is on) to its end; it must succeed, and print
-    ``expect`` if given. CPU and peak RSS come from the kernel's rusage of the child."""
+    ``expect`` if given. CPU comes from the kernel's rusage of the child; peak RSS from
+    its VmHWM, read every 10 ms while it runs: its ru_maxrss would not do, as Linux folds
+    the high-water mark of the memory it leaves at exec (after vfork: this process's)
+    into it."""
     with open(os.devnull, "rb") as null, _capture() as (out, err):
         started = time.perf_counter()
         proc = subprocess.Popen(pinned(command), stdin=null, stdout=out, stderr=err,
                                 env=env or dict(os.environ))
         timer = threading.Timer(timeout, lambda: os.kill(proc.pid, signal.SIGKILL))
         timer.start()
+        done = threading.Event()
+        peak = [0.0]
+        watcher = threading.Thread(target=_watch_hwm, args=(proc.pid, done, peak), daemon=True)
+        watcher.start()
         try:
             _, status, usage = os.wait4(proc.pid, 0)
         finally:
+            done.set()
+            watcher.join()
             timer.cancel()
             proc.returncode = os.waitstatus_to_exitcode(status)  # so Popen won't wait again
         seconds = time.perf_counter() - started
@@ -69,7 +78,19 @@ def measured(command: list[str], env: dict[str, str] | None = None, timeout: flo
     if proc.returncode != 0 or (expect and expect not in stdout):
         raise RuntimeError(f"{' '.join(command[:3])} ... failed ({proc.returncode}):\n"
                            f"{stdout[-1500:]}\n{stderr[-1500:]}")
-    return Run(seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, stdout)
+    return Run(seconds, usage.ru_utime + usage.ru_stime, peak[0], stdout)
+
+
+def _watch_hwm(pid: int, done: threading.Event, peak: list[float]) -> None:
+    """Keep the largest VmHWM of ``pid`` in ``peak[0]`` until ``done`` (or it exits)."""
+    while not done.is_set():
+        try:
+            value = peak_rss_mb(pid)
+        except OSError:
+            return
+        if value == value:  # a zombie has no VmHWM: nan
+            peak[0] = max(peak[0], value)
+        done.wait(0.01)
 
 
 @contextlib.contextmanager

@@ -1,6 +1,8 @@
 """Receivers for the benchmarks, each started on loopback with its own storage:
-the agent, DCMTK's storescp and Orthanc. Every one is a context manager that always
-stops what it started.
+the agent, DCMTK's storescp and dcmqrscp, Orthanc and a bare pynetdicom receiver. Every
+one is a context manager that always stops what it started. ``pin_to`` makes every
+command started from here (servers and clients) run under taskset on one core; the
+/proc readers give a process's CPU seconds and memory.
 """
 
 from __future__ import annotations
@@ -19,6 +21,24 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[2]
 DCMTK = Path("/usr/bin")  # pynetdicom's same-named scripts shadow DCMTK's on PATH
 ORTHANC = Path("/usr/sbin/Orthanc")
+TASKSET = Path("/usr/bin/taskset")
+TICKS = os.sysconf("SC_CLK_TCK")
+_pin: list[str] = []
+
+
+def pin_to(core: int | None) -> None:
+    """Run every command started through ``pinned`` on ``core`` (None: anywhere)."""
+    _pin[:] = [] if core is None else [str(TASKSET), "-c", str(core)]
+
+
+def pinned(command: list[str]) -> list[str]:
+    """``command`` behind taskset when pinning is on (taskset execs: the pid is kept)."""
+    return [*_pin, *command]
+
+
+def pinned_core() -> int | None:
+    """The core commands are pinned to, if any."""
+    return int(_pin[-1]) if _pin else None
 
 
 def free_port() -> int:
@@ -28,21 +48,40 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for(condition: Any, timeout: float, what: str) -> None:
+def wait_for(condition: Any, timeout: float, what: str, interval: float = 0.05) -> None:
     """Poll until ``condition()`` is true, or raise after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+        time.sleep(interval)
+
+
+def _status_mb(pid: int, field: str) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def peak_rss_mb(pid: int) -> float:
     """Peak resident memory (VmHWM) of a running process, in MB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    return _status_mb(pid, "VmHWM")
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory now (VmRSS), in MB."""
+    return _status_mb(pid, "VmRSS")
+
+
+def cpu_seconds(pid: int, children: bool = True) -> float:
+    """User plus system CPU time of a process, all its threads, and (by default) of its
+    children that it has waited for."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = int(fields[11]) + int(fields[12])
+    if children:
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks / TICKS
 
 
 class Receiver:
@@ -73,13 +112,33 @@ class Receiver:
         """How many instances it holds."""
         raise NotImplementedError
 
+    def new_ports(self) -> None:
+        """Pick fresh ports (after a start that failed, perhaps on a port taken since)."""
+        self.port = free_port()
+
     def __enter__(self) -> Receiver:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        log = (self.workdir / "log.txt").open("ab")
-        self.proc = subprocess.Popen(self.command(), stdout=log, stderr=log,
-                                     env=self.environment(), cwd=self.workdir)
-        wait_for(lambda: self.proc.poll() is None and self.ready(), 60, f"{self.name}")
-        return self
+        for attempt in range(3):
+            if attempt:
+                self.new_ports()
+            with (self.workdir / "log.txt").open("ab") as log:
+                self.proc = subprocess.Popen(pinned(self.command()), stdout=log, stderr=log,
+                                             env=self.environment(), cwd=self.workdir)
+            try:
+                wait_for(lambda: self.proc.poll() is not None or self.ready(), 60, self.name)
+            except BaseException:
+                self.__exit__()
+                raise
+            if self.proc.poll() is None:
+                return self
+        tail = (self.workdir / "log.txt").read_text(errors="replace")[-2000:]
+        raise RuntimeError(f"{self.name} exited at start ({self.proc.returncode}):\n{tail}")
+
+    @property
+    def pid(self) -> int:
+        """The receiver's process id (it is running)."""
+        assert self.proc is not None
+        return self.proc.pid
 
     def __exit__(self, *exc: object) -> None:
         if self.proc is None or self.proc.poll() is not None:
@@ -121,7 +180,8 @@ class EdgeAgent(Receiver):
             status = json.loads((self.workdir / "data/run/status.json").read_text())
         except (OSError, ValueError):
             return False
-        return bool(status.get("state") == "serving")
+        # a status.json left by an earlier run in the same directory must not count
+        return bool(status.get("state") == "serving") and super().ready()
 
     def count(self) -> int:
         return sum(1 for _ in (self.workdir / "data/archive").rglob("*.dcm"))
@@ -178,18 +238,95 @@ class Orthanc(Receiver):
         env["TCP_NODELAY"] = "1"
         return env
 
-    def rest(self, path: str, data: bytes | None = None) -> Any:
+    def new_ports(self) -> None:
+        super().new_ports()
+        self.http_port = free_port()
+
+    def rest(self, path: str, data: bytes | None = None, timeout: float = 60) -> Any:
         """GET (or POST ``data`` to) the REST API and decode the JSON answer."""
         request = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}", data=data)
-        with urllib.request.urlopen(request, timeout=60) as answer:
+        with urllib.request.urlopen(request, timeout=timeout) as answer:
             return json.loads(answer.read() or b"null")
 
     def ready(self) -> bool:
         try:
-            self.rest("/system")
+            self.rest("/system", timeout=2)
         except OSError:
             return False
         return super().ready()
 
     def count(self) -> int:
         return int(self.rest("/statistics")["CountInstances"])
+
+
+class BoxAgent(EdgeAgent):
+    """The agent with what the box adds: LEDs (mock pins) and a console (a pty)."""
+
+    name = "edge-agent, LEDs + console"
+
+    def __init__(self, workdir: Path) -> None:
+        self.master, slave = os.openpty()
+        self.slave = slave
+        console = f'\n[leds]\nheartbeat = 17\nlink = 27\nactivity = 22\nfault = 23\n' \
+                  f'\n[console]\ndevice = "{os.ttyname(slave)}"\n'
+        super().__init__(workdir, peers=console)
+
+    def environment(self) -> dict[str, str]:
+        env = super().environment()
+        env["GPIOZERO_PIN_FACTORY"] = "mock"
+        return env
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            super().__exit__(*exc)
+        finally:
+            os.close(self.master)
+            os.close(self.slave)
+
+
+class BareSCP(Receiver):
+    """A bare pynetdicom receiver that fsyncs each file: ``bench/bare_scp.py``."""
+
+    name = "pynetdicom + fsync"
+    ae_title = "BARE"
+
+    def command(self) -> list[str]:
+        return [sys.executable, str(Path(__file__).with_name("bare_scp.py")), str(self.port),
+                str(self.workdir / "out")]
+
+    def count(self) -> int:
+        return sum(1 for _ in (self.workdir / "out").iterdir())
+
+
+class Dcmqrscp(Receiver):
+    """DCMTK's query/retrieve SCP (AE QR) over its own database, which accepts stores and
+    keeps at most 500 studies of 1 GB (DCMTK's own limits);
+    ``destinations`` are the AEs it may C-MOVE to, as {AE: port} on loopback."""
+
+    name = "dcmqrscp"
+    ae_title = "QR"
+
+    def __init__(self, workdir: Path, destinations: dict[str, int] | None = None) -> None:
+        super().__init__(workdir)
+        self.destinations = destinations or {}
+
+    def command(self) -> list[str]:
+        storage = self.workdir / "db"
+        storage.mkdir(exist_ok=True)
+        hosts = "".join(f"{ae} = ({ae}, 127.0.0.1, {port})\n"
+                        for ae, port in self.destinations.items())
+        config = self.workdir / "dcmqrscp.cfg"
+        config.write_text(
+            f"NetworkTCPPort = {self.port}\nMaxPDUSize = 16384\nMaxAssociations = 16\n"
+            f"HostTable BEGIN\n{hosts}HostTable END\nVendorTable BEGIN\nVendorTable END\n"
+            f"AETable BEGIN\nQR {storage} RW (500, 1024mb) ANY\nAETable END\n"
+        )
+        return [str(DCMTK / "dcmqrscp"), "-c", str(config)]
+
+    def environment(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["TCP_NODELAY"] = "1"
+        return env
+
+    def count(self) -> int:
+        return sum(1 for p in (self.workdir / "db").iterdir() if p.name != "index.dat")

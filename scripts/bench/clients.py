@@ -21,7 +21,7 @@ from typing import IO
 from pydicom.dataset import Dataset
 from pynetdicom import AE, build_context, evt
 
-from agent.net.sockets import on_connection_open
+from agent.net.engine.transport import on_connection_open
 
 from .peers import DCMTK, Receiver, peak_rss_mb, pinned, pinned_core, wait_for
 

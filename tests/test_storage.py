@@ -237,3 +237,14 @@ def test_a_sender_aborting_mid_data_set_leaves_nothing_behind(agent: Agent, tmp_
     assert archived_files(data_dir) == []
     assert agent.archive.counts().instances == 0  # type: ignore[union-attr]
     assert agent.status.snapshot().received == 0
+
+
+@pytest.mark.parametrize("stored", ["../etc/passwd", "/etc/passwd", "archive/../../x", ""])
+def test_an_indexed_path_that_would_leave_the_archive_is_refused(tmp_path: Path,
+                                                                  stored: str) -> None:
+    from agent.archive.layout import Layout
+
+    with pytest.raises(ValueError, match="leaves the archive"):
+        Layout(tmp_path).absolute(stored)
+    assert Layout(tmp_path).absolute("archive/1.2/3.4/5.6.dcm") == (
+        tmp_path.resolve() / "archive" / "1.2" / "3.4" / "5.6.dcm")

@@ -265,4 +265,5 @@ class EventDrivenDUL(DULServiceProvider):
         self.assoc.is_established = False
         self.assoc._kill = True
         self._kill_thread = True
-        self.to_user_queue.put(None)  # an acceptor waiting for the request stops waiting
+        waiting: Any = self.to_user_queue  # None is read there as "no request came"
+        waiting.put(None)  # so an acceptor waiting for the request stops waiting

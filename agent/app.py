@@ -23,7 +23,7 @@ from agent.field.console import SerialConsole, start_console
 from agent.field.leds import StatusLeds
 from agent.field.systemd import Notifier
 from agent.forward import retention
-from agent.forward.forwarder import Forwarder
+from agent.forward.process import ForwardingProcess
 from agent.net import configure_pynetdicom, peerlog
 from agent.net.scp import DicomServer
 from agent.status import Snapshot, State, StatusModel, publish
@@ -90,7 +90,7 @@ class Agent:
         self._lock = DataDirLock(self.layout.run_dir)
         self.archive: Archive | None = None
         self.server: DicomServer | None = None
-        self.forwarder: Forwarder | None = None
+        self.forwarder: ForwardingProcess | None = None
         self.leds: StatusLeds | None = None
         self._stop = threading.Event()
         self._housekeeper: threading.Thread | None = None
@@ -112,7 +112,7 @@ class Agent:
             )
         floor = self.config.agent.min_free_mb * 1048576
         self.archive = Archive(self.layout.root, min_free_bytes=floor)
-        self.forwarder = Forwarder(self.config, self.archive, self.status)
+        self.forwarder = ForwardingProcess(self.config, self.archive, self.status)
         found = recover(self.archive)
         log.info("archive ready: %s", found)
         self.server = DicomServer(self.config, self.archive, self.status)
@@ -230,6 +230,9 @@ class Agent:
         """Why the agent does not work (None: the listener serves and the index answers)."""
         if self.server is None or not self.server.serving():
             return "the DICOM listener is not serving"
+        trouble = self.forwarder.trouble() if self.forwarder is not None else None
+        if trouble is not None:
+            return trouble
         if self.archive is not None:
             try:
                 with self.archive.index.reading() as conn:

@@ -73,6 +73,7 @@ class Snapshot:
     below_floor: bool = False
     last_error: str | None = None
     destinations: tuple[Destination, ...] = ()
+    forwarder_pid: int | None = None  # the forwarding process, while one runs
     version: int = 0
 
     def summary(self) -> str:
@@ -185,6 +186,10 @@ class StatusModel:
             return {}
 
         self._apply(change)
+
+    def forwarding_process(self, pid: int | None) -> None:
+        """The forwarding process started (its pid) or ended (None)."""
+        self._apply(lambda s: {"forwarder_pid": pid} if s.forwarder_pid != pid else {})
 
     def forwarded(self, name: str) -> None:
         """An instance reached ``name``."""

@@ -19,8 +19,9 @@ while it receives one 1 GB instance).
 
 Each line gives the agent's figure, a reference's, the ratio and, where the issue sets
 one, the target and whether it is met; the agent's CPU seconds (utime+stime from
-/proc/PID/stat over the measured work, waited-for children included; for the retrieve
-CLI, its rusage) and peak RSS (VmHWM; for the CLI, polled while it runs). Times are medians of
+/proc/PID/stat over the measured work, its forwarding process included; for the retrieve
+CLI, its rusage) and peak RSS (VmHWM, summed over the agent's processes; for the CLI, polled
+while it runs). Times are medians of
 --repeat rounds, the receivers interleaved within each round, each on a fresh receiver.
 
 --modes small-box pins every server and client (DCMTK tools, Orthanc, the agent and its

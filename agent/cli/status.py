@@ -97,6 +97,8 @@ def execute(
         f"          {agent['received']} received this run, {agent['refused']} refused, "
         f"{agent['associations']} associations open"
     )
+    if agent.get("forwarder_pid"):
+        print(f"forward   sent by the forwarding process (pid {agent['forwarder_pid']})")
     for destination in agent.get("destinations", []):
         print(
             f"forward   {destination['name']}: {destination['pending']} pending, "

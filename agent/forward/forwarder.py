@@ -1,35 +1,38 @@
-"""The forwarder: one sender per destination, woken when an instance is queued."""
+"""The forwarder: one sender per destination, woken when an instance is queued.
+
+It runs in the forwarding process (``agent.forward.worker``), which feeds it the wake-ups
+and queue depths the agent's process sees, and carries its events back to the status model.
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
 
 from agent.archive import Archive
 from agent.config import Config
-from agent.forward import queue, retention
-from agent.forward.rules import router_for
-from agent.forward.sender import Sender
-from agent.status import StatusModel
+from agent.forward.sender import ForwardEvents, Sender
 
 log = logging.getLogger(__name__)
 
+STOP_WITHIN = 10.0  # seconds for every sender to finish the instance in flight
+
 
 class Forwarder:
-    """Owns the senders; the archive calls ``wake`` after each queued instance."""
+    """Owns the senders: one per configured destination, and one per peer with jobs."""
 
-    def __init__(self, config: Config, archive: Archive, status: StatusModel) -> None:
+    def __init__(self, config: Config, archive: Archive, events: ForwardEvents) -> None:
         self.config = config
         self.archive = archive
-        self.status = status
-        self._senders_lock = threading.Lock()  # housekeeping adopts, a reload reconfigures
-        self.senders = {
-            name: Sender(config.peers[name], config, archive, status)
-            for name in sorted(config.forward.destinations)
-        }
-        archive.router = router_for(config.forward, config.peers)
-        archive.on_queued = self.wake
+        self.events = events
+        self._senders_lock = threading.Lock()  # adopt and reconfigure come from one thread,
+        # close from another
+        self.senders = {name: self._sender(name) for name in sorted(config.forward.destinations)}
+
+    def _sender(self, name: str) -> Sender:
+        return Sender(self.config.peers[name], self.config, self.archive, self.events)
 
     def start(self) -> None:
         """Start every sender (each drains what an earlier run left queued)."""
@@ -38,6 +41,11 @@ class Forwarder:
         if self.senders:
             log.info("forwarding to %s", ", ".join(self.senders))
 
+    def names(self) -> tuple[str, ...]:
+        """The destinations a sender runs for."""
+        with self._senders_lock:
+            return tuple(sorted(self.senders))
+
     def wake(self, destinations: Sequence[str]) -> None:
         """New jobs for these destinations."""
         for name in destinations:
@@ -45,34 +53,24 @@ class Forwarder:
             if sender is not None:
                 sender.wake()
 
-    def refresh_status(self) -> None:
-        """Publish queue depth per destination; start senders for newly queued peers."""
-        with self.archive.index.reading() as conn:
-            depth = queue.depth(conn)
-        self._adopt(depth)
-        if self.senders:
-            self.status.queue_depth(depth, tuple(self.senders))
-
-    def _adopt(self, depth: dict[str, dict[str, int]]) -> None:
+    def adopt(self, depth: Mapping[str, Mapping[str, int]]) -> None:
         """A sender for every configured peer with jobs (``retrieve --send-to`` queues some)."""
         with self._senders_lock:
             for name, counts in depth.items():
                 waiting = counts.get("pending", 0) + counts.get("retrying", 0)
                 if name in self.senders or name not in self.config.peers or not waiting:
                     continue
-                sender = Sender(self.config.peers[name], self.config, self.archive, self.status)
-                self.senders[name] = sender
-                sender.start()
+                self.senders[name] = self._sender(name)
+                self.senders[name].start()
                 log.info("forwarding to %s (jobs were queued for it)", name)
 
     def reconfigure(self, config: Config) -> None:
-        """Route and deliver by a reloaded configuration; start senders for new destinations.
+        """Deliver by a reloaded configuration; start senders for new destinations.
 
         A sender whose peer left the configuration stops; its jobs stay queued.
         """
         with self._senders_lock:
             self.config = config
-            self.archive.router = router_for(config.forward, config.peers)
             for name in sorted(self.senders):
                 if name not in config.peers:
                     self.senders.pop(name).close()
@@ -80,18 +78,16 @@ class Forwarder:
             for name, sender in self.senders.items():
                 sender.peer, sender.config = config.peers[name], config
             for name in sorted(set(config.forward.destinations) - set(self.senders)):
-                self.senders[name] = Sender(config.peers[name], config, self.archive, self.status)
+                self.senders[name] = self._sender(name)
                 self.senders[name].start()
                 log.info("forwarding to %s (added by a reload)", name)
 
-    def sweep(self) -> int:
-        """Apply retention (only where forwarding is configured)."""
-        if not self.senders:
-            return 0
-        return retention.sweep(self.archive, self.config.forward)
-
-    def close(self) -> None:
-        """Stop every sender."""
+    def close(self, timeout: float = STOP_WITHIN) -> None:
+        """Stop every sender at once, then wait for them within one deadline."""
         with self._senders_lock:
             for sender in self.senders.values():
-                sender.close()
+                sender.stop()
+            deadline = time.monotonic() + timeout
+            for name, sender in self.senders.items():
+                if not sender.join(max(0.0, deadline - time.monotonic())):
+                    log.error("the sender to %s did not stop within %.0f s", name, timeout)

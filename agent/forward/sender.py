@@ -14,7 +14,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from agent.archive import Archive
 from agent.archive.index import connect
@@ -25,7 +25,6 @@ from agent.forward.policy import Outcome, classify_status, gives_up, retry_delay
 from agent.net.contexts import sending_contexts
 from agent.net.scu import Target, associate, new_ae
 from agent.net.stored import sendable
-from agent.status import StatusModel
 
 log = logging.getLogger(__name__)
 
@@ -35,14 +34,24 @@ LINGER = 2.0  # seconds an idle association waits for more instances before rele
 IDLE_WAIT = 5.0  # also how soon 'edge-agent queue retry' takes effect
 
 
+class ForwardEvents(Protocol):
+    """Where a sender reports each delivery: the status model, or the link to it."""
+
+    def forwarded(self, name: str) -> None:
+        """An instance reached ``name``."""
+
+    def forward_failed(self, name: str, error: str) -> None:
+        """An attempt to deliver to ``name`` failed."""
+
+
 class Sender:
     """Delivers the queue of one destination peer."""
 
-    def __init__(self, peer: Peer, config: Config, archive: Archive, status: StatusModel) -> None:
+    def __init__(self, peer: Peer, config: Config, archive: Archive, events: ForwardEvents) -> None:
         self.peer = peer
         self.config = config
         self.archive = archive
-        self.status = status
+        self.events = events
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._rng = random.Random()
@@ -56,11 +65,21 @@ class Sender:
         """New jobs were queued: look now rather than at the next timeout."""
         self._wake.set()
 
-    def close(self, timeout: float = 10.0) -> None:
-        """Stop after the instance in flight; jobs not marked done are simply resent later."""
+    def stop(self) -> None:
+        """Ask to stop after the instance in flight; jobs not marked done are resent later."""
         self._stop.set()
         self._wake.set()
+
+    def join(self, timeout: float) -> bool:
+        """Wait for the thread to end; False if it is still running."""
         self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop and wait, saying so if the thread does not end in time."""
+        self.stop()
+        if not self.join(timeout):
+            log.error("the sender to %s did not stop within %.0f s", self.peer.name, timeout)
 
     def _run(self) -> None:
         conn = connect(self.archive.layout.index_path, readonly=True)
@@ -158,6 +177,6 @@ class Sender:
         if outcome is Outcome.DELIVERED_WITH_WARNING:
             log.warning("forwarded to %s with a warning: %s", self.peer.name, detail)
         if outcome in (Outcome.DELIVERED, Outcome.DELIVERED_WITH_WARNING):
-            self.status.forwarded(self.peer.name)
+            self.events.forwarded(self.peer.name)
         else:
-            self.status.forward_failed(self.peer.name, f"{outcome.value}: {detail}")
+            self.events.forward_failed(self.peer.name, f"{outcome.value}: {detail}")

@@ -57,30 +57,53 @@ def wait_for(condition: Any, timeout: float, what: str, interval: float = 0.05) 
         time.sleep(interval)
 
 
+def process_tree(pid: int) -> list[int]:
+    """A process and its live descendants (the agent's forwarding process, for one)."""
+    found = [pid]
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            children = task.read_text().split()
+        except OSError:
+            continue
+        for child in children:
+            found += process_tree(int(child))
+    return found
+
+
 def _status_mb(pid: int, field: str) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    """One /proc status field in MB, summed over the process tree."""
+    total = 0
+    for member in process_tree(pid):
+        try:
+            lines = Path(f"/proc/{member}/status").read_text().splitlines()
+        except OSError:
+            continue
+        total += sum(int(line.split()[1]) for line in lines if line.startswith(field + ":"))
+    return total / 1024 if total else float("nan")
 
 
 def peak_rss_mb(pid: int) -> float:
-    """Peak resident memory (VmHWM) of a running process, in MB."""
+    """Peak resident memory (VmHWM) of a running process and its children, in MB."""
     return _status_mb(pid, "VmHWM")
 
 
 def rss_mb(pid: int) -> float:
-    """Resident memory now (VmRSS), in MB."""
+    """Resident memory now (VmRSS), in MB, children included."""
     return _status_mb(pid, "VmRSS")
 
 
 def cpu_seconds(pid: int, children: bool = True) -> float:
     """User plus system CPU time of a process, all its threads, and (by default) of its
-    children that it has waited for."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = int(fields[11]) + int(fields[12])
-    if children:
-        ticks += int(fields[13]) + int(fields[14])
+    children: live ones, and those it has waited for."""
+    ticks = 0
+    for member in process_tree(pid) if children else [pid]:
+        try:
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])
+        if children:
+            ticks += int(fields[13]) + int(fields[14])
     return ticks / TICKS
 
 

@@ -1,0 +1,249 @@
+"""The agent's side of forwarding: routes each stored instance into the queue, and runs
+the senders in a process of their own (``agent.forward.worker``) while there is
+somewhere to forward to.
+
+Why a process: receiving and forwarding in one interpreter take turns at its lock, so
+through the agent 500 instances reached the PACS in 2.1x the time they take straight
+(the agent at one core's worth of CPU); with the senders on their own core the two
+pipelines overlap. The queue is the archive's SQLite table either way: the process
+boundary adds a pipe for wake-ups and events, nothing that could lose a job.
+
+A forwarding process that dies or stops answering is replaced on the next housekeeping
+tick; jobs it had not marked done are simply sent again.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+from agent.archive import Archive
+from agent.config import Config
+from agent.forward import queue, retention, worker
+from agent.forward.forwarder import STOP_WITHIN
+from agent.forward.rules import router_for
+from agent.status import STUCK_AFTER, StatusModel
+
+log = logging.getLogger(__name__)
+
+_SPAWN = multiprocessing.get_context("spawn")  # never fork a process that runs threads
+RESPAWN_GAP = 5.0  # seconds between starts, so a process that cannot run does not spin
+
+
+class ForwardingProcess:
+    """Starts, feeds, watches and stops the forwarding process; the archive calls ``wake``."""
+
+    def __init__(self, config: Config, archive: Archive, status: StatusModel) -> None:
+        self.config = config
+        self.archive = archive
+        self.status = status
+        self.senders: tuple[str, ...] = ()  # as the forwarding process last reported them
+        self._child: _Child | None = None
+        self._spawned = -RESPAWN_GAP  # monotonic time of the last start
+        self._down_since: float | None = None  # lost, and no process has answered since
+        archive.router = router_for(config.forward, config.peers)
+        archive.on_queued = self.wake
+
+    def start(self) -> None:
+        """Start the forwarding process if any destination is configured."""
+        if self.config.forward.destinations:
+            self._spawn()
+
+    def running(self) -> bool:
+        """A forwarding process runs."""
+        return self._child is not None and self._child.alive()
+
+    def pid(self) -> int | None:
+        """The forwarding process's pid, while one runs."""
+        return self._child.process.pid if self._child is not None else None
+
+    def wake(self, destinations: Sequence[str]) -> None:
+        """New jobs for these destinations (never blocks: called while receiving)."""
+        child = self._child
+        if child is not None:
+            child.wake(destinations)
+
+    def refresh_status(self) -> None:
+        """Publish queue depth per destination; keep the forwarding process alive and fed."""
+        with self.archive.index.reading() as conn:
+            depth = queue.depth(conn)
+        self._keep_alive(depth)
+        if self._child is not None:
+            self._child.post("tick", depth)
+        names = tuple(sorted(set(self.senders) | set(self.config.forward.destinations)))
+        if names:
+            self.status.queue_depth(depth, names)
+
+    def _keep_alive(self, depth: dict[str, dict[str, int]]) -> None:
+        """Replace a process that died or stopped answering; start one when jobs appear."""
+        child = self._child
+        if child is not None and not child.alive():
+            self._lost(child, f"ended (exit code {child.process.exitcode})")
+        elif child is not None and child.silent_for() > STUCK_AFTER:
+            child.kill()
+            self._lost(child, f"did not answer for {STUCK_AFTER:.0f} s and was killed")
+        needed = self.config.forward.destinations or _waiting(depth, self.config)
+        if self._child is None and needed and time.monotonic() - self._spawned > RESPAWN_GAP:
+            self._spawn()
+
+    def _lost(self, child: _Child, how: str) -> None:
+        log.error("the forwarding process %s; starting another", how)
+        self.status.error(f"the forwarding process {how}")
+        self.status.forwarding_process(None)
+        self._child = None
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+
+    def trouble(self) -> str | None:
+        """Why forwarding does not run although it should (for the watchdog), or None."""
+        if self._down_since is not None and time.monotonic() - self._down_since > STUCK_AFTER:
+            return "the forwarding process keeps failing"
+        return None
+
+    def reconfigure(self, config: Config) -> None:
+        """Route and deliver by a reloaded configuration."""
+        self.config = config
+        self.archive.router = router_for(config.forward, config.peers)
+        if self._child is not None:
+            self._child.post("config", config)
+        elif config.forward.destinations:
+            self._spawn()
+
+    def sweep(self) -> int:
+        """Apply retention (only where forwarding happens)."""
+        if not self.config.forward.destinations and not self.senders:
+            return 0
+        return retention.sweep(self.archive, self.config.forward)
+
+    def close(self) -> None:
+        """Stop the forwarding process in order; kill it if it does not stop in time."""
+        child, self._child = self._child, None
+        if child is not None:
+            child.stop(STOP_WITHIN + 5.0)
+            self.status.forwarding_process(None)
+
+    def _spawn(self) -> None:
+        self._spawned = time.monotonic()
+        self._child = _Child(self, self.config)
+        self.status.forwarding_process(self._child.process.pid)
+
+    def on_message(self, kind: str, body: list[Any]) -> None:
+        """What the forwarding process reports, applied to the one status model."""
+        if kind == "forwarded":
+            self.status.forwarded(body[0])
+        elif kind == "failed":
+            self.status.forward_failed(body[0], body[1])
+        elif kind == "alive":
+            self.senders = tuple(body[0])
+            self._down_since = None
+        elif kind == "log":
+            logging.getLogger().handle(logging.makeLogRecord(body[0]))
+
+
+def _waiting(depth: dict[str, dict[str, int]], config: Config) -> bool:
+    """Jobs wait for a configured peer (``retrieve --send-to`` queues some)."""
+    return any(
+        name in config.peers and counts.get("pending", 0) + counts.get("retrying", 0)
+        for name, counts in depth.items()
+    )
+
+
+class _Child:
+    """One forwarding process and the two threads that carry its pipe."""
+
+    def __init__(self, owner: ForwardingProcess, config: Config) -> None:
+        self.owner = owner
+        self._cond = threading.Condition()
+        self._woken: set[str] = set()
+        self._outgoing: deque[tuple[Any, ...]] = deque()
+        self._heard = time.monotonic()
+        conn, theirs = _SPAWN.Pipe(duplex=True)
+        level = logging.getLogger().getEffectiveLevel()
+        self.process: BaseProcess = _SPAWN.Process(
+            target=worker.serve,
+            args=(theirs, config, owner.archive.layout.root, level),
+            name="edge-agent-forward",
+            daemon=True,
+        )
+        self.process.start()
+        theirs.close()
+        self.conn: Connection = conn
+        self._writer = threading.Thread(target=self._write, name="forward-link-out", daemon=True)
+        self._reader = threading.Thread(target=self._read, name="forward-link-in", daemon=True)
+        self._writer.start()
+        self._reader.start()
+        log.info("forwarding process started (pid %s)", self.process.pid)
+
+    def alive(self) -> bool:
+        """The process runs."""
+        return self.process.is_alive()
+
+    def silent_for(self) -> float:
+        """Seconds since the process last said anything."""
+        return time.monotonic() - self._heard
+
+    def wake(self, destinations: Sequence[str]) -> None:
+        """Coalesce wake-ups: one message carries every destination woken meanwhile."""
+        with self._cond:
+            self._woken.update(destinations)
+            self._cond.notify()
+
+    def post(self, *message: Any) -> None:
+        """Queue a message for the process, in order."""
+        with self._cond:
+            self._outgoing.append(message)
+            self._cond.notify()
+
+    def stop(self, timeout: float) -> None:
+        """Ask the process to stop, wait, and kill it if it overstays."""
+        self.post("stop")
+        self.process.join(timeout)
+        if self.process.is_alive():
+            log.error("the forwarding process did not stop within %.0f s; killing it", timeout)
+            self.kill()
+        self._reader.join(2.0)
+        self.conn.close()
+
+    def kill(self) -> None:
+        """End the process now (its undelivered jobs stay queued)."""
+        self.process.kill()
+        self.process.join(5.0)
+
+    def _write(self) -> None:
+        """Carry queued messages to the process; only this thread can block on the pipe."""
+        while True:
+            with self._cond:
+                while not self._woken and not self._outgoing:
+                    self._cond.wait()
+                woken, self._woken = self._woken, set()
+                batch = list(self._outgoing)
+                self._outgoing.clear()
+            try:
+                if woken:
+                    self.conn.send(("wake", sorted(woken)))
+                for message in batch:
+                    self.conn.send(message)
+            except (OSError, ValueError):
+                return  # the process is gone: the next tick replaces it
+            if any(message[0] == "stop" for message in batch):
+                return
+
+    def _read(self) -> None:
+        """Apply what the process reports until its end of the pipe closes."""
+        while True:
+            try:
+                kind, *body = self.conn.recv()
+            except (EOFError, OSError, ValueError):
+                return
+            self._heard = time.monotonic()
+            try:
+                self.owner.on_message(kind, body)
+            except Exception:  # a bad message must not end the link
+                log.exception("could not apply a message from the forwarding process")

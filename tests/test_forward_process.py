@@ -1,0 +1,138 @@
+"""The forwarding process: started when there is somewhere to forward, replaced when it
+dies or hangs, stopped with the agent, and reporting through the agent's status and log."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+from pathlib import Path
+
+import dicomgen
+import pytest
+from bench.peers import Orthanc
+
+from agent import config as config_module
+from agent.app import Agent
+from agent.forward import process as forward_process
+from agent.forward.queue import send_again
+from tests import scu
+from tests.support import AgentProcess, free_port, peer, wait_until, write_config
+from tests.test_forward import forward_config, jobs, orthanc  # noqa: F401 (a fixture)
+
+
+def alive(pid: int) -> bool:
+    """The process exists and is not a zombie."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def child_pid(agent: Agent) -> int:
+    assert agent.forwarder is not None
+    pid = agent.forwarder.pid()
+    assert pid is not None and pid != os.getpid()
+    return pid
+
+
+def test_no_destination_no_process(tmp_path: Path) -> None:
+    path = write_config(tmp_path / "agent.toml",
+                        {"port": 0, "data_dir": str(tmp_path / "data")}, {})
+    with Agent(config_module.load_file(path), hardware=False) as agent:
+        assert agent.forwarder is not None and agent.forwarder.pid() is None
+        assert agent.status.snapshot().forwarder_pid is None
+
+
+def test_the_process_reports_into_the_agents_status_and_log(
+        orthanc: Orthanc, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    config = config_module.load_file(forward_config(
+        tmp_path, {"PACS": ("ORTHANC", orthanc.port)}, ["PACS"]))
+    sent = dicomgen.write_series(tmp_path / "study", 10, size=32)
+    with Agent(config, hardware=False) as agent:
+        pid = child_pid(agent)
+        assert agent.status.snapshot().forwarder_pid == pid
+        assert scu.store(config.agent.port, sent) == [0] * 10
+        wait_until(lambda: agent.status.snapshot().forwarded == 10, 60, "10 forwarded")
+        wait_until(lambda: any(r.process == pid and "forwarding to PACS" in r.getMessage()
+                               for r in caplog.records), 10, "the process's log line")
+    assert orthanc.count() == 10
+    assert not alive(pid)
+
+
+def test_a_killed_process_is_replaced_and_nothing_is_lost(orthanc: Orthanc,
+                                                          tmp_path: Path) -> None:
+    config = config_module.load_file(forward_config(
+        tmp_path, {"PACS": ("ORTHANC", orthanc.port)}, ["PACS"]))
+    first = dicomgen.write_series(tmp_path / "first", 10, size=32)
+    second = dicomgen.write_series(tmp_path / "second", 10, size=32)
+    with Agent(config, hardware=False) as agent:
+        assert scu.store(config.agent.port, first) == [0] * 10
+        wait_until(lambda: orthanc.count() == 10, 60, "the first 10 at the PACS")
+        killed = child_pid(agent)
+        os.kill(killed, signal.SIGKILL)
+        assert scu.store(config.agent.port, second) == [0] * 10  # queued while it is down
+        wait_until(lambda: orthanc.count() == 20, 60, "the second 10 at the PACS")
+        assert child_pid(agent) != killed
+        assert "forwarding process ended" in str(agent.status.snapshot().last_error)
+    assert set(jobs(tmp_path / "data").values()) == {"done"}
+
+
+def test_a_hung_process_is_killed_and_replaced(orthanc: Orthanc, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(forward_process, "STUCK_AFTER", 2.0)
+    monkeypatch.setattr(forward_process, "RESPAWN_GAP", 0.0)
+    config = config_module.load_file(forward_config(
+        tmp_path, {"PACS": ("ORTHANC", orthanc.port)}, ["PACS"]))
+    sent = dicomgen.write_series(tmp_path / "study", 10, size=32)
+    with Agent(config, hardware=False) as agent:
+        hung = child_pid(agent)
+        os.kill(hung, signal.SIGSTOP)
+        assert scu.store(config.agent.port, sent) == [0] * 10
+        wait_until(lambda: orthanc.count() == 10, 60, "the PACS to get everything")
+        assert not alive(hung)
+        assert "did not answer" in str(agent.status.snapshot().last_error)
+
+
+def test_sigterm_stops_the_agent_and_a_busy_forwarding_process(tmp_path: Path) -> None:
+    dead = {"DEAD": ("DEAD", free_port()), "GONE": ("GONE", free_port())}
+    config_file = forward_config(tmp_path, dead, ["DEAD", "GONE"])
+    port = config_module.load_file(config_file).agent.port
+    agent = AgentProcess(config_file, tmp_path / "data")
+    status = tmp_path / "data" / "run" / "status.json"
+    try:
+        agent.start()
+        assert scu.store(port, dicomgen.write_series(tmp_path / "study", 20, size=32)) == [0] * 20
+        wait_until(lambda: set(jobs(tmp_path / "data").values()) == {"retrying"}, 30,
+                   "both senders retrying")
+        pid = json.loads(status.read_text())["forwarder_pid"]
+        assert pid and alive(pid)
+    finally:
+        code = agent.stop()
+    assert code == 0
+    wait_until(lambda: not alive(pid), 10, "the forwarding process to be gone")
+    final = json.loads(status.read_text())
+    assert final["state"] == "stopped" and final["forwarder_pid"] is None
+    assert "did not stop" not in agent.log.read_text()
+
+
+def test_jobs_for_a_peer_that_is_no_destination_start_the_process(
+        orthanc: Orthanc, tmp_path: Path) -> None:
+    peers = {"CT": peer("MODALITY", allow=("store",)),
+             "PACS": peer("ORTHANC", orthanc.port, allow=("echo",))}
+    path = write_config(tmp_path / "agent.toml",
+                        {"port": free_port(), "bind": "127.0.0.1",
+                         "data_dir": str(tmp_path / "data"), "min_free_mb": 0}, peers)
+    config = config_module.load_file(path)
+    sent = dicomgen.write_series(tmp_path / "study", 5, size=32)
+    with Agent(config, hardware=False) as agent:
+        assert scu.store(config.agent.port, sent) == [0] * 5
+        assert agent.forwarder is not None and agent.forwarder.pid() is None
+        assert agent.archive is not None
+        with agent.archive.index.transaction() as conn:  # what `retrieve --send-to` does
+            uids = [row[0] for row in conn.execute("SELECT SOPInstanceUID FROM instances")]
+            send_again(conn, uids, "PACS", 0.0)
+        wait_until(lambda: orthanc.count() == 5, 60, "the queued jobs at the PACS")

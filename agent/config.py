@@ -150,8 +150,13 @@ def _parse_agent(table: Mapping[str, Any], base_dir: Path) -> AgentSettings:
             v.get(table, "agent.network_timeout", (int, float), d.network_timeout, v.positive)
         ),
         handshake_timeout=float(
-            v.get(table, "agent.handshake_timeout", (int, float), d.handshake_timeout,
-                  v.between(0.5, 120))
+            v.get(
+                table,
+                "agent.handshake_timeout",
+                (int, float),
+                d.handshake_timeout,
+                v.between(0.5, 120),
+            )
         ),
         max_associations=v.get(
             table, "agent.max_associations", int, d.max_associations, v.at_least(1)

@@ -72,9 +72,14 @@ def pull(
     with landing(config, agent, serve=method == "move") as land:
         if method == "get":
             result = retrieve(
-                config, target, request, method="get", on_store=_keeper(land, target),
+                config,
+                target,
+                request,
+                method="get",
+                on_store=_keeper(land, target),
                 storage_classes=storage_classes(config, target, request, timeout),
-                on_progress=on_progress, timeout=timeout,
+                on_progress=on_progress,
+                timeout=timeout,
             )
         else:
             result = retrieve(

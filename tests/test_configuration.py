@@ -68,6 +68,8 @@ def test_a_good_file_parses_into_settings_and_peers(tmp_path: Path) -> None:
     ("agent.handshake_timeout", 0, "agent.handshake_timeout", "between 0.5 and 120"),
     ("agent.handshake_timeout", "5", "agent.handshake_timeout", "must be an integer or a number"),
     ("agent.log_level", "loud", "agent.log_level", "must be one of"),
+    ("forward.associations", 0, "forward.associations", "between 1 and 8"),
+    ("forward.associations", 9, "forward.associations", "between 1 and 8"),
     ("peers.bad name", {"ae_title": "X", "host": "h", "port": 1}, "peers.bad name", "peer name"),
 ])
 def test_a_bad_value_names_its_key(path: str, value: object, key: str, words: str) -> None:

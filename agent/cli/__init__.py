@@ -17,7 +17,15 @@ from agent.cli.common import fail, setup_logging
 from agent.errors import AgentError, ConfigError, UsageError
 
 COMMANDS: tuple[ModuleType, ...] = (
-    run, check_config, echo, status, reindex, queue, find, retrieve, leds
+    run,
+    check_config,
+    echo,
+    status,
+    reindex,
+    queue,
+    find,
+    retrieve,
+    leds,
 )
 EXIT_FAILED = 1
 EXIT_CONFIG = 2

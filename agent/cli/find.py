@@ -29,7 +29,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """PEER, model, level, keys, output."""
     add_common(parser)
     parser.add_argument(
-        "-L", "--level", type=str.upper, choices=[level.value for level in Level],
+        "-L",
+        "--level",
+        type=str.upper,
+        choices=[level.value for level in Level],
         help="query level (default PATIENT with -P, else STUDY)",
     )
     parser.add_argument("--json", action="store_true", help="print the DICOM JSON model")

@@ -24,12 +24,20 @@ def add_common(parser: argparse.ArgumentParser) -> None:
     ):
         models.add_argument(flag, dest="model", action="store_const", const=model, help=words)
     parser.add_argument(
-        "-k", "--key", dest="keys", action="append", default=[], metavar="KEY[=VALUE]",
+        "-k",
+        "--key",
+        dest="keys",
+        action="append",
+        default=[],
+        metavar="KEY[=VALUE]",
         help="a key as DCMTK writes it: PatientName=DOE*, StudyDate=20260101-, "
         "(0010,0020)=123; no value asks for the key back",
     )
     parser.add_argument(
-        "--timeout", type=_seconds, default=30.0, metavar="SECONDS",
+        "--timeout",
+        type=_seconds,
+        default=30.0,
+        metavar="SECONDS",
         help="give up on a peer that does not answer within this long (default %(default)g)",
     )
 

@@ -33,15 +33,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     methods = parser.add_mutually_exclusive_group()
     methods.add_argument(
-        "--move", dest="method", action="store_const", const="move",
+        "--move",
+        dest="method",
+        action="store_const",
+        const="move",
         help="C-MOVE to this agent's own Storage SCP (the default; the peer must know us)",
     )
     methods.add_argument(
-        "--get", dest="method", action="store_const", const="get",
+        "--get",
+        dest="method",
+        action="store_const",
+        const="get",
         help="C-GET: the images come back on the same association",
     )
     parser.add_argument(
-        "--send-to", metavar="PEER",
+        "--send-to",
+        metavar="PEER",
         help="then queue what arrived for this peer (the modality, say)",
     )
 
@@ -60,14 +67,21 @@ def execute(
     progress_to: TextIO | None = None,
 ) -> int:
     """The command's work, printing to ``out`` (the CLI's stdout or the serial console)."""
-    request = RetrieveRequest(args.model or Model.STUDY_ROOT, parse_keys(args.keys),
-                              tuple(args.series))
+    request = RetrieveRequest(
+        args.model or Model.STUDY_ROOT, parse_keys(args.keys), tuple(args.series)
+    )
     report = ProgressReport(progress_to or out)
     started = time.monotonic()
     try:
         result = pull(
-            config, resolve_target(config, args.peer), request, method=args.method or "move",
-            send_to=args.send_to, agent=agent, on_progress=report, timeout=args.timeout,
+            config,
+            resolve_target(config, args.peer),
+            request,
+            method=args.method or "move",
+            send_to=args.send_to,
+            agent=agent,
+            on_progress=report,
+            timeout=args.timeout,
         )
     finally:
         report.finish()

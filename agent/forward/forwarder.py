@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 
 from agent.archive import Archive
 from agent.config import Config
+from agent.forward.queue import Lane
 from agent.forward.sender import ForwardEvents, Sender
 
 log = logging.getLogger(__name__)
@@ -29,14 +30,23 @@ class Forwarder:
         self.events = events
         self._senders_lock = threading.Lock()  # adopt and reconfigure come from one thread,
         # close from another
-        self.senders = {name: self._sender(name) for name in sorted(config.forward.destinations)}
+        self.senders = {name: self._lanes(name) for name in sorted(config.forward.destinations)}
 
-    def _sender(self, name: str) -> Sender:
-        return Sender(self.config.peers[name], self.config, self.archive, self.events)
+    def _lanes(self, name: str) -> list[Sender]:
+        """Senders for one destination, each over its own association and share of jobs."""
+        count = self.config.forward.associations
+        peer = self.config.peers[name]
+        return [
+            Sender(peer, self.config, self.archive, self.events, Lane(number, count))
+            for number in range(count)
+        ]
+
+    def _all(self) -> list[Sender]:
+        return [sender for lanes in self.senders.values() for sender in lanes]
 
     def start(self) -> None:
         """Start every sender (each drains what an earlier run left queued)."""
-        for sender in self.senders.values():
+        for sender in self._all():
             sender.start()
         if self.senders:
             log.info("forwarding to %s", ", ".join(self.senders))
@@ -49,8 +59,7 @@ class Forwarder:
     def wake(self, destinations: Sequence[str]) -> None:
         """New jobs for these destinations."""
         for name in destinations:
-            sender = self.senders.get(name)
-            if sender is not None:
+            for sender in self.senders.get(name, ()):
                 sender.wake()
 
     def adopt(self, depth: Mapping[str, Mapping[str, int]]) -> None:
@@ -60,8 +69,7 @@ class Forwarder:
                 waiting = counts.get("pending", 0) + counts.get("retrying", 0)
                 if name in self.senders or name not in self.config.peers or not waiting:
                     continue
-                self.senders[name] = self._sender(name)
-                self.senders[name].start()
+                self._start(name)
                 log.info("forwarding to %s (jobs were queued for it)", name)
 
     def reconfigure(self, config: Config) -> None:
@@ -73,21 +81,33 @@ class Forwarder:
             self.config = config
             for name in sorted(self.senders):
                 if name not in config.peers:
-                    self.senders.pop(name).close()
+                    for sender in self.senders.pop(name):
+                        sender.close()
                     log.warning("stopped forwarding to %s: no longer a configured peer", name)
-            for name, sender in self.senders.items():
-                sender.peer, sender.config = config.peers[name], config
+            for name, lanes in list(self.senders.items()):
+                if len(lanes) != config.forward.associations:
+                    for sender in lanes:
+                        sender.close()
+                    self._start(name)
+                for sender in self.senders[name]:
+                    sender.peer, sender.config = config.peers[name], config
             for name in sorted(set(config.forward.destinations) - set(self.senders)):
-                self.senders[name] = self._sender(name)
-                self.senders[name].start()
+                self._start(name)
                 log.info("forwarding to %s (added by a reload)", name)
+
+    def _start(self, name: str) -> None:
+        self.senders[name] = self._lanes(name)
+        for sender in self.senders[name]:
+            sender.start()
 
     def close(self, timeout: float = STOP_WITHIN) -> None:
         """Stop every sender at once, then wait for them within one deadline."""
         with self._senders_lock:
-            for sender in self.senders.values():
+            for sender in self._all():
                 sender.stop()
             deadline = time.monotonic() + timeout
-            for name, sender in self.senders.items():
+            for sender in self._all():
                 if not sender.join(max(0.0, deadline - time.monotonic())):
-                    log.error("the sender to %s did not stop within %.0f s", name, timeout)
+                    log.error(
+                        "the sender to %s did not stop within %.0f s", sender.peer.name, timeout
+                    )

@@ -66,7 +66,17 @@ def send_again(
     ).rowcount
 
 
-def due(conn: sqlite3.Connection, destination: str, now: float, limit: int) -> list[Job]:
+@dataclass(frozen=True)
+class Lane:
+    """One of ``of`` associations to a destination; it carries the jobs whose key falls to it."""
+
+    number: int = 0
+    of: int = 1
+
+
+def due(
+    conn: sqlite3.Connection, destination: str, now: float, limit: int, lane: Lane = Lane()
+) -> list[Job]:
     """Jobs ready to try, grouped by study so one association carries a study."""
     rows = conn.execute(
         "SELECT j.pk, j.SOPInstanceUID, j.destination, j.attempts, i.path, i.SOPClassUID,"
@@ -74,18 +84,18 @@ def due(conn: sqlite3.Connection, destination: str, now: float, limit: int) -> l
         " JOIN instances i ON i.SOPInstanceUID = j.SOPInstanceUID"
         " JOIN series se ON i.series_pk = se.pk JOIN studies st ON se.study_pk = st.pk"
         " WHERE j.destination = ? AND j.state IN ('pending', 'retrying') AND j.next_attempt <= ?"
-        " ORDER BY st.pk, i.pk LIMIT ?",
-        (destination, now, limit),
+        " AND j.pk % ? = ? ORDER BY st.pk, i.pk LIMIT ?",
+        (destination, now, lane.of, lane.number, limit),
     ).fetchall()
     return [Job(*row) for row in rows]
 
 
-def next_due(conn: sqlite3.Connection, destination: str) -> float | None:
+def next_due(conn: sqlite3.Connection, destination: str, lane: Lane = Lane()) -> float | None:
     """When the next waiting job of a destination is due (None: nothing waits)."""
     row = conn.execute(
         "SELECT min(next_attempt) FROM forward_jobs WHERE destination = ?"
-        " AND state IN ('pending', 'retrying')",
-        (destination,),
+        " AND state IN ('pending', 'retrying') AND pk % ? = ?",
+        (destination, lane.of, lane.number),
     ).fetchone()
     return None if row[0] is None else float(row[0])
 

@@ -47,15 +47,25 @@ class ForwardEvents(Protocol):
 class Sender:
     """Delivers the queue of one destination peer."""
 
-    def __init__(self, peer: Peer, config: Config, archive: Archive, events: ForwardEvents) -> None:
+    def __init__(
+        self,
+        peer: Peer,
+        config: Config,
+        archive: Archive,
+        events: ForwardEvents,
+        lane: queue.Lane,
+    ) -> None:
         self.peer = peer
         self.config = config
         self.archive = archive
         self.events = events
+        self.lane = lane
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._rng = random.Random()
-        self._thread = threading.Thread(target=self._run, name=f"forward-{peer.name}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name=f"forward-{peer.name}-{lane.number}", daemon=True
+        )
 
     def start(self) -> None:
         """Start draining."""
@@ -86,7 +96,7 @@ class Sender:
         try:
             while not self._stop.is_set():
                 try:
-                    jobs = queue.due(conn, self.peer.name, time.time(), BATCH)
+                    jobs = queue.due(conn, self.peer.name, time.time(), BATCH, self.lane)
                     if jobs:
                         self._deliver(conn, jobs)
                         continue
@@ -98,7 +108,7 @@ class Sender:
             conn.close()
 
     def _sleep(self, conn: sqlite3.Connection) -> None:
-        upcoming = queue.next_due(conn, self.peer.name)
+        upcoming = queue.next_due(conn, self.peer.name, self.lane)
         wait = IDLE_WAIT if upcoming is None else max(0.0, min(IDLE_WAIT, upcoming - time.time()))
         self._wake.wait(wait)
         self._wake.clear()
@@ -134,7 +144,7 @@ class Sender:
         """Due jobs this association can carry, waiting up to LINGER for new ones."""
         deadline = time.monotonic() + LINGER
         while True:
-            jobs = queue.due(conn, self.peer.name, time.time(), BATCH)
+            jobs = queue.due(conn, self.peer.name, time.time(), BATCH, self.lane)
             usable = [j for j in jobs if (j.sop_class_uid, j.transfer_syntax) in fits]
             if usable or jobs or time.monotonic() >= deadline or self._stop.is_set():
                 return usable

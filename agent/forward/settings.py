@@ -7,6 +7,7 @@ retry_first = 30         # seconds before retrying a transient failure, doubling
 retry_max = 600          # ...up to this cap
 permanent_tries = 3      # a permanent failure is tried this often, then quarantined
 keep_days = 7            # keep delivered instances this long (0: remove once delivered)
+associations = 2         # associations per destination at once (1 to 8)
 
 [[forward.rules]]        # ordered; every rule that matches adds its destinations
 to = ["RESEARCH"]
@@ -26,6 +27,7 @@ from agent import validation as v
 from agent.errors import ConfigError
 
 CALLING_AE = "calling_ae"
+MAX_ASSOCIATIONS = 8
 
 
 @dataclass(frozen=True)
@@ -46,13 +48,22 @@ class ForwardSettings:
     retry_max: float = 600.0
     permanent_tries: int = 3
     keep_days: float = 7.0
+    associations: int = 2
     destinations: frozenset[str] = field(default_factory=frozenset)
 
 
 def parse_forward(table: Mapping[str, Any], peers: Mapping[str, object]) -> ForwardSettings:
     """Validate ``[forward]`` against the configured peers."""
     d = ForwardSettings()
-    known = {"to", "rules", "retry_first", "retry_max", "permanent_tries", "keep_days"}
+    known = {
+        "to",
+        "rules",
+        "retry_first",
+        "retry_max",
+        "permanent_tries",
+        "keep_days",
+        "associations",
+    }
     v.reject_unknown(table, known, "forward")
     to = _peer_list(table, "forward.to", peers)
     rules = tuple(
@@ -71,6 +82,9 @@ def parse_forward(table: Mapping[str, Any], peers: Mapping[str, object]) -> Forw
         ),
         keep_days=float(
             v.get(table, "forward.keep_days", (int, float), d.keep_days, v.at_least(0))
+        ),
+        associations=v.get(
+            table, "forward.associations", int, d.associations, v.between(1, MAX_ASSOCIATIONS)
         ),
         destinations=frozenset(to).union(*(rule.to for rule in rules)),
     )

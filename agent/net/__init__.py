@@ -14,8 +14,12 @@ from agent.net import engine, peerlog
 
 # our loggers that speak of what a peer did; pynetdicom's are found at run time
 PEER_LOGGERS = (
-    "agent.net.scp", "agent.net.storage", "agent.net.engine.guards", "agent.net.engine.transport",
-    "agent.net.engine.dul", "pydicom",
+    "agent.net.scp",
+    "agent.net.storage",
+    "agent.net.engine.guards",
+    "agent.net.engine.transport",
+    "agent.net.engine.dul",
+    "pydicom",
 )
 
 

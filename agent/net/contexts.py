@@ -74,6 +74,7 @@ def qr_sop_class(model: str, service: str) -> str:
             return sop_class
     raise KeyError(f"no {service} SOP class in {model}")
 
+
 MAX_CONTEXTS = 128  # PS3.8: presentation context IDs are the odd numbers 1 to 255
 
 

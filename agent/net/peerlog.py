@@ -122,7 +122,10 @@ class PeerLogLimiter(logging.Filter):
             if bucket.suppressed:
                 log.warning(
                     "%d more log lines like %r from %s in the last %.0f s were not written",
-                    bucket.suppressed, bucket.example, peer, now - bucket.started,
+                    bucket.suppressed,
+                    bucket.example,
+                    peer,
+                    now - bucket.started,
                 )
 
 

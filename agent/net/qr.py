@@ -159,9 +159,12 @@ class QueryRetrieveHandlers:
                 log.info("%s from %s cancelled", what, caller)
                 yield CANCELLED, None
                 return
-            yield PENDING, StoredFile(
-                self.reader.path_of(instance),
-                instance.sop_class_uid,
-                instance.sop_instance_uid,
-                instance.transfer_syntax,
+            yield (
+                PENDING,
+                StoredFile(
+                    self.reader.path_of(instance),
+                    instance.sop_class_uid,
+                    instance.sop_instance_uid,
+                    instance.transfer_syntax,
+                ),
             )

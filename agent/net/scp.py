@@ -205,8 +205,9 @@ class DicomServer:
             return
         limit = self.config.agent.max_associations
         if guards.open_associations(self._ae.active_associations) > limit:
-            log.warning("rejected association from %s: max_associations (%d) are open",
-                        decision, limit)
+            log.warning(
+                "rejected association from %s: max_associations (%d) are open", decision, limit
+            )
             assoc.acse.send_reject(
                 REJECTED_TRANSIENT, SERVICE_PROVIDER_PRESENTATION, LOCAL_LIMIT_EXCEEDED
             )

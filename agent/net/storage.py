@@ -78,4 +78,3 @@ class StorageHandlers:
         if complete:
             log.warning("discarded %d received data sets that were never answered", complete)
             self.status.refused("a received data set was never answered (malformed command)")
-

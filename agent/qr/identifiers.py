@@ -20,17 +20,42 @@ from agent.archive.query import Model
 from agent.errors import UsageError
 
 _TAG = re.compile(r"^\(?([0-9A-Fa-f]{4}),([0-9A-Fa-f]{4})\)?$")
-_NUMERIC = {"US": int, "UL": int, "SS": int, "SL": int, "UV": int, "SV": int, "FL": float,
-            "FD": float}
+_NUMERIC = {
+    "US": int,
+    "UL": int,
+    "SS": int,
+    "SL": int,
+    "UV": int,
+    "SV": int,
+    "FL": float,
+    "FD": float,
+}
 _NOT_KEYS = frozenset({"QueryRetrieveLevel"})
 
 DEFAULT_KEYS: dict[Level, tuple[str, ...]] = {
-    Level.PATIENT: ("PatientName", "PatientID", "PatientBirthDate", "PatientSex",
-                    "NumberOfPatientRelatedStudies"),
-    Level.STUDY: ("StudyDate", "StudyTime", "AccessionNumber", "StudyDescription",
-                  "ModalitiesInStudy", "NumberOfStudyRelatedInstances", "StudyInstanceUID"),
-    Level.SERIES: ("SeriesNumber", "Modality", "SeriesDescription",
-                   "NumberOfSeriesRelatedInstances", "SeriesInstanceUID"),
+    Level.PATIENT: (
+        "PatientName",
+        "PatientID",
+        "PatientBirthDate",
+        "PatientSex",
+        "NumberOfPatientRelatedStudies",
+    ),
+    Level.STUDY: (
+        "StudyDate",
+        "StudyTime",
+        "AccessionNumber",
+        "StudyDescription",
+        "ModalitiesInStudy",
+        "NumberOfStudyRelatedInstances",
+        "StudyInstanceUID",
+    ),
+    Level.SERIES: (
+        "SeriesNumber",
+        "Modality",
+        "SeriesDescription",
+        "NumberOfSeriesRelatedInstances",
+        "SeriesInstanceUID",
+    ),
     Level.IMAGE: ("InstanceNumber", "SOPClassUID", "SOPInstanceUID"),
 }
 # Study Root has no patient level: the patient's attributes are study-level keys there
@@ -203,9 +228,7 @@ def _unique_keys_above(model: Model, level: Level) -> list[Key]:
     return [Key(Tag(UNIQUE_KEYS[lvl]), "") for lvl in levels[: levels.index(level)]]
 
 
-def _require_unique_above(
-    model: Model, level: Level, keys: Sequence[Key], what: str
-) -> None:
+def _require_unique_above(model: Model, level: Level, keys: Sequence[Key], what: str) -> None:
     """Hierarchical query/retrieve: every level above needs its unique key's value."""
     given = {key.keyword: key.value for key in keys}
     levels = model.levels

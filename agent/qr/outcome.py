@@ -60,6 +60,4 @@ def outcome_of(status: Any, service: str) -> Outcome:
 
 
 def _by_category(category: str) -> str:
-    return {"Failure": "unable to process", "Cancel": "cancelled"}.get(
-        category, category.lower()
-    )
+    return {"Failure": "unable to process", "Cancel": "cancelled"}.get(category, category.lower())

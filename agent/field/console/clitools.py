@@ -60,9 +60,7 @@ def qr_commands(agent: Agent) -> list[Command]:
     ]
 
 
-def _qr_command(
-    name: str, module: ModuleType, agent: Agent, extra: dict[str, Any]
-) -> Command:
+def _qr_command(name: str, module: ModuleType, agent: Agent, extra: dict[str, Any]) -> Command:
     parser = _ConsoleParser(prog=name, add_help=False)
     module.add_arguments(parser)
 

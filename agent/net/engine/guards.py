@@ -89,8 +89,9 @@ class GuardedAssociationServer(ThreadedAssociationServer):
 
     def _refuse(self, host: str, who: str) -> bool:
         with peerlog.speaking_of(host):
-            log.warning("closed a connection from %s: %s have not asked for an association",
-                        host, who)
+            log.warning(
+                "closed a connection from %s: %s have not asked for an association", host, who
+            )
         return False
 
     def _closing(self) -> bool:
@@ -124,7 +125,8 @@ def open_associations(assoc_list: list[Any]) -> int:
     return sum(
         1
         for assoc in assoc_list
-        if assoc.is_acceptor and requested(assoc)
+        if assoc.is_acceptor
+        and requested(assoc)
         and not (assoc.is_released or assoc.is_aborted or assoc.is_rejected)
     )
 
@@ -177,8 +179,10 @@ def remember_received(event: Any) -> None:
         return
     if not _servable(message, event.assoc):
         _remove(getattr(message, "_data_set_file", None), path)
-        log.warning("discarded a C-STORE from %s that pynetdicom cannot serve",
-                    host_of(event.assoc.requestor.address))
+        log.warning(
+            "discarded a C-STORE from %s that pynetdicom cannot serve",
+            host_of(event.assoc.requestor.address),
+        )
         return
     with _received_lock:
         _received.setdefault(event.assoc, []).append(path)

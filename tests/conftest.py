@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from bench.peers import Orthanc
 
 from agent import config as config_module
 from agent.app import Agent
@@ -55,3 +56,10 @@ def agent_process(config_file: Path, data_dir: Path) -> Iterator[AgentProcess]:
         yield process
     finally:
         process.stop()
+
+
+@pytest.fixture
+def orthanc(tmp_path: Path) -> Iterator[Orthanc]:
+    """Orthanc 1.10.1 on ephemeral ports, as the central PACS."""
+    with Orthanc(tmp_path / "orthanc") as running:
+        yield running

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,12 +52,6 @@ def orthanc_uids(orthanc: Orthanc) -> set[str]:
     query = {"Level": "Instance", "Query": {}, "Expand": True}
     found = orthanc.rest("/tools/find", json.dumps(query).encode())
     return {item["MainDicomTags"]["SOPInstanceUID"] for item in found}
-
-
-@pytest.fixture
-def orthanc(tmp_path: Path) -> Iterator[Orthanc]:
-    with Orthanc(tmp_path / "orthanc") as running:
-        yield running
 
 
 def test_a_200_instance_study_reaches_orthanc_byte_for_byte(orthanc: Orthanc,

@@ -22,7 +22,7 @@ from agent.forward import process as forward_process
 from agent.forward.queue import send_again
 from tests import scu
 from tests.support import AgentProcess, free_port, peer, wait_until, write_config
-from tests.test_forward import forward_config, jobs, orthanc  # noqa: F401 (a fixture)
+from tests.test_forward import forward_config, jobs
 
 
 def alive(pid: int) -> bool:

@@ -34,6 +34,11 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
+def link_threads() -> int:
+    """Threads carrying a pipe to a forwarding process (two per live one)."""
+    return sum(t.name.startswith("forward-link") for t in threading.enumerate())
+
+
 def child_pid(agent: Agent) -> int:
     assert agent.forwarder is not None
     pid = agent.forwarder.pid()
@@ -81,6 +86,7 @@ def test_a_killed_process_is_replaced_and_nothing_is_lost(orthanc: Orthanc,
         wait_until(lambda: orthanc.count() == 20, 60, "the second 10 at the PACS")
         assert child_pid(agent) != killed
         assert "forwarding process ended" in str(agent.status.snapshot().last_error)
+        wait_until(lambda: link_threads() == 2, 10, "the dead process's pipe threads to end")
     assert set(jobs(tmp_path / "data").values()) == {"done"}
 
 
@@ -98,6 +104,7 @@ def test_a_hung_process_is_killed_and_replaced(orthanc: Orthanc, tmp_path: Path,
         wait_until(lambda: orthanc.count() == 10, 60, "the PACS to get everything")
         assert not alive(hung)
         assert "did not answer" in str(agent.status.snapshot().last_error)
+        wait_until(lambda: link_threads() == 2, 10, "the hung process's pipe threads to end")
 
 
 def test_sigterm_stops_the_agent_and_a_busy_forwarding_process(tmp_path: Path) -> None:

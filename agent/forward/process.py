@@ -15,15 +15,19 @@ tick; jobs it had not marked done are simply sent again.
 from __future__ import annotations
 
 import logging
-import multiprocessing
+import os
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
-from multiprocessing.process import BaseProcess
+from pathlib import Path
 from typing import Any
 
+import agent
 from agent.archive import Archive
 from agent.config import Config
 from agent.forward import queue, retention, worker
@@ -33,7 +37,6 @@ from agent.status import STUCK_AFTER, StatusModel
 
 log = logging.getLogger(__name__)
 
-_SPAWN = multiprocessing.get_context("spawn")  # never fork a process that runs threads
 RESPAWN_GAP = 5.0  # seconds between starts, so a process that cannot run does not spin
 
 
@@ -85,15 +88,15 @@ class ForwardingProcess:
         """Replace a process that died or stopped answering; start one when jobs appear."""
         child = self._child
         if child is not None and not child.alive():
-            self._lost(child, f"ended (exit code {child.process.exitcode})")
+            self._lost(child, f"ended (exit code {child.process.returncode})")
         elif child is not None and child.silent_for() > STUCK_AFTER:
-            child.kill()
             self._lost(child, f"did not answer for {STUCK_AFTER:.0f} s and was killed")
         needed = self.config.forward.destinations or _waiting(depth, self.config)
         if self._child is None and needed and time.monotonic() - self._spawned > RESPAWN_GAP:
             self._spawn()
 
     def _lost(self, child: _Child, how: str) -> None:
+        child.kill()  # and its pipe's threads end
         log.error("the forwarding process %s; starting another", how)
         self.status.error(f"the forwarding process {how}")
         self.status.forwarding_process(None)
@@ -147,6 +150,15 @@ class ForwardingProcess:
             logging.getLogger().handle(logging.makeLogRecord(body[0]))
 
 
+def _child_environment() -> dict[str, str]:
+    """Our environment, with this ``agent`` package first on the path (it may not be
+    installed, as when run from a checkout)."""
+    env = dict(os.environ)
+    here = str(Path(agent.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [here, env.get("PYTHONPATH")]))
+    return env
+
+
 def _waiting(depth: dict[str, dict[str, int]], config: Config) -> bool:
     """Jobs wait for a configured peer (``retrieve --send-to`` queues some)."""
     return any(
@@ -156,25 +168,30 @@ def _waiting(depth: dict[str, dict[str, int]], config: Config) -> bool:
 
 
 class _Child:
-    """One forwarding process and the two threads that carry its pipe."""
+    """One forwarding process and the two threads that carry its pipe.
+
+    A fresh interpreter (``python -m agent.forward.worker FD``) rather than a fork: the
+    agent's process runs threads, and a forked copy of their locks could hang; nor does
+    it re-import whatever script started the agent, as multiprocessing's spawn would.
+    """
 
     def __init__(self, owner: ForwardingProcess, config: Config) -> None:
         self.owner = owner
         self._cond = threading.Condition()
         self._woken: set[str] = set()
         self._outgoing: deque[tuple[Any, ...]] = deque()
+        self._closed = False
         self._heard = time.monotonic()
-        conn, theirs = _SPAWN.Pipe(duplex=True)
+        ours, theirs = socket.socketpair()
+        with theirs:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", worker.__name__, str(theirs.fileno())],
+                pass_fds=[theirs.fileno()],
+                env=_child_environment(),
+            )
+        self.conn = Connection(ours.detach())
         level = logging.getLogger().getEffectiveLevel()
-        self.process: BaseProcess = _SPAWN.Process(
-            target=worker.serve,
-            args=(theirs, config, owner.archive.layout.root, level),
-            name="edge-agent-forward",
-            daemon=True,
-        )
-        self.process.start()
-        theirs.close()
-        self.conn: Connection = conn
+        self.post("start", config, owner.archive.layout.root, level)
         self._writer = threading.Thread(target=self._write, name="forward-link-out", daemon=True)
         self._reader = threading.Thread(target=self._read, name="forward-link-in", daemon=True)
         self._writer.start()
@@ -183,7 +200,7 @@ class _Child:
 
     def alive(self) -> bool:
         """The process runs."""
-        return self.process.is_alive()
+        return self.process.poll() is None
 
     def silent_for(self) -> float:
         """Seconds since the process last said anything."""
@@ -204,24 +221,30 @@ class _Child:
     def stop(self, timeout: float) -> None:
         """Ask the process to stop, wait, and kill it if it overstays."""
         self.post("stop")
-        self.process.join(timeout)
-        if self.process.is_alive():
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
             log.error("the forwarding process did not stop within %.0f s; killing it", timeout)
             self.kill()
         self._reader.join(2.0)
         self.conn.close()
 
     def kill(self) -> None:
-        """End the process now (its undelivered jobs stay queued)."""
+        """End the process now (its undelivered jobs stay queued) and the pipe's threads."""
         self.process.kill()
-        self.process.join(5.0)
+        self.process.wait()
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
 
     def _write(self) -> None:
         """Carry queued messages to the process; only this thread can block on the pipe."""
         while True:
             with self._cond:
-                while not self._woken and not self._outgoing:
+                while not self._woken and not self._outgoing and not self._closed:
                     self._cond.wait()
+                if self._closed:
+                    return
                 woken, self._woken = self._woken, set()
                 batch = list(self._outgoing)
                 self._outgoing.clear()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
+import sys
 import threading
 import traceback
 from multiprocessing.connection import Connection
@@ -68,10 +69,24 @@ class LinkLogHandler(logging.Handler):
         self.link.send("log", fields)
 
 
-def serve(conn: Connection, config: Config, root: Path, level: int) -> None:
-    """The child's main: run the senders until told to stop or the parent is gone."""
+def main(argv: list[str]) -> int:
+    """``python -m agent.forward.worker FD``: the pipe is FD; its first message says what
+    to run (the configuration, the archive root, the log level)."""
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, signal.SIG_IGN)
+    conn = Connection(int(argv[1]))
+    try:
+        kind, config, root, level = conn.recv()
+    except (EOFError, OSError, ValueError):
+        return 1  # the agent's process went away before it said anything
+    if kind != "start":
+        return 2
+    serve(conn, config, root, level)
+    return 0
+
+
+def serve(conn: Connection, config: Config, root: Path, level: int) -> None:
+    """Run the senders until told to stop or the agent's process is gone."""
     link = Link(conn)
     _log_through(link, level)
     configure_pynetdicom(debug=level <= logging.DEBUG)
@@ -115,3 +130,7 @@ def _obey(conn: Connection, forwarder: Forwarder, link: Link) -> None:
             forwarder.reconfigure(config)
         elif kind == "stop":
             return
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -5,6 +5,7 @@ extras. The script runs here with every other import refused, so a new import of
 
 from __future__ import annotations
 
+import inspect
 import re
 import subprocess
 import sys
@@ -64,11 +65,23 @@ def runtime_distributions() -> set[str]:
     return found
 
 
+def top_level_modules(dist: metadata.Distribution) -> set[str]:
+    """The top-level modules a distribution installs, from its list of files: Python
+    3.10's packages_distributions() reads only top_level.txt, which pydicom lacks."""
+    modules = set()
+    for file in dist.files or []:
+        top = file.parts[0]
+        if top == ".." or top.endswith((".dist-info", ".egg-info", ".pth")):
+            continue
+        modules.add(top if len(file.parts) > 1 else inspect.getmodulename(top) or "")
+    return modules - {"", "__pycache__"}
+
+
 def runtime_modules() -> set[str]:
     """The top-level modules a plain ``pip install .`` makes importable."""
     allowed = runtime_distributions()
-    return {module for module, dists in metadata.packages_distributions().items()
-            if any(_name(dist) in allowed for dist in dists)}
+    return {module for dist in metadata.distributions() if _name(dist.metadata["Name"]) in allowed
+            for module in top_level_modules(dist)}
 
 
 def run_with_only(allowed: set[str], *args: str) -> subprocess.CompletedProcess[str]:

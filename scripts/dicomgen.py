@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import random
 import struct
+import sys
+from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 from pydicom import uid
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -25,6 +27,7 @@ SOP_CLASSES = {
     "MR": "1.2.840.10008.5.1.4.1.1.4",
     "SC": "1.2.840.10008.5.1.4.1.1.7",
 }
+_LOW_NIBBLE = bytes(value & 0x0F for value in range(256))
 ENHANCED_MR = "1.2.840.10008.5.1.4.1.1.4.1"
 MULTIFRAME_SC = "1.2.840.10008.5.1.4.1.1.7.3"  # Multi-frame Grayscale Word SC
 
@@ -79,14 +82,30 @@ def _base(study: Study, sop_class: str, series_uid: str, modality: str, number: 
     return ds
 
 
+def noise12(count: int, seed: int) -> bytes:
+    """``count`` 16-bit little-endian words of 12-bit noise (0..4095), the same for the
+    same seed. Plain ``random`` rather than numpy, so this script runs in the virtual
+    environment scripts/run.sh makes, which has only the agent's own dependencies."""
+    words = bytearray(random.Random(seed).randbytes(2 * count))
+    words[1::2] = words[1::2].translate(_LOW_NIBBLE)  # the high byte of each word
+    return bytes(words)
+
+
+def ramp16(count: int) -> bytes:
+    """``count`` 16-bit little-endian words 0, 1, 2 ... wrapping at 65536: a cheap frame."""
+    words = array("H", (value & 0xFFFF for value in range(count)))
+    if sys.byteorder == "big":
+        words.byteswap()
+    return words.tobytes()
+
+
 def _pixels(ds: Dataset, rows: int, cols: int, seed: int) -> None:
     ds.Rows, ds.Columns = rows, cols
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
     ds.PixelRepresentation = 0
-    rng = np.random.default_rng(seed)
-    ds.PixelData = rng.integers(0, 4096, size=(rows, cols), dtype=np.uint16).tobytes()
+    ds.PixelData = noise12(rows * cols, seed)
 
 
 def _file_meta(ds: Dataset, syntax: str = uid.ExplicitVRLittleEndian) -> None:
@@ -145,7 +164,7 @@ def large_instance(path: Path, size_bytes: int, study: Study | None = None) -> P
     ds.NumberOfFrames = frames
     _file_meta(ds)
     ds.save_as(path, enforce_file_format=True)
-    frame = np.arange(frame_side * frame_side, dtype=np.uint16).tobytes()
+    frame = ramp16(frame_side * frame_side)
     with path.open("ab") as out:  # (7FE0,0010) OW, explicit VR little endian
         out.write(struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OW", 0, frames * frame_bytes))
         for _ in range(frames):

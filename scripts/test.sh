@@ -1,6 +1,11 @@
 #!/usr/bin/env bash
 # Install everything the tests need on Debian / Raspberry Pi OS, then run lint, type
 # check and the whole suite. Safe to run again; CI (.ci/run) runs exactly this.
+#
+# The suite runs first under python3 (in .venv), then again under each Python the boxes
+# ship or pyproject promises, where this machine has it (each in its own .venv-3.X):
+# 3.10 (requires-python), 3.13 (the trixie-based Raspberry Pi OS; bookworm has 3.11).
+# Arguments go to pytest, in every run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,9 +25,53 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e '.[test]'
 
+EXTRA_PYTHONS=(3.10 3.13)
+
+# is_python 3.10 PYTHON: true if PYTHON runs, is Python 3.10 and can make a venv
+is_python() {
+  "$2" -c "import sys, venv, ensurepip
+sys.exit('%d.%d' % sys.version_info[:2] != '$1')" 2>/dev/null
+}
+
+# find_python 3.10: print the path of a Python 3.10 that can make a venv, or nothing
+find_python() {
+  local candidate
+  for candidate in $(ls -d "$HOME"/.pyenv/versions/"$1".*/bin/python3 2>/dev/null | sort -Vr) \
+                   "$(command -v "python$1" || true)"; do
+    if [ -n "$candidate" ] && is_python "$1" "$candidate"; then echo "$candidate"; return; fi
+  done
+}
+
+# venv_for 3.10 PYTHON: make (or keep) .venv-3.10 from PYTHON, with the test extras
+venv_for() {
+  is_python "$1" ".venv-$1/bin/python" || "$2" -m venv --clear ".venv-$1"
+  ".venv-$1/bin/python" -m pip install -q --upgrade pip
+  ".venv-$1/bin/python" -m pip install -q -e '.[test]'
+}
+
 echo "== ruff"
 .venv/bin/ruff check agent tests scripts
-echo "== mypy"
+echo "== mypy (as Python 3.11, then as 3.10 and 3.13: APIs one lacks, or has removed)"
 .venv/bin/mypy
-echo "== pytest"
+for version in "${EXTRA_PYTHONS[@]}"; do .venv/bin/mypy --python-version "$version"; done
+echo "== pytest ($(.venv/bin/python -V))"
 .venv/bin/python -m pytest "$@"
+
+failed=()
+for version in "${EXTRA_PYTHONS[@]}"; do
+  python=$(find_python "$version")
+  if [ -z "$python" ]; then
+    echo "== pytest (Python $version): SKIPPED, this machine has no Python $version that can" \
+         "make a venv (looked for \$HOME/.pyenv/versions/$version.*/bin/python3, python$version)"
+    continue
+  fi
+  echo "== pytest (Python $version: $python, in .venv-$version)"
+  start=$SECONDS
+  venv_for "$version" "$python"
+  ".venv-$version/bin/python" -m pytest "$@" || failed+=("$version")
+  echo "== pytest (Python $version): $((SECONDS - start)) s with the install"
+done
+if [ ${#failed[@]} -gt 0 ]; then
+  echo "== FAILED under Python ${failed[*]}"
+  exit 1
+fi

@@ -62,7 +62,8 @@ def test_the_process_reports_into_the_agents_status_and_log(
     sent = dicomgen.write_series(tmp_path / "study", 10, size=32)
     with Agent(config, hardware=False) as agent:
         pid = child_pid(agent)
-        assert agent.status.snapshot().forwarder_pid == pid
+        wait_until(lambda: agent.status.snapshot().forwarder_pid == pid, 30,
+                   "the process to answer and show in the status")
         assert scu.store(config.agent.port, sent) == [0] * 10
         wait_until(lambda: agent.status.snapshot().forwarded == 10, 60, "10 forwarded")
         wait_until(lambda: any(r.process == pid and "forwarding to PACS" in r.getMessage()
@@ -118,8 +119,10 @@ def test_sigterm_stops_the_agent_and_a_busy_forwarding_process(tmp_path: Path) -
         assert scu.store(port, dicomgen.write_series(tmp_path / "study", 20, size=32)) == [0] * 20
         wait_until(lambda: set(jobs(tmp_path / "data").values()) == {"retrying"}, 30,
                    "both senders retrying")
+        wait_until(lambda: json.loads(status.read_text())["forwarder_pid"], 30,
+                   "the forwarding process in the published status")
         pid = json.loads(status.read_text())["forwarder_pid"]
-        assert pid and alive(pid)
+        assert alive(pid)
     finally:
         code = agent.stop()
     assert code == 0

@@ -135,7 +135,6 @@ class ForwardingProcess:
     def _spawn(self) -> None:
         self._spawned = time.monotonic()
         self._child = _Child(self, self.config)
-        self.status.forwarding_process(self._child.process.pid)
 
     def on_message(self, kind: str, body: list[Any]) -> None:
         """What the forwarding process reports, applied to the one status model."""
@@ -143,9 +142,10 @@ class ForwardingProcess:
             self.status.forwarded(body[0])
         elif kind == "failed":
             self.status.forward_failed(body[0], body[1])
-        elif kind == "alive":
+        elif kind == "alive":  # the answer to a tick: the status shows it running
             self.senders = tuple(body[0])
             self._down_since = None
+            self.status.forwarding_process(self.pid())
         elif kind == "log":
             logging.getLogger().handle(logging.makeLogRecord(body[0]))
 

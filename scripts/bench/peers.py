@@ -203,7 +203,11 @@ class EdgeAgent(Receiver):
             status = json.loads((self.workdir / "data/run/status.json").read_text())
         except (OSError, ValueError):
             return False
-        # a status.json left by an earlier run in the same directory must not count
+        # a status.json left by an earlier run in the same directory must not count;
+        # forwarding is measured from when the forwarding process answers, not its start-up
+        forwarding = "[forward]" in self.peers
+        if forwarding and not status.get("forwarder_pid"):
+            return False
         return bool(status.get("state") == "serving") and super().ready()
 
     def count(self) -> int:

@@ -2,9 +2,10 @@
 
 ``install()`` swaps pynetdicom's polling DUL and association loops for event-driven
 ones (agent/net/engine/dul.py, reactor.py), encodes command sets without pydicom
-(commands.py) and sends each DIMSE message in as few PDUs as fit (messages.py),
-process-wide, once. Every private name used
-here is listed in ``PRIVATE_NAMES`` and checked by tests/test_engine_contract.py, and
+(commands.py), sends each DIMSE message in as few PDUs as fit (messages.py) and
+decodes plain C-STORE responses without pydicom (responses.py), process-wide, once.
+Every private name used here is listed in ``PRIVATE_NAMES`` and checked by
+tests/test_engine_contract.py, and
 pynetdicom is pinned to the minor version those tests ran on.
 """
 
@@ -13,7 +14,7 @@ from __future__ import annotations
 import threading
 
 import pynetdicom
-from pynetdicom import _config, association, dimse, dimse_messages, dul
+from pynetdicom import _config, association, dimse, dimse_messages, dimse_primitives, dul
 
 from agent.net.engine import commands, messages
 from agent.net.engine.dul import EventDrivenDUL
@@ -36,6 +37,8 @@ PRIVATE_NAMES: tuple[tuple[object, str], ...] = (
     (dul.DULServiceProvider, "_process_recv_primitive"),
     (dul.DULServiceProvider, "_idle_timer"),
     (dul.DULServiceProvider, "_kill_thread"),
+    (dimse_primitives.C_STORE, "_dataset_path"),  # a file to stream (commands.py)
+    (dimse_primitives.C_STORE, "_context_id"),  # set on responses decoded by responses.py
 )
 
 

@@ -97,64 +97,73 @@ def _message_name(primitive: Any) -> str:
 
 READ_BLOCK = 1 << 20  # bytes read from a file at a time
 WRITE_BLOCK = 256 * 1024  # bytes of encoded PDUs handed to the socket in one write
+Buffer = bytes | memoryview
 
 
-def _chunks(data: bytes | BytesIO | None, path: Any, size: int) -> Iterator[bytes]:
-    """The data set in pieces of at most ``size`` bytes (a file is read as it goes)."""
+def _chunks(data: bytes | BytesIO | None, path: Any, size: int) -> Iterator[Buffer]:
+    """The data set in pieces of at most ``size`` bytes, as views (a file is read as it goes).
+
+    Slicing a view copies nothing: the bytes read from the file are copied once more only
+    by the kernel, when the socket takes them.
+    """
     if path is not None:
         with open(path[0], "rb", buffering=0) as handle:
             handle.seek(path[1])
             while block := handle.read(READ_BLOCK):
+                view = memoryview(block)
                 for start in range(0, len(block), size):
-                    yield block[start : start + size]
+                    yield view[start : start + size]
         return
     raw = data.getvalue() if isinstance(data, BytesIO) else data or b""
+    view = memoryview(raw)
     for start in range(0, len(raw), size):
-        yield raw[start : start + size]
+        yield view[start : start + size]
 
 
-def _fragments(command: bytes, data: Any, path: Any, max_pdu: int) -> Iterator[tuple[int, bytes]]:
+def _fragments(command: bytes, data: Any, path: Any, max_pdu: int) -> Iterator[tuple[int, Buffer]]:
     """(control header, fragment) for the command, then for the data set."""
     size = max_pdu - 6 if max_pdu else max(len(command), 1 << 30)
     pieces = [command[i : i + size] for i in range(0, len(command), size)]
     for index, piece in enumerate(pieces):
         yield (0x03 if index == len(pieces) - 1 else 0x01), piece
-    held: bytes | None = None
-    for piece in _chunks(data, path, size):
+    held: Buffer | None = None
+    for chunk in _chunks(data, path, size):
         if held is not None:
             yield 0x00, held
-        held = piece
+        held = chunk
     if held is not None:
         yield 0x02, held
 
 
-def _pdus(context_id: int, fragments: Iterator[tuple[int, bytes]], max_pdu: int) -> Iterator[bytes]:
-    """Encoded P-DATA-TF PDUs, each carrying as many consecutive PDVs as fit."""
-    items: list[bytes] = []
+def _pdus(
+    context_id: int, fragments: Iterator[tuple[int, Buffer]], max_pdu: int
+) -> Iterator[list[Buffer]]:
+    """P-DATA-TF PDUs as lists of buffers, each carrying as many consecutive PDVs as fit."""
+    items: list[Buffer] = []
     used = 0
     for control, piece in fragments:
         size = PDV_ITEM_HEADER + 1 + len(piece)
         if items and max_pdu and used + size > max_pdu:
-            yield _PDU_HEADER.pack(0x04, 0, used) + b"".join(items)
+            yield [_PDU_HEADER.pack(0x04, 0, used), *items]
             items, used = [], 0
-        items.append(_ITEM_HEADER.pack(len(piece) + 2, context_id, control) + piece)
+        items += (_ITEM_HEADER.pack(len(piece) + 2, context_id, control), piece)
         used += size
     if items:
-        yield _PDU_HEADER.pack(0x04, 0, used) + b"".join(items)
+        yield [_PDU_HEADER.pack(0x04, 0, used), *items]
 
 
-def _writes(pdus: Iterator[bytes]) -> Iterator[EncodedPData]:
-    """Consecutive PDUs joined into writes of about WRITE_BLOCK bytes."""
-    batch: list[bytes] = []
+def _writes(pdus: Iterator[list[Buffer]]) -> Iterator[EncodedPData]:
+    """Consecutive PDUs gathered into writes of about WRITE_BLOCK bytes."""
+    batch: list[Buffer] = []
     size = 0
     for pdu in pdus:
-        batch.append(pdu)
-        size += len(pdu)
+        batch += pdu
+        size += sum(len(part) for part in pdu)
         if size >= WRITE_BLOCK:
-            yield EncodedPData(b"".join(batch))
+            yield EncodedPData(batch)
             batch, size = [], 0
     if batch:
-        yield EncodedPData(b"".join(batch))
+        yield EncodedPData(batch)
 
 
 def _fast_lane(dimse: Any, primitive: Any) -> bool:

@@ -26,6 +26,8 @@ from pynetdicom import evt
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu_primitives import P_DATA
 
+from agent.net.engine import responses
+
 log = logging.getLogger(__name__)
 
 MAX_WAIT = 1.0  # seconds; timers are checked at least this often
@@ -44,13 +46,35 @@ class EncodedPData:
     pynetdicom turns each P-DATA primitive into a PDU object, runs it through the state
     machine and sends it alone: per 16 KB PDU (the size DCMTK peers accept by default)
     that is most of the cost of sending a file. Messages whose PDUs the engine encodes
-    itself queue them in this form, in order with every other primitive.
+    itself queue them in this form, in order with every other primitive: a list of
+    buffers (headers and views of the data) that one ``sendmsg`` gathers, so the data
+    is not copied to be framed.
     """
 
-    __slots__ = ("data",)
+    __slots__ = ("buffers",)
 
-    def __init__(self, data: bytes) -> None:
-        self.data = data
+    def __init__(self, buffers: list[bytes | memoryview]) -> None:
+        self.buffers = buffers
+
+    def __len__(self) -> int:
+        return sum(len(buffer) for buffer in self.buffers)
+
+
+IOV_MAX = 1024  # buffers one sendmsg may gather (Linux's UIO_MAXIOV)
+
+
+def send_buffers(sock: socket.socket, buffers: list[bytes | memoryview]) -> None:
+    """Write every buffer, in order, gathering them into as few system calls as possible."""
+    if isinstance(sock, ssl.SSLSocket):  # no sendmsg on TLS: one joined write instead
+        sock.sendall(b"".join(buffers))
+        return
+    pending = [memoryview(buffer) for buffer in buffers]
+    while pending:
+        sent = sock.sendmsg(pending[:IOV_MAX])
+        while pending and sent >= len(pending[0]):
+            sent -= len(pending.pop(0))
+        if sent:
+            pending[0] = pending[0][sent:]
 
 
 class EventDrivenDUL(DULServiceProvider):
@@ -188,7 +212,8 @@ class EventDrivenDUL(DULServiceProvider):
             values.append((body[position + 4], body[position + 5 : end]))
             position = end
         self._idle_timer.restart()
-        self.assoc.dimse.receive_primitive(primitive)
+        if not responses.deliver_store_response(self.assoc, values):
+            self.assoc.dimse.receive_primitive(primitive)
         self.wake_association.set()
 
     def _send_encoded(self) -> bool:
@@ -204,10 +229,10 @@ class EventDrivenDUL(DULServiceProvider):
             self._room.notify_all()
         raw = getattr(self.socket, "socket", None)
         if self.state_machine.current_state != "Sta6" or raw is None:
-            log.debug("association no longer established: %d bytes not sent", len(head.data))
+            log.debug("association no longer established: %d bytes not sent", len(head))
             return True
         try:
-            raw.sendall(head.data)
+            send_buffers(raw, head.buffers)
         except OSError:
             self.event_queue.put("Evt17")  # as pynetdicom's socket does: connection closed
         return True

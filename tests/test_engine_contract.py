@@ -33,6 +33,8 @@ def test_every_private_name_the_engine_uses_exists(owner: object, name: str) -> 
     holder = owner
     if isinstance(owner, type) and name in {"_idle_timer", "_kill_thread"}:
         holder = dul.DULServiceProvider(_FakeAssociation())  # instance attributes
+    if owner is association.Association and name == "_reactor_checkpoint":
+        holder = association.Association(AE(), "requestor")  # an instance attribute
     assert hasattr(holder, name), (
         f"pynetdicom {pynetdicom.__version__} has no {getattr(owner, '__name__', owner)}.{name}:"
         " the engine (agent/net/engine/) must be adapted before this pynetdicom is used")

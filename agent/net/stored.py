@@ -19,6 +19,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from agent.net.contexts import UNCOMPRESSED
+from agent.net.engine import substore
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,8 @@ def send_as_stored(assoc: Any) -> None:
             except (OSError, ValueError) as exc:
                 log.warning("cannot send %s: %s", dataset.stored_path.name, exc)
                 raise
+            if isinstance(dataset, Path) and not args and substore.can_send(assoc):
+                return substore.send_file(assoc, dataset, **kwargs)
         return original(dataset, *args, **kwargs)
 
     assoc.send_c_store = send_c_store

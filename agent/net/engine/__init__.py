@@ -29,6 +29,7 @@ PRIVATE_NAMES: tuple[tuple[object, str], ...] = (
     (association, "DULServiceProvider"),  # the class an Association builds its DUL from
     (association.Association, "_run_reactor"),
     (association.Association, "_serve_request"),
+    (association.Association, "_reactor_checkpoint"),  # held by substore.py, a ParkingGate
     (dimse_messages.DIMSEMessage, "encode_msg"),  # wrapped: joins fragments into fewer PDUs
     (dimse.DIMSEServiceProvider, "send_msg"),  # replaced: command sets encoded directly
     (dimse_messages, "_MESSAGE_TYPES"),

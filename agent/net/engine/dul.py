@@ -27,6 +27,7 @@ from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu_primitives import P_DATA
 
 from agent.net.engine import responses
+from agent.net.engine.reactor import ParkingGate
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,12 @@ def send_buffers(sock: socket.socket, buffers: list[bytes | memoryview]) -> None
             sent -= len(pending.pop(0))
         if sent:
             pending[0] = pending[0][sent:]
+
+
+def _held(assoc: Any) -> bool:
+    """True if a sender has closed the association's gate: the reactor takes no message."""
+    gate = getattr(assoc, "_reactor_checkpoint", None)
+    return isinstance(gate, ParkingGate) and not gate.is_set()
 
 
 class EventDrivenDUL(DULServiceProvider):
@@ -212,7 +219,10 @@ class EventDrivenDUL(DULServiceProvider):
             values.append((body[position + 4], body[position + 5 : end]))
             position = end
         self._idle_timer.restart()
-        if not responses.deliver_store_response(self.assoc, values):
+        if responses.deliver_store_response(self.assoc, values):
+            if _held(self.assoc):
+                return  # for the sender waiting on the DIMSE queue, not the reactor
+        else:
             self.assoc.dimse.receive_primitive(primitive)
         self.wake_association.set()
 

@@ -1,0 +1,116 @@
+"""The engine's own C-STORE of a stored file: the file meta it reads must be pydicom's,
+the context it picks one the peer accepted, and its hold on the reactor a real one.
+(What arrives at the peer, byte for byte, is tests/test_retrieve_as_stored.py.)
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from pydicom import dcmread
+from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pynetdicom.dsutils import split_dataset
+
+from agent.net.engine.reactor import ParkingGate
+from agent.net.engine.substore import HEAD, _parse_meta, context_id, file_meta
+
+SAMPLES = ("CT_small.dcm", "MR_small_implicit.dcm", "MR_small_bigendian.dcm", "JPEG2000.dcm",
+           "rtplan.dcm")
+
+
+def _written(path: Path, *, private_meta: bytes = b"") -> Path:
+    """A small instance written by pydicom, optionally with a long private meta element."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    if private_meta:
+        meta.add_new(0x00020102, "OB", private_meta)  # Private Information
+        meta.add_new(0x00020100, "UI", "1.2.3")  # its Creator UID
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.PatientName = "Test^Meta"
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def _expected(path: Path) -> tuple[int, str, str, str]:
+    meta, offset = split_dataset(path)
+    return (offset, meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID,
+            meta.TransferSyntaxUID)
+
+
+def _found(path: Path) -> tuple[int, str, str, str]:
+    meta = file_meta(path)
+    return meta.offset, meta.sop_class, meta.sop_instance, meta.syntax
+
+
+@pytest.mark.parametrize("name", SAMPLES)
+def test_the_file_meta_read_is_pydicoms(name: str) -> None:
+    path = Path(get_testdata_file(name))
+    assert _parse_meta(path.read_bytes()[:HEAD]) is not None  # the small parser took it
+    assert _found(path) == _expected(path)
+
+
+def test_a_file_meta_longer_than_the_first_read_is_read_by_pydicom(tmp_path: Path) -> None:
+    path = _written(tmp_path / "long.dcm", private_meta=b"\x01" * (2 * HEAD))
+    assert _parse_meta(path.read_bytes()[:HEAD]) is None
+    assert _found(path) == _expected(path)
+    assert dcmread(path).PatientName == "Test^Meta"
+
+
+def test_a_written_file_and_its_data_set_start(tmp_path: Path) -> None:
+    path = _written(tmp_path / "plain.dcm", private_meta=b"\x02" * 10)
+    assert _found(path) == _expected(path)
+
+
+def test_a_file_without_a_preamble_fails_as_pynetdicom_would(tmp_path: Path) -> None:
+    path = tmp_path / "raw.dcm"
+    path.write_bytes(b"\x08\x00\x16\x00" + b"\0" * 200)
+    with pytest.raises(Exception) as ours:
+        file_meta(path)
+    with pytest.raises(Exception) as theirs:
+        split_dataset(path)
+    assert type(ours.value) is type(theirs.value)
+
+
+class _Association:
+    """Just the accepted contexts of an association."""
+
+    def __init__(self, *contexts: tuple[int, str, str, bool]) -> None:
+        self.accepted_contexts = [
+            SimpleNamespace(context_id=cx, abstract_syntax=sop, transfer_syntax=[ts], as_scu=scu)
+            for cx, sop, ts, scu in contexts]
+
+
+def test_the_context_is_an_accepted_one_we_may_send_on() -> None:
+    ct, mr = "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.4"
+    assoc = _Association((1, ct, "1.2.840.10008.1.2", False), (3, ct, "1.2.840.10008.1.2", True),
+                         (5, ct, "1.2.840.10008.1.2.1", True), (7, mr, "1.2.840.10008.1.2", True))
+    assert context_id(assoc, ct, "1.2.840.10008.1.2") == 3  # not 1: there we are not SCU
+    assert context_id(assoc, ct, "1.2.840.10008.1.2.1") == 5
+    assert context_id(assoc, mr, "1.2.840.10008.1.2") == 7
+    with pytest.raises(ValueError, match="no accepted context"):
+        context_id(assoc, mr, "1.2.840.10008.1.2.1")
+
+
+def test_a_held_gate_keeps_the_reactor_off_without_waking_it() -> None:
+    gate = threading.Event()
+    gate.set()
+    gate.lock = threading.Lock()  # type: ignore[attr-defined]
+    gate.wake = threading.Event()  # type: ignore[attr-defined]
+    gate.__class__ = ParkingGate
+    assert isinstance(gate, ParkingGate)
+    gate.hold()
+    assert not gate.is_set()
+    assert not gate.wake.is_set()  # the sender does not wait for the reactor to park
+    gate.set()
+    gate.clear()
+    assert gate.wake.is_set()  # pynetdicom's own send_* still wake it to park

@@ -177,15 +177,17 @@ STORE_RSP_FIELDS = ("MessageIDBeingRespondedTo", "Status", "AffectedSOPClassUID"
 class _Receiving:
     """Just enough of an Association for a received response to be queued."""
 
-    def __init__(self, watched: bool = False) -> None:
+    def __init__(self, *handlers: object) -> None:
         import queue
         from types import SimpleNamespace
 
         self.dimse = SimpleNamespace(message=None, msg_queue=queue.Queue())
-        self.watched = watched
+        self.handlers = [(handler, None) for handler in handlers]
 
     def get_handlers(self, event: object) -> list[object]:
-        return [object()] if self.watched else []
+        from pynetdicom import evt
+
+        return list(self.handlers) if event is evt.EVT_DIMSE_RECV else []
 
 
 @pytest.mark.parametrize("primitive", _store_responses(), ids=["plain", "bare", "comment", "tag"])
@@ -210,7 +212,7 @@ def test_store_responses_go_to_pynetdicom_when_watched_split_or_mid_message() ->
     from agent.net.engine.responses import deliver_store_response
 
     command, _ = _received(_store_responses()[0])
-    assert not deliver_store_response(_Receiving(watched=True), [(5, b"\x03" + command)])
+    assert not deliver_store_response(_Receiving(print), [(5, b"\x03" + command)])
     assert not deliver_store_response(_Receiving(), [(5, b"\x01" + command)])  # not last
     assert not deliver_store_response(_Receiving(), [(5, b"\x03" + command)] * 2)
     midway = _Receiving()
@@ -261,3 +263,14 @@ def test_gathered_writes_send_every_byte_in_order_even_when_partial(step: int) -
     sock = _Dribbling(step)
     send_buffers(sock, buffers)  # type: ignore[arg-type]
     assert bytes(sock.received) == b"head234567tail"
+
+
+def test_the_agents_own_received_data_set_guard_does_not_hold_responses_back() -> None:
+    from agent.net.engine import guards
+    from agent.net.engine.responses import deliver_store_response
+
+    command, _ = _received(_store_responses()[0])
+    guarded = _Receiving(guards.remember_received)
+    assert deliver_store_response(guarded, [(5, b"\x03" + command)])
+    both = _Receiving(guards.remember_received, print)
+    assert not deliver_store_response(both, [(5, b"\x03" + command)])

@@ -12,6 +12,7 @@ tests/test_engine_contract.py checks the primitives against pynetdicom's own.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from typing import Any
 
 from pynetdicom import evt
@@ -82,17 +83,30 @@ def plain_store_response(command: bytes) -> C_STORE | None:
     return primitive
 
 
+# EVT_DIMSE_RECV handlers that look only at messages with a data set (guards.py adds its own)
+BLIND_TO_COMMANDS: set[Callable[..., Any]] = set()
+
+
+def _watched(assoc: Any) -> bool:
+    """True if an EVT_DIMSE_RECV handler may want to see a command-only message."""
+    for entry in assoc.get_handlers(evt.EVT_DIMSE_RECV):
+        handler = entry[0] if isinstance(entry, tuple) else entry
+        if handler not in BLIND_TO_COMMANDS:
+            return True
+    return False
+
+
 def deliver_store_response(assoc: Any, values: list[tuple[int, bytes]]) -> bool:
     """Queue a plain C-STORE-RSP for the association at once; False if pynetdicom must.
 
-    Only a whole command in one PDV, with no message half-received and nobody watching
-    DIMSE messages, qualifies.
+    Only a whole command in one PDV, with no message half-received and no handler that
+    may want the DIMSE message, qualifies.
     """
     dimse = assoc.dimse
     if len(values) != 1 or dimse.message is not None:
         return False
     context_id, value = values[0]
-    if not value or value[0] != LAST_COMMAND_FRAGMENT or assoc.get_handlers(evt.EVT_DIMSE_RECV):
+    if not value or value[0] != LAST_COMMAND_FRAGMENT or _watched(assoc):
         return False
     primitive = plain_store_response(value[1:])
     if primitive is None:

@@ -274,3 +274,25 @@ def test_the_agents_own_received_data_set_guard_does_not_hold_responses_back() -
     assert deliver_store_response(guarded, [(5, b"\x03" + command)])
     both = _Receiving(guards.remember_received, print)
     assert not deliver_store_response(both, [(5, b"\x03" + command)])
+
+
+def test_presentation_contexts_copy_deeply_and_completely(agent: Agent) -> None:
+    import copy
+
+    from pynetdicom.presentation import PresentationContext
+
+    from agent.net.engine.copies import copy_context
+
+    assert PresentationContext.__deepcopy__ is copy_context  # type: ignore[attr-defined]
+    assert agent.server is not None
+    originals = agent.server._server.contexts  # what pynetdicom copies for each association
+    copies = copy.deepcopy(originals)
+    assert len(copies) == len(originals) > 100
+    for original, copied in zip(originals, copies, strict=True):
+        assert copied is not original
+        assert vars(copied) == vars(original)
+    before = list(originals[0].transfer_syntax)
+    copies[0].add_transfer_syntax("1.2.3.4.5")
+    copies[0].scp_role = not originals[0].scp_role
+    assert originals[0].transfer_syntax == before
+    assert copies[0].scp_role != originals[0].scp_role

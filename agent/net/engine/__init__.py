@@ -2,8 +2,9 @@
 
 ``install()`` swaps pynetdicom's polling DUL and association loops for event-driven
 ones (agent/net/engine/dul.py, reactor.py), encodes command sets without pydicom
-(commands.py), sends each DIMSE message in as few PDUs as fit (messages.py) and
-decodes plain C-STORE responses without pydicom (responses.py), process-wide, once.
+(commands.py), sends each DIMSE message in as few PDUs as fit (messages.py),
+decodes plain C-STORE responses without pydicom (responses.py), and copies presentation
+contexts for each accepted association cheaply (copies.py), process-wide, once.
 Every private name used here is listed in ``PRIVATE_NAMES`` and checked by
 tests/test_engine_contract.py, and
 pynetdicom is pinned to the minor version those tests ran on.
@@ -15,8 +16,9 @@ import threading
 
 import pynetdicom
 from pynetdicom import _config, association, dimse, dimse_messages, dimse_primitives, dul
+from pynetdicom.presentation import PresentationContext
 
-from agent.net.engine import commands, messages
+from agent.net.engine import commands, copies, messages
 from agent.net.engine.dul import EventDrivenDUL
 from agent.net.engine.reactor import run_reactor
 
@@ -68,4 +70,5 @@ def install() -> None:
         setattr(association.Association, "_run_reactor", run_reactor)  # noqa: B010
         setattr(dimse_messages.DIMSEMessage, "encode_msg", messages.encode_msg)  # noqa: B010
         setattr(dimse.DIMSEServiceProvider, "send_msg", commands.send_msg)  # noqa: B010
+        setattr(PresentationContext, "__deepcopy__", copies.copy_context)  # noqa: B010
         _done = True

@@ -94,6 +94,7 @@ class EventDrivenDUL(DULServiceProvider):
         self._wake_in.setblocking(False)
         self._wake_out.setblocking(False)
         self._room = threading.Condition()
+        self._send_lock = threading.Lock()
 
     def send_pdu(self, primitive: Any) -> None:
         """Queue a primitive for the peer and wake the loop to send it.
@@ -101,11 +102,42 @@ class EventDrivenDUL(DULServiceProvider):
         P-DATA waits while MAX_QUEUED are already queued: a C-FIND streaming answers or a
         C-STORE of a large file cannot pile up in memory faster than the socket drains.
         """
+        if isinstance(primitive, EncodedPData) and self._send_directly(primitive):
+            return
         if isinstance(primitive, (P_DATA, EncodedPData)) and threading.current_thread() is not self:
             with self._room:
                 self._room.wait_for(self._has_room, timeout=self.network_timeout or MAX_WAIT * 60)
         super().send_pdu(primitive)
         self._nudge()
+
+    def _send_directly(self, pdata: EncodedPData) -> bool:
+        """Write ``pdata`` from the calling thread if nothing is ahead of it; True if done.
+
+        Handing each write to the loop thread cost a wake-up (and a turn of the GIL)
+        per write, on the critical path of every C-STORE sub-operation. The send lock,
+        which the loop holds whenever it sends or acts, keeps the bytes of PDUs whole
+        and in order; TLS sockets (one SSL object must not read and write at once from
+        two threads) and anything already queued take the loop's path.
+        """
+        if threading.current_thread() is self:
+            return False
+        with self._send_lock:
+            raw = getattr(self.socket, "socket", None)
+            if (
+                not isinstance(raw, socket.socket)
+                or isinstance(raw, ssl.SSLSocket)
+                or self.state_machine.current_state != "Sta6"
+                or not self.to_provider_queue.empty()
+                or not self.event_queue.empty()
+                or self._kill_thread
+            ):
+                return False
+            try:
+                send_buffers(raw, pdata.buffers)
+            except OSError:
+                self.event_queue.put("Evt17")  # as pynetdicom's socket does: connection closed
+                self._nudge()
+        return True
 
     def _has_room(self) -> bool:
         if self._kill_thread or not self.is_alive():
@@ -154,10 +186,11 @@ class EventDrivenDUL(DULServiceProvider):
         if self._is_transport_event():  # reads one PDU if the socket has data
             self._idle_timer.restart()
             worked = True
-        worked = self._act() or worked
-        if self._send_encoded() or self._process_recv_primitive():  # the latter queues an event
-            worked = True
-        return self._act() or worked
+        with self._send_lock:  # every send and state change of the loop happens under it
+            worked = self._act() or worked
+            if self._send_encoded() or self._process_recv_primitive():  # latter queues an event
+                worked = True
+            return self._act() or worked
 
     def _read_pdu_data(self) -> None:
         """Read one PDU; a P-DATA-TF on an established association goes straight to DIMSE.

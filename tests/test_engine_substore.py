@@ -17,14 +17,14 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom.dsutils import split_dataset
 
 from agent.net.engine.reactor import ParkingGate
-from agent.net.engine.substore import HEAD, _parse_meta, context_id, file_meta
+from agent.net.engine.substore import HEAD, WHOLE, _parse_meta, context_id, file_meta
 
 SAMPLES = ("CT_small.dcm", "MR_small_implicit.dcm", "MR_small_bigendian.dcm", "JPEG2000.dcm",
            "rtplan.dcm")
 
 
-def _written(path: Path, *, private_meta: bytes = b"") -> Path:
-    """A small instance written by pydicom, optionally with a long private meta element."""
+def _written(path: Path, *, private_meta: bytes = b"", pixels: bytes = b"") -> Path:
+    """An instance written by pydicom, optionally with a long private meta element."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
     meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -37,6 +37,8 @@ def _written(path: Path, *, private_meta: bytes = b"") -> Path:
     ds.SOPClassUID = meta.MediaStorageSOPClassUID
     ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
     ds.PatientName = "Test^Meta"
+    if pixels:
+        ds.add_new(0x7FE00010, "OB", pixels)
     ds.save_as(path, enforce_file_format=True)
     return path
 
@@ -114,3 +116,21 @@ def test_a_held_gate_keeps_the_reactor_off_without_waking_it() -> None:
     gate.set()
     gate.clear()
     assert gate.wake.is_set()  # pynetdicom's own send_* still wake it to park
+
+
+@pytest.mark.parametrize("size", [100, 70_000, WHOLE + 5000])
+def test_the_data_set_sent_is_the_files_from_its_offset_whether_read_at_once_or_not(
+        tmp_path: Path, size: int) -> None:
+    from agent.net.engine.commands import _chunks
+    from agent.net.engine.substore import ReadPath
+
+    path = _written(tmp_path / "sized.dcm", pixels=bytes(range(256)) * (size // 256 + 1))
+    meta = file_meta(path)
+    assert (meta.contents is not None) == (path.stat().st_size <= WHOLE)
+    where = ReadPath((path, meta.offset))
+    where.contents = meta.contents
+    expected = path.read_bytes()[meta.offset:]
+    for piece_size in (16378, 1 << 20):
+        assert b"".join(_chunks(None, where, piece_size)) == expected
+        assert b"".join(_chunks(None, (path, meta.offset), piece_size)) == expected
+        assert all(len(piece) <= piece_size for piece in _chunks(None, where, piece_size))

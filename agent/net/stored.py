@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pydicom import dcmread
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 
 from agent.net.contexts import UNCOMPRESSED
@@ -24,6 +25,8 @@ from agent.net.engine import substore
 log = logging.getLogger(__name__)
 
 _WRAPPED = "_edge_agent_sends_stored"
+SOP_CLASS_UID = 0x00080016
+SOP_INSTANCE_UID = 0x00080018
 
 
 class StoredFile(Dataset):
@@ -33,20 +36,16 @@ class StoredFile(Dataset):
         self, path: Path, sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str
     ) -> None:
         super().__init__()
-        self.SOPClassUID = sop_class_uid
-        self.SOPInstanceUID = sop_instance_uid
+        # by tag and VR: a keyword lookup per element cost a tenth of the handler's time
+        self[SOP_CLASS_UID] = DataElement(SOP_CLASS_UID, "UI", sop_class_uid)
+        self[SOP_INSTANCE_UID] = DataElement(SOP_INSTANCE_UID, "UI", sop_instance_uid)
         self.stored_path = path
         self.stored_syntax = transfer_syntax
 
 
 def accepts_as_stored(assoc: Any, sop_class_uid: str, transfer_syntax: str) -> bool:
     """True if ``assoc`` has a context on which we may send this SOP class in this syntax."""
-    return any(
-        str(cx.abstract_syntax) == sop_class_uid
-        and str(cx.transfer_syntax[0]) == transfer_syntax
-        and cx.as_scu
-        for cx in assoc.accepted_contexts
-    )
+    return substore.has_context(assoc, sop_class_uid, transfer_syntax)
 
 
 def sendable(assoc: Any, sop_class_uid: str, transfer_syntax: str, path: Path) -> Path | Dataset:

@@ -106,6 +106,12 @@ def _chunks(data: bytes | BytesIO | None, path: Any, size: int) -> Iterator[Buff
     Slicing a view copies nothing: the bytes read from the file are copied once more only
     by the kernel, when the socket takes them.
     """
+    contents = getattr(path, "contents", None)
+    if path is not None and contents is not None:
+        view = memoryview(contents)
+        for start in range(path[1], len(contents), size):
+            yield view[start : start + size]
+        return
     if path is not None:
         with open(path[0], "rb", buffering=0) as handle:
             handle.seek(path[1])

@@ -14,6 +14,7 @@ there is nothing to wait for. Anything unusual takes pynetdicom's own path.
 from __future__ import annotations
 
 import logging
+import os
 import struct
 import threading
 import weakref
@@ -29,6 +30,7 @@ from agent.net.engine.reactor import ParkingGate
 log = logging.getLogger(__name__)
 
 HEAD = 4096  # bytes read to find the file meta; a larger group goes through pydicom
+WHOLE = 1 << 20  # a file up to this size is read at once, and its bytes sent from memory
 PREAMBLE = 128
 _SHORT = struct.Struct("<HH2sH")  # group, element, VR, 2-byte length
 _LONG = struct.Struct("<I")
@@ -41,13 +43,24 @@ _contexts: weakref.WeakKeyDictionary[Any, dict[tuple[str, str], int]] = weakref.
 class FileMeta:
     """What a stored file's meta says: where its data set starts, and its three UIDs."""
 
-    __slots__ = ("offset", "sop_class", "sop_instance", "syntax")
+    __slots__ = ("contents", "offset", "sop_class", "sop_instance", "syntax")
 
     def __init__(self, offset: int, sop_class: str, sop_instance: str, syntax: str) -> None:
         self.offset = offset
         self.sop_class = sop_class
         self.sop_instance = sop_instance
         self.syntax = syntax
+        self.contents: bytes | None = None  # the whole file, when it was small enough
+
+
+class ReadPath(tuple):  # type: ignore[type-arg]
+    """pynetdicom's (path, offset) of a data set to send, with the file's bytes if read.
+
+    pynetdicom's own path uses the pair; the engine's sends use ``contents`` and so
+    open and read a small file once, not once for its meta and again for its data.
+    """
+
+    contents: bytes | None = None
 
 
 def _parse_meta(head: bytes) -> FileMeta | None:
@@ -85,8 +98,13 @@ def _parse_meta(head: bytes) -> FileMeta | None:
 def file_meta(path: Path) -> FileMeta:
     """The file meta of ``path`` (pydicom reads what the small parser does not take)."""
     with open(path, "rb", buffering=0) as handle:
-        parsed = _parse_meta(handle.read(HEAD))
+        size = os.fstat(handle.fileno()).st_size
+        # the exact size: reading "up to" a larger block cost three times as much
+        head = handle.read(size if size <= WHOLE else HEAD)
+    parsed = _parse_meta(head[:HEAD])
     if parsed is not None:
+        if len(head) == size:
+            parsed.contents = head
         return parsed
     meta, offset = split_dataset(path)
     missing = [
@@ -104,10 +122,22 @@ def file_meta(path: Path) -> FileMeta:
     )
 
 
+def has_context(assoc: Any, sop_class: str, syntax: str) -> bool:
+    """True if ``assoc`` accepted a context to send this SOP class in this syntax on."""
+    try:
+        context_id(assoc, sop_class, syntax)
+    except ValueError:
+        return False
+    return True
+
+
 def context_id(assoc: Any, sop_class: str, syntax: str) -> int:
-    """The accepted context to send this SOP class in this syntax on (as SCU)."""
+    """The accepted context to send this SOP class in this syntax on (as SCU).
+
+    The table is built on first use: an association's accepted contexts never change.
+    """
     table = _contexts.get(assoc)
-    if table is None:
+    if table is None or not table:  # none accepted yet: look again
         table = {}
         for cx in assoc.accepted_contexts:
             key = (str(cx.abstract_syntax), str(cx.transfer_syntax[0]))
@@ -145,7 +175,9 @@ def send_file(
     request.MoveOriginatorMessageID = originator_id
     request.AffectedSOPClassUID = meta.sop_class
     request.AffectedSOPInstanceUID = meta.sop_instance
-    request._dataset_path = (path, meta.offset)
+    where = ReadPath((path, meta.offset))
+    where.contents = meta.contents
+    request._dataset_path = where
     cx_id = context_id(assoc, meta.sop_class, meta.syntax)
     gate = None if threading.current_thread() is assoc else assoc._reactor_checkpoint
     if gate is not None:

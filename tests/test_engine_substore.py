@@ -134,3 +134,59 @@ def test_the_data_set_sent_is_the_files_from_its_offset_whether_read_at_once_or_
         assert b"".join(_chunks(None, where, piece_size)) == expected
         assert b"".join(_chunks(None, (path, meta.offset), piece_size)) == expected
         assert all(len(piece) <= piece_size for piece in _chunks(None, where, piece_size))
+
+
+class _Assoc:
+    """Any object an association can be: the read-ahead is kept per association."""
+
+
+def test_a_file_read_ahead_is_used_only_for_that_file_and_only_once(tmp_path: Path) -> None:
+    from agent.net.engine.substore import _read_ahead, _taken_ahead
+
+    first, second = _written(tmp_path / "1.dcm"), _written(tmp_path / "2.dcm")
+    assoc, other = _Assoc(), _Assoc()
+    _read_ahead(assoc, first)
+    assert _taken_ahead(other, first) is None  # another association's
+    taken = _taken_ahead(assoc, first)
+    assert taken is not None and taken.contents == first.read_bytes()
+    assert _taken_ahead(assoc, first) is None  # once
+    _read_ahead(assoc, first)
+    assert _taken_ahead(assoc, second) is None  # a cancelled or reordered sequence
+    assert _taken_ahead(assoc, first) is None
+
+
+def test_a_file_that_cannot_be_read_ahead_fails_in_its_own_turn(tmp_path: Path) -> None:
+    from agent.net.engine.substore import _read_ahead, _taken_ahead
+
+    assoc = _Assoc()
+    _read_ahead(assoc, tmp_path / "gone.dcm")  # no exception here
+    assert _taken_ahead(assoc, tmp_path / "gone.dcm") is None
+    with pytest.raises(FileNotFoundError):
+        file_meta(tmp_path / "gone.dcm")
+
+
+class _Reader:
+    """The archive reader's path lookup, for the retrieve handlers."""
+
+    def path_of(self, instance: object) -> Path:
+        return Path("/archive") / instance.path  # type: ignore[attr-defined]
+
+
+def test_each_sub_operation_names_the_next_file_so_it_can_be_read_ahead() -> None:
+    from agent.archive.query import StoredInstance
+    from agent.net.qr import PENDING, QueryRetrieveHandlers
+    from agent.net.stored import StoredFile
+
+    ct = "1.2.840.10008.5.1.4.1.1.2"
+    instances = [StoredInstance(f"{n}.dcm", ct, f"1.2.3.{n}", "1.2.840.10008.1.2.1")
+                 for n in range(3)]
+    handlers = QueryRetrieveHandlers(None, _Reader(), lambda assoc: None)  # type: ignore[arg-type]
+    event = SimpleNamespace(is_cancelled=False)
+    sent = list(handlers._send(event, instances, None, "C-GET"))
+    assert [status for status, _ in sent] == [PENDING] * 3
+    files = [stored for _, stored in sent]
+    assert all(isinstance(stored, StoredFile) for stored in files)
+    assert [f.stored_path.name for f in files] == ["0.dcm", "1.dcm", "2.dcm"]  # type: ignore[union-attr]
+    assert [f.following.name if f.following else None  # type: ignore[union-attr]
+            for f in files] == ["1.dcm", "2.dcm", None]
+    assert [f.SOPInstanceUID for f in files] == ["1.2.3.0", "1.2.3.1", "1.2.3.2"]  # type: ignore[union-attr]

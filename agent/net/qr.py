@@ -154,14 +154,18 @@ class QueryRetrieveHandlers:
     def _send(
         self, event: Any, instances: list[StoredInstance], caller: Caller | None, what: str
     ) -> Iterator[tuple[int, Dataset | None]]:
-        for instance in instances:
+        following = self.reader.path_of(instances[0]) if instances else None
+        for number, instance in enumerate(instances, start=1):
             if event.is_cancelled:
                 log.info("%s from %s cancelled", what, caller)
                 yield CANCELLED, None
                 return
-            yield PENDING, StoredFile(
-                self.reader.path_of(instance),
-                instance.sop_class_uid,
-                instance.sop_instance_uid,
-                instance.transfer_syntax,
+            path, following = following, None
+            if number < len(instances):  # so its file is read while the peer stores this one
+                following = self.reader.path_of(instances[number])
+            assert path is not None
+            stored = StoredFile(
+                path, instance.sop_class_uid, instance.sop_instance_uid, instance.transfer_syntax
             )
+            stored.following = following
+            yield PENDING, stored

@@ -41,6 +41,7 @@ class StoredFile(Dataset):
         self[SOP_INSTANCE_UID] = DataElement(SOP_INSTANCE_UID, "UI", sop_instance_uid)
         self.stored_path = path
         self.stored_syntax = transfer_syntax
+        self.following: Path | None = None  # the next file to send, if known: read ahead
 
 
 def accepts_as_stored(assoc: Any, sop_class_uid: str, transfer_syntax: str) -> bool:
@@ -74,14 +75,15 @@ def send_as_stored(assoc: Any) -> None:
     def send_c_store(dataset: Any, *args: Any, **kwargs: Any) -> Any:
         if isinstance(dataset, StoredFile):
             try:
-                dataset = sendable(
+                sent = sendable(
                     assoc, dataset.SOPClassUID, dataset.stored_syntax, dataset.stored_path
                 )
             except (OSError, ValueError) as exc:
                 log.warning("cannot send %s: %s", dataset.stored_path.name, exc)
                 raise
-            if isinstance(dataset, Path) and not args and substore.can_send(assoc):
-                return substore.send_file(assoc, dataset, **kwargs)
+            if isinstance(sent, Path) and not args and substore.can_send(assoc):
+                return substore.send_file(assoc, sent, read_ahead=dataset.following, **kwargs)
+            dataset = sent
         return original(dataset, *args, **kwargs)
 
     assoc.send_c_store = send_c_store

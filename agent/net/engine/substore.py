@@ -37,6 +37,7 @@ _LONG = struct.Struct("<I")
 # explicit VRs with a reserved field and a 4-byte length (PS3.5 7.1.2)
 LONG_VRS = frozenset(b"OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())
 _META_UIDS = {0x0002: "sop_class", 0x0003: "sop_instance", 0x0010: "syntax"}
+_ahead: weakref.WeakKeyDictionary[Any, tuple[Path, FileMeta]] = weakref.WeakKeyDictionary()
 _contexts: weakref.WeakKeyDictionary[Any, dict[tuple[str, str], int]] = weakref.WeakKeyDictionary()
 
 
@@ -163,11 +164,15 @@ def send_file(
     priority: int = 2,
     originator_aet: str | None = None,
     originator_id: int | None = None,
+    read_ahead: Path | None = None,
 ) -> Dataset:
-    """Send ``path`` as stored in one C-STORE; the response's status as pynetdicom gives it."""
+    """Send ``path`` as stored in one C-STORE; the response's status as pynetdicom gives it.
+
+    ``read_ahead``, the file to be sent next, is read while the peer stores this one.
+    """
     if not assoc.is_established:
         raise RuntimeError("the association must be established to send a C-STORE")
-    meta = file_meta(path)
+    meta = _taken_ahead(assoc, path) or file_meta(path)
     request = C_STORE()
     request.MessageID = msg_id
     request.Priority = priority
@@ -184,11 +189,27 @@ def send_file(
         gate.hold()
     try:
         assoc.dimse.send_msg(request, cx_id)
+        if read_ahead is not None:
+            _read_ahead(assoc, read_ahead)
         _, response = assoc.dimse.get_msg(block=True)
     finally:
         if gate is not None:
             gate.set()
     return _status_of(assoc, response)
+
+
+def _read_ahead(assoc: Any, path: Path) -> None:
+    """Read the next file to send now, while the peer is busy; a failure waits its turn."""
+    try:
+        _ahead[assoc] = (path, file_meta(path))
+    except Exception:
+        _ahead.pop(assoc, None)  # read (and fail) again when it is this file's turn
+
+
+def _taken_ahead(assoc: Any, path: Path) -> FileMeta | None:
+    """The file meta (and bytes) of ``path`` if they were read ahead for this association."""
+    entry = _ahead.pop(assoc, None)
+    return entry[1] if entry is not None and entry[0] == path else None
 
 
 def _status_of(assoc: Any, response: Any) -> Dataset:

@@ -77,3 +77,45 @@ def test_no_write_leaves_directly_once_the_association_is_ending(
     dul.send_pdu(EncodedPData([b"late"]))
     assert dul.to_provider_queue.qsize() == 1  # the loop decides (and drops it)
     assert _unread(theirs) == b""
+
+
+def _parsed(stream: bytes, max_pdu: int) -> list[tuple[int, int, bytes]]:
+    """(context ID, control header, fragment) of every PDV in a stream of P-DATA-TF PDUs."""
+    import struct
+
+    pdvs, position = [], 0
+    while position < len(stream):
+        kind, _, length = struct.unpack_from(">BBI", stream, position)
+        assert kind == 0x04 and length <= max_pdu
+        end, position = position + 6 + length, position + 6
+        while position < end:
+            (item,) = struct.unpack_from(">I", stream, position)
+            pdvs.append((stream[position + 4], stream[position + 5],
+                         stream[position + 6 : position + 4 + item]))
+            position += 4 + item
+        assert position == end
+    return pdvs
+
+
+@pytest.mark.parametrize("length", [0, 1, 16378 - 200, 16378, 16379, 3 * 16378 + 7, 300_000])
+@pytest.mark.parametrize("max_pdu", [16384, 0])
+def test_framed_pdus_carry_the_command_then_the_data_with_the_right_flags(
+        length: int, max_pdu: int) -> None:
+    from agent.net.engine.commands import _fragments, _pdus, _writes
+
+    command = bytes(range(200)) * 1 + b"\x01" * 10
+    data = bytes((n * 7) % 251 for n in range(length))
+    stream = b"".join(
+        bytes(part)
+        for write in _writes(_pdus(3, _fragments(command, data, None, max_pdu), max_pdu))
+        for part in write.buffers)
+    pdvs = _parsed(stream, max_pdu or len(stream))
+    assert {cx for cx, _, _ in pdvs} == {3}
+    commands = [(flag, piece) for _, flag, piece in pdvs if flag & 1]
+    datas = [(flag, piece) for _, flag, piece in pdvs if not flag & 1]
+    assert b"".join(piece for _, piece in commands) == command
+    assert [flag for flag, _ in commands] == [0x01] * (len(commands) - 1) + [0x03]
+    assert b"".join(piece for _, piece in datas) == data
+    if data:
+        assert [flag for flag, _ in datas] == [0x00] * (len(datas) - 1) + [0x02]
+    assert pdvs.index((3, 0x03, commands[-1][1])) < len(commands)  # the command comes first

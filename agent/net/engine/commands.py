@@ -37,6 +37,7 @@ _FAST = (C_ECHO, C_FIND, C_GET, C_MOVE, C_STORE)
 _HEADER = struct.Struct("<HHI")
 _PDU_HEADER = struct.Struct(">BBI")  # P-DATA-TF: type, reserved, length
 _ITEM_HEADER = struct.Struct(">IBB")  # PDV item: length, context ID, control header
+_ONE_PDV_HEADER = struct.Struct(">BBIIBB")  # both, for a PDU that carries one PDV
 _COMMAND_FIELD = {name: code for code, (name, _) in _MESSAGE_TYPES.items()}
 
 
@@ -143,28 +144,40 @@ def _fragments(command: bytes, data: Any, path: Any, max_pdu: int) -> Iterator[t
 
 def _pdus(
     context_id: int, fragments: Iterator[tuple[int, Buffer]], max_pdu: int
-) -> Iterator[list[Buffer]]:
-    """P-DATA-TF PDUs as lists of buffers, each carrying as many consecutive PDVs as fit."""
-    items: list[Buffer] = []
+) -> Iterator[tuple[list[Buffer], int]]:
+    """P-DATA-TF PDUs (buffers, byte count), each carrying as many consecutive PDVs as fit."""
+    held: list[tuple[int, Buffer]] = []
     used = 0
     for control, piece in fragments:
         size = PDV_ITEM_HEADER + 1 + len(piece)
-        if items and max_pdu and used + size > max_pdu:
-            yield [_PDU_HEADER.pack(0x04, 0, used), *items]
-            items, used = [], 0
-        items += (_ITEM_HEADER.pack(len(piece) + 2, context_id, control), piece)
+        if held and max_pdu and used + size > max_pdu:
+            yield _pdu(context_id, held, used)
+            held, used = [], 0
+        held.append((control, piece))
         used += size
-    if items:
-        yield [_PDU_HEADER.pack(0x04, 0, used), *items]
+    if held:
+        yield _pdu(context_id, held, used)
 
 
-def _writes(pdus: Iterator[list[Buffer]]) -> Iterator[EncodedPData]:
+def _pdu(context_id: int, items: list[tuple[int, Buffer]], used: int) -> tuple[list[Buffer], int]:
+    """One PDU's buffers; a PDU of one PDV (each of a data set's) gets one 12-byte header."""
+    if len(items) == 1:
+        control, piece = items[0]
+        header = _ONE_PDV_HEADER.pack(0x04, 0, used, len(piece) + 2, context_id, control)
+        return [header, piece], used + 6
+    parts: list[Buffer] = [_PDU_HEADER.pack(0x04, 0, used)]
+    for control, piece in items:
+        parts += (_ITEM_HEADER.pack(len(piece) + 2, context_id, control), piece)
+    return parts, used + 6
+
+
+def _writes(pdus: Iterator[tuple[list[Buffer], int]]) -> Iterator[EncodedPData]:
     """Consecutive PDUs gathered into writes of about WRITE_BLOCK bytes."""
     batch: list[Buffer] = []
     size = 0
-    for pdu in pdus:
-        batch += pdu
-        size += sum(len(part) for part in pdu)
+    for parts, count in pdus:
+        batch += parts
+        size += count
         if size >= WRITE_BLOCK:
             yield EncodedPData(batch)
             batch, size = [], 0

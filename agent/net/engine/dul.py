@@ -69,13 +69,16 @@ def send_buffers(sock: socket.socket, buffers: list[bytes | memoryview]) -> None
     if isinstance(sock, ssl.SSLSocket):  # no sendmsg on TLS: one joined write instead
         sock.sendall(b"".join(buffers))
         return
-    pending = [memoryview(buffer) for buffer in buffers]
-    while pending:
-        sent = sock.sendmsg(pending[:IOV_MAX])
-        while pending and sent >= len(pending[0]):
-            sent -= len(pending.pop(0))
-        if sent:
-            pending[0] = pending[0][sent:]
+    index, done = 0, 0  # the first buffer not wholly sent, and how much of it was
+    while index < len(buffers):
+        batch = buffers[index : index + IOV_MAX]
+        if done:
+            batch[0] = memoryview(batch[0])[done:]
+        sent = sock.sendmsg(batch) + done
+        while index < len(buffers) and sent >= len(buffers[index]):
+            sent -= len(buffers[index])
+            index += 1
+        done = sent
 
 
 def _held(assoc: Any) -> bool:
@@ -305,11 +308,13 @@ class EventDrivenDUL(DULServiceProvider):
             if isinstance(raw, ssl.SSLSocket) and raw.pending():
                 return  # decrypted bytes that select cannot see
             watched.append(raw)
+        readable: list[Any] = [self._wake_in]  # if select fails, drain the wake-ups anyway
         with contextlib.suppress(OSError, ValueError):  # closed meanwhile: the turn sees it
-            select.select(watched, [], [], max(MIN_WAIT, timeout))
-        with contextlib.suppress(OSError):
-            while self._wake_in.recv(4096):
-                pass
+            readable = select.select(watched, [], [], max(MIN_WAIT, timeout))[0]
+        if self._wake_in in readable:  # a failed recv per wait cost more than the wait
+            with contextlib.suppress(OSError):
+                while self._wake_in.recv(4096):
+                    pass
 
     def _abort_on(self, exc: Exception) -> None:
         """Bad input broke the DUL: answer the peer (reject or abort) and close, at once.

@@ -190,3 +190,45 @@ def test_each_sub_operation_names_the_next_file_so_it_can_be_read_ahead() -> Non
     assert [f.following.name if f.following else None  # type: ignore[union-attr]
             for f in files] == ["1.dcm", "2.dcm", None]
     assert [f.SOPInstanceUID for f in files] == ["1.2.3.0", "1.2.3.1", "1.2.3.2"]  # type: ignore[union-attr]
+
+
+class _Aborting:
+    """An established association that notes being aborted."""
+
+    def __init__(self) -> None:
+        self.is_established, self.aborted = True, False
+        self.acse = SimpleNamespace(is_aborted=lambda: False)
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+def test_a_response_status_comes_back_as_pynetdicom_gives_it() -> None:
+    from pynetdicom.dimse_primitives import C_STORE
+
+    from agent.net.engine.substore import _status_of
+
+    plain = C_STORE()
+    plain.MessageIDBeingRespondedTo, plain.Status = 1, 0xB007
+    status = _status_of(_Aborting(), plain)
+    assert status.Status == 0xB007 and len(status) == 1
+    with pytest.raises(TypeError):
+        status.Status = 0  # shared between sub-operations: it must not change
+    detailed = C_STORE()
+    detailed.MessageIDBeingRespondedTo, detailed.Status = 2, 0xA700
+    detailed.ErrorComment = "no space"
+    status = _status_of(_Aborting(), detailed)
+    assert (status.Status, status.ErrorComment) == (0xA700, "no space")
+    status.Status = 0  # its own
+
+
+@pytest.mark.parametrize("response", [None, "invalid"])
+def test_no_response_or_an_invalid_one_aborts_with_an_empty_status(response: object) -> None:
+    from pynetdicom.dimse_primitives import C_STORE
+
+    from agent.net.engine.substore import _status_of
+
+    assoc = _Aborting()
+    answer = C_STORE() if response == "invalid" else None  # no Status: not a valid response
+    assert len(_status_of(assoc, answer)) == 0
+    assert assoc.aborted

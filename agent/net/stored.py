@@ -39,9 +39,14 @@ class StoredFile(Dataset):
         # by tag and VR: a keyword lookup per element cost a tenth of the handler's time
         self[SOP_CLASS_UID] = DataElement(SOP_CLASS_UID, "UI", sop_class_uid)
         self[SOP_INSTANCE_UID] = DataElement(SOP_INSTANCE_UID, "UI", sop_instance_uid)
-        self.stored_path = path
-        self.stored_syntax = transfer_syntax
-        self.following: Path | None = None  # the next file to send, if known: read ahead
+        # plain attributes, set as pydicom would after looking each name up as a keyword
+        object.__setattr__(self, "stored_path", path)
+        object.__setattr__(self, "stored_syntax", transfer_syntax)
+        object.__setattr__(self, "following", None)  # the next file to send: read ahead
+
+    stored_path: Path
+    stored_syntax: str
+    following: Path | None
 
 
 def accepts_as_stored(assoc: Any, sop_class_uid: str, transfer_syntax: str) -> bool:

@@ -154,18 +154,20 @@ class QueryRetrieveHandlers:
     def _send(
         self, event: Any, instances: list[StoredInstance], caller: Caller | None, what: str
     ) -> Iterator[tuple[int, Dataset | None]]:
-        following = self.reader.path_of(instances[0]) if instances else None
-        for number, instance in enumerate(instances, start=1):
+        paths = map(self.reader.path_of, instances)
+        following = next(paths, None)
+        for instance in instances:
             if event.is_cancelled:
                 log.info("%s from %s cancelled", what, caller)
                 yield CANCELLED, None
                 return
-            path, following = following, None
-            if number < len(instances):  # so its file is read while the peer stores this one
-                following = self.reader.path_of(instances[number])
-            assert path is not None
+            path, following = following, next(paths, None)
+            assert path is not None  # one path per instance
             stored = StoredFile(
-                path, instance.sop_class_uid, instance.sop_instance_uid, instance.transfer_syntax
+                path,
+                instance.sop_class_uid,
+                instance.sop_instance_uid,
+                instance.transfer_syntax,
+                following=following,  # read while the peer stores this one
             )
-            stored.following = following
             yield PENDING, stored

@@ -5,7 +5,9 @@ hand it to ``send_c_store``, which would encode it again: Implicit VR would leav
 Explicit, retired Group Lengths would be dropped, a compressed file could not go on an
 uncompressed context. Our handlers yield a ``StoredFile`` instead, and the association's
 ``send_c_store`` (wrapped by ``send_as_stored``) sends the file itself when its syntax
-was accepted, and a decoded copy to convert only when it was not.
+was accepted (through the engine's own C-STORE, agent/net/engine/substore.py, which
+also reads the next file while the peer stores this one), and a decoded copy to
+convert only when it was not.
 """
 
 from __future__ import annotations
@@ -33,7 +35,13 @@ class StoredFile(Dataset):
     """An archived instance to send: its UIDs (so failures are listed) and its file."""
 
     def __init__(
-        self, path: Path, sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str
+        self,
+        path: Path,
+        sop_class_uid: str,
+        sop_instance_uid: str,
+        transfer_syntax: str,
+        *,
+        following: Path | None = None,
     ) -> None:
         super().__init__()
         # by tag and VR: a keyword lookup per element cost a tenth of the handler's time
@@ -42,7 +50,7 @@ class StoredFile(Dataset):
         # plain attributes, set as pydicom would after looking each name up as a keyword
         object.__setattr__(self, "stored_path", path)
         object.__setattr__(self, "stored_syntax", transfer_syntax)
-        object.__setattr__(self, "following", None)  # the next file to send: read ahead
+        object.__setattr__(self, "following", following)  # the next file to send: read ahead
 
     stored_path: Path
     stored_syntax: str

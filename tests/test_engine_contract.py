@@ -33,6 +33,8 @@ def test_every_private_name_the_engine_uses_exists(owner: object, name: str) -> 
     holder = owner
     if isinstance(owner, type) and name in {"_idle_timer", "_kill_thread"}:
         holder = dul.DULServiceProvider(_FakeAssociation())  # instance attributes
+    if owner is association.Association and name == "_reactor_checkpoint":
+        holder = association.Association(AE(), "requestor")  # an instance attribute
     assert hasattr(holder, name), (
         f"pynetdicom {pynetdicom.__version__} has no {getattr(owner, '__name__', owner)}.{name}:"
         " the engine (agent/net/engine/) must be adapted before this pynetdicom is used")
@@ -129,3 +131,168 @@ def test_commands_encoded_directly_match_pynetdicoms_bytes(primitive: object) ->
     expected = encode(message.command_set, True, True)
     has_data = message.command_set.CommandDataSetType == 0x0001
     assert encode_command(name, primitive, has_data) == expected
+
+
+def _store_responses() -> list[object]:
+    """C-STORE-RSPs as peers send them: plain, without UIDs, and with status details."""
+    from pynetdicom.dimse_primitives import C_STORE
+
+    plain = C_STORE()
+    plain.MessageIDBeingRespondedTo, plain.Status = 65535, 0x0000
+    plain.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    plain.AffectedSOPInstanceUID = "1.2.3.45"  # odd length: padded with a NUL
+    bare = C_STORE()
+    bare.MessageIDBeingRespondedTo, bare.Status = 3, 0xB000
+    failed = C_STORE()
+    failed.MessageIDBeingRespondedTo, failed.Status = 9, 0xA700
+    failed.AffectedSOPInstanceUID = "1.2.3.4"
+    failed.ErrorComment = "disk below the floor"
+    offending = C_STORE()
+    offending.MessageIDBeingRespondedTo, offending.Status = 9, 0xA900
+    offending.OffendingElement = [0x00100010]
+    return [plain, bare, failed, offending]
+
+
+def _received(primitive: object) -> tuple[bytes, object]:
+    """The command set bytes pynetdicom sends for ``primitive`` and what it decodes them to."""
+    from pynetdicom.dimse_messages import C_STORE_RSP, DIMSEMessage
+    from pynetdicom.dsutils import encode
+    from pynetdicom.pdu_primitives import P_DATA
+
+    message = C_STORE_RSP()
+    message.primitive_to_message(primitive)
+    command = encode(message.command_set, True, True)
+    pdata = P_DATA()
+    pdata.presentation_data_value_list.append((5, b"\x03" + command))
+    decoder = DIMSEMessage()
+    assert decoder.decode_msg(pdata)
+    return command, decoder.message_to_primitive()
+
+
+STORE_RSP_FIELDS = ("MessageIDBeingRespondedTo", "Status", "AffectedSOPClassUID",
+                    "AffectedSOPInstanceUID", "ErrorComment", "OffendingElement", "_context_id",
+                    "_dataset_path")
+
+
+class _Receiving:
+    """Just enough of an Association for a received response to be queued."""
+
+    def __init__(self, *handlers: object) -> None:
+        import queue
+        from types import SimpleNamespace
+
+        self.dimse = SimpleNamespace(message=None, msg_queue=queue.Queue())
+        self.handlers = [(handler, None) for handler in handlers]
+
+    def get_handlers(self, event: object) -> list[object]:
+        from pynetdicom import evt
+
+        return list(self.handlers) if event is evt.EVT_DIMSE_RECV else []
+
+
+@pytest.mark.parametrize("primitive", _store_responses(), ids=["plain", "bare", "comment", "tag"])
+def test_store_responses_decoded_directly_match_pynetdicoms(primitive: object) -> None:
+    from agent.net.engine.responses import deliver_store_response
+
+    command, expected = _received(primitive)
+    assoc = _Receiving()
+    taken = deliver_store_response(assoc, [(5, b"\x03" + command)])
+    if primitive.ErrorComment or primitive.OffendingElement:
+        assert not taken and assoc.dimse.msg_queue.empty()  # pynetdicom decodes these
+        return
+    assert taken
+    context_id, decoded = assoc.dimse.msg_queue.get_nowait()
+    assert context_id == 5
+    for field in STORE_RSP_FIELDS:
+        assert getattr(decoded, field) == getattr(expected, field), field
+        assert type(getattr(decoded, field)) is type(getattr(expected, field)), field
+
+
+def test_store_responses_go_to_pynetdicom_when_watched_split_or_mid_message() -> None:
+    from agent.net.engine.responses import deliver_store_response
+
+    command, _ = _received(_store_responses()[0])
+    assert not deliver_store_response(_Receiving(print), [(5, b"\x03" + command)])
+    assert not deliver_store_response(_Receiving(), [(5, b"\x01" + command)])  # not last
+    assert not deliver_store_response(_Receiving(), [(5, b"\x03" + command)] * 2)
+    midway = _Receiving()
+    midway.dimse.message = object()  # a message whose first fragments came already
+    assert not deliver_store_response(midway, [(5, b"\x03" + command)])
+
+
+@pytest.mark.parametrize("command", [
+    b"",  # no Status
+    b"\x00\x00\x00\x01\x02\x00\x00\x00\x01\x80",  # a CommandField only
+    b"\x00\x00\x00\x09\x04\x00\x00\x00\x00\x00",  # Status with a 4-byte length
+    b"\x00\x00\x00\x09\x02\x00\x00\x00\x00",  # truncated
+])
+def test_store_responses_that_are_not_plain_go_to_pynetdicom(command: bytes) -> None:
+    from agent.net.engine.responses import plain_store_response
+
+    assert plain_store_response(command) is None
+
+
+def test_a_store_request_is_never_taken_for_a_response() -> None:
+    from pynetdicom.dimse_primitives import C_ECHO
+
+    from agent.net.engine.commands import encode_command
+    from agent.net.engine.responses import plain_store_response
+
+    echo = C_ECHO()
+    echo.MessageIDBeingRespondedTo, echo.Status = 1, 0
+    assert plain_store_response(encode_command("C-ECHO-RSP", echo, False)) is None
+
+
+class _Dribbling:
+    """A socket that takes at most ``step`` bytes per sendmsg, as a full buffer does."""
+
+    def __init__(self, step: int) -> None:
+        self.step, self.received = step, bytearray()
+
+    def sendmsg(self, buffers: list[memoryview]) -> int:
+        taken = b"".join(bytes(b) for b in buffers)[: self.step]
+        self.received += taken
+        return len(taken)
+
+
+@pytest.mark.parametrize("step", [1, 3, 7, 1 << 20])
+def test_gathered_writes_send_every_byte_in_order_even_when_partial(step: int) -> None:
+    from agent.net.engine.dul import send_buffers
+
+    buffers: list[bytes | memoryview] = [b"head", memoryview(b"0123456789")[2:8], b"", b"tail"]
+    sock = _Dribbling(step)
+    send_buffers(sock, buffers)  # type: ignore[arg-type]
+    assert bytes(sock.received) == b"head234567tail"
+
+
+def test_the_agents_own_received_data_set_guard_does_not_hold_responses_back() -> None:
+    from agent.net.engine import guards
+    from agent.net.engine.responses import deliver_store_response
+
+    command, _ = _received(_store_responses()[0])
+    guarded = _Receiving(guards.remember_received)
+    assert deliver_store_response(guarded, [(5, b"\x03" + command)])
+    both = _Receiving(guards.remember_received, print)
+    assert not deliver_store_response(both, [(5, b"\x03" + command)])
+
+
+def test_presentation_contexts_copy_deeply_and_completely(agent: Agent) -> None:
+    import copy
+
+    from pynetdicom.presentation import PresentationContext
+
+    from agent.net.engine.copies import copy_context
+
+    assert PresentationContext.__deepcopy__ is copy_context  # type: ignore[attr-defined]
+    assert agent.server is not None
+    originals = agent.server._server.contexts  # what pynetdicom copies for each association
+    copies = copy.deepcopy(originals)
+    assert len(copies) == len(originals) > 100
+    for original, copied in zip(originals, copies, strict=True):
+        assert copied is not original
+        assert vars(copied) == vars(original)
+    before = list(originals[0].transfer_syntax)
+    copies[0].add_transfer_syntax("1.2.3.4.5")
+    copies[0].scp_role = not originals[0].scp_role
+    assert originals[0].transfer_syntax == before
+    assert copies[0].scp_role != originals[0].scp_role

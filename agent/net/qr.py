@@ -154,17 +154,20 @@ class QueryRetrieveHandlers:
     def _send(
         self, event: Any, instances: list[StoredInstance], caller: Caller | None, what: str
     ) -> Iterator[tuple[int, Dataset | None]]:
+        paths = map(self.reader.path_of, instances)
+        following = next(paths, None)
         for instance in instances:
             if event.is_cancelled:
                 log.info("%s from %s cancelled", what, caller)
                 yield CANCELLED, None
                 return
-            yield (
-                PENDING,
-                StoredFile(
-                    self.reader.path_of(instance),
-                    instance.sop_class_uid,
-                    instance.sop_instance_uid,
-                    instance.transfer_syntax,
-                ),
+            path, following = following, next(paths, None)
+            assert path is not None  # one path per instance
+            stored = StoredFile(
+                path,
+                instance.sop_class_uid,
+                instance.sop_instance_uid,
+                instance.transfer_syntax,
+                following=following,  # read while the peer stores this one
             )
+            yield PENDING, stored

@@ -5,7 +5,9 @@ hand it to ``send_c_store``, which would encode it again: Implicit VR would leav
 Explicit, retired Group Lengths would be dropped, a compressed file could not go on an
 uncompressed context. Our handlers yield a ``StoredFile`` instead, and the association's
 ``send_c_store`` (wrapped by ``send_as_stored``) sends the file itself when its syntax
-was accepted, and a decoded copy to convert only when it was not.
+was accepted (through the engine's own C-STORE, agent/net/engine/substore.py, which
+also reads the next file while the peer stores this one), and a decoded copy to
+convert only when it was not.
 """
 
 from __future__ import annotations
@@ -16,36 +18,48 @@ from pathlib import Path
 from typing import Any
 
 from pydicom import dcmread
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 
 from agent.net.contexts import UNCOMPRESSED
+from agent.net.engine import substore
 
 log = logging.getLogger(__name__)
 
 _WRAPPED = "_edge_agent_sends_stored"
+SOP_CLASS_UID = 0x00080016
+SOP_INSTANCE_UID = 0x00080018
 
 
 class StoredFile(Dataset):
     """An archived instance to send: its UIDs (so failures are listed) and its file."""
 
     def __init__(
-        self, path: Path, sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str
+        self,
+        path: Path,
+        sop_class_uid: str,
+        sop_instance_uid: str,
+        transfer_syntax: str,
+        *,
+        following: Path | None = None,
     ) -> None:
         super().__init__()
-        self.SOPClassUID = sop_class_uid
-        self.SOPInstanceUID = sop_instance_uid
-        self.stored_path = path
-        self.stored_syntax = transfer_syntax
+        # by tag and VR: a keyword lookup per element cost a tenth of the handler's time
+        self[SOP_CLASS_UID] = DataElement(SOP_CLASS_UID, "UI", sop_class_uid)
+        self[SOP_INSTANCE_UID] = DataElement(SOP_INSTANCE_UID, "UI", sop_instance_uid)
+        # plain attributes, set as pydicom would after looking each name up as a keyword
+        object.__setattr__(self, "stored_path", path)
+        object.__setattr__(self, "stored_syntax", transfer_syntax)
+        object.__setattr__(self, "following", following)  # the next file to send: read ahead
+
+    stored_path: Path
+    stored_syntax: str
+    following: Path | None
 
 
 def accepts_as_stored(assoc: Any, sop_class_uid: str, transfer_syntax: str) -> bool:
     """True if ``assoc`` has a context on which we may send this SOP class in this syntax."""
-    return any(
-        str(cx.abstract_syntax) == sop_class_uid
-        and str(cx.transfer_syntax[0]) == transfer_syntax
-        and cx.as_scu
-        for cx in assoc.accepted_contexts
-    )
+    return substore.has_context(assoc, sop_class_uid, transfer_syntax)
 
 
 def sendable(assoc: Any, sop_class_uid: str, transfer_syntax: str, path: Path) -> Path | Dataset:
@@ -74,12 +88,15 @@ def send_as_stored(assoc: Any) -> None:
     def send_c_store(dataset: Any, *args: Any, **kwargs: Any) -> Any:
         if isinstance(dataset, StoredFile):
             try:
-                dataset = sendable(
+                sent = sendable(
                     assoc, dataset.SOPClassUID, dataset.stored_syntax, dataset.stored_path
                 )
             except (OSError, ValueError) as exc:
                 log.warning("cannot send %s: %s", dataset.stored_path.name, exc)
                 raise
+            if isinstance(sent, Path) and not args and substore.can_send(assoc):
+                return substore.send_file(assoc, sent, read_ahead=dataset.following, **kwargs)
+            dataset = sent
         return original(dataset, *args, **kwargs)
 
     assoc.send_c_store = send_c_store

@@ -2,9 +2,11 @@
 
 ``install()`` swaps pynetdicom's polling DUL and association loops for event-driven
 ones (agent/net/engine/dul.py, reactor.py), encodes command sets without pydicom
-(commands.py) and sends each DIMSE message in as few PDUs as fit (messages.py),
-process-wide, once. Every private name used
-here is listed in ``PRIVATE_NAMES`` and checked by tests/test_engine_contract.py, and
+(commands.py), sends each DIMSE message in as few PDUs as fit (messages.py),
+decodes plain C-STORE responses without pydicom (responses.py), and copies presentation
+contexts for each accepted association cheaply (copies.py), process-wide, once.
+Every private name used here is listed in ``PRIVATE_NAMES`` and checked by
+tests/test_engine_contract.py, and
 pynetdicom is pinned to the minor version those tests ran on.
 """
 
@@ -13,9 +15,10 @@ from __future__ import annotations
 import threading
 
 import pynetdicom
-from pynetdicom import _config, association, dimse, dimse_messages, dul
+from pynetdicom import _config, association, dimse, dimse_messages, dimse_primitives, dul
+from pynetdicom.presentation import PresentationContext
 
-from agent.net.engine import commands, messages
+from agent.net.engine import commands, copies, messages
 from agent.net.engine.dul import EventDrivenDUL
 from agent.net.engine.reactor import run_reactor
 
@@ -28,6 +31,7 @@ PRIVATE_NAMES: tuple[tuple[object, str], ...] = (
     (association, "DULServiceProvider"),  # the class an Association builds its DUL from
     (association.Association, "_run_reactor"),
     (association.Association, "_serve_request"),
+    (association.Association, "_reactor_checkpoint"),  # held by substore.py, a ParkingGate
     (dimse_messages.DIMSEMessage, "encode_msg"),  # wrapped: joins fragments into fewer PDUs
     (dimse.DIMSEServiceProvider, "send_msg"),  # replaced: command sets encoded directly
     (dimse_messages, "_MESSAGE_TYPES"),
@@ -36,6 +40,8 @@ PRIVATE_NAMES: tuple[tuple[object, str], ...] = (
     (dul.DULServiceProvider, "_process_recv_primitive"),
     (dul.DULServiceProvider, "_idle_timer"),
     (dul.DULServiceProvider, "_kill_thread"),
+    (dimse_primitives.C_STORE, "_dataset_path"),  # a file to stream (commands.py)
+    (dimse_primitives.C_STORE, "_context_id"),  # set on responses decoded by responses.py
 )
 
 
@@ -64,4 +70,5 @@ def install() -> None:
         setattr(association.Association, "_run_reactor", run_reactor)  # noqa: B010
         setattr(dimse_messages.DIMSEMessage, "encode_msg", messages.encode_msg)  # noqa: B010
         setattr(dimse.DIMSEServiceProvider, "send_msg", commands.send_msg)  # noqa: B010
+        setattr(PresentationContext, "__deepcopy__", copies.copy_context)  # noqa: B010
         _done = True

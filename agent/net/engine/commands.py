@@ -37,6 +37,7 @@ _FAST = (C_ECHO, C_FIND, C_GET, C_MOVE, C_STORE)
 _HEADER = struct.Struct("<HHI")
 _PDU_HEADER = struct.Struct(">BBI")  # P-DATA-TF: type, reserved, length
 _ITEM_HEADER = struct.Struct(">IBB")  # PDV item: length, context ID, control header
+_ONE_PDV_HEADER = struct.Struct(">BBIIBB")  # both, for a PDU that carries one PDV
 _COMMAND_FIELD = {name: code for code, (name, _) in _MESSAGE_TYPES.items()}
 
 
@@ -97,64 +98,91 @@ def _message_name(primitive: Any) -> str:
 
 READ_BLOCK = 1 << 20  # bytes read from a file at a time
 WRITE_BLOCK = 256 * 1024  # bytes of encoded PDUs handed to the socket in one write
+Buffer = bytes | memoryview
 
 
-def _chunks(data: bytes | BytesIO | None, path: Any, size: int) -> Iterator[bytes]:
-    """The data set in pieces of at most ``size`` bytes (a file is read as it goes)."""
+def _chunks(data: bytes | BytesIO | None, path: Any, size: int) -> Iterator[Buffer]:
+    """The data set in pieces of at most ``size`` bytes, as views (a file is read as it goes).
+
+    Slicing a view copies nothing: the bytes read from the file are copied once more only
+    by the kernel, when the socket takes them.
+    """
+    contents = getattr(path, "contents", None)
+    if path is not None and contents is not None:
+        view = memoryview(contents)
+        for start in range(path[1], len(contents), size):
+            yield view[start : start + size]
+        return
     if path is not None:
         with open(path[0], "rb", buffering=0) as handle:
             handle.seek(path[1])
             while block := handle.read(READ_BLOCK):
+                view = memoryview(block)
                 for start in range(0, len(block), size):
-                    yield block[start : start + size]
+                    yield view[start : start + size]
         return
     raw = data.getvalue() if isinstance(data, BytesIO) else data or b""
+    view = memoryview(raw)
     for start in range(0, len(raw), size):
-        yield raw[start : start + size]
+        yield view[start : start + size]
 
 
-def _fragments(command: bytes, data: Any, path: Any, max_pdu: int) -> Iterator[tuple[int, bytes]]:
+def _fragments(command: bytes, data: Any, path: Any, max_pdu: int) -> Iterator[tuple[int, Buffer]]:
     """(control header, fragment) for the command, then for the data set."""
     size = max_pdu - 6 if max_pdu else max(len(command), 1 << 30)
     pieces = [command[i : i + size] for i in range(0, len(command), size)]
     for index, piece in enumerate(pieces):
         yield (0x03 if index == len(pieces) - 1 else 0x01), piece
-    held: bytes | None = None
-    for piece in _chunks(data, path, size):
+    held: Buffer | None = None
+    for chunk in _chunks(data, path, size):
         if held is not None:
             yield 0x00, held
-        held = piece
+        held = chunk
     if held is not None:
         yield 0x02, held
 
 
-def _pdus(context_id: int, fragments: Iterator[tuple[int, bytes]], max_pdu: int) -> Iterator[bytes]:
-    """Encoded P-DATA-TF PDUs, each carrying as many consecutive PDVs as fit."""
-    items: list[bytes] = []
+def _pdus(
+    context_id: int, fragments: Iterator[tuple[int, Buffer]], max_pdu: int
+) -> Iterator[tuple[list[Buffer], int]]:
+    """P-DATA-TF PDUs (buffers, byte count), each carrying as many consecutive PDVs as fit."""
+    held: list[tuple[int, Buffer]] = []
     used = 0
     for control, piece in fragments:
         size = PDV_ITEM_HEADER + 1 + len(piece)
-        if items and max_pdu and used + size > max_pdu:
-            yield _PDU_HEADER.pack(0x04, 0, used) + b"".join(items)
-            items, used = [], 0
-        items.append(_ITEM_HEADER.pack(len(piece) + 2, context_id, control) + piece)
+        if held and max_pdu and used + size > max_pdu:
+            yield _pdu(context_id, held, used)
+            held, used = [], 0
+        held.append((control, piece))
         used += size
-    if items:
-        yield _PDU_HEADER.pack(0x04, 0, used) + b"".join(items)
+    if held:
+        yield _pdu(context_id, held, used)
 
 
-def _writes(pdus: Iterator[bytes]) -> Iterator[EncodedPData]:
-    """Consecutive PDUs joined into writes of about WRITE_BLOCK bytes."""
-    batch: list[bytes] = []
+def _pdu(context_id: int, items: list[tuple[int, Buffer]], used: int) -> tuple[list[Buffer], int]:
+    """One PDU's buffers; a PDU of one PDV (each of a data set's) gets one 12-byte header."""
+    if len(items) == 1:
+        control, piece = items[0]
+        header = _ONE_PDV_HEADER.pack(0x04, 0, used, len(piece) + 2, context_id, control)
+        return [header, piece], used + 6
+    parts: list[Buffer] = [_PDU_HEADER.pack(0x04, 0, used)]
+    for control, piece in items:
+        parts += (_ITEM_HEADER.pack(len(piece) + 2, context_id, control), piece)
+    return parts, used + 6
+
+
+def _writes(pdus: Iterator[tuple[list[Buffer], int]]) -> Iterator[EncodedPData]:
+    """Consecutive PDUs gathered into writes of about WRITE_BLOCK bytes."""
+    batch: list[Buffer] = []
     size = 0
-    for pdu in pdus:
-        batch.append(pdu)
-        size += len(pdu)
+    for parts, count in pdus:
+        batch += parts
+        size += count
         if size >= WRITE_BLOCK:
-            yield EncodedPData(b"".join(batch))
+            yield EncodedPData(batch)
             batch, size = [], 0
     if batch:
-        yield EncodedPData(b"".join(batch))
+        yield EncodedPData(batch)
 
 
 def _fast_lane(dimse: Any, primitive: Any) -> bool:

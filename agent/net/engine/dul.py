@@ -26,6 +26,9 @@ from pynetdicom import evt
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu_primitives import P_DATA
 
+from agent.net.engine import responses
+from agent.net.engine.reactor import ParkingGate
+
 log = logging.getLogger(__name__)
 
 MAX_WAIT = 1.0  # seconds; timers are checked at least this often
@@ -44,13 +47,44 @@ class EncodedPData:
     pynetdicom turns each P-DATA primitive into a PDU object, runs it through the state
     machine and sends it alone: per 16 KB PDU (the size DCMTK peers accept by default)
     that is most of the cost of sending a file. Messages whose PDUs the engine encodes
-    itself queue them in this form, in order with every other primitive.
+    itself queue them in this form, in order with every other primitive: a list of
+    buffers (headers and views of the data) that one ``sendmsg`` gathers, so the data
+    is not copied to be framed.
     """
 
-    __slots__ = ("data",)
+    __slots__ = ("buffers",)
 
-    def __init__(self, data: bytes) -> None:
-        self.data = data
+    def __init__(self, buffers: list[bytes | memoryview]) -> None:
+        self.buffers = buffers
+
+    def __len__(self) -> int:
+        return sum(len(buffer) for buffer in self.buffers)
+
+
+IOV_MAX = 1024  # buffers one sendmsg may gather (Linux's UIO_MAXIOV)
+
+
+def send_buffers(sock: socket.socket, buffers: list[bytes | memoryview]) -> None:
+    """Write every buffer, in order, gathering them into as few system calls as possible."""
+    if isinstance(sock, ssl.SSLSocket):  # no sendmsg on TLS: one joined write instead
+        sock.sendall(b"".join(buffers))
+        return
+    index, done = 0, 0  # the first buffer not wholly sent, and how much of it was
+    while index < len(buffers):
+        batch = buffers[index : index + IOV_MAX]
+        if done:
+            batch[0] = memoryview(batch[0])[done:]
+        sent = sock.sendmsg(batch) + done
+        while index < len(buffers) and sent >= len(buffers[index]):
+            sent -= len(buffers[index])
+            index += 1
+        done = sent
+
+
+def _held(assoc: Any) -> bool:
+    """True if a sender has closed the association's gate: the reactor takes no message."""
+    gate = getattr(assoc, "_reactor_checkpoint", None)
+    return isinstance(gate, ParkingGate) and not gate.is_set()
 
 
 class EventDrivenDUL(DULServiceProvider):
@@ -63,6 +97,7 @@ class EventDrivenDUL(DULServiceProvider):
         self._wake_in.setblocking(False)
         self._wake_out.setblocking(False)
         self._room = threading.Condition()
+        self._send_lock = threading.Lock()
 
     def send_pdu(self, primitive: Any) -> None:
         """Queue a primitive for the peer and wake the loop to send it.
@@ -70,11 +105,42 @@ class EventDrivenDUL(DULServiceProvider):
         P-DATA waits while MAX_QUEUED are already queued: a C-FIND streaming answers or a
         C-STORE of a large file cannot pile up in memory faster than the socket drains.
         """
+        if isinstance(primitive, EncodedPData) and self._send_directly(primitive):
+            return
         if isinstance(primitive, (P_DATA, EncodedPData)) and threading.current_thread() is not self:
             with self._room:
                 self._room.wait_for(self._has_room, timeout=self.network_timeout or MAX_WAIT * 60)
         super().send_pdu(primitive)
         self._nudge()
+
+    def _send_directly(self, pdata: EncodedPData) -> bool:
+        """Write ``pdata`` from the calling thread if nothing is ahead of it; True if done.
+
+        Handing each write to the loop thread cost a wake-up (and a turn of the GIL)
+        per write, on the critical path of every C-STORE sub-operation. The send lock,
+        which the loop holds whenever it sends or acts, keeps the bytes of PDUs whole
+        and in order; TLS sockets (one SSL object must not read and write at once from
+        two threads) and anything already queued take the loop's path.
+        """
+        if threading.current_thread() is self:
+            return False
+        with self._send_lock:
+            raw = getattr(self.socket, "socket", None)
+            if (
+                not isinstance(raw, socket.socket)
+                or isinstance(raw, ssl.SSLSocket)
+                or self.state_machine.current_state != "Sta6"
+                or not self.to_provider_queue.empty()
+                or not self.event_queue.empty()
+                or self._kill_thread
+            ):
+                return False
+            try:
+                send_buffers(raw, pdata.buffers)
+            except OSError:
+                self.event_queue.put("Evt17")  # as pynetdicom's socket does: connection closed
+                self._nudge()
+        return True
 
     def _has_room(self) -> bool:
         if self._kill_thread or not self.is_alive():
@@ -123,10 +189,11 @@ class EventDrivenDUL(DULServiceProvider):
         if self._is_transport_event():  # reads one PDU if the socket has data
             self._idle_timer.restart()
             worked = True
-        worked = self._act() or worked
-        if self._send_encoded() or self._process_recv_primitive():  # the latter queues an event
-            worked = True
-        return self._act() or worked
+        with self._send_lock:  # every send and state change of the loop happens under it
+            worked = self._act() or worked
+            if self._send_encoded() or self._process_recv_primitive():  # latter queues an event
+                worked = True
+            return self._act() or worked
 
     def _read_pdu_data(self) -> None:
         """Read one PDU; a P-DATA-TF on an established association goes straight to DIMSE.
@@ -188,7 +255,11 @@ class EventDrivenDUL(DULServiceProvider):
             values.append((body[position + 4], body[position + 5 : end]))
             position = end
         self._idle_timer.restart()
-        self.assoc.dimse.receive_primitive(primitive)
+        if responses.deliver_store_response(self.assoc, values):
+            if _held(self.assoc):
+                return  # for the sender waiting on the DIMSE queue, not the reactor
+        else:
+            self.assoc.dimse.receive_primitive(primitive)
         self.wake_association.set()
 
     def _send_encoded(self) -> bool:
@@ -204,10 +275,10 @@ class EventDrivenDUL(DULServiceProvider):
             self._room.notify_all()
         raw = getattr(self.socket, "socket", None)
         if self.state_machine.current_state != "Sta6" or raw is None:
-            log.debug("association no longer established: %d bytes not sent", len(head.data))
+            log.debug("association no longer established: %d bytes not sent", len(head))
             return True
         try:
-            raw.sendall(head.data)
+            send_buffers(raw, head.buffers)
         except OSError:
             self.event_queue.put("Evt17")  # as pynetdicom's socket does: connection closed
         return True
@@ -237,11 +308,13 @@ class EventDrivenDUL(DULServiceProvider):
             if isinstance(raw, ssl.SSLSocket) and raw.pending():
                 return  # decrypted bytes that select cannot see
             watched.append(raw)
+        readable: list[Any] = [self._wake_in]  # if select fails, drain the wake-ups anyway
         with contextlib.suppress(OSError, ValueError):  # closed meanwhile: the turn sees it
-            select.select(watched, [], [], max(MIN_WAIT, timeout))
-        with contextlib.suppress(OSError):
-            while self._wake_in.recv(4096):
-                pass
+            readable = select.select(watched, [], [], max(MIN_WAIT, timeout))[0]
+        if self._wake_in in readable:  # a failed recv per wait cost more than the wait
+            with contextlib.suppress(OSError):
+                while self._wake_in.recv(4096):
+                    pass
 
     def _abort_on(self, exc: Exception) -> None:
         """Bad input broke the DUL: answer the peer (reject or abort) and close, at once.

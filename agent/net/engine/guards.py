@@ -35,6 +35,7 @@ from pynetdicom.sop_class import uid_to_service_class
 from pynetdicom.transport import ThreadedAssociationServer
 
 from agent.net import peerlog
+from agent.net.engine import responses
 from agent.net.engine.dul import ABORT, ASSOCIATE_RJ
 
 log = logging.getLogger(__name__)
@@ -187,6 +188,8 @@ def remember_received(event: Any) -> None:
     with _received_lock:
         _received.setdefault(event.assoc, []).append(path)
 
+
+responses.BLIND_TO_COMMANDS.add(remember_received)  # it returns at once without a data set
 
 _REQUIRED_TAGS = tuple(
     int(tag_for_keyword(keyword) or 0)

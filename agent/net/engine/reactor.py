@@ -34,6 +34,15 @@ class ParkingGate(threading.Event):
             super().clear()
         self.wake.set()
 
+    def hold(self) -> None:
+        """Stop the association thread taking messages, without waking it to park.
+
+        Once this returns the thread can take no message (it looks at the DIMSE queue
+        only under ``lock`` and with the gate set), so a sender need not wait for it.
+        """
+        with self.lock:
+            super().clear()
+
 
 def _gate_of(assoc: Any, wake: threading.Event) -> ParkingGate:
     """Turn the association's checkpoint into a ParkingGate, keeping the same object."""

@@ -20,8 +20,8 @@ from agent import config as config_module
 from agent.app import Agent
 from agent.archive import Layout
 from agent.archive.index import connect
+from agent.dicom.contexts import VERIFICATION
 from agent.errors import PeerError
-from agent.net.contexts import VERIFICATION
 from agent.net.scu import Target, associate, new_ae
 from tests.pacs import Dcmqrscp
 from tests.support import (

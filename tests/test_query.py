@@ -209,7 +209,8 @@ def test_the_archive_is_unchanged_by_queries(served: qa.Served) -> None:
 def test_prefix_wildcards_and_date_ranges_use_an_index(served: qa.Served, keys: dict[str, str],
                                                        index: str) -> None:
     from agent.archive.index import connect
-    from agent.archive.query import Model, plan
+    from agent.archive.query import plan
+    from agent.dicom.models import Model
 
     statement, params = plan(Model.STUDY_ROOT, q("STUDY", **keys)).sql()
     conn = connect(served.data_dir / "index.sqlite", readonly=True)

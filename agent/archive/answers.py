@@ -10,7 +10,7 @@ from pydicom.charset import convert_encodings
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataset import Dataset
 
-from agent.archive.keys import Level
+from agent.dicom.models import Level
 
 if TYPE_CHECKING:
     from agent.archive.query import Returned

@@ -32,22 +32,21 @@ from agent.archive.index import (
 )
 from agent.archive.layout import Layout, require_uid
 from agent.archive.structure import check_file
+from agent.dicom.status import DOES_NOT_MATCH, OUT_OF_RESOURCES
 from agent.errors import StoreError
 from agent.forward.queue import add_jobs
 
 log = logging.getLogger(__name__)
 
-Outcome = Literal["stored", "duplicate", "conflict"]
+StoreOutcome = Literal["stored", "duplicate", "conflict"]
 Router = Callable[[Dataset, str], Sequence[str]]
-OUT_OF_RESOURCES = 0xA700
-DOES_NOT_MATCH = 0xA900
 
 
 @dataclass(frozen=True)
 class Stored:
     """What ``ingest`` did with an instance."""
 
-    outcome: Outcome
+    outcome: StoreOutcome
     sop_instance_uid: str
     path: Path
     size: int

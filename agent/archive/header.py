@@ -16,10 +16,10 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from agent.archive.index import InstanceRecord
-from agent.archive.keys import KEYS, Level, as_text, extract
+from agent.archive.keys import KEYS, as_text, extract
+from agent.dicom.models import Level
+from agent.dicom.status import CANNOT_UNDERSTAND
 from agent.errors import StoreError
-
-CANNOT_UNDERSTAND = 0xC000
 
 
 @dataclass(frozen=True)

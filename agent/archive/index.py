@@ -18,7 +18,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.archive.keys import KEYS, LEADING_SPACES_PAD, Level
+from agent.archive.keys import KEYS, LEADING_SPACES_PAD, TABLES
+from agent.dicom.models import Level
 from agent.errors import AgentError
 
 _PARENT = {Level.STUDY: "patient_pk", Level.SERIES: "study_pk", Level.IMAGE: "series_pk"}
@@ -89,7 +90,7 @@ def _create_table(level: Level) -> str:
         ]
     if level is not Level.PATIENT:
         lines.append(f"UNIQUE ({_UNIQUE_COLUMN[level]})")
-    return f"CREATE TABLE {level.table} (\n  " + ",\n  ".join(lines) + "\n)"
+    return f"CREATE TABLE {TABLES[level]} (\n  " + ",\n  ".join(lines) + "\n)"
 
 
 def _migrate_to_1(conn: sqlite3.Connection) -> None:
@@ -148,7 +149,7 @@ def _migrate_to_4(conn: sqlite3.Connection) -> None:
             if key.vr in LEADING_SPACES_PAD:
                 column = key.keyword
                 conn.execute(
-                    f"UPDATE {level.table} SET {column} = ltrim({column}, ' ')"
+                    f"UPDATE {TABLES[level]} SET {column} = ltrim({column}, ' ')"
                     f" WHERE {column} LIKE ' %'"
                 )
 
@@ -269,7 +270,7 @@ def add_instance(conn: sqlite3.Connection, record: InstanceRecord) -> int:
     row: dict[str, object] = dict(record.levels[Level.IMAGE])
     row.update({column: getattr(record, column) for column in _FILE_COLUMNS})
     row[_PARENT[Level.IMAGE]] = parent
-    return _insert(conn, Level.IMAGE.table, row)
+    return _insert(conn, TABLES[Level.IMAGE], row)
 
 
 def _upsert(
@@ -282,13 +283,13 @@ def _upsert(
     """
     unique = _UNIQUE_COLUMN[level]
     found = conn.execute(
-        f"SELECT pk FROM {level.table} WHERE {unique} = ?", (row[unique],)
+        f"SELECT pk FROM {TABLES[level]} WHERE {unique} = ?", (row[unique],)
     ).fetchone()
     if found:
         return int(found[0])
     if parent is not None:
         row[_PARENT[level]] = parent
-    return _insert(conn, level.table, row)
+    return _insert(conn, TABLES[level], row)
 
 
 def _insert(conn: sqlite3.Connection, table: str, row: Mapping[str, object]) -> int:

@@ -11,29 +11,15 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from enum import Enum
 from typing import Any
 
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
+from agent.dicom.models import Level
 
-class Level(str, Enum):
-    """A level of the query/retrieve hierarchy, named as in Query/Retrieve Level."""
-
-    PATIENT = "PATIENT"
-    STUDY = "STUDY"
-    SERIES = "SERIES"
-    IMAGE = "IMAGE"
-
-    @property
-    def table(self) -> str:
-        """The SQL table holding this level."""
-        return _TABLES[self]
-
-
-_TABLES = {
+TABLES = {  # the SQL table holding each level
     Level.PATIENT: "patients",
     Level.STUDY: "studies",
     Level.SERIES: "series",

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path, PurePosixPath
 
+from agent.dicom.status import CANNOT_UNDERSTAND
 from agent.errors import StoreError
 
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
@@ -25,9 +26,9 @@ def is_valid_uid(value: object) -> bool:
 def require_uid(value: object, what: str) -> str:
     """Return ``value`` if it is a valid UID; else raise StoreError 0xC000 naming ``what``."""
     if value is None or value == "":
-        raise StoreError(0xC000, f"{what} is missing")
+        raise StoreError(CANNOT_UNDERSTAND, f"{what} is missing")
     if not is_valid_uid(value):
-        raise StoreError(0xC000, f"{what} is not a valid UID")
+        raise StoreError(CANNOT_UNDERSTAND, f"{what} is not a valid UID")
     return str(value)
 
 

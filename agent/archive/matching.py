@@ -17,11 +17,11 @@ from typing import Any
 
 from agent.archive import wildcard
 from agent.archive.keys import normalize_pn
+from agent.dicom.status import CANNOT_UNDERSTAND
 from agent.errors import QueryError
 
 WILDCARD_VRS = frozenset({"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UR", "UT"})
 NUMERIC_VRS = frozenset({"IS", "DS"})
-CANNOT_UNDERSTAND = 0xC000
 
 Check = Callable[[Any], bool]
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any
 
 from pydicom.datadict import dictionary_VR, keyword_for_tag
@@ -22,40 +21,23 @@ from agent.archive.keys import (
     KEYS,
     REQUIRED_KEYS,
     STUDY_ROOT_PATIENT_KEYS,
+    TABLES,
     UNIQUE_KEYS,
-    Level,
     as_text,
 )
 from agent.archive.matching import Condition, is_universal
 from agent.archive.predicates import combined_condition, condition_for
+from agent.dicom.models import LEVELS, Level, Model
+from agent.dicom.status import DOES_NOT_MATCH
 from agent.errors import QueryError
 
-DOES_NOT_MATCH = 0xA900
 IGNORED = frozenset(
     {"QueryRetrieveLevel", "SpecificCharacterSet", "TimezoneOffsetFromUTC", "QueryRetrieveView"}
 )
 RETURN_ONLY = frozenset({"RetrieveAETitle", "InstanceAvailability"})
 
 
-class Model(str, Enum):
-    """The three Query/Retrieve information models."""
-
-    PATIENT_ROOT = "PATIENT_ROOT"
-    STUDY_ROOT = "STUDY_ROOT"
-    PATIENT_STUDY_ONLY = "PATIENT_STUDY_ONLY"
-
-    @property
-    def levels(self) -> tuple[Level, ...]:
-        """The levels this model has, top first."""
-        return _MODEL_LEVELS[self]
-
-
-_MODEL_LEVELS = {
-    Model.PATIENT_ROOT: (Level.PATIENT, Level.STUDY, Level.SERIES, Level.IMAGE),
-    Model.STUDY_ROOT: (Level.STUDY, Level.SERIES, Level.IMAGE),
-    Model.PATIENT_STUDY_ONLY: (Level.PATIENT, Level.STUDY),
-}
-_ORDER = (Level.PATIENT, Level.STUDY, Level.SERIES, Level.IMAGE)
+_ORDER = LEVELS
 _FROM = {
     Level.PATIENT: "patients",
     Level.STUDY: "studies JOIN patients ON studies.patient_pk = patients.pk",
@@ -152,7 +134,7 @@ def column_of(keyword: str) -> str:
     """The SQL expression for a key, in the joined query."""
     if keyword in COMPUTED:
         return COMPUTED[keyword][1]
-    return f"{_NATURAL[keyword].level.table}.{keyword}"
+    return f"{TABLES[_NATURAL[keyword].level]}.{keyword}"
 
 
 def query_level(model: Model, identifier: Dataset) -> Level:

@@ -18,6 +18,7 @@ from agent.archive.archive import Archive
 from agent.archive.header import Header, read_header, timestamp
 from agent.archive.index import InstanceRecord, add_conflict, clear, remove_instances
 from agent.archive.layout import INSTANCE_SUFFIX
+from agent.dicom.status import CANNOT_UNDERSTAND
 from agent.errors import StoreError
 
 log = logging.getLogger(__name__)
@@ -102,7 +103,7 @@ def _record_for(archive: Archive, relative: str) -> tuple[Header, InstanceRecord
             header.study_uid, header.series_uid, header.sop_instance_uid
         )
         if archive.layout.relative(expected) != relative:
-            raise StoreError(0xC000, "file name does not match its UIDs")
+            raise StoreError(CANNOT_UNDERSTAND, "file name does not match its UIDs")
         record = header.record(
             path=relative, size=path.stat().st_size, calling_ae="", received_at=_mtime(path)
         )

@@ -16,7 +16,8 @@ from pydicom.dataset import Dataset
 
 from agent.archive.index import connect
 from agent.archive.layout import Layout
-from agent.archive.query import Model, StoredInstance, find, resolve
+from agent.archive.query import StoredInstance, find, resolve
+from agent.dicom.models import Model
 
 
 class Reader:

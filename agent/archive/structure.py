@@ -16,9 +16,9 @@ from pathlib import Path
 
 from pydicom.datadict import dictionary_VR
 
+from agent.dicom.status import CANNOT_UNDERSTAND, OUT_OF_RESOURCES
 from agent.errors import StoreError
 
-CANNOT_UNDERSTAND = 0xC000
 UNDEFINED = 0xFFFFFFFF
 MAX_DEPTH = 32  # nested sequences; real data sets rarely pass 5
 PREAMBLE = 132  # 128 bytes of preamble, then "DICM"
@@ -95,7 +95,8 @@ def check_file(path: Path) -> int:
     except Malformed as exc:
         raise StoreError(CANNOT_UNDERSTAND, f"the data set does not hold together: {exc}") from None
     except OSError as exc:
-        raise StoreError(0xA700, f"cannot read the received data set: {exc.strerror}") from None
+        reason = f"cannot read the received data set: {exc.strerror}"
+        raise StoreError(OUT_OF_RESOURCES, reason) from None
 
 
 def encoding_of(transfer_syntax: str) -> Encoding:

@@ -10,11 +10,10 @@ from typing import TextIO
 
 from pydicom.dataset import Dataset
 
-from agent.archive.keys import Level
-from agent.archive.query import Model
 from agent.cli.common import load_config
 from agent.cli.qr_args import add_common
 from agent.config import Config
+from agent.dicom.models import Level, Model
 from agent.net.scu import resolve_target
 from agent.qr import FindRequest, FindResult, find
 from agent.qr.identifiers import Key, model_name, parse_keys

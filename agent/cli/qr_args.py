@@ -7,7 +7,7 @@ import sys
 import time
 from typing import TextIO
 
-from agent.archive.query import Model
+from agent.dicom.models import Model
 from agent.qr import Progress
 
 

@@ -7,10 +7,10 @@ import sys
 import time
 from typing import TYPE_CHECKING, TextIO
 
-from agent.archive.query import Model
 from agent.cli.common import load_config
 from agent.cli.qr_args import ProgressReport, add_common
 from agent.config import Config
+from agent.dicom.models import Model
 from agent.net.scu import resolve_target
 from agent.pull import PullResult, pull
 from agent.qr import RetrieveRequest

@@ -10,10 +10,11 @@ from __future__ import annotations
 import random
 from enum import Enum
 
+from agent.dicom.status import SUCCESS, is_out_of_resources, is_refusal, is_warning
 from agent.forward.settings import ForwardSettings
 
 
-class Outcome(str, Enum):
+class Delivery(str, Enum):
     """How one attempt to deliver an instance ended."""
 
     DELIVERED = "delivered"
@@ -22,22 +23,22 @@ class Outcome(str, Enum):
     PERMANENT = "permanent"
 
 
-def classify_status(status: int) -> Outcome:
+def classify_status(status: int) -> Delivery:
     """The outcome of a C-STORE response status."""
-    if status == 0x0000:
-        return Outcome.DELIVERED
-    if status & 0xF000 == 0xB000:
-        return Outcome.DELIVERED_WITH_WARNING
-    if status & 0xFF00 == 0xA700:
-        return Outcome.TRANSIENT
-    if status & 0xFF00 == 0xA900 or status & 0xF000 == 0xC000 or status in (0x0122, 0x0124):
-        return Outcome.PERMANENT
-    return Outcome.TRANSIENT  # unknown statuses: keep the data and try again
+    if status == SUCCESS:
+        return Delivery.DELIVERED
+    if is_warning(status):
+        return Delivery.DELIVERED_WITH_WARNING
+    if is_out_of_resources(status):
+        return Delivery.TRANSIENT
+    if is_refusal(status):
+        return Delivery.PERMANENT
+    return Delivery.TRANSIENT  # unknown statuses: keep the data and try again
 
 
-def classify_rejection(result: int) -> Outcome:
+def classify_rejection(result: int) -> Delivery:
     """An A-ASSOCIATE-RJ: result 1 is permanent, 2 transient."""
-    return Outcome.PERMANENT if result == 1 else Outcome.TRANSIENT
+    return Delivery.PERMANENT if result == 1 else Delivery.TRANSIENT
 
 
 def retry_delay(attempts: int, settings: ForwardSettings, rng: random.Random) -> float:
@@ -46,6 +47,6 @@ def retry_delay(attempts: int, settings: ForwardSettings, rng: random.Random) ->
     return float(base * rng.uniform(0.8, 1.2))
 
 
-def gives_up(outcome: Outcome, attempts: int, settings: ForwardSettings) -> bool:
+def gives_up(outcome: Delivery, attempts: int, settings: ForwardSettings) -> bool:
     """True when a failed job should be quarantined after ``attempts`` tries."""
-    return outcome is Outcome.PERMANENT and attempts >= settings.permanent_tries
+    return outcome is Delivery.PERMANENT and attempts >= settings.permanent_tries

@@ -19,10 +19,10 @@ from typing import Any, Protocol
 from agent.archive import Archive
 from agent.archive.index import connect
 from agent.config import Config, Peer
+from agent.dicom.contexts import sending_contexts
 from agent.errors import PeerError
 from agent.forward import queue
-from agent.forward.policy import Outcome, classify_status, gives_up, retry_delay
-from agent.net.contexts import sending_contexts
+from agent.forward.policy import Delivery, classify_status, gives_up, retry_delay
 from agent.net.scu import Target, associate, new_ae
 from agent.net.stored import sendable
 
@@ -157,13 +157,13 @@ class Sender:
             sent = sendable(assoc, job.sop_class_uid, job.transfer_syntax, path)
             status = assoc.send_c_store(sent)
         except ValueError as exc:  # no accepted context for this SOP class and syntax
-            self._record(job, Outcome.PERMANENT, f"no acceptable presentation context: {exc}")
+            self._record(job, Delivery.PERMANENT, f"no acceptable presentation context: {exc}")
             return
         except (OSError, RuntimeError) as exc:
-            self._record(job, Outcome.TRANSIENT, f"cannot send: {exc}")
+            self._record(job, Delivery.TRANSIENT, f"cannot send: {exc}")
             return
         if not status or "Status" not in status:
-            self._record(job, Outcome.TRANSIENT, "no response (aborted or timed out)")
+            self._record(job, Delivery.TRANSIENT, "no response (aborted or timed out)")
             return
         code = int(status.Status)
         self._record(job, classify_status(code), f"C-STORE answered 0x{code:04X}")
@@ -172,21 +172,21 @@ class Sender:
         """The association failed: every job waits (rejections never quarantine data)."""
         log.warning("cannot forward to %s: %s", self.peer.name, reason)
         for job in jobs:
-            self._record(job, Outcome.TRANSIENT, reason)
+            self._record(job, Delivery.TRANSIENT, reason)
 
-    def _record(self, job: queue.Job, outcome: Outcome, detail: str) -> None:
+    def _record(self, job: queue.Job, outcome: Delivery, detail: str) -> None:
         now = time.time()
         with self.archive.index.transaction() as conn:
-            if outcome in (Outcome.DELIVERED, Outcome.DELIVERED_WITH_WARNING):
+            if outcome in (Delivery.DELIVERED, Delivery.DELIVERED_WITH_WARNING):
                 queue.mark_done(conn, job, now)
             else:
                 tries = job.attempts + 1
                 quarantine = gives_up(outcome, tries, self.config.forward)
                 delay = retry_delay(tries, self.config.forward, self._rng)
                 queue.mark_failed(conn, job, detail, now + delay, quarantine)
-        if outcome is Outcome.DELIVERED_WITH_WARNING:
+        if outcome is Delivery.DELIVERED_WITH_WARNING:
             log.warning("forwarded to %s with a warning: %s", self.peer.name, detail)
-        if outcome in (Outcome.DELIVERED, Outcome.DELIVERED_WITH_WARNING):
+        if outcome in (Delivery.DELIVERED, Delivery.DELIVERED_WITH_WARNING):
             self.events.forwarded(self.peer.name)
         else:
             self.events.forward_failed(self.peer.name, f"{outcome.value}: {detail}")

@@ -17,9 +17,9 @@ from pydicom.charset import python_encoding
 from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
 
+from agent.dicom.status import CANNOT_UNDERSTAND
 from agent.errors import QueryError
 
-CANNOT_UNDERSTAND = 0xC000
 MAX_IDENTIFIER_BYTES = 256 * 1024  # a list of about 3,900 UIDs
 MAX_KEYS = 256  # elements in the identifier or in any one sequence item
 MAX_DEPTH = 3  # sequences within sequences

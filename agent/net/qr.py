@@ -15,21 +15,20 @@ from pydicom.dataset import Dataset
 from pynetdicom import evt
 from pynetdicom.presentation import build_context
 
-from agent.archive.query import Model, StoredInstance
+from agent.archive.query import StoredInstance
 from agent.archive.retrieval import Reader
 from agent.config import Config
+from agent.dicom.contexts import QR_SOP_CLASSES, VERIFICATION, sending_contexts, service_of
+from agent.dicom.models import Model
+from agent.dicom.status import CANCELLED, CANNOT_UNDERSTAND, PENDING
 from agent.errors import QueryError
 from agent.net.access import Caller
 from agent.net.bounds import identifier_of
-from agent.net.contexts import QR_SOP_CLASSES, VERIFICATION, sending_contexts
 from agent.net.engine.transport import requestor_handlers
 from agent.net.stored import StoredFile, on_accepted, send_as_stored
 
 log = logging.getLogger(__name__)
 
-PENDING = 0xFF00
-CANCELLED = 0xFE00
-UNABLE_TO_PROCESS = 0xC000
 COMBINED_DATETIME_BYTE = 1  # PS3.4 C.5.1: byte 2 of the Q/R extended negotiation
 
 CallerLookup = Callable[[Any], Caller | None]
@@ -62,7 +61,7 @@ class QueryRetrieveHandlers:
         """Accept combined date-time matching for C-FIND; decline the other options."""
         accepted: dict[str, bytes] = {}
         for sop_class, info in event.app_info.items():
-            if QR_SOP_CLASSES.get(str(sop_class), ("", ""))[1] != "find" or len(info) < 2:
+            if service_of(str(sop_class)) != "find" or len(info) < 2:
                 continue
             reply = bytearray(len(info))
             reply[COMBINED_DATETIME_BYTE] = info[COMBINED_DATETIME_BYTE] & 1
@@ -95,7 +94,7 @@ class QueryRetrieveHandlers:
             return
         except Exception:
             log.exception("C-FIND from %s failed", caller)
-            yield failure(UNABLE_TO_PROCESS, "unable to process the query"), None
+            yield failure(CANNOT_UNDERSTAND, "unable to process the query"), None
             return
         log.debug("C-FIND from %s: %d answers", caller, count)  # info cost a tenth of a query
 
@@ -147,7 +146,7 @@ class QueryRetrieveHandlers:
             return failure(exc.status, str(exc))
         except Exception:
             log.exception("%s from %s could not be resolved", what, caller)
-            return failure(UNABLE_TO_PROCESS, "unable to process the identifier")
+            return failure(CANNOT_UNDERSTAND, "unable to process the identifier")
         log.info("%s from %s: %d instances", what, caller, len(instances))
         return instances
 

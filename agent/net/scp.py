@@ -18,9 +18,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from agent.archive import Archive
 from agent.archive.retrieval import Reader
 from agent.config import Config
-from agent.net import configure_pynetdicom, peerlog
-from agent.net.access import REJECTED_PERMANENT, SERVICE_USER, Caller, Refusal, admit
-from agent.net.contexts import (
+from agent.dicom.contexts import (
     QR_SOP_CLASSES,
     STORAGE_SOP_CLASSES,
     STORAGE_TRANSFER_SYNTAXES,
@@ -29,6 +27,8 @@ from agent.net.contexts import (
     preferring,
     service_of,
 )
+from agent.net import configure_pynetdicom, peerlog
+from agent.net.access import REJECTED_PERMANENT, SERVICE_USER, Caller, Refusal, admit
 from agent.net.engine import guards, transport
 from agent.net.qr import QueryRetrieveHandlers
 from agent.net.storage import StorageHandlers

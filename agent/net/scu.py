@@ -16,9 +16,9 @@ from typing import Any
 from pynetdicom import AE
 
 from agent.config import Config
+from agent.dicom.contexts import UNCOMPRESSED, VERIFICATION
 from agent.errors import ConfigError, PeerError
 from agent.net import configure_pynetdicom
-from agent.net.contexts import UNCOMPRESSED, VERIFICATION
 from agent.net.engine.transport import requestor_handlers, unread_rejection
 
 _TARGET = re.compile(r"^(?P<ae>[^@]{1,16})@(?P<host>[^:@]+|\[[0-9A-Fa-f:.]+\]):(?P<port>\d{1,5})$")

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.archive import Archive
+from agent.dicom.status import NOT_AUTHORIZED, OUT_OF_RESOURCES, SUCCESS
 from agent.errors import StoreError
 from agent.net.access import Caller
 from agent.net.engine import guards
@@ -19,9 +20,6 @@ from agent.status import StatusModel
 
 log = logging.getLogger(__name__)
 
-SUCCESS = 0x0000
-NOT_AUTHORISED = 0x0124
-OUT_OF_RESOURCES = 0xA700
 
 CallerLookup = Callable[[Any], Caller | None]
 
@@ -39,7 +37,7 @@ class StorageHandlers:
         caller = self.caller_of(event.assoc)
         if caller is None or not caller.may("echo"):
             log.warning("refused C-ECHO from %s: not allowed", caller)
-            return NOT_AUTHORISED
+            return NOT_AUTHORIZED
         return SUCCESS
 
     def on_store(self, event: Any) -> int:
@@ -48,7 +46,7 @@ class StorageHandlers:
         if caller is None or not caller.may("store"):
             log.warning("refused C-STORE from %s: not allowed", caller)
             self.status.refused("C-STORE from a peer without 'store' permission")
-            return NOT_AUTHORISED
+            return NOT_AUTHORIZED
         request = event.request
         try:
             stored = self.archive.ingest(

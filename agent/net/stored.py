@@ -21,7 +21,7 @@ from pydicom import dcmread
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 
-from agent.net.contexts import UNCOMPRESSED
+from agent.dicom.contexts import UNCOMPRESSED
 from agent.net.engine import substore
 
 log = logging.getLogger(__name__)

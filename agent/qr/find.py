@@ -9,15 +9,15 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
 from agent.config import Config
+from agent.dicom.contexts import UNCOMPRESSED, qr_sop_class
+from agent.dicom.status import PENDING_STATUSES
 from agent.errors import PeerError
-from agent.net.contexts import UNCOMPRESSED, qr_sop_class
 from agent.net.scu import Target, associate, new_ae
 from agent.qr.identifiers import FindRequest
-from agent.qr.outcome import Outcome, outcome_of
+from agent.qr.outcome import FinalStatus, outcome_of
 
 log = logging.getLogger(__name__)
 
-PENDING = (0xFF00, 0xFF01)
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,7 @@ class FindResult:
     target: Target
     request: FindRequest
     matches: tuple[Dataset, ...]
-    outcome: Outcome
+    outcome: FinalStatus
 
 
 def find(
@@ -45,7 +45,7 @@ def find(
         for status, answer in assoc.send_c_find(identifier, sop_class):
             if not status or "Status" not in status:
                 raise PeerError(f"{target}: no answer to C-FIND within {timeout:g} s, or aborted")
-            if int(status.Status) in PENDING:
+            if int(status.Status) in PENDING_STATUSES:
                 if answer is not None:
                     matches.append(answer)
                 continue

@@ -15,8 +15,8 @@ from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag, Tag
 
-from agent.archive.keys import UNIQUE_KEYS, Level
-from agent.archive.query import Model
+from agent.archive.keys import UNIQUE_KEYS
+from agent.dicom.models import Level, Model
 from agent.errors import UsageError
 
 _TAG = re.compile(r"^\(?([0-9A-Fa-f]{4}),([0-9A-Fa-f]{4})\)?$")

@@ -13,21 +13,24 @@ from pynetdicom.status import (
     code_to_category,
 )
 
+from agent.dicom.status import MOVE_DESTINATION_UNKNOWN, NOT_AUTHORIZED, SOP_CLASS_NOT_SUPPORTED
+
 _TABLES = {
     "find": QR_FIND_SERVICE_CLASS_STATUS,
     "move": QR_MOVE_SERVICE_CLASS_STATUS,
     "get": QR_GET_SERVICE_CLASS_STATUS,
 }
 HINTS = {
-    0xA801: "the peer does not know our AE title as a move destination: add it (with our "
-    "host and port) to the peer's list of modalities, or use --get",
-    0x0122: "the peer does not offer this information model: try another of -P, -S, -O",
-    0x0124: "the peer does not let our AE title do this",
+    MOVE_DESTINATION_UNKNOWN: "the peer does not know our AE title as a move destination: "
+    "add it (with our host and port) to the peer's list of modalities, or use --get",
+    SOP_CLASS_NOT_SUPPORTED: "the peer does not offer this information model: "
+    "try another of -P, -S, -O",
+    NOT_AUTHORIZED: "the peer does not let our AE title do this",
 }
 
 
 @dataclass(frozen=True)
-class Outcome:
+class FinalStatus:
     """The final status of an operation, in words."""
 
     status: int
@@ -48,15 +51,15 @@ class Outcome:
         return f"{text}; {hint}" if hint else text
 
 
-def outcome_of(status: Any, service: str) -> Outcome:
-    """The Outcome of a response status Dataset from a find, move or get."""
+def outcome_of(status: Any, service: str) -> FinalStatus:
+    """The FinalStatus of a response status Dataset from a find, move or get."""
     code = int(status.Status)
     category = code_to_category(code)
     table = _TABLES[service]
     known = table.get(code) or GENERAL_STATUS.get(code)
     words = (known[1] if known else "") or _by_category(category)
     comment = status.get("ErrorComment")
-    return Outcome(code, category, words, str(comment).strip() if comment else None)
+    return FinalStatus(code, category, words, str(comment).strip() if comment else None)
 
 
 def _by_category(category: str) -> str:

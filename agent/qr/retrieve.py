@@ -17,18 +17,18 @@ from pydicom.uid import UID
 from pynetdicom import StoragePresentationContexts, build_role, evt
 
 from agent.config import Config
+from agent.dicom.contexts import STORAGE_TRANSFER_SYNTAXES, UNCOMPRESSED, qr_sop_class
+from agent.dicom.status import PENDING_STATUSES
 from agent.errors import PeerError, UsageError
-from agent.net.contexts import STORAGE_TRANSFER_SYNTAXES, UNCOMPRESSED, qr_sop_class
 from agent.net.scu import Target, associate, new_ae
 from agent.qr.identifiers import RetrieveRequest
-from agent.qr.outcome import Outcome, outcome_of
+from agent.qr.outcome import FinalStatus, outcome_of
 
 log = logging.getLogger(__name__)
 
 Method = Literal["move", "get"]
 StoreHandler = Callable[[Any], int]
 MAX_STORAGE_CONTEXTS = 127  # 128 presentation contexts at most, one is the C-GET's own
-PENDING = (0xFF00, 0xFF01)
 DEFAULT_STORAGE_CLASSES = tuple(str(cx.abstract_syntax) for cx in StoragePresentationContexts)
 
 
@@ -53,7 +53,7 @@ class RetrieveResult:
 
     target: Target
     method: Method
-    outcome: Outcome
+    outcome: FinalStatus
     progress: Progress
     failed_uids: tuple[str, ...]
 
@@ -121,7 +121,7 @@ def _follow(
                 f" (after {last.done} instances)"
             )
         last = _progress(status, last)
-        if int(status.Status) in PENDING:
+        if int(status.Status) in PENDING_STATUSES:
             on_progress(last)
             continue
         return RetrieveResult(

@@ -1,4 +1,4 @@
-"""Presentation contexts the agent accepts as an SCP.
+"""Presentation contexts: what the agent accepts as an SCP and proposes as an SCU.
 
 Instances are stored as they arrive, in whatever of these transfer syntaxes the sender
 proposes: no transcoding on receipt. Deflated Explicit VR Little Endian is left out on
@@ -13,6 +13,8 @@ from collections.abc import Mapping, Sequence
 from pydicom import uid
 from pynetdicom import AllStoragePresentationContexts
 from pynetdicom.presentation import PresentationContext, build_context
+
+from agent.dicom.models import Model
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +53,9 @@ VERIFICATION = "1.2.840.10008.1.1"
 _QR_BASE = "1.2.840.10008.5.1.4.1.2"
 # (model, service) for each Query/Retrieve SOP class: .1 Patient Root, .2 Study Root,
 # .3 Patient/Study Only; then .1 FIND, .2 MOVE, .3 GET
-QR_SOP_CLASSES: dict[str, tuple[str, str]] = {
+QR_SOP_CLASSES: dict[str, tuple[Model, str]] = {
     f"{_QR_BASE}.{m}.{s}": (model, service)
-    for m, model in ((1, "PATIENT_ROOT"), (2, "STUDY_ROOT"), (3, "PATIENT_STUDY_ONLY"))
+    for m, model in ((1, Model.PATIENT_ROOT), (2, Model.STUDY_ROOT), (3, Model.PATIENT_STUDY_ONLY))
     for s, service in ((1, "find"), (2, "move"), (3, "get"))
 }
 
@@ -67,7 +69,7 @@ def service_of(abstract_syntax: str) -> str:
     return "store"
 
 
-def qr_sop_class(model: str, service: str) -> str:
+def qr_sop_class(model: Model | str, service: str) -> str:
     """The Query/Retrieve SOP Class UID of a model (``STUDY_ROOT``...) and service (``find``...)."""
     for sop_class, pair in QR_SOP_CLASSES.items():
         if pair == (model, service):

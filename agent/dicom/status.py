@@ -1,0 +1,53 @@
+"""DIMSE status codes by name (PS3.7 Annex C, PS3.4 for each service), and their classes.
+
+One code can mean different things in different services (0xB000 is "coercion of data
+elements" for C-STORE and "sub-operations complete, one or more failures" for C-MOVE and
+C-GET): each name here says which meaning it carries.
+"""
+
+from __future__ import annotations
+
+SUCCESS = 0x0000
+
+# pending: C-FIND matches, C-MOVE/C-GET sub-operation progress
+PENDING = 0xFF00
+PENDING_OPTIONAL_KEYS_UNSUPPORTED = 0xFF01  # C-FIND: a match, some optional keys ignored
+PENDING_STATUSES = (PENDING, PENDING_OPTIONAL_KEYS_UNSUPPORTED)
+
+CANCELLED = 0xFE00
+
+# warnings
+SUB_OPERATIONS_FAILED = 0xB000  # C-MOVE/C-GET: complete, one or more sub-operations failed
+
+# failures, general (PS3.7 C.5)
+SOP_CLASS_NOT_SUPPORTED = 0x0122
+NOT_AUTHORIZED = 0x0124
+# failures, service-specific (PS3.4 Annex B and C)
+OUT_OF_RESOURCES = 0xA700
+MOVE_DESTINATION_UNKNOWN = 0xA801
+DOES_NOT_MATCH = 0xA900  # C-STORE: data set does not match SOP class; Q/R: identifier
+CANNOT_UNDERSTAND = 0xC000  # C-STORE: cannot understand; Q/R: unable to process
+
+
+def is_pending(code: int) -> bool:
+    """A pending status: more responses follow."""
+    return code in PENDING_STATUSES
+
+
+def is_warning(code: int) -> bool:
+    """A warning: the operation was done, with a remark (0x0001, 0x0107, 0x0116, 0xBxxx)."""
+    return code in (0x0001, 0x0107, 0x0116) or code & 0xF000 == 0xB000
+
+
+def is_out_of_resources(code: int) -> bool:
+    """Any 0xA7xx: the peer may succeed later."""
+    return code & 0xFF00 == OUT_OF_RESOURCES
+
+
+def is_refusal(code: int) -> bool:
+    """A failure that will fail again: 0xA9xx, 0xCxxx, SOP class not supported, not authorized."""
+    return (
+        code & 0xFF00 == DOES_NOT_MATCH
+        or code & 0xF000 == CANNOT_UNDERSTAND
+        or code in (SOP_CLASS_NOT_SUPPORTED, NOT_AUTHORIZED)
+    )

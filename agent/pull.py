@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from pydicom.tag import Tag
 from pydicom.uid import UID
 
-from agent.app import Agent, DataDirBusy, DataDirLock
+from agent.app import Agent
 from agent.archive import Archive, Layout
+from agent.archive.lock import DataDirBusy, DataDirLock
 from agent.archive.query import resolve
 from agent.config import Config
 from agent.errors import ConfigError

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from agent.app import DataDirLock
 from agent.archive import Archive, Layout
+from agent.archive.lock import DataDirLock
 from agent.archive.recovery import rebuild
 from agent.cli.common import load_config
 

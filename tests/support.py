@@ -6,16 +6,25 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "scripts"))
+
+from bench.peers import (  # noqa: E402 (scripts/ is on the path only now)
+    agent_command,
+    agent_env,
+    free_port,
+    published_serving,
+    terminate,
+    wait_for,
+)
+
+__all__ = ["agent_env", "free_port"]  # re-exported: the tests import them from here
 
 # pynetdicom installs console scripts called storescu, findscu... that shadow DCMTK's on
 # PATH; the real DCMTK tools live in the system directories.
@@ -31,23 +40,9 @@ def dcmtk(tool: str) -> str:
     raise RuntimeError(f"DCMTK's {tool} is not installed (apt-get install dcmtk)")
 
 
-def free_port() -> int:
-    """An ephemeral port that was free a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def wait_until(condition: Callable[[], Any], timeout: float = 20.0, what: str = "") -> Any:
-    """Poll ``condition`` until it is truthy; fail the test after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or condition}")
-        time.sleep(0.02)
+    """Poll ``condition`` until it is truthy and return it; fail after ``timeout`` seconds."""
+    return wait_for(condition, timeout, what or str(condition), interval=0.02)
 
 
 def toml_value(value: Any) -> str:
@@ -76,15 +71,6 @@ def peer(ae_title: str, port: int = 104, allow: tuple[str, ...] = ("echo", "stor
     return {"ae_title": ae_title, "host": host, "port": port, "allow": list(allow)}
 
 
-def agent_env() -> dict[str, str]:
-    """Environment for child agents: our package importable, no stray config."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    for name in ("EDGE_AGENT_CONFIG", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
-        env.pop(name, None)
-    return env
-
-
 class AgentProcess:
     """``edge-agent run`` as a child process, ready once it publishes state 'serving'."""
 
@@ -97,23 +83,17 @@ class AgentProcess:
 
     def start(self, timeout: float = 30.0) -> AgentProcess:
         """Start and wait for readiness (or fail with the agent's log)."""
-        status = self.data_dir / "run" / "status.json"
-        status.unlink(missing_ok=True)
+        (self.data_dir / "run" / "status.json").unlink(missing_ok=True)
         with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "agent", "run", "--config", str(self.config)],
-                stdout=log, stderr=log, env=self.env, start_new_session=True)
+            self.proc = subprocess.Popen(agent_command(self.config), stdout=log, stderr=log,
+                                         env=self.env, start_new_session=True)
 
         def serving() -> bool:
             assert self.proc is not None
             if self.proc.poll() is not None:
                 output = self.log.read_text()
                 raise AssertionError(f"agent exited {self.proc.returncode}:\n{output}")
-            try:
-                data = json.loads(status.read_text())
-            except (OSError, ValueError):
-                return False
-            return bool(data.get("state") == "serving" and data.get("pid") == self.proc.pid)
+            return published_serving(self.data_dir, self.proc.pid) is not None
 
         wait_until(serving, timeout, "the agent to serve")
         return self
@@ -126,16 +106,7 @@ class AgentProcess:
 
     def stop(self) -> int:
         """SIGTERM and wait; returns the exit status."""
-        if self.proc is None:
-            return 0
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        return int(self.proc.returncode)
+        return 0 if self.proc is None else terminate(self.proc)
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60,

@@ -1,6 +1,7 @@
-"""Receivers for the benchmarks, each started on loopback with its own storage:
-the agent, DCMTK's storescp and dcmqrscp, Orthanc and a bare pynetdicom receiver. Every
-one is a context manager that always stops what it started. ``pin_to`` makes every
+"""Peers and the agent, started on loopback with their own storage, for the benchmarks
+and the test suite alike (tests/support.py builds on this module): the agent, DCMTK's
+storescp and dcmqrscp, Orthanc and a bare pynetdicom receiver. Every one is a context
+manager that always stops what it started. ``pin_to`` makes every
 command started from here (servers and clients) run under taskset on one core; the
 /proc readers give a process's CPU seconds and memory.
 """
@@ -48,13 +49,55 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for(condition: Any, timeout: float, what: str, interval: float = 0.05) -> None:
-    """Poll until ``condition()`` is true, or raise after ``timeout`` seconds."""
+def wait_for(condition: Any, timeout: float, what: str, interval: float = 0.05) -> Any:
+    """Poll until ``condition()`` is truthy and return its value, or raise TimeoutError
+    after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
-    while not condition():
+    while True:
+        value = condition()
+        if value:
+            return value
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out waiting for {what}")
         time.sleep(interval)
+
+
+def agent_env() -> dict[str, str]:
+    """Environment for a child agent: this checkout's package first, no stray config or
+    systemd notification socket of whoever runs us."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    for name in ("EDGE_AGENT_CONFIG", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
+        env.pop(name, None)
+    return env
+
+
+def agent_command(config: Path) -> list[str]:
+    """``edge-agent run`` on ``config``, by this interpreter."""
+    return [sys.executable, "-m", "agent", "run", "--config", str(config)]
+
+
+def published_serving(data_dir: Path, pid: int) -> dict[str, Any] | None:
+    """The agent's published status if the process ``pid`` says it is serving (a file
+    left by an earlier run in the same directory does not count)."""
+    try:
+        status = json.loads((data_dir / "run" / "status.json").read_text())
+    except (OSError, ValueError):
+        return None
+    serving = status.get("state") == "serving" and status.get("pid") == pid
+    return status if serving else None
+
+
+def terminate(proc: subprocess.Popen[bytes], grace: float = 20.0) -> int:
+    """SIGTERM, wait ``grace`` seconds, then SIGKILL; the exit status."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+    return int(proc.returncode)
 
 
 def process_tree(pid: int) -> list[int]:
@@ -164,14 +207,8 @@ class Receiver:
         return self.proc.pid
 
     def __exit__(self, *exc: object) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
+        if self.proc is not None:
+            terminate(self.proc)
 
 
 class EdgeAgent(Receiver):
@@ -191,24 +228,19 @@ class EdgeAgent(Receiver):
             f'data_dir = "{self.workdir / "data"}"\nmin_free_mb = 0\n'
             'allow_unknown = ["echo", "store"]\n' + self.peers
         )
-        return [sys.executable, "-m", "agent", "run", "--config", str(config)]
+        return agent_command(config)
 
     def environment(self) -> dict[str, str]:
-        env = dict(os.environ)
-        env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-        return env
+        return agent_env()
 
     def ready(self) -> bool:
-        try:
-            status = json.loads((self.workdir / "data/run/status.json").read_text())
-        except (OSError, ValueError):
+        status = published_serving(self.workdir / "data", self.pid)
+        if status is None:
             return False
-        # a status.json left by an earlier run in the same directory must not count;
         # forwarding is measured from when the forwarding process answers, not its start-up
-        forwarding = "[forward]" in self.peers
-        if forwarding and not status.get("forwarder_pid"):
+        if "[forward]" in self.peers and not status.get("forwarder_pid"):
             return False
-        return bool(status.get("state") == "serving") and super().ready()
+        return super().ready()
 
     def count(self) -> int:
         return sum(1 for _ in (self.workdir / "data/archive").rglob("*.dcm"))

@@ -139,6 +139,7 @@ class ScriptedSCP:
     def __init__(self, script: list[int | str]) -> None:
         self.script = list(script)
         self.received: list[str] = []
+        self.associations: list[int] = []  # which association carried each received one
         self.lock = threading.Lock()
         self.port = free_port()
         ae = AE(ae_title="SCRIPTED")
@@ -150,6 +151,7 @@ class ScriptedSCP:
         with self.lock:
             step = self.script.pop(0) if self.script else 0x0000
             self.received.append(str(event.request.AffectedSOPInstanceUID))
+            self.associations.append(id(event.assoc))
         if step == "abort":
             event.assoc.abort()
             return 0x0000

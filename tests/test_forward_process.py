@@ -9,12 +9,10 @@ import os
 import signal
 import threading
 from pathlib import Path
-from typing import Any
 
 import dicomgen
 import pytest
 from bench.peers import Orthanc
-from pynetdicom import AE, AllStoragePresentationContexts, evt
 
 from agent import config as config_module
 from agent.app import Agent
@@ -22,7 +20,7 @@ from agent.forward import process as forward_process
 from agent.forward.queue import send_again
 from tests import scu
 from tests.support import AgentProcess, free_port, peer, wait_until, write_config
-from tests.test_forward import forward_config, jobs
+from tests.test_forward import ScriptedSCP, forward_config, jobs
 
 
 def alive(pid: int) -> bool:
@@ -151,27 +149,9 @@ def test_jobs_for_a_peer_that_is_no_destination_start_the_process(
         wait_until(lambda: orthanc.count() == 5, 60, "the queued jobs at the PACS")
 
 
-class CountingSCP:
-    """A Storage SCP that notes which association carried each instance."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.carried: list[tuple[str, int]] = []
-        self.lock = threading.Lock()
-        ae = AE(ae_title="COUNTING")
-        ae.supported_contexts = AllStoragePresentationContexts
-        self.server = ae.start_server(("127.0.0.1", self.port), block=False,
-                                      evt_handlers=[(evt.EVT_C_STORE, self.on_store)])
-
-    def on_store(self, event: Any) -> int:
-        with self.lock:
-            self.carried.append((str(event.request.AffectedSOPInstanceUID), id(event.assoc)))
-        return 0x0000
-
-
 def test_each_job_goes_once_over_one_of_several_associations(tmp_path: Path) -> None:
-    pacs = CountingSCP()
-    path = forward_config(tmp_path, {"PACS": ("COUNTING", pacs.port)}, ["PACS"])
+    pacs = ScriptedSCP([])  # every C-STORE answered Success
+    path = forward_config(tmp_path, {"PACS": ("SCRIPTED", pacs.port)}, ["PACS"])
     path.write_text(path.read_text() + "associations = 3\n")
     config = config_module.load_file(path)
     sent = dicomgen.write_series(tmp_path / "study", 60, size=32)
@@ -181,7 +161,6 @@ def test_each_job_goes_once_over_one_of_several_associations(tmp_path: Path) -> 
             wait_until(lambda: set(jobs(tmp_path / "data").values()) == {"done"}, 60,
                        "every job done")
     finally:
-        pacs.server.shutdown()
-    uids = [uid for uid, _ in pacs.carried]
-    assert len(uids) == 60 and len(set(uids)) == 60  # each once, none twice
-    assert len({assoc for _, assoc in pacs.carried}) >= 3  # every lane carried some
+        pacs.close()
+    assert len(pacs.received) == 60 and len(set(pacs.received)) == 60  # each once, none twice
+    assert len(set(pacs.associations)) >= 3  # every lane carried some

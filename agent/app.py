@@ -26,6 +26,7 @@ from agent.forward import retention
 from agent.forward.process import ForwardingProcess
 from agent.net import configure_pynetdicom, peerlog
 from agent.net.scp import DicomServer
+from agent.pull import Landing
 from agent.status import Snapshot, State, StatusModel, publish
 
 log = logging.getLogger(__name__)
@@ -151,6 +152,12 @@ class Agent:
             )
             self.notifier.ready(self.status.snapshot().summary())
             return later
+
+    def landing(self) -> Landing:
+        """Where a retrieve lands instances in this agent: its archive, status and forwarder."""
+        if self.archive is None or self.forwarder is None:
+            raise AgentError("the agent is not started: nothing to land instances in")
+        return Landing(self.archive, self.status, self.forwarder.wake, "this agent")
 
     def close(self) -> None:
         """Stop serving, flush the status, close the archive and release the data dir."""

@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import sys
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, TextIO
 
 from agent.cli.common import load_config
+from agent.cli.landing import landing
 from agent.cli.qr_args import ProgressReport, add_common
 from agent.config import Config
 from agent.dicom.models import Model
 from agent.net.scu import resolve_target
-from agent.pull import PullResult, pull
+from agent.pull import Landing, PullResult, check_pull, pull
 from agent.qr import RetrieveRequest
 from agent.qr.identifiers import parse_keys
+from agent.qr.retrieve import Method
 
 if TYPE_CHECKING:
     from agent.app import Agent
@@ -71,18 +77,27 @@ def execute(
         args.model or Model.STUDY_ROOT, parse_keys(args.keys), tuple(args.series)
     )
     report = ProgressReport(progress_to or out)
+    target = resolve_target(config, args.peer)
+    method: Method = args.method or "move"
+    check_pull(config, target, method, args.send_to)
+    lands: Callable[[bool], AbstractContextManager[Landing]] = (
+        functools.partial(landing, config)
+        if agent is None
+        else lambda serve: contextlib.nullcontext(agent.landing())
+    )
     started = time.monotonic()
     try:
-        result = pull(
-            config,
-            resolve_target(config, args.peer),
-            request,
-            method=args.method or "move",
-            send_to=args.send_to,
-            agent=agent,
-            on_progress=report,
-            timeout=args.timeout,
-        )
+        with lands(method == "move") as land:
+            result = pull(
+                config,
+                target,
+                request,
+                method=method,
+                land=land,
+                send_to=args.send_to,
+                on_progress=report,
+                timeout=args.timeout,
+            )
     finally:
         report.finish()
     for line in describe(result, time.monotonic() - started):

@@ -9,7 +9,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
@@ -158,6 +158,19 @@ class Agent:
         if self.archive is None or self.forwarder is None:
             raise AgentError("the agent is not started: nothing to land instances in")
         return Landing(self.archive, self.status, self.forwarder.wake, "this agent")
+
+    @contextlib.contextmanager
+    def pause_leds(self) -> Iterator[None]:
+        """Free the status LEDs' pins for the block (the console's LED test), then drive them."""
+        running = self.leds
+        if running is not None:
+            running.close()
+            self.leds = None
+        try:
+            yield
+        finally:
+            if running is not None:
+                self.leds = StatusLeds(self.status, self.config.leds)
 
     def close(self) -> None:
         """Stop serving, flush the status, close the archive and release the data dir."""

@@ -7,7 +7,14 @@ from typing import Protocol
 
 from agent.config import Config
 from agent.pull import Landing
-from agent.status import StatusModel
+from agent.status import Snapshot
+
+
+class StatusSource(Protocol):
+    """The one status model, read only."""
+
+    def snapshot(self) -> Snapshot:
+        """The live state (``agent.status.StatusModel`` is one)."""
 
 
 class RunningAgent(Protocol):
@@ -18,7 +25,7 @@ class RunningAgent(Protocol):
         """The configuration in force."""
 
     @property
-    def status(self) -> StatusModel:
+    def status(self) -> StatusSource:
         """The one status model: ``status.snapshot()`` is the live state."""
 
     def reload(self, new: Config) -> list[str]:

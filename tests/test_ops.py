@@ -134,8 +134,8 @@ def test_status_on_the_console_and_the_cli(console: CommandTable, running: Agent
 # -- queue -------------------------------------------------------------------------
 
 
-def quarantine(agent: Agent, count: int) -> None:
-    """``count`` quarantined jobs for a destination no sender serves."""
+def quarantine(agent: Agent, count: int) -> list[int]:
+    """Only ``count`` quarantined jobs, for a destination no sender serves; their ids."""
     assert agent.archive is not None
     with agent.archive.index.transaction() as conn:
         conn.execute("DELETE FROM forward_jobs")
@@ -144,6 +144,7 @@ def quarantine(agent: Agent, count: int) -> None:
             " next_attempt, last_error, created_at) VALUES (?, 'DEAD', 'quarantined', 5, 0,"
             " 'refused: 0xA900', 0)",
             [(f"1.2.3.{n}",) for n in range(count)])
+        return [pk for (pk,) in conn.execute("SELECT pk FROM forward_jobs ORDER BY pk")]
 
 
 def test_queue_listing_retry_and_purge(console: CommandTable, running: Agent,
@@ -161,11 +162,11 @@ def test_queue_listing_retry_and_purge(console: CommandTable, running: Agent,
     retried = answer(console, "queue retry all")
     assert retried.result == cli_retry and retried.lines() == ["OK re-armed 2 jobs"]
 
-    quarantine(running, 2)
-    [first, _] = listing.result.rows
-    one = answer(console, f"queue retry {first.pk}")
-    quarantine(running, 2)
-    assert one.result == cli_result(queue_cli, config_path, "retry", str(first.pk))
+    first, _ = quarantine(running, 2)
+    one = answer(console, f"queue retry {first}")
+    assert one.result == QueueChange("retry", 1)
+    first, _ = quarantine(running, 2)
+    assert one.result == cli_result(queue_cli, config_path, "retry", str(first))
 
     quarantine(running, 2)
     cli_purge = cli_result(queue_cli, config_path, "purge", "--yes")

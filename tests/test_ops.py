@@ -33,7 +33,7 @@ from agent.ops.queue import QueueChange, QueueListing
 from agent.ops.status import StatusReport
 from agent.status import read_published
 from tests.pacs import Dcmqrscp
-from tests.support import REPO, free_port, peer, wait_until, write_config
+from tests.support import REPO, free_port, peer, run_cli, wait_until, write_config
 
 AGENT_PORT = free_port()
 
@@ -155,6 +155,8 @@ def test_queue_listing_retry_and_purge(console: CommandTable, running: Agent,
     assert listing.result == cli_result(queue_cli, config_path)
     assert isinstance(listing.result, QueueListing) and len(listing.result.rows) == 2
     assert "  DEAD: 0 pending, 0 retrying, 2 quarantined" in listing.lines()
+    printed = run_cli("queue", "--config", str(config_path))  # the real command, as a process
+    assert printed.stdout.splitlines() == list(listing.body) == listing.result.lines()
 
     cli_retry = cli_result(queue_cli, config_path, "retry", "--all")
     assert cli_retry == QueueChange("retry", 2)

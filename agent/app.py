@@ -8,13 +8,14 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from agent import reconfigure
 from agent.archive import Archive, Layout
 from agent.archive.lock import DataDirLock
 from agent.archive.recovery import recover
 from agent.config import Config
+from agent.errors import AgentError
 from agent.field import logbuffer
 from agent.field.console import SerialConsole, start_console
 from agent.field.leds import StatusLeds
@@ -23,6 +24,7 @@ from agent.forward import retention
 from agent.forward.process import ForwardingProcess
 from agent.net import configure_pynetdicom, peerlog
 from agent.net.scp import DicomServer
+from agent.pull import Landing
 from agent.status import Snapshot, State, StatusModel, publish
 
 log = logging.getLogger(__name__)
@@ -114,6 +116,25 @@ class Agent:
             )
             self.notifier.ready(self.status.snapshot().summary())
             return later
+
+    def landing(self) -> Landing:
+        """Where a retrieve lands instances in this agent: its archive, status and forwarder."""
+        if self.archive is None or self.forwarder is None:
+            raise AgentError("the agent is not started: nothing to land instances in")
+        return Landing(self.archive, self.status, self.forwarder.wake, "this agent")
+
+    @contextlib.contextmanager
+    def pause_leds(self) -> Iterator[None]:
+        """Free the status LEDs' pins for the block (the console's LED test), then drive them."""
+        running = self.leds
+        if running is not None:
+            running.close()
+            self.leds = None
+        try:
+            yield
+        finally:
+            if running is not None:
+                self.leds = StatusLeds(self.status, self.config.leds)
 
     def close(self) -> None:
         """Stop serving, flush the status, close the archive and release the data dir."""

@@ -1,9 +1,9 @@
 """Pulling studies from a peer into the archive (``edge-agent retrieve`` and the console).
 
 Retrieved instances land in the archive exactly as received ones do: durable, indexed,
-routed by the forwarding rules (never back to the peer they came from). A C-MOVE needs
-our Storage SCP listening: the running agent's, or, when it is not running, one this
-process starts for the duration. ``send_to`` then queues the study for another peer.
+routed by the forwarding rules (never back to the peer they came from). The caller says
+where they land (a ``Landing``); a C-MOVE also needs a Storage SCP listening on it.
+``send_to`` then queues the study for another peer.
 """
 
 from __future__ import annotations
@@ -17,9 +17,7 @@ from dataclasses import dataclass
 from pydicom.tag import Tag
 from pydicom.uid import UID
 
-from agent.app import Agent
-from agent.archive import Archive, Layout
-from agent.archive.lock import DataDirBusy, DataDirLock
+from agent.archive import Archive
 from agent.archive.query import resolve
 from agent.config import Config
 from agent.errors import ConfigError
@@ -63,30 +61,29 @@ def pull(
     request: RetrieveRequest,
     *,
     method: Method,
+    land: Landing,
     send_to: str | None = None,
-    agent: Agent | None = None,
     on_progress: Callable[[Progress], None] = lambda progress: None,
     timeout: float = 60.0,
 ) -> PullResult:
-    """Retrieve into the archive (by C-MOVE or C-GET), then queue for ``send_to``."""
+    """Retrieve into ``land`` (by C-MOVE or C-GET), then queue for ``send_to``."""
     check_pull(config, target, method, send_to)
-    with landing(config, agent, serve=method == "move") as land:
-        if method == "get":
-            result = retrieve(
-                config,
-                target,
-                request,
-                method="get",
-                on_store=_keeper(land, target),
-                storage_classes=storage_classes(config, target, request, timeout),
-                on_progress=on_progress,
-                timeout=timeout,
-            )
-        else:
-            result = retrieve(
-                config, target, request, method="move", on_progress=on_progress, timeout=timeout
-            )
-        queued = queue_copies(land, request, send_to) if send_to else 0
+    if method == "get":
+        result = retrieve(
+            config,
+            target,
+            request,
+            method="get",
+            on_store=_keeper(land, target),
+            storage_classes=storage_classes(config, target, request, timeout),
+            on_progress=on_progress,
+            timeout=timeout,
+        )
+    else:
+        result = retrieve(
+            config, target, request, method="move", on_progress=on_progress, timeout=timeout
+        )
+    queued = queue_copies(land, request, send_to) if send_to else 0
     return PullResult(result, queued, send_to, land.where)
 
 
@@ -108,54 +105,11 @@ def check_pull(config: Config, target: Target, method: Method, send_to: str | No
 
 
 @contextlib.contextmanager
-def landing(config: Config, agent: Agent | None, *, serve: bool) -> Iterator[Landing]:
-    """Where retrieved instances land: this process's agent, the running one, or ours.
+def open_archive(config: Config) -> Iterator[Archive]:
+    """The archive, opened beside whoever else uses it (SQLite serialises the writers).
 
-    ``serve``: a C-MOVE needs a Storage SCP; when the agent is not running, a temporary
-    one runs in this process until the retrieve ends.
+    Its router sends what lands to the configured destinations, as the agent's would.
     """
-    if agent is not None and agent.archive is not None and agent.forwarder is not None:
-        yield Landing(agent.archive, agent.status, agent.forwarder.wake, "this agent")
-        return
-    layout = Layout(config.agent.data_dir)
-    layout.create()
-    lock = DataDirLock(layout.run_dir)
-    try:
-        lock.acquire()
-    except DataDirBusy:
-        with _open_archive(config) as archive:
-            yield Landing(archive, StatusModel(), lambda names: None, "the running agent")
-        return
-    if not serve:
-        try:
-            with _open_archive(config) as archive:
-                yield Landing(archive, StatusModel(), lambda names: None, "the archive")
-        finally:
-            lock.release()
-        return
-    lock.release()
-    with _temporary_agent(config) as land:
-        yield land
-
-
-@contextlib.contextmanager
-def _temporary_agent(config: Config) -> Iterator[Landing]:
-    """The agent, started in this process for the length of one retrieve."""
-    temporary = Agent(config, hardware=False)
-    try:
-        temporary.start()
-        assert temporary.archive is not None and temporary.forwarder is not None
-        log.info("the agent is not running: receiving here until the retrieve ends")
-        yield Landing(
-            temporary.archive, temporary.status, temporary.forwarder.wake, "a temporary receiver"
-        )
-    finally:
-        temporary.close()
-
-
-@contextlib.contextmanager
-def _open_archive(config: Config) -> Iterator[Archive]:
-    """The archive, opened beside whoever else uses it (SQLite serialises the writers)."""
     floor = config.agent.min_free_mb * 1048576
     with Archive(config.agent.data_dir, min_free_bytes=floor) as archive:
         archive.router = router_for(config.forward, config.peers)

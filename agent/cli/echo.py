@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 
 from agent.cli.common import load_config
-from agent.net.scu import echo, resolve_target
+from agent.config import Config
+from agent.ops.echo import EchoResult, echo_peer
 
 NAME = "echo"
 HELP = "send a C-ECHO to a configured peer or to AET@HOST:PORT"
@@ -20,8 +21,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print the round trip, or fail with the reason (PeerError exits 1 in main)."""
-    config = load_config(args)
-    target = resolve_target(config, args.peer)
-    seconds = echo(config, target)
-    print(f"OK {target} answered C-ECHO in {seconds * 1000:.0f} ms")
+    print("\n".join(result(args, load_config(args)).lines()))
     return 0
+
+
+def result(args: argparse.Namespace, config: Config) -> EchoResult:
+    """The C-ECHO this command reports."""
+    return echo_peer(config, args.peer)

@@ -3,22 +3,23 @@
 from __future__ import annotations
 
 import argparse
-import builtins
-import functools
 import sys
-import time
-from typing import TextIO
 
 from agent.archive import Layout
-from agent.archive.index import Index
 from agent.cli.common import load_config
 from agent.config import Config
 from agent.errors import AgentError
-from agent.forward import queue
+from agent.ops.queue import (
+    QueueChange,
+    QueueListing,
+    list_queue,
+    purge_jobs,
+    quarantined,
+    retry_jobs,
+)
 
 NAME = "queue"
 HELP = "list forward jobs per destination; 'retry' re-arms them, 'purge' drops quarantined"
-SHOWN = 50
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,72 +32,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """List, re-arm or purge; changes take effect at the senders' next look (seconds)."""
-    return execute(args, load_config(args), sys.stdout)
+    config = load_config(args)
+    if args.action == "purge" and not args.yes and not _confirmed(Layout(config.agent.data_dir)):
+        print("nothing purged")
+        return 1
+    print("\n".join(result(args, config).lines()))
+    return 0
 
 
-def execute(args: argparse.Namespace, config: Config, out: TextIO) -> int:
-    """The command's work, printing to ``out`` (the CLI's stdout or the serial console)."""
+def result(args: argparse.Namespace, config: Config) -> QueueListing | QueueChange:
+    """The listing, or what a retry or (confirmed) purge changed."""
     layout = Layout(config.agent.data_dir)
-    if not layout.index_path.exists():
-        out.write("queue empty (no archive yet)\n")
-        return 0
-    with Index(layout.index_path) as index:
-        if args.action == "retry":
-            return _retry(index, args, out)
-        if args.action == "purge":
-            return _purge(index, args.yes, out)
-        with index.reading() as conn:
-            _print(queue.depth(conn), queue.listing(conn, SHOWN), out)
-    return 0
+    if args.action == "retry":
+        if not args.ids and not args.all:
+            raise AgentError("say which jobs: queue retry ID [ID...] or queue retry --all")
+        return retry_jobs(layout, None if args.all else args.ids)
+    if args.action == "purge":
+        return purge_jobs(layout)
+    return list_queue(layout)
 
 
-def _retry(index: Index, args: argparse.Namespace, out: TextIO) -> int:
-    if not args.ids and not args.all:
-        raise AgentError("say which jobs: queue retry ID [ID...] or queue retry --all")
-    with index.transaction() as conn:
-        count = queue.rearm(conn, time.time(), None if args.all else args.ids)
-    out.write(f"OK re-armed {count} jobs\n")
-    return 0
-
-
-def _purge(index: Index, confirmed: bool, out: TextIO) -> int:
-    with index.reading() as conn:
-        waiting = sum(d.get(queue.QUARANTINED, 0) for d in queue.depth(conn).values())
-    if not confirmed:
-        if not sys.stdin.isatty():
-            raise AgentError(f"purge drops {waiting} quarantined jobs for good; add --yes")
-        answer = input(
-            f"Drop {waiting} quarantined jobs for good? Their files may then be "
-            "removed by retention. Type 'yes': "
-        )
-        if answer.strip().lower() != "yes":
-            out.write("nothing purged\n")
-            return 1
-    with index.transaction() as conn:
-        count = queue.purge_quarantined(conn)
-    out.write(f"OK purged {count} quarantined jobs\n")
-    return 0
-
-
-def _print(depth: dict[str, dict[str, int]], rows: list[queue.QueueRow], out: TextIO) -> None:
-    print = functools.partial(builtins.print, file=out)
-    if not depth:
-        print("queue empty: everything was delivered")
-        return
-    now = time.time()
-    for destination, counts in sorted(depth.items()):
-        summary = ", ".join(
-            f"{counts.get(s, 0)} {s}" for s in (queue.PENDING, queue.RETRYING, queue.QUARANTINED)
-        )
-        print(f"{destination}: {summary}")
-        for row in (r for r in rows if r.destination == destination):
-            when = (
-                "due now" if row.next_attempt <= now else f"next in {row.next_attempt - now:.0f} s"
-            )
-            if row.state == queue.QUARANTINED:
-                when = "quarantined"
-            error = f"  last error: {row.last_error}" if row.last_error else ""
-            print(
-                f"  #{row.pk:<6} {row.state:11} {when:16} tries {row.attempts}"
-                f"  {row.sop_instance_uid}{error}"
-            )
+def _confirmed(layout: Layout) -> bool:
+    """Ask on the terminal before a purge; AgentError when there is no terminal to ask."""
+    waiting = quarantined(layout)
+    if waiting is None:
+        return True  # no archive: nothing to drop, purge_jobs says so
+    if not sys.stdin.isatty():
+        raise AgentError(f"purge drops {waiting} quarantined jobs for good; add --yes")
+    answer = input(
+        f"Drop {waiting} quarantined jobs for good? Their files may then be "
+        "removed by retention. Type 'yes': "
+    )
+    return answer.strip().lower() == "yes"

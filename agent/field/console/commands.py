@@ -8,17 +8,17 @@ import logging
 import platform
 import socket
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
 
 from agent import __version__
+from agent.archive import Layout
 from agent.field import logbuffer
 from agent.field.console import netinfo
-from agent.field.console.clitools import run_cli
+from agent.field.console.render import echo_reply, queue_reply, status_reply
 from agent.field.console.table import Args, CommandTable, Reply, err, ok, syntax
-from agent.net.scu import echo, resolve_target
-
-if TYPE_CHECKING:
-    from agent.app import Agent
+from agent.ops.echo import echo_peer
+from agent.ops.queue import list_queue, purge_jobs, retry_jobs
+from agent.ops.running import RunningAgent
+from agent.ops.status import status_report
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ class AgentCommands:
 
     def __init__(
         self,
-        agent: Agent,
+        agent: RunningAgent,
         table: CommandTable,
         *,
         on_restart: Callable[[], None] | None = None,
@@ -48,11 +48,12 @@ class AgentCommands:
     @syntax("status", "agent state, archive counts, free disk and forwarding")
     def status(self, args: Args) -> Reply:
         """What ``edge-agent status`` prints, headed by the live state."""
-        from agent.cli import status as status_cli
-
         snapshot = self.agent.status.snapshot()
-        _, lines = run_cli(status_cli, self.agent.config, json=False, extra={"live": snapshot})
-        return ok(snapshot.state.value, lines)
+        report = status_report(self._layout(), snapshot)
+        return status_reply(report, snapshot.state.value)
+
+    def _layout(self) -> Layout:
+        return Layout(self.agent.config.agent.data_dir)
 
     @syntax("peers", "the configured peers: AE title, address and what each may do")
     def peers(self, args: Args) -> Reply:
@@ -72,41 +73,29 @@ class AgentCommands:
     @syntax("echo PEER", "C-ECHO a configured peer (by name) or AET@HOST:PORT")
     def echo(self, args: Args) -> Reply:
         """Round trip in milliseconds, or why it failed."""
-        config = self.agent.config
-        target = resolve_target(config, args["peer"])
-        seconds = echo(config, target)
-        return ok(f"{target} answered C-ECHO in {seconds * 1000:.0f} ms")
+        return echo_reply(echo_peer(self.agent.config, args["peer"]))
 
     @syntax("queue", "forward jobs per destination: pending, retrying, quarantined")
     def queue(self, args: Args) -> Reply:
         """What ``edge-agent queue`` prints."""
-        return self._queue(action="list", ids=[], all=False)
+        return queue_reply(list_queue(self._layout()))
 
     @syntax("queue retry ID...", "re-arm retrying or quarantined jobs: job ids, or 'all'")
     def queue_retry(self, args: Args) -> Reply:
         """Re-arm jobs; the senders take them up within seconds."""
         words = args["id"].split()
         if words == ["all"]:
-            return self._queue(action="retry", ids=[], all=True)
+            return queue_reply(retry_jobs(self._layout(), None))
         if not all(word.isdigit() for word in words):
             return err("usage: queue retry ID... (job numbers) or queue retry all")
-        return self._queue(action="retry", ids=[int(word) for word in words], all=False)
+        return queue_reply(retry_jobs(self._layout(), [int(word) for word in words]))
 
     @syntax("queue purge [yes]", "give up on every quarantined job ('queue purge yes')")
     def queue_purge(self, args: Args) -> Reply:
         """Drop quarantined jobs, once confirmed."""
         if args.get("yes", "").lower() != "yes":
             return err("type 'queue purge yes' to drop every quarantined job for good")
-        return self._queue(action="purge", ids=[], all=False, yes=True)
-
-    def _queue(self, **options: Any) -> Reply:
-        from agent.cli import queue as queue_cli
-
-        options.setdefault("yes", False)
-        status, lines = run_cli(queue_cli, self.agent.config, **options)
-        if lines and lines[0].startswith("OK "):
-            return ok(lines[0][3:], lines[1:]) if status == 0 else err(lines[0][3:], lines[1:])
-        return ok(body=lines) if status == 0 else err(f"queue failed (status {status})", lines)
+        return queue_reply(purge_jobs(self._layout()))
 
     @syntax("net", "network interfaces: link, addresses, default gateway")
     def net(self, args: Args) -> Reply:
@@ -141,14 +130,8 @@ class AgentCommands:
         if not settings.pins():
             return err("no LEDs configured: set pins in [leds]")
         out = io.StringIO()
-        running = getattr(self.agent, "leds", None)
-        if running is not None:
-            running.close()  # the agent's status LEDs hold the pins: free them for the walk
-        try:
+        with self.agent.pause_leds():  # the agent's status LEDs hold the pins
             walk(settings, out, step=LED_STEP)
-        finally:
-            if running is not None:
-                self.agent.leds = type(running)(self.agent.status, settings)
         return ok(body=out.getvalue().splitlines())
 
     @syntax("version", "agent, Python and DICOM library versions")

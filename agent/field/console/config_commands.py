@@ -7,16 +7,14 @@ import logging
 from collections.abc import Mapping
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import tomlkit
 
 from agent.config import Config
 from agent.field.console.config_edit import ConfigStage, parse_value
 from agent.field.console.table import Args, CommandError, Reply, err, ok, syntax
-
-if TYPE_CHECKING:
-    from agent.app import Agent
+from agent.ops.running import RunningAgent
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +22,7 @@ log = logging.getLogger(__name__)
 class ConfigCommands:
     """Staged editing of the agent's config file, applied live where the agent can."""
 
-    def __init__(self, agent: Agent) -> None:
+    def __init__(self, agent: RunningAgent) -> None:
         self.agent = agent
         self._stage: ConfigStage | None = None
 
@@ -101,10 +99,7 @@ class ConfigCommands:
         keys = stage.changed_keys()
         new_config = stage.apply()
         log.warning("config %s changed on the serial console: %s", stage.path, ", ".join(keys))
-        reload = getattr(self.agent, "reload", None)
-        if reload is None:
-            return ok(f"written to {stage.path}; restart to apply", [f"changed: {' '.join(keys)}"])
-        later = list(reload(new_config))
+        later = self.agent.reload(new_config)
         body = [f"changed: {' '.join(keys)}"]
         if later:
             body.append(f"need a restart ('restart yes'): {' '.join(later)}")

@@ -9,19 +9,16 @@ from __future__ import annotations
 import logging
 import socket
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from agent import __version__
-from agent.field.console.clitools import qr_commands
 from agent.field.console.commands import AgentCommands
 from agent.field.console.config_commands import ConfigCommands
 from agent.field.console.lineeditor import CRLF, Cancel, Echo, LineEditor, Submit
+from agent.field.console.qr_commands import qr_commands
 from agent.field.console.table import CommandTable, Reply, collect
 from agent.field.console.transport import RETRY_EVERY, Opener, SerialTransport, open_port
 from agent.field.settings import ConsoleSettings
-
-if TYPE_CHECKING:
-    from agent.app import Agent
+from agent.ops.running import RunningAgent
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +30,7 @@ class SerialConsole:
 
     def __init__(
         self,
-        agent: Agent,
+        agent: RunningAgent,
         settings: ConsoleSettings,
         *,
         on_restart: Callable[[], None] | None = None,
@@ -115,8 +112,10 @@ class SerialConsole:
         self.transport.write(data)
 
 
-def build_table(agent: Agent, *, on_restart: Callable[[], None] | None = None) -> CommandTable:
-    """Every console command, find and retrieve included when the CLI has them."""
+def build_table(
+    agent: RunningAgent, *, on_restart: Callable[[], None] | None = None
+) -> CommandTable:
+    """Every console command, find and retrieve included."""
     table = CommandTable()
     commands = AgentCommands(agent, table, on_restart=on_restart)
     for command in collect(commands, ConfigCommands(agent)):
@@ -127,7 +126,7 @@ def build_table(agent: Agent, *, on_restart: Callable[[], None] | None = None) -
 
 
 def start_console(
-    agent: Agent, on_restart: Callable[[], None] | None = None
+    agent: RunningAgent, on_restart: Callable[[], None] | None = None
 ) -> SerialConsole | None:
     """Start the console if ``[console] device`` is set; None otherwise."""
     settings = agent.config.console

@@ -35,6 +35,7 @@ class Reply:
     text: str = ""
     body: tuple[str, ...] = ()
     then: Callable[[], None] | None = field(default=None, compare=False)  # after it is sent
+    result: object = field(default=None, compare=False)  # the agent/ops result it shows
 
     def lines(self) -> list[str]:
         """The answer as lines: ``OK text`` or ``ERR text``, then the body indented."""
@@ -43,14 +44,14 @@ class Reply:
         return [" ".join(head.splitlines()), *body]
 
 
-def ok(text: str = "", body: Iterable[str] = ()) -> Reply:
-    """A success answer."""
-    return Reply(True, text, tuple(body))
+def ok(text: str = "", body: Iterable[str] = (), *, result: object = None) -> Reply:
+    """A success answer (``result``: the operation's result object it renders)."""
+    return Reply(True, text, tuple(body), result=result)
 
 
-def err(text: str, body: Iterable[str] = ()) -> Reply:
-    """A failure answer."""
-    return Reply(False, text, tuple(body))
+def err(text: str, body: Iterable[str] = (), *, result: object = None) -> Reply:
+    """A failure answer (``result``: the operation's result object it renders)."""
+    return Reply(False, text, tuple(body), result=result)
 
 
 class CommandError(AgentError, ValueError):

@@ -1,0 +1,111 @@
+"""The forward queue: what waits to be forwarded, and re-arming or purging it.
+
+Changes take effect at the senders' next look (seconds).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from agent.archive import Layout
+from agent.archive.index import Index
+from agent.forward import queue
+
+SHOWN = 50
+NO_ARCHIVE = "queue empty (no archive yet)"
+
+
+@dataclass(frozen=True)
+class QueueListing:
+    """Job counts per destination and state, and the first waiting jobs."""
+
+    depth: dict[str, dict[str, int]]
+    rows: tuple[queue.QueueRow, ...]
+    archive: bool = True  # False: there is no archive (index) yet
+    taken_at: float = field(default_factory=time.time, compare=False)
+
+    def lines(self) -> list[str]:
+        """The listing as text, as the CLI prints it and the console shows it."""
+        if not self.archive:
+            return [NO_ARCHIVE]
+        if not self.depth:
+            return ["queue empty: everything was delivered"]
+        lines = []
+        for destination, counts in sorted(self.depth.items()):
+            summary = ", ".join(
+                f"{counts.get(s, 0)} {s}"
+                for s in (queue.PENDING, queue.RETRYING, queue.QUARANTINED)
+            )
+            lines.append(f"{destination}: {summary}")
+            lines += [self._row(r) for r in self.rows if r.destination == destination]
+        return lines
+
+    def _row(self, row: queue.QueueRow) -> str:
+        if row.state == queue.QUARANTINED:
+            when = "quarantined"
+        elif row.next_attempt <= self.taken_at:
+            when = "due now"
+        else:
+            when = f"next in {row.next_attempt - self.taken_at:.0f} s"
+        error = f"  last error: {row.last_error}" if row.last_error else ""
+        return (
+            f"  #{row.pk:<6} {row.state:11} {when:16} tries {row.attempts}"
+            f"  {row.sop_instance_uid}{error}"
+        )
+
+
+@dataclass(frozen=True)
+class QueueChange:
+    """How many jobs a retry or a purge changed."""
+
+    action: str  # "retry" or "purge"
+    count: int
+    archive: bool = True  # False: there is no archive (index) yet
+
+    @property
+    def summary(self) -> str:
+        """One line: what was done to how many jobs."""
+        if not self.archive:
+            return NO_ARCHIVE
+        if self.action == "purge":
+            return f"purged {self.count} quarantined jobs"
+        return f"re-armed {self.count} jobs"
+
+    def lines(self) -> list[str]:
+        """The change as the CLI prints it."""
+        return [f"OK {self.summary}"] if self.archive else [NO_ARCHIVE]
+
+
+def list_queue(layout: Layout, shown: int = SHOWN) -> QueueListing:
+    """The queue's depth per destination and its first ``shown`` waiting jobs."""
+    if not layout.index_path.exists():
+        return QueueListing({}, (), archive=False)
+    with Index(layout.index_path) as index, index.reading() as conn:
+        return QueueListing(queue.depth(conn), tuple(queue.listing(conn, shown)))
+
+
+def retry_jobs(layout: Layout, job_ids: Sequence[int] | None) -> QueueChange:
+    """Make retrying or quarantined jobs due now: these ids, or all when None."""
+    if not layout.index_path.exists():
+        return QueueChange("retry", 0, archive=False)
+    with Index(layout.index_path) as index, index.transaction() as conn:
+        count = queue.rearm(conn, time.time(), None if job_ids is None else list(job_ids))
+    return QueueChange("retry", count)
+
+
+def quarantined(layout: Layout) -> int | None:
+    """How many jobs a purge would drop (None: there is no archive yet)."""
+    if not layout.index_path.exists():
+        return None
+    with Index(layout.index_path) as index, index.reading() as conn:
+        return sum(d.get(queue.QUARANTINED, 0) for d in queue.depth(conn).values())
+
+
+def purge_jobs(layout: Layout) -> QueueChange:
+    """Give up on every quarantined job for good (retention may then remove its file)."""
+    if not layout.index_path.exists():
+        return QueueChange("purge", 0, archive=False)
+    with Index(layout.index_path) as index, index.transaction() as conn:
+        return QueueChange("purge", queue.purge_quarantined(conn))

@@ -1,0 +1,128 @@
+"""The status report: what the archive holds and what the running agent reports."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from dataclasses import dataclass
+from typing import Any
+
+from agent.archive import Layout
+from agent.archive.index import Counts, connect, read_counts
+from agent.status import Snapshot, process_alive, read_published
+
+
+@dataclass(frozen=True)
+class StatusReport:
+    """Everything ``status`` shows, as the plain JSON data ``status --json`` prints."""
+
+    info: dict[str, Any]
+
+    @property
+    def running(self) -> bool:
+        """Whether an agent answers for this data directory."""
+        return bool(self.info["running"])
+
+    def to_json(self) -> dict[str, Any]:
+        """The report as ``edge-agent status --json`` prints it."""
+        return dict(self.info)
+
+    def lines(self) -> list[str]:
+        """The report as text, as the CLI prints it and the console shows it."""
+        info = self.info
+        counts = info["archive"]
+        lines = [
+            f"archive   {info['data_dir']}",
+            f"          {counts['patients']} patients, {counts['studies']} studies, "
+            f"{counts['series']} series, {counts['instances']} instances, "
+            f"{size(counts['bytes'])}",
+        ]
+        if counts["conflicts"]:
+            lines.append(
+                f"          {counts['conflicts']} conflicting copies kept aside (see conflicts/)"
+            )
+        if info["disk_free"] is not None:
+            lines.append(f"disk      {size(info['disk_free'])} free")
+        agent = info["agent"]
+        if agent is None:
+            return [*lines, "agent     not running"]
+        return lines + _agent_lines(agent)
+
+
+def _agent_lines(agent: dict[str, Any]) -> list[str]:
+    """The running agent's part of the report."""
+    lines = [
+        f"agent     {agent['state']} on {agent['listening']} (pid {agent['pid']}, "
+        f"since {agent['started_at']})",
+        f"          {agent['received']} received this run, {agent['refused']} refused, "
+        f"{agent['associations']} associations open",
+    ]
+    if agent.get("forwarder_pid"):
+        lines.append(f"forward   sent by the forwarding process (pid {agent['forwarder_pid']})")
+    for destination in agent.get("destinations", []):
+        lines.append(
+            f"forward   {destination['name']}: {destination['pending']} pending, "
+            f"{destination['retrying']} retrying, {destination['quarantined']} quarantined; "
+            f"last success {destination['last_success'] or 'never'}"
+        )
+        if destination["last_error"]:
+            lines.append(f"          last error {destination['last_error']}")
+    if agent.get("below_floor"):
+        lines.append("          FREE SPACE BELOW THE FLOOR: new images are refused")
+    if agent.get("last_error"):
+        lines.append(f"          last error: {agent['last_error']}")
+    return lines
+
+
+def status_report(layout: Layout, live: Snapshot | None = None) -> StatusReport:
+    """The status of the archive at ``layout`` and of the agent serving it.
+
+    ``live`` is the running agent's own model (the console); otherwise the snapshot that
+    agent last published is read. Either way the report holds plain JSON values.
+    """
+    return StatusReport(json.loads(json.dumps(gather(layout, live))))
+
+
+def gather(layout: Layout, live: Snapshot | None = None) -> dict[str, Any]:
+    """Everything ``status`` shows, from the index, the disk and the status model.
+
+    ``live`` is the running agent's own model (the console); otherwise the snapshot
+    that agent last published is read.
+    """
+    published = live.to_json() if live is not None else read_published(layout.run_dir)
+    running = published is not None and (live is not None or _is_live(published))
+    return {
+        "data_dir": str(layout.root),
+        "archive": dataclasses.asdict(_counts(layout)),
+        "disk_free": shutil.disk_usage(layout.root).free if layout.root.exists() else None,
+        "running": running,
+        "agent": published if running else None,
+    }
+
+
+def _is_live(published: dict[str, Any]) -> bool:
+    state = published.get("state")
+    return state in ("starting", "serving", "stopping", "failed") and process_alive(
+        int(published.get("pid", 0))
+    )
+
+
+def _counts(layout: Layout) -> Counts:
+    if not layout.index_path.exists():
+        return Counts(0, 0, 0, 0, 0, 0)
+    conn = connect(layout.index_path, readonly=True)
+    try:
+        return read_counts(conn)
+    finally:
+        conn.close()
+
+
+def size(count: int) -> str:
+    """A byte count as a person reads it: 512 B, 3.4 MB."""
+    value = float(count)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1024 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TB"

@@ -12,7 +12,7 @@ import sys
 from typing import Any, TextIO
 
 from agent.archive import Layout
-from agent.archive.index import Counts, connect, read_counts
+from agent.archive.index import Counts, counts_at
 from agent.cli.common import load_config
 from agent.config import Config
 from agent.status import Snapshot, process_alive, read_published
@@ -53,11 +53,7 @@ def _is_live(published: dict[str, Any]) -> bool:
 def _counts(layout: Layout) -> Counts:
     if not layout.index_path.exists():
         return Counts(0, 0, 0, 0, 0, 0)
-    conn = connect(layout.index_path, readonly=True)
-    try:
-        return read_counts(conn)
-    finally:
-        conn.close()
+    return counts_at(layout.index_path)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -11,10 +11,10 @@ from typing import TextIO
 
 from agent.archive import Layout
 from agent.archive.index import Index
+from agent.archive.outbox import PENDING, QUARANTINED, RETRYING, Outbox, QueueRow
 from agent.cli.common import load_config
 from agent.config import Config
 from agent.errors import AgentError
-from agent.forward import queue
 
 NAME = "queue"
 HELP = "list forward jobs per destination; 'retry' re-arms them, 'purge' drops quarantined"
@@ -41,27 +41,25 @@ def execute(args: argparse.Namespace, config: Config, out: TextIO) -> int:
         out.write("queue empty (no archive yet)\n")
         return 0
     with Index(layout.index_path) as index:
+        outbox = Outbox(index)
         if args.action == "retry":
-            return _retry(index, args, out)
+            return _retry(outbox, args, out)
         if args.action == "purge":
-            return _purge(index, args.yes, out)
-        with index.reading() as conn:
-            _print(queue.depth(conn), queue.listing(conn, SHOWN), out)
+            return _purge(outbox, args.yes, out)
+        _print(outbox.depth(), outbox.listing(SHOWN), out)
     return 0
 
 
-def _retry(index: Index, args: argparse.Namespace, out: TextIO) -> int:
+def _retry(outbox: Outbox, args: argparse.Namespace, out: TextIO) -> int:
     if not args.ids and not args.all:
         raise AgentError("say which jobs: queue retry ID [ID...] or queue retry --all")
-    with index.transaction() as conn:
-        count = queue.rearm(conn, time.time(), None if args.all else args.ids)
+    count = outbox.rearm(time.time(), None if args.all else args.ids)
     out.write(f"OK re-armed {count} jobs\n")
     return 0
 
 
-def _purge(index: Index, confirmed: bool, out: TextIO) -> int:
-    with index.reading() as conn:
-        waiting = sum(d.get(queue.QUARANTINED, 0) for d in queue.depth(conn).values())
+def _purge(outbox: Outbox, confirmed: bool, out: TextIO) -> int:
+    waiting = sum(d.get(QUARANTINED, 0) for d in outbox.depth().values())
     if not confirmed:
         if not sys.stdin.isatty():
             raise AgentError(f"purge drops {waiting} quarantined jobs for good; add --yes")
@@ -72,28 +70,25 @@ def _purge(index: Index, confirmed: bool, out: TextIO) -> int:
         if answer.strip().lower() != "yes":
             out.write("nothing purged\n")
             return 1
-    with index.transaction() as conn:
-        count = queue.purge_quarantined(conn)
+    count = outbox.purge_quarantined()
     out.write(f"OK purged {count} quarantined jobs\n")
     return 0
 
 
-def _print(depth: dict[str, dict[str, int]], rows: list[queue.QueueRow], out: TextIO) -> None:
+def _print(depth: dict[str, dict[str, int]], rows: list[QueueRow], out: TextIO) -> None:
     print = functools.partial(builtins.print, file=out)
     if not depth:
         print("queue empty: everything was delivered")
         return
     now = time.time()
     for destination, counts in sorted(depth.items()):
-        summary = ", ".join(
-            f"{counts.get(s, 0)} {s}" for s in (queue.PENDING, queue.RETRYING, queue.QUARANTINED)
-        )
+        summary = ", ".join(f"{counts.get(s, 0)} {s}" for s in (PENDING, RETRYING, QUARANTINED))
         print(f"{destination}: {summary}")
         for row in (r for r in rows if r.destination == destination):
             when = (
                 "due now" if row.next_attempt <= now else f"next in {row.next_attempt - now:.0f} s"
             )
-            if row.state == queue.QUARANTINED:
+            if row.state == QUARANTINED:
                 when = "quarantined"
             error = f"  last error: {row.last_error}" if row.last_error else ""
             print(

@@ -37,6 +37,7 @@ ENFORCED = {"archive"}
 DATABASE_LAYER = "archive"
 DATABASE_MODULES = ("sqlite3",)
 STATEMENT_METHODS = {"execute", "executemany", "executescript"}
+CONNECTION_METHODS = {"reading", "transaction"}  # the Index's, which hand out its connection
 # Calls named execute that are not SQL: the CLI modules' ``execute(args, config, out)``,
 # which the console calls until it renders operation results instead (issue 13, item 3).
 NOT_SQL = {
@@ -112,8 +113,8 @@ def upward_imports(module: Module) -> list[str]:
 
 
 def database_use(module: Module) -> list[str]:
-    """Where a module outside the database layer imports sqlite3, runs a statement or
-    holds SQL text."""
+    """Where a module outside the database layer imports sqlite3, runs a statement, takes
+    the index's connection or holds SQL text."""
     found = []
     for node in ast.walk(module.tree):
         if isinstance(node, (ast.Import, ast.ImportFrom)):
@@ -122,7 +123,8 @@ def database_use(module: Module) -> list[str]:
                 found.append(f"{module.relative}:{node.lineno} imports sqlite3")
         elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
             called = (module.relative, ast.unparse(node.func))
-            if node.func.attr in STATEMENT_METHODS and called not in NOT_SQL:
+            wanted = STATEMENT_METHODS | CONNECTION_METHODS
+            if node.func.attr in wanted and called not in NOT_SQL:
                 found.append(f"{module.relative}:{node.lineno} calls {called[1]}()")
         elif isinstance(node, ast.Constant) and _is_sql(node.value):
             found.append(f"{module.relative}:{node.lineno} holds SQL text")
@@ -161,8 +163,9 @@ def test_the_checks_see_what_they_look_for() -> None:
         "import sqlite3\nfrom agent.forward.queue import add_jobs\n"
         "def f(conn):\n    from ..net import scu\n"
         "    conn.execute('SELECT pk FROM instances')\n"
+        "    with index.reading() as conn:\n        pass\n"
     )
     fake = Module("agent.archive.fake", PACKAGE / "archive" / "fake.py", ast.parse(source))
     assert len(upward_imports(fake)) == 4  # agent.forward(.queue...) twice, agent.net(.scu)
-    assert [line.split(" ", 1)[1] for line in database_use(fake)] == [
-        "imports sqlite3", "calls conn.execute()", "holds SQL text"]
+    assert {line.split(" ", 1)[1] for line in database_use(fake)} == {
+        "imports sqlite3", "calls index.reading()", "calls conn.execute()", "holds SQL text"}

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -218,11 +217,7 @@ class Agent:
         if trouble is not None:
             return trouble
         if self.archive is not None:
-            try:
-                with self.archive.index.reading() as conn:
-                    conn.execute("SELECT 1 FROM instances LIMIT 1").fetchall()
-            except sqlite3.Error as exc:
-                return f"the index does not answer: {exc}"
+            return self.archive.index.trouble()
         return None
 
     def _measure(self) -> None:

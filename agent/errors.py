@@ -37,3 +37,7 @@ class QueryError(AgentError, ValueError):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
+
+
+class IndexUnavailable(AgentError, OSError):
+    """The archive's index cannot be read or written (a locked, missing or damaged file)."""

@@ -18,10 +18,8 @@ from pydicom.tag import Tag
 from pydicom.uid import UID
 
 from agent.archive import Archive
-from agent.archive.query import resolve
 from agent.config import Config
 from agent.errors import ConfigError
-from agent.forward import queue
 from agent.forward.rules import router_for
 from agent.net.access import Caller
 from agent.net.engine.guards import discard_unarchived
@@ -151,10 +149,8 @@ def queue_copies(land: Landing, request: RetrieveRequest, send_to: str | None) -
     """Queue every archived instance the request names for ``send_to``; return how many."""
     if send_to is None:
         return 0
-    with land.archive.index.reading() as conn:
-        found = resolve(conn, request.model, request.identifier())
-    with land.archive.index.transaction() as conn:
-        queue.send_again(conn, [i.sop_instance_uid for i in found], send_to, time.time())
+    found = land.archive.resolve(request.model, request.identifier())
+    land.archive.outbox.send_again([i.sop_instance_uid for i in found], send_to, time.time())
     land.wake([send_to])
     return len(found)
 

@@ -17,7 +17,6 @@ from bench.peers import Orthanc
 from agent import config as config_module
 from agent.app import Agent
 from agent.forward import process as forward_process
-from agent.forward.queue import send_again
 from tests import scu
 from tests.support import AgentProcess, free_port, peer, wait_until, write_config
 from tests.test_forward import ScriptedSCP, forward_config, jobs
@@ -143,9 +142,9 @@ def test_jobs_for_a_peer_that_is_no_destination_start_the_process(
         assert scu.store(config.agent.port, sent) == [0] * 5
         assert agent.forwarder is not None and agent.forwarder.pid() is None
         assert agent.archive is not None
-        with agent.archive.index.transaction() as conn:  # what `retrieve --send-to` does
+        with agent.archive.index.reading() as conn:
             uids = [row[0] for row in conn.execute("SELECT SOPInstanceUID FROM instances")]
-            send_again(conn, uids, "PACS", 0.0)
+        agent.archive.outbox.send_again(uids, "PACS", 0.0)  # what `retrieve --send-to` does
         wait_until(lambda: orthanc.count() == 5, 60, "the queued jobs at the PACS")
 
 

@@ -13,7 +13,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -31,10 +31,12 @@ from agent.archive.index import (
     remove_instances,
 )
 from agent.archive.layout import Layout, require_uid
+from agent.archive.outbox import Outbox, add_jobs, drop_jobs
+from agent.archive.query import StoredInstance, resolve
+from agent.dicom.models import Model
 from agent.archive.structure import check_file
 from agent.dicom.status import DOES_NOT_MATCH, OUT_OF_RESOURCES
 from agent.errors import StoreError
-from agent.forward.queue import add_jobs
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +64,7 @@ class Archive:
         self.layout.create()
         self.min_free_bytes = min_free_bytes
         self.index = Index(self.layout.index_path)
+        self.outbox = Outbox(self.index)
         self.router: Router = router or (lambda header, calling_ae: ())
         self.on_queued: Callable[[Sequence[str]], None] = lambda destinations: None
         self._placing = threading.Lock()
@@ -72,6 +75,20 @@ class Archive:
         """Index an instance and queue its forwards, in the caller's transaction."""
         add_instance(conn, record)
         add_jobs(conn, record.sop_instance_uid, destinations, time.time())
+
+    def resolve(self, model: Model, identifier: Dataset) -> list[StoredInstance]:
+        """The archived instances a retrieve identifier names (its unique keys only)."""
+        with self.index.reading() as conn:
+            return resolve(conn, model, identifier)
+
+    def remove(self, paths: Collection[str]) -> None:
+        """Delete archived instances for good, with their forward jobs: the files first,
+        so a crash in between leaves rows that start-up recovery drops."""
+        for path in paths:
+            durable.remove_quietly(self.layout.absolute(path))
+        with self.index.transaction() as conn:
+            drop_jobs(conn, paths)
+            remove_instances(conn, set(paths))
 
     def close(self) -> None:
         """Close the index."""

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from agent.archive.keys import KEYS, LEADING_SPACES_PAD, TABLES
 from agent.dicom.models import Level
-from agent.errors import AgentError
+from agent.errors import AgentError, IndexUnavailable
 
 _PARENT = {Level.STUDY: "patient_pk", Level.SERIES: "study_pk", Level.IMAGE: "series_pk"}
 _UNIQUE_COLUMN = {
@@ -240,6 +240,34 @@ class Index:
         """How much the archive holds."""
         with self._lock:
             return read_counts(self._conn)
+
+    def trouble(self) -> str | None:
+        """Why the index does not answer a read (None: it does), for the watchdog."""
+        try:
+            with unavailable_as_error(), self._lock:
+                self._conn.execute("SELECT 1 FROM instances LIMIT 1").fetchall()
+        except IndexUnavailable as exc:
+            return f"the index does not answer: {exc}"
+        return None
+
+
+@contextmanager
+def unavailable_as_error() -> Iterator[None]:
+    """Raise SQLite's errors as IndexUnavailable, which callers outside the archive catch."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise IndexUnavailable(str(exc)) from exc
+
+
+def counts_at(path: Path) -> Counts:
+    """Counts read over a read-only connection of its own (``edge-agent status`` beside
+    a running agent, whose writer it never waits for)."""
+    conn = connect(path, readonly=True)
+    try:
+        return read_counts(conn)
+    finally:
+        conn.close()
 
 
 def read_counts(conn: sqlite3.Connection) -> Counts:

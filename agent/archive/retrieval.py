@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pydicom.dataset import Dataset
 
-from agent.archive.index import connect
+from agent.archive.index import connect, unavailable_as_error
 from agent.archive.layout import Layout
 from agent.archive.query import StoredInstance, find, resolve
 from agent.dicom.models import Model
@@ -54,7 +54,8 @@ class Reader:
         return resolve(self._connection(), model, identifier)
 
     def stored_syntaxes(self, sop_classes: Collection[str]) -> dict[str, dict[str, int]]:
-        """Per SOP class, how many of its instances are stored in each transfer syntax."""
+        """Per SOP class, how many of its instances are stored in each transfer syntax;
+        IndexUnavailable if the index cannot be read."""
         if not sop_classes:
             return {}
         marks = ", ".join("?" for _ in sop_classes)
@@ -63,7 +64,9 @@ class Reader:
             f" WHERE SOPClassUID IN ({marks}) GROUP BY 1, 2"
         )
         found: dict[str, dict[str, int]] = {}
-        for sop_class, syntax, count in self._connection().execute(statement, list(sop_classes)):
+        with unavailable_as_error():  # opening the connection may fail too
+            rows = self._connection().execute(statement, list(sop_classes)).fetchall()
+        for sop_class, syntax, count in rows:
             found.setdefault(sop_class, {})[syntax] = count
         return found
 

@@ -1,1 +1,2 @@
-"""Store-and-forward: routing, the durable queue, per-destination senders, retention."""
+"""Store-and-forward: routing, retry policy, per-destination senders, retention's rules
+(the queue's rows are the archive's: ``agent.archive.outbox``)."""

@@ -12,8 +12,8 @@ import time
 from collections.abc import Mapping, Sequence
 
 from agent.archive import Archive
+from agent.archive.outbox import Lane, waiting
 from agent.config import Config
-from agent.forward.queue import Lane
 from agent.forward.sender import ForwardEvents, Sender
 
 log = logging.getLogger(__name__)
@@ -66,8 +66,7 @@ class Forwarder:
         """A sender for every configured peer with jobs (``retrieve --send-to`` queues some)."""
         with self._senders_lock:
             for name, counts in depth.items():
-                waiting = counts.get("pending", 0) + counts.get("retrying", 0)
-                if name in self.senders or name not in self.config.peers or not waiting:
+                if name in self.senders or name not in self.config.peers or not waiting(counts):
                     continue
                 self._start(name)
                 log.info("forwarding to %s (jobs were queued for it)", name)

@@ -29,8 +29,9 @@ from typing import Any
 
 import agent
 from agent.archive import Archive
+from agent.archive.outbox import waiting
 from agent.config import Config
-from agent.forward import queue, retention, worker
+from agent.forward import retention, worker
 from agent.forward.forwarder import STOP_WITHIN
 from agent.forward.rules import router_for
 from agent.status import STUCK_AFTER, StatusModel
@@ -75,8 +76,7 @@ class ForwardingProcess:
 
     def refresh_status(self) -> None:
         """Publish queue depth per destination; keep the forwarding process alive and fed."""
-        with self.archive.index.reading() as conn:
-            depth = queue.depth(conn)
+        depth = self.archive.outbox.depth()
         self._keep_alive(depth)
         if self._child is not None:
             self._child.post("tick", depth)
@@ -161,10 +161,7 @@ def _child_environment() -> dict[str, str]:
 
 def _waiting(depth: dict[str, dict[str, int]], config: Config) -> bool:
     """Jobs wait for a configured peer (``retrieve --send-to`` queues some)."""
-    return any(
-        name in config.peers and counts.get("pending", 0) + counts.get("retrying", 0)
-        for name, counts in depth.items()
-    )
+    return any(name in config.peers and waiting(counts) for name, counts in depth.items())
 
 
 class _Child:

@@ -12,21 +12,12 @@ import time
 from collections.abc import Callable
 
 from agent.archive import Archive
-from agent.archive.durable import remove_quietly
-from agent.archive.index import remove_instances
 from agent.forward.settings import ForwardSettings
 
 log = logging.getLogger(__name__)
 
 BATCH = 200
 BUDGET = 5.0  # seconds one sweep may take: it runs in the loop that feeds the watchdog
-_DELIVERED = """
-    SELECT i.path, i.size FROM instances i
-    JOIN forward_jobs j ON j.SOPInstanceUID = i.SOPInstanceUID
-    GROUP BY i.pk
-    HAVING min(j.state = 'done') = 1 AND max(j.done_at) <= ?
-    ORDER BY max(j.done_at) LIMIT ?
-"""
 
 
 def sweep(
@@ -47,20 +38,10 @@ def _remove(
 ) -> int:
     removed = 0
     while not enough() and (removed == 0 or time.monotonic() < deadline):
-        with archive.index.reading() as conn:
-            batch = conn.execute(_DELIVERED, (delivered_before, BATCH)).fetchall()
+        batch = archive.outbox.delivered(delivered_before, BATCH)
         if not batch:
             break
-        for path, _size in batch:  # the file first: a crash leaves a row recovery drops
-            remove_quietly(archive.layout.absolute(path))
-        paths = {path for path, _size in batch}
-        with archive.index.transaction() as conn:
-            conn.executemany(
-                "DELETE FROM forward_jobs WHERE SOPInstanceUID ="
-                " (SELECT SOPInstanceUID FROM instances WHERE path = ?)",
-                [(p,) for p in paths],
-            )
-            remove_instances(conn, paths)
+        archive.remove(batch)
         removed += len(batch)
         log.info("retention removed %d delivered instances", len(batch))
     return removed

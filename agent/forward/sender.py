@@ -10,18 +10,16 @@ from __future__ import annotations
 
 import logging
 import random
-import sqlite3
 import threading
 import time
 from collections.abc import Sequence
 from typing import Any, Protocol
 
 from agent.archive import Archive
-from agent.archive.index import connect
+from agent.archive.outbox import Job, Lane, OutboxReader
 from agent.config import Config, Peer
 from agent.dicom.contexts import sending_contexts
 from agent.errors import PeerError
-from agent.forward import queue
 from agent.forward.policy import Delivery, classify_status, gives_up, retry_delay
 from agent.net.scu import Target, associate, new_ae
 from agent.net.stored import sendable
@@ -53,7 +51,7 @@ class Sender:
         config: Config,
         archive: Archive,
         events: ForwardEvents,
-        lane: queue.Lane,
+        lane: Lane,
     ) -> None:
         self.peer = peer
         self.config = config
@@ -92,28 +90,25 @@ class Sender:
             log.error("the sender to %s did not stop within %.0f s", self.peer.name, timeout)
 
     def _run(self) -> None:
-        conn = connect(self.archive.layout.index_path, readonly=True)
-        try:
+        with self.archive.outbox.reader() as queue:
             while not self._stop.is_set():
                 try:
-                    jobs = queue.due(conn, self.peer.name, time.time(), BATCH, self.lane)
+                    jobs = queue.due(self.peer.name, time.time(), BATCH, self.lane)
                     if jobs:
-                        self._deliver(conn, jobs)
+                        self._deliver(queue, jobs)
                         continue
-                    self._sleep(conn)
+                    self._sleep(queue)
                 except Exception:  # the sender must outlive any one failure
                     log.exception("forwarding to %s failed; trying again shortly", self.peer.name)
                     self._stop.wait(5)
-        finally:
-            conn.close()
 
-    def _sleep(self, conn: sqlite3.Connection) -> None:
-        upcoming = queue.next_due(conn, self.peer.name, self.lane)
+    def _sleep(self, queue: OutboxReader) -> None:
+        upcoming = queue.next_due(self.peer.name, self.lane)
         wait = IDLE_WAIT if upcoming is None else max(0.0, min(IDLE_WAIT, upcoming - time.time()))
         self._wake.wait(wait)
         self._wake.clear()
 
-    def _deliver(self, conn: sqlite3.Connection, jobs: list[queue.Job]) -> None:
+    def _deliver(self, queue: OutboxReader, jobs: list[Job]) -> None:
         """Send over one association for as long as due jobs keep fitting its contexts.
 
         While a modality is still sending, new jobs arrive one by one: the association
@@ -135,23 +130,23 @@ class Sender:
                     if self._stop.is_set() or not assoc.is_established:
                         return
                     self._send_one(assoc, job)
-                jobs = self._more(conn, fits)
+                jobs = self._more(queue, fits)
         finally:
             if assoc.is_established:
                 assoc.release()
 
-    def _more(self, conn: sqlite3.Connection, fits: set[tuple[str, str]]) -> list[queue.Job]:
+    def _more(self, queue: OutboxReader, fits: set[tuple[str, str]]) -> list[Job]:
         """Due jobs this association can carry, waiting up to LINGER for new ones."""
         deadline = time.monotonic() + LINGER
         while True:
-            jobs = queue.due(conn, self.peer.name, time.time(), BATCH, self.lane)
+            jobs = queue.due(self.peer.name, time.time(), BATCH, self.lane)
             usable = [j for j in jobs if (j.sop_class_uid, j.transfer_syntax) in fits]
             if usable or jobs or time.monotonic() >= deadline or self._stop.is_set():
                 return usable
             self._wake.wait(max(0.0, deadline - time.monotonic()))
             self._wake.clear()
 
-    def _send_one(self, assoc: Any, job: queue.Job) -> None:
+    def _send_one(self, assoc: Any, job: Job) -> None:
         path = self.archive.layout.absolute(job.path)
         try:
             sent = sendable(assoc, job.sop_class_uid, job.transfer_syntax, path)
@@ -168,22 +163,21 @@ class Sender:
         code = int(status.Status)
         self._record(job, classify_status(code), f"C-STORE answered 0x{code:04X}")
 
-    def _fail_all(self, jobs: Sequence[queue.Job], reason: str) -> None:
+    def _fail_all(self, jobs: Sequence[Job], reason: str) -> None:
         """The association failed: every job waits (rejections never quarantine data)."""
         log.warning("cannot forward to %s: %s", self.peer.name, reason)
         for job in jobs:
             self._record(job, Delivery.TRANSIENT, reason)
 
-    def _record(self, job: queue.Job, outcome: Delivery, detail: str) -> None:
+    def _record(self, job: Job, outcome: Delivery, detail: str) -> None:
         now = time.time()
-        with self.archive.index.transaction() as conn:
-            if outcome in (Delivery.DELIVERED, Delivery.DELIVERED_WITH_WARNING):
-                queue.mark_done(conn, job, now)
-            else:
-                tries = job.attempts + 1
-                quarantine = gives_up(outcome, tries, self.config.forward)
-                delay = retry_delay(tries, self.config.forward, self._rng)
-                queue.mark_failed(conn, job, detail, now + delay, quarantine)
+        if outcome in (Delivery.DELIVERED, Delivery.DELIVERED_WITH_WARNING):
+            self.archive.outbox.mark_done(job, now)
+        else:
+            tries = job.attempts + 1
+            quarantine = gives_up(outcome, tries, self.config.forward)
+            delay = retry_delay(tries, self.config.forward, self._rng)
+            self.archive.outbox.mark_failed(job, detail, now + delay, quarantine)
         if outcome is Delivery.DELIVERED_WITH_WARNING:
             log.warning("forwarded to %s with a warning: %s", self.peer.name, detail)
         if outcome in (Delivery.DELIVERED, Delivery.DELIVERED_WITH_WARNING):

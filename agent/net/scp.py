@@ -5,7 +5,6 @@ and the service handlers. Owns its listening thread; ``close()`` stops it.
 from __future__ import annotations
 
 import logging
-import sqlite3
 import tempfile
 import threading
 import time
@@ -27,6 +26,7 @@ from agent.dicom.contexts import (
     preferring,
     service_of,
 )
+from agent.errors import IndexUnavailable
 from agent.net import configure_pynetdicom, peerlog
 from agent.net.access import REJECTED_PERMANENT, SERVICE_USER, Caller, Refusal, admit
 from agent.net.engine import guards, transport
@@ -239,7 +239,7 @@ class DicomServer:
         }
         try:
             counts = self._reader.stored_syntaxes(receives)
-        except sqlite3.Error as exc:
+        except IndexUnavailable as exc:
             log.warning("cannot read the stored syntaxes; C-GET keeps the default order: %s", exc)
             return contexts
         first: dict[str, list[str]] = {}

@@ -10,8 +10,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from agent.archive import Layout
+from agent.archive import outbox as queue
 from agent.archive.index import Index
-from agent.forward import queue
+from agent.archive.outbox import Outbox
 
 SHOWN = 50
 NO_ARCHIVE = "queue empty (no archive yet)"
@@ -82,16 +83,17 @@ def list_queue(layout: Layout, shown: int = SHOWN) -> QueueListing:
     """The queue's depth per destination and its first ``shown`` waiting jobs."""
     if not layout.index_path.exists():
         return QueueListing({}, (), archive=False)
-    with Index(layout.index_path) as index, index.reading() as conn:
-        return QueueListing(queue.depth(conn), tuple(queue.listing(conn, shown)))
+    with Index(layout.index_path) as index:
+        outbox = Outbox(index)
+        return QueueListing(outbox.depth(), tuple(outbox.listing(shown)))
 
 
 def retry_jobs(layout: Layout, job_ids: Sequence[int] | None) -> QueueChange:
     """Make retrying or quarantined jobs due now: these ids, or all when None."""
     if not layout.index_path.exists():
         return QueueChange("retry", 0, archive=False)
-    with Index(layout.index_path) as index, index.transaction() as conn:
-        count = queue.rearm(conn, time.time(), None if job_ids is None else list(job_ids))
+    with Index(layout.index_path) as index:
+        count = Outbox(index).rearm(time.time(), None if job_ids is None else list(job_ids))
     return QueueChange("retry", count)
 
 
@@ -99,13 +101,13 @@ def quarantined(layout: Layout) -> int | None:
     """How many jobs a purge would drop (None: there is no archive yet)."""
     if not layout.index_path.exists():
         return None
-    with Index(layout.index_path) as index, index.reading() as conn:
-        return sum(d.get(queue.QUARANTINED, 0) for d in queue.depth(conn).values())
+    with Index(layout.index_path) as index:
+        return sum(d.get(queue.QUARANTINED, 0) for d in Outbox(index).depth().values())
 
 
 def purge_jobs(layout: Layout) -> QueueChange:
     """Give up on every quarantined job for good (retention may then remove its file)."""
     if not layout.index_path.exists():
         return QueueChange("purge", 0, archive=False)
-    with Index(layout.index_path) as index, index.transaction() as conn:
-        return QueueChange("purge", queue.purge_quarantined(conn))
+    with Index(layout.index_path) as index:
+        return QueueChange("purge", Outbox(index).purge_quarantined())

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.archive import Layout
-from agent.archive.index import Counts, connect, read_counts
+from agent.archive.index import Counts, counts_at
 from agent.status import Snapshot, process_alive, read_published
 
 
@@ -111,11 +111,7 @@ def _is_live(published: dict[str, Any]) -> bool:
 def _counts(layout: Layout) -> Counts:
     if not layout.index_path.exists():
         return Counts(0, 0, 0, 0, 0, 0)
-    conn = connect(layout.index_path, readonly=True)
-    try:
-        return read_counts(conn)
-    finally:
-        conn.close()
+    return counts_at(layout.index_path)
 
 
 def size(count: int) -> str:

@@ -1,0 +1,237 @@
+"""The durable forward queue: jobs are rows in the index, written in the same transaction
+as the instance they belong to, so an acknowledged instance is always queued.
+
+States: ``pending`` (never tried or re-armed), ``retrying`` (failed, waiting for its next
+attempt), ``quarantined`` (given up on until an operator re-arms it), ``done``. What to
+retry when, and what retention may remove, is decided in ``agent.forward``; this module
+only keeps the rows.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.archive.index import Index, connect
+
+PENDING, RETRYING, QUARANTINED, DONE = "pending", "retrying", "quarantined", "done"
+WAITING = (PENDING, RETRYING)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One instance to deliver to one destination."""
+
+    pk: int
+    sop_instance_uid: str
+    destination: str
+    attempts: int
+    path: str
+    sop_class_uid: str
+    transfer_syntax: str
+    study_uid: str
+
+
+@dataclass(frozen=True)
+class QueueRow:
+    """A job as `edge-agent queue` lists it."""
+
+    pk: int
+    destination: str
+    state: str
+    attempts: int
+    next_attempt: float
+    last_error: str | None
+    sop_instance_uid: str
+
+
+@dataclass(frozen=True)
+class Lane:
+    """One of ``of`` associations to a destination; it carries the jobs whose key falls to it."""
+
+    number: int = 0
+    of: int = 1
+
+
+def waiting(counts: Mapping[str, int]) -> int:
+    """How many jobs of one destination's counts (as ``depth`` gives them) wait to be sent."""
+    return sum(counts.get(state, 0) for state in WAITING)
+
+
+class Outbox:
+    """The forward queue of one index: what waits, what was delivered, what gave up."""
+
+    def __init__(self, index: Index) -> None:
+        self.index = index
+
+    def reader(self) -> OutboxReader:
+        """A read-only connection of its own, so a sender polling its queue never waits
+        for the writer's lock (close it when done)."""
+        return OutboxReader(self.index.path)
+
+    def due(self, destination: str, now: float, limit: int, lane: Lane = Lane()) -> list[Job]:
+        """Jobs ready to try, grouped by study so one association carries a study."""
+        with self.index.reading() as conn:
+            return _due(conn, destination, now, limit, lane)
+
+    def next_due(self, destination: str, lane: Lane = Lane()) -> float | None:
+        """When the next waiting job of a destination is due (None: nothing waits)."""
+        with self.index.reading() as conn:
+            return _next_due(conn, destination, lane)
+
+    def mark_done(self, job: Job, now: float) -> None:
+        """The destination confirmed the instance."""
+        with self.index.transaction() as conn:
+            conn.execute(
+                "UPDATE forward_jobs SET state = 'done', attempts = attempts + 1, done_at = ?,"
+                " last_error = NULL WHERE pk = ?",
+                (now, job.pk),
+            )
+
+    def mark_failed(self, job: Job, error: str, next_attempt: float, quarantine: bool) -> None:
+        """An attempt failed: wait until ``next_attempt``, or quarantine."""
+        with self.index.transaction() as conn:
+            conn.execute(
+                "UPDATE forward_jobs SET state = ?, attempts = attempts + 1, next_attempt = ?,"
+                " last_error = ? WHERE pk = ?",
+                (QUARANTINED if quarantine else RETRYING, next_attempt, error[:500], job.pk),
+            )
+
+    def send_again(self, sop_uids: Iterable[str], destination: str, now: float) -> int:
+        """Queue instances for a destination now, even those it already has (an explicit push)."""
+        with self.index.transaction() as conn:
+            return conn.executemany(
+                "INSERT INTO forward_jobs (SOPInstanceUID, destination, state, next_attempt,"
+                " created_at) VALUES (?, ?, 'pending', ?, ?)"
+                " ON CONFLICT (SOPInstanceUID, destination) DO UPDATE"
+                " SET state = 'pending', attempts = 0, next_attempt = excluded.next_attempt,"
+                " done_at = NULL, last_error = NULL",
+                [(uid, destination, now, now) for uid in sop_uids],
+            ).rowcount
+
+    def rearm(self, now: float, job_ids: Sequence[int] | None = None) -> int:
+        """Make quarantined or retrying jobs due now; all of them when ``job_ids`` is None."""
+        sql = (
+            "UPDATE forward_jobs SET state = 'pending', attempts = 0, next_attempt = ?"
+            " WHERE state IN ('retrying', 'quarantined')"
+        )
+        with self.index.transaction() as conn:
+            if job_ids is None:
+                return conn.execute(sql, (now,)).rowcount
+            marks = ", ".join("?" for _ in job_ids)
+            return conn.execute(f"{sql} AND pk IN ({marks})", (now, *job_ids)).rowcount
+
+    def purge_quarantined(self) -> int:
+        """Give up on every quarantined job (the files become eligible for retention)."""
+        with self.index.transaction() as conn:
+            return conn.execute("DELETE FROM forward_jobs WHERE state = 'quarantined'").rowcount
+
+    def listing(self, limit: int = 1000) -> list[QueueRow]:
+        """Jobs not yet done, for `edge-agent queue`."""
+        with self.index.reading() as conn:
+            rows = conn.execute(
+                "SELECT pk, destination, state, attempts, next_attempt, last_error,"
+                " SOPInstanceUID FROM forward_jobs"
+                " WHERE state IN ('pending', 'retrying', 'quarantined')"
+                " ORDER BY destination, state, next_attempt LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [QueueRow(*row) for row in rows]
+
+    def depth(self) -> dict[str, dict[str, int]]:
+        """Job counts per destination and state (done excluded: read every second, so it
+        names the states it wants instead of scanning every delivered job)."""
+        counts: dict[str, dict[str, int]] = {}
+        with self.index.reading() as conn:
+            for destination, state, count in conn.execute(
+                "SELECT destination, state, count(*) FROM forward_jobs WHERE state <> 'done'"
+                " GROUP BY destination, state"
+            ):
+                counts.setdefault(destination, {})[state] = count
+        return counts
+
+    def delivered(self, before: float, limit: int) -> list[str]:
+        """Paths of instances every one of their destinations confirmed, the last of them
+        before ``before``; the longest delivered first. An instance with any job not done,
+        or that was never routed anywhere, is never among them."""
+        with self.index.reading() as conn:
+            rows = conn.execute(
+                "SELECT i.path FROM instances i"
+                " JOIN forward_jobs j ON j.SOPInstanceUID = i.SOPInstanceUID GROUP BY i.pk"
+                " HAVING min(j.state = 'done') = 1 AND max(j.done_at) <= ?"
+                " ORDER BY max(j.done_at) LIMIT ?",
+                (before, limit),
+            ).fetchall()
+        return [row[0] for row in rows]
+
+
+class OutboxReader:
+    """The reads a sender polls, over a read-only connection of its own."""
+
+    def __init__(self, path: Path) -> None:
+        self._conn = connect(path, readonly=True)
+
+    def due(self, destination: str, now: float, limit: int, lane: Lane = Lane()) -> list[Job]:
+        """Jobs ready to try, grouped by study so one association carries a study."""
+        return _due(self._conn, destination, now, limit, lane)
+
+    def next_due(self, destination: str, lane: Lane = Lane()) -> float | None:
+        """When the next waiting job of a destination is due (None: nothing waits)."""
+        return _next_due(self._conn, destination, lane)
+
+    def close(self) -> None:
+        """Close the connection."""
+        self._conn.close()
+
+    def __enter__(self) -> OutboxReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def add_jobs(
+    conn: sqlite3.Connection, sop_uid: str, destinations: Iterable[str], now: float
+) -> None:
+    """Queue an instance for each destination (once: re-sends add nothing), in the
+    transaction that indexes it: acknowledged implies queued."""
+    conn.executemany(
+        "INSERT OR IGNORE INTO forward_jobs (SOPInstanceUID, destination, state, next_attempt,"
+        " created_at) VALUES (?, ?, 'pending', ?, ?)",
+        [(sop_uid, name, now, now) for name in destinations],
+    )
+
+
+def drop_jobs(conn: sqlite3.Connection, paths: Collection[str]) -> None:
+    """Forget the jobs of the instances at ``paths`` (they are being removed)."""
+    conn.executemany(
+        "DELETE FROM forward_jobs WHERE SOPInstanceUID ="
+        " (SELECT SOPInstanceUID FROM instances WHERE path = ?)",
+        [(p,) for p in paths],
+    )
+
+
+def _due(
+    conn: sqlite3.Connection, destination: str, now: float, limit: int, lane: Lane
+) -> list[Job]:
+    rows = conn.execute(
+        "SELECT j.pk, j.SOPInstanceUID, j.destination, j.attempts, i.path, i.SOPClassUID,"
+        " i.transfer_syntax, st.StudyInstanceUID FROM forward_jobs j"
+        " JOIN instances i ON i.SOPInstanceUID = j.SOPInstanceUID"
+        " JOIN series se ON i.series_pk = se.pk JOIN studies st ON se.study_pk = st.pk"
+        " WHERE j.destination = ? AND j.state IN ('pending', 'retrying') AND j.next_attempt <= ?"
+        " AND j.pk % ? = ? ORDER BY st.pk, i.pk LIMIT ?",
+        (destination, now, lane.of, lane.number, limit),
+    ).fetchall()
+    return [Job(*row) for row in rows]
+
+
+def _next_due(conn: sqlite3.Connection, destination: str, lane: Lane) -> float | None:
+    row = conn.execute(
+        "SELECT min(next_attempt) FROM forward_jobs WHERE destination = ?"
+        " AND state IN ('pending', 'retrying') AND pk % ? = ?",
+        (destination, lane.of, lane.number),
+    ).fetchone()
+    return None if row[0] is None else float(row[0])

@@ -1,0 +1,171 @@
+"""The shape of the code, read from its source with ``ast``: who may import whom, and who
+may talk to SQLite.
+
+``LAYERS`` is the one place the layer order is written, lowest first: a module may import
+from its own layer and the layers below it. ``ENFORCED`` names the layers whose imports
+are checked today; the others are listed so the full order can be switched on by adding
+them there once their upward imports are gone.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "agent"
+
+# lowest first; a module belongs to the first layer with a prefix of its name
+LAYERS: list[tuple[str, tuple[str, ...]]] = [
+    ("foundations", ("agent.errors", "agent.validation", "agent.config")),
+    ("archive", ("agent.archive",)),
+    ("status", ("agent.status",)),
+    ("network", ("agent.net", "agent.qr")),
+    ("forwarding", ("agent.forward",)),
+    ("agent", ("agent.pull", "agent.reconfigure", "agent.app")),
+    ("field", ("agent.field",)),
+    ("commands", ("agent.cli", "agent.__main__")),
+]
+ENFORCED = {"archive"}
+
+# The only layer that opens SQLite or runs statements.
+DATABASE_LAYER = "archive"
+DATABASE_MODULES = ("sqlite3",)
+STATEMENT_METHODS = {"execute", "executemany", "executescript"}
+CONNECTION_METHODS = {"reading", "transaction"}  # the Index's, which hand out its connection
+# Calls named execute that are not SQL: the CLI modules' ``execute(args, config, out)``,
+# which the console calls until it renders operation results instead (issue 13, item 3).
+NOT_SQL = {
+    ("agent/field/console/clitools.py", "module.execute"),
+    ("agent/field/console/console.py", "self.table.execute"),
+}
+SQL_TEXT = re.compile(
+    r"\b(SELECT\s.+\sFROM|INSERT\s+(OR\s+\w+\s+)?INTO|DELETE\s+FROM|UPDATE\s+\w+\s+SET"
+    r"|CREATE\s+(TABLE|INDEX)|PRAGMA\s+\w+)\b",
+    re.DOTALL,
+)
+
+
+@dataclass(frozen=True)
+class Module:
+    """One source file of the package and its parsed tree."""
+
+    name: str
+    path: Path
+    tree: ast.Module
+
+    @property
+    def relative(self) -> str:
+        """The file's path from the repository root, with forward slashes."""
+        return self.path.relative_to(ROOT).as_posix()
+
+
+def modules() -> Iterator[Module]:
+    """Every module under agent/, parsed."""
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        yield Module(".".join(parts), path, ast.parse(path.read_text(), str(path)))
+
+
+def layer_of(module: str) -> int | None:
+    """The position of a module's layer in ``LAYERS`` (None: not an agent module)."""
+    for position, (_name, prefixes) in enumerate(LAYERS):
+        if any(module == p or module.startswith(p + ".") for p in prefixes):
+            return position
+    return None
+
+
+def imported(module: Module) -> Iterator[tuple[int, str]]:
+    """(line, module name) of every import, those inside functions and TYPE_CHECKING too."""
+    package = module.name if module.path.name == "__init__.py" else module.name.rpartition(".")[0]
+    for node in ast.walk(module.tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield node.lineno, alias.name
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, base] if base else anchor)
+            yield node.lineno, base
+            for alias in node.names:  # ``from agent import app`` imports agent.app
+                yield node.lineno, f"{base}.{alias.name}"
+
+
+def upward_imports(module: Module) -> list[str]:
+    """Imports of a module from layers above its own."""
+    own = layer_of(module.name)
+    if own is None:
+        return []
+    found = []
+    for line, name in imported(module):
+        other = layer_of(name)
+        if other is not None and other > own:
+            found.append(f"{module.relative}:{line} imports {name} ({LAYERS[other][0]})")
+    return found
+
+
+def database_use(module: Module) -> list[str]:
+    """Where a module outside the database layer imports sqlite3, runs a statement, takes
+    the index's connection or holds SQL text."""
+    found = []
+    for node in ast.walk(module.tree):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module]
+            if any(n and n.split(".")[0] in DATABASE_MODULES for n in names):
+                found.append(f"{module.relative}:{node.lineno} imports sqlite3")
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            called = (module.relative, ast.unparse(node.func))
+            wanted = STATEMENT_METHODS | CONNECTION_METHODS
+            if node.func.attr in wanted and called not in NOT_SQL:
+                found.append(f"{module.relative}:{node.lineno} calls {called[1]}()")
+        elif isinstance(node, ast.Constant) and _is_sql(node.value):
+            found.append(f"{module.relative}:{node.lineno} holds SQL text")
+    return found
+
+
+def _is_sql(value: object) -> bool:
+    return isinstance(value, str) and SQL_TEXT.search(value) is not None
+
+
+def in_layer(module: Module, name: str) -> bool:
+    """The module belongs to the layer called ``name``."""
+    position = layer_of(module.name)
+    return position is not None and LAYERS[position][0] == name
+
+
+def test_every_agent_module_has_a_layer() -> None:
+    unplaced = [m.name for m in modules() if layer_of(m.name) is None and m.name != "agent"]
+    assert unplaced == [], "add these modules to LAYERS in tests/test_layering.py"
+
+
+@pytest.mark.parametrize("layer", sorted(ENFORCED))
+def test_no_layer_imports_from_a_layer_above(layer: str) -> None:
+    upward = [line for m in modules() if in_layer(m, layer) for line in upward_imports(m)]
+    assert upward == []
+
+
+def test_only_the_archive_talks_to_sqlite() -> None:
+    outside = [m for m in modules() if not in_layer(m, DATABASE_LAYER)]
+    assert [line for m in outside for line in database_use(m)] == []
+
+
+def test_the_checks_see_what_they_look_for() -> None:
+    """The checks themselves: each finds the thing it forbids in a made-up module."""
+    source = (
+        "import sqlite3\nfrom agent.forward.queue import add_jobs\n"
+        "def f(conn):\n    from ..net import scu\n"
+        "    conn.execute('SELECT pk FROM instances')\n"
+        "    with index.reading() as conn:\n        pass\n"
+    )
+    fake = Module("agent.archive.fake", PACKAGE / "archive" / "fake.py", ast.parse(source))
+    assert len(upward_imports(fake)) == 4  # agent.forward(.queue...) twice, agent.net(.scu)
+    assert {line.split(" ", 1)[1] for line in database_use(fake)} == {
+        "imports sqlite3", "calls index.reading()", "calls conn.execute()", "holds SQL text"}

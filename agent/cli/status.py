@@ -15,7 +15,7 @@ from agent.archive import Layout
 from agent.archive.index import Counts, connect, read_counts
 from agent.cli.common import load_config
 from agent.config import Config
-from agent.status import Snapshot, process_alive, read_published
+from agent.status import LIVE_STATES, Snapshot, process_alive, read_published
 
 NAME = "status"
 HELP = "show archive counts, free disk and whether the agent is serving"
@@ -30,7 +30,7 @@ def gather(layout: Layout, live: Snapshot | None = None) -> dict[str, Any]:
     """Everything ``status`` shows, from the index, the disk and the status model.
 
     ``live`` is the running agent's own model (the console); otherwise the snapshot
-    that agent last published is read.
+    that agent last published is read. Either says when the agent is not answering.
     """
     published = live.to_json() if live is not None else read_published(layout.run_dir)
     running = published is not None and (live is not None or _is_live(published))
@@ -39,15 +39,14 @@ def gather(layout: Layout, live: Snapshot | None = None) -> dict[str, Any]:
         "archive": dataclasses.asdict(_counts(layout)),
         "disk_free": shutil.disk_usage(layout.root).free if layout.root.exists() else None,
         "running": running,
+        "answering": running and published is not None and published.get("silent_for") is None,
         "agent": published if running else None,
     }
 
 
 def _is_live(published: dict[str, Any]) -> bool:
     state = published.get("state")
-    return state in ("starting", "serving", "stopping", "failed") and process_alive(
-        int(published.get("pid", 0))
-    )
+    return state in LIVE_STATES and process_alive(int(published.get("pid", 0)))
 
 
 def _counts(layout: Layout) -> Counts:
@@ -89,8 +88,9 @@ def execute(
     if agent is None:
         print("agent     not running")
         return 0
+    state = agent["state"] if info["answering"] else "not answering"
     print(
-        f"agent     {agent['state']} on {agent['listening']} (pid {agent['pid']}, "
+        f"agent     {state} on {agent['listening']} (pid {agent['pid']}, "
         f"since {agent['started_at']})"
     )
     print(

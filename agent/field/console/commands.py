@@ -52,7 +52,7 @@ class AgentCommands:
 
         snapshot = self.agent.status.snapshot()
         _, lines = run_cli(status_cli, self.agent.config, json=False, extra={"live": snapshot})
-        return ok(snapshot.state.value, lines)
+        return ok("not answering" if snapshot.silent_for else snapshot.state.value, lines)
 
     @syntax("peers", "the configured peers: AE title, address and what each may do")
     def peers(self, args: Args) -> Reply:

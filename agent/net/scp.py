@@ -19,7 +19,14 @@ from agent.archive import Archive
 from agent.archive.retrieval import Reader
 from agent.config import Config
 from agent.net import configure_pynetdicom, peerlog
-from agent.net.access import REJECTED_PERMANENT, SERVICE_USER, Caller, Refusal, admit
+from agent.net.access import (
+    REJECTED_PERMANENT,
+    SERVICE_USER,
+    Caller,
+    Refusal,
+    admit,
+    recheck,
+)
 from agent.net.contexts import (
     QR_SOP_CLASSES,
     STORAGE_SOP_CLASSES,
@@ -40,6 +47,7 @@ ACSE_TIMEOUT = 30.0
 DIMSE_TIMEOUT = 60.0
 # A-ASSOCIATE-RJ "local limit exceeded": transient, service provider (presentation), reason 2
 REJECTED_TRANSIENT, SERVICE_PROVIDER_PRESENTATION, LOCAL_LIMIT_EXCEEDED = 2, 3, 2
+NO_REASON_GIVEN = 1  # with transient and service user: our own failure to decide
 
 
 class DicomServer:
@@ -50,9 +58,9 @@ class DicomServer:
         self.archive = archive
         self.status = status
         self._callers: weakref.WeakKeyDictionary[Any, Caller] = weakref.WeakKeyDictionary()
-        self._storage = StorageHandlers(archive, status, self._callers.get)
+        self._storage = StorageHandlers(archive, status, self.caller_now)
         self._reader = Reader(archive.layout, config.agent.ae_title)
-        self._qr = QueryRetrieveHandlers(config, self._reader, self._callers.get)
+        self._qr = QueryRetrieveHandlers(config, self._reader, self.caller_now)
         self._ae = self._build_ae()
         self._server: ThreadedAssociationServer | None = None
         self._thread: threading.Thread | None = None
@@ -188,9 +196,39 @@ class DicomServer:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def caller_now(self, assoc: Any) -> Caller | None:
+        """The association's caller with the rights the live configuration gives it now
+        (checked on every request: a reload takes effect on open associations); no rights
+        if that cannot be decided. None for an association that was never admitted."""
+        admitted = self._callers.get(assoc)
+        if admitted is None:
+            return None
+        try:
+            return recheck(self.config, admitted)
+        except Exception:  # fail closed
+            log.exception("could not check the rights of %s; refusing its request", admitted)
+            return Caller(admitted.ae_title, admitted.address, admitted.peer, frozenset())
+
     def _on_requested(self, event: Any) -> None:
-        """EVT_REQUESTED: admit the association or reject it with the right reason."""
-        assoc = event.assoc
+        """EVT_REQUESTED: admit the association or reject it; reject it on any error, as
+        pynetdicom would otherwise accept what was proposed."""
+        try:
+            self._admit_or_reject(event.assoc)
+        except Exception:
+            log.exception("could not decide on an association request; rejected")
+            self._refuse_on_error(event.assoc)
+
+    def _refuse_on_error(self, assoc: Any) -> None:
+        """Reject after a failure; should even that fail, nothing stays acceptable."""
+        self._callers.pop(assoc, None)
+        assoc.acceptor.supported_contexts = []
+        try:
+            assoc.acse.send_reject(REJECTED_TRANSIENT, SERVICE_USER, NO_REASON_GIVEN)
+        finally:
+            assoc.kill()
+
+    def _admit_or_reject(self, assoc: Any) -> None:
+        """Admit the association (offering only the allowed contexts) or reject it."""
         request = assoc.requestor.primitive
         decision = admit(
             self.config,

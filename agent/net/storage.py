@@ -13,14 +13,13 @@ from typing import Any
 
 from agent.archive import Archive
 from agent.errors import StoreError
-from agent.net.access import Caller
+from agent.net.access import NOT_AUTHORISED, Caller
 from agent.net.engine import guards
 from agent.status import StatusModel
 
 log = logging.getLogger(__name__)
 
 SUCCESS = 0x0000
-NOT_AUTHORISED = 0x0124
 OUT_OF_RESOURCES = 0xA700
 
 CallerLookup = Callable[[Any], Caller | None]

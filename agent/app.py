@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
-from agent import reconfigure
+from agent import reconfigure, threads
 from agent.archive import Archive, Layout
 from agent.archive.recovery import recover
 from agent.config import Config
@@ -40,6 +40,7 @@ REFRESH_EVERY = 5.0
 PUBLISH_GAP = 0.2
 STALE_TEMP_AFTER = 300.0
 SWEEP_EVERY = 60.0
+HOUSEKEEPER_STOPS_WITHIN = 5.0  # a tick's longest part, a retention sweep, has 5 s
 
 
 class DataDirBusy(AgentError):
@@ -164,6 +165,8 @@ class Agent:
         """Stop serving, flush the status, close the archive and release the data dir."""
         self.notifier.stopping()
         self.status.set_state(State.STOPPING)
+        if self.forwarder is not None:
+            self.forwarder.stop_soon()  # its senders finish while associations do
         if self.console is not None:
             self.console.close()
             self.console = None
@@ -173,8 +176,7 @@ class Agent:
             self.forwarder.close()
         self._stop.set()
         self.status.nudge()  # the housekeeper may be waiting for a change to publish
-        if self._housekeeper is not None:
-            self._housekeeper.join(timeout=5)
+        threads.join(self._housekeeper, HOUSEKEEPER_STOPS_WITHIN)
         self.status.set_state(State.STOPPED)
         with contextlib.suppress(OSError):
             publish(self.status.snapshot(), self.layout.run_dir)

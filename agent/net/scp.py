@@ -15,6 +15,7 @@ from typing import Any
 from pynetdicom import AE, evt
 from pynetdicom.transport import ThreadedAssociationServer
 
+from agent import threads
 from agent.archive import Archive
 from agent.archive.retrieval import Reader
 from agent.config import Config
@@ -48,6 +49,8 @@ DIMSE_TIMEOUT = 60.0
 # A-ASSOCIATE-RJ "local limit exceeded": transient, service provider (presentation), reason 2
 REJECTED_TRANSIENT, SERVICE_PROVIDER_PRESENTATION, LOCAL_LIMIT_EXCEEDED = 2, 3, 2
 NO_REASON_GIVEN = 1  # with transient and service user: our own failure to decide
+GRACE = 10.0  # seconds for running associations to finish when the agent stops
+LISTENER_STOPS_WITHIN = 5.0
 
 
 class DicomServer:
@@ -174,7 +177,7 @@ class DicomServer:
                 self._ended_count += 1
                 self._ended.notify_all()
 
-    def close(self, grace: float = 10.0) -> None:
+    def close(self, grace: float = GRACE) -> None:
         """Stop accepting, let running associations finish for ``grace`` s, abort the rest."""
         server, self._server = self._server, None
         if server is None:
@@ -185,8 +188,7 @@ class DicomServer:
         while self._ae.active_associations and time.monotonic() < deadline:
             time.sleep(0.05)
         self._ae.shutdown()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        threads.join(self._thread, LISTENER_STOPS_WITHIN)
         peerlog.LIMITER.flush(everything=True)
 
     def __enter__(self) -> DicomServer:

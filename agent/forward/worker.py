@@ -90,8 +90,8 @@ def main(argv: list[str]) -> int:
 def _leave_stuck_threads() -> None:
     """Exit now if threads that did not stop would hold the interpreter's exit (pynetdicom's
     DUL threads are no daemons: one in flight lives until its DIMSE timeout)."""
-    left = [t.name for t in threading.enumerate() if not t.daemon and t.is_alive()]
-    left.remove(threading.main_thread().name)
+    main = threading.main_thread()
+    left = [t.name for t in threading.enumerate() if t is not main and not t.daemon]
     if left:
         log.warning("exiting with %d threads that did not stop: %s", len(left), ", ".join(left))
         os._exit(0)  # everything was said: the pipe carries each message as it is sent

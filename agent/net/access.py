@@ -75,8 +75,9 @@ def admit(config: Config, calling_ae: str, called_ae: str, address: str) -> Call
 
 
 def recheck(config: Config, admitted: Caller) -> Caller:
-    """The admitted caller as the live configuration sees it now; no rights if it is no
-    longer a peer or no longer at its host (the host is resolved again only if it changed)."""
+    """The admitted caller as the live configuration sees it now: an unknown AE's rights
+    if it is no longer a peer, none if it is no longer at its host (resolved again only
+    if the configured host changed)."""
     peer = config.peer_by_ae(admitted.ae_title)
     if peer is None:
         return replace(admitted, peer=None, allowed=config.agent.allow_unknown)

@@ -70,11 +70,13 @@ def reload_on_first(agent: Agent, path: Path, service: str, method: str) -> None
 
 
 def refusals(caplog: pytest.LogCaptureFixture, what: str) -> list[str]:
+    """The warning lines that refused a ``what`` request."""
     return [r.getMessage() for r in caplog.records
             if r.levelno == logging.WARNING and r.getMessage().startswith(f"refused {what}")]
 
 
 def run(tool: str, *args: str, port: int) -> subprocess.CompletedProcess[str]:
+    """A DCMTK tool as WS, sending its request twice over one association."""
     return subprocess.run([dcmtk(tool), "-v", "-aet", "WS", "-aec", "EDGE", "--repeat", "2",
                            *args, "127.0.0.1", str(port)],
                           capture_output=True, text=True, timeout=60)

@@ -120,10 +120,12 @@ def test_a_change_is_published_without_waiting_for_a_tick(
 
 
 def _published(run_dir: Path) -> dict[str, Any]:
+    """What a reader in another process sees now ({} for no file)."""
     return read_published(run_dir) or {}
 
 
 def _status(config_file: Path) -> tuple[dict[str, Any], str]:
+    """``edge-agent status --json`` and ``edge-agent status``, run as processes."""
     as_json = run_cli("status", "--json", "--config", str(config_file))
     human = run_cli("status", "--config", str(config_file))
     assert as_json.returncode == 0 and human.returncode == 0, as_json.stderr + human.stderr

@@ -65,17 +65,20 @@ class SilentSCP:
                                       evt_handlers=[(evt.EVT_C_STORE, self.on_store)])
 
     def on_store(self, event: Any) -> int:
+        """Note the C-STORE and hold it unanswered until the test ends."""
         self.received.set()
         self.release.wait(120)
         return 0x0000
 
     def close(self) -> None:
+        """Let the held C-STORE go and stop listening."""
         self.release.set()
         self.server.shutdown()
 
 
 @pytest.fixture
 def silent() -> Iterator[SilentSCP]:
+    """A SilentSCP, closed after the test."""
     scp_ = SilentSCP()
     try:
         yield scp_

@@ -51,6 +51,7 @@ REJECTED_TRANSIENT, SERVICE_PROVIDER_PRESENTATION, LOCAL_LIMIT_EXCEEDED = 2, 3, 
 NO_REASON_GIVEN = 1  # with transient and service user: our own failure to decide
 GRACE = 10.0  # seconds for running associations to finish when the agent stops
 LISTENER_STOPS_WITHIN = 5.0
+ABORTED_END_WITHIN = 2.0  # for aborted associations' threads to end, once the listener has
 
 
 class DicomServer:
@@ -126,6 +127,10 @@ class DicomServer:
         )
         if isinstance(server, guards.GuardedAssociationServer):
             server.pending_wait = settings.handshake_timeout
+        # a connection's thread can be held by its handler (a C-MOVE waiting up to the
+        # DIMSE timeout for a silent destination); as a daemon it holds neither close()
+        # (socketserver would join it without a limit) nor the process's exit
+        server.daemon_threads = True
         transport.register_server(self._ae, server)
         self._server = server
         self._thread = threading.Thread(
@@ -189,7 +194,15 @@ class DicomServer:
             time.sleep(0.05)
         self._ae.shutdown()
         threads.join(self._thread, LISTENER_STOPS_WITHIN)
+        self._report_unfinished(time.monotonic() + ABORTED_END_WITHIN)
         peerlog.LIMITER.flush(everything=True)
+
+    def _report_unfinished(self, deadline: float) -> None:
+        """Say which associations' threads did not end after the abort, and leave them."""
+        for assoc in list(self._ae.active_associations):
+            if not threads.join(assoc, deadline - time.monotonic()):
+                caller = self._callers.get(assoc)
+                log.error("the association with %s was aborted but its handler goes on", caller)
 
     def __enter__(self) -> DicomServer:
         self.start()

@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
-from agent import reconfigure
+from agent import reconfigure, threads
 from agent.archive import Archive, Layout
 from agent.archive.lock import DataDirLock
 from agent.archive.recovery import recover
@@ -29,8 +29,16 @@ from agent.status import Snapshot, State, StatusModel, publish
 log = logging.getLogger(__name__)
 
 TICK = 1.0
+# An unchanged status is written again this often: the file's age then proves that the
+# housekeeping loop runs (agent.status.STUCK_AFTER says when it is too old). A write to
+# the page cache, replaced by rename: cheap, and few enough for an SD card.
+REFRESH_EVERY = 5.0
+# between ticks a change is written at most this often, so that `edge-agent status` right
+# after a sender finished already counts what it sent
+PUBLISH_GAP = 0.2
 STALE_TEMP_AFTER = 300.0
 SWEEP_EVERY = 60.0
+HOUSEKEEPER_STOPS_WITHIN = 5.0  # a tick's longest part, a retention sweep, has 5 s
 
 
 class Agent:
@@ -60,6 +68,7 @@ class Agent:
         self._housekeeper: threading.Thread | None = None
         self._reloading = threading.Lock()
         self._published = -1  # the status version last written to run/status.json
+        self._published_at = 0.0  # and when (monotonic)
         self._summary = ""  # the STATUS= line last sent to systemd
 
     def start(self) -> None:
@@ -139,6 +148,8 @@ class Agent:
         """Stop serving, flush the status, close the archive and release the data dir."""
         self.notifier.stopping()
         self.status.set_state(State.STOPPING)
+        if self.forwarder is not None:
+            self.forwarder.stop_soon()  # its senders finish while associations do
         if self.console is not None:
             self.console.close()
             self.console = None
@@ -147,8 +158,8 @@ class Agent:
         if self.forwarder is not None:
             self.forwarder.close()
         self._stop.set()
-        if self._housekeeper is not None:
-            self._housekeeper.join(timeout=5)
+        self.status.nudge()  # the housekeeper may be waiting for a change to publish
+        threads.join(self._housekeeper, HOUSEKEEPER_STOPS_WITHIN)
         self.status.set_state(State.STOPPED)
         with contextlib.suppress(OSError):
             publish(self.status.snapshot(), self.layout.run_dir)
@@ -184,13 +195,33 @@ class Agent:
             except Exception as exc:  # housekeeping must outlive any one failure
                 log.exception("housekeeping failed; trying again next tick")
                 self.status.error(f"housekeeping: {exc}")
-            self._stop.wait(TICK)
+            self._between_ticks(TICK)
+
+    def _between_ticks(self, seconds: float) -> None:
+        """Wait out a tick, publishing changes as they come (at most every PUBLISH_GAP):
+        another process's `edge-agent status` is then not a tick behind the model."""
+        deadline = time.monotonic() + seconds
+        while not self._stop.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self.status.wait_for_change(self._published, remaining)
+            snapshot = self.status.snapshot()
+            if snapshot.version == self._published or self._stop.is_set():
+                continue
+            with contextlib.suppress(OSError):  # the next tick tries again, and says why
+                self._publish(snapshot)
+            self._stop.wait(min(PUBLISH_GAP, max(0.0, deadline - time.monotonic())))
+
+    def _publish(self, snapshot: Snapshot) -> None:
+        publish(snapshot, self.layout.run_dir)
+        self._published, self._published_at = snapshot.version, time.monotonic()
 
     def _report(self, snapshot: Snapshot) -> None:
         """Publish the status file, tell systemd, and feed its watchdog if all is well."""
-        if snapshot.version != self._published:
-            publish(snapshot, self.layout.run_dir)
-            self._published = snapshot.version
+        stale = time.monotonic() - self._published_at >= REFRESH_EVERY
+        if snapshot.version != self._published or stale:
+            self._publish(snapshot)
         summary = snapshot.summary()
         if summary != self._summary:
             self.notifier.status(summary)

@@ -21,9 +21,15 @@ from pathlib import Path
 from typing import Any
 
 STATUS_FILE = "status.json"
-# seconds without a passed health check before a serving agent counts as stuck; more than
-# a retention sweep may take, less than the systemd watchdog's 30 s
+# Seconds of silence from the housekeeping loop after which the agent reads as "not
+# answering": no passed health check (the live model), or no fresh run/status.json (another
+# process). The loop ticks every second and writes the file at least every few seconds
+# (agent.app); its longest honest silence is a tick, a retention sweep's 5 s budget and a
+# refresh period, about 11 s. Less than the systemd watchdog's 30 s, so the status says
+# so before systemd restarts the agent.
 STUCK_AFTER = 15.0
+# states in which a process is (or should be) there to write the file
+LIVE_STATES = ("starting", "serving", "stopping", "failed")
 
 
 class State(str, Enum):
@@ -38,6 +44,15 @@ class State(str, Enum):
 
 def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def not_answering(silent: float) -> dict[str, Any]:
+    """The fields that say the agent has been silent for ``silent`` seconds (any view)."""
+    return {
+        "state": State.FAILED,
+        "last_error": f"not answering: nothing heard from the agent for {silent:.0f} s",
+        "silent_for": round(silent, 1),
+    }
 
 
 @dataclass(frozen=True)
@@ -74,6 +89,7 @@ class Snapshot:
     last_error: str | None = None
     destinations: tuple[Destination, ...] = ()
     forwarder_pid: int | None = None  # the forwarding process, while one runs
+    silent_for: float | None = None  # seconds of silence, once the agent is not answering
     version: int = 0
 
     def summary(self) -> str:
@@ -109,14 +125,13 @@ class StatusModel:
         self._beat: float | None = None  # monotonic time of the last passed health check
 
     def snapshot(self) -> Snapshot:
-        """The current status; a serving agent whose health checks stopped shows FAILED."""
+        """The current status; a serving agent whose health checks stopped is not answering."""
         with self._lock:
             current, beat = self._snapshot, self._beat
         if current.state is State.SERVING and beat is not None:
             silent = time.monotonic() - beat
             if silent > STUCK_AFTER:
-                reason = f"stuck: no health check passed for {silent:.0f} s"
-                return replace(current, state=State.FAILED, last_error=reason)
+                return replace(current, **not_answering(silent))
         return current
 
     def beat(self, at: float | None = None) -> None:
@@ -243,21 +258,44 @@ def _with_destination(s: Snapshot, name: str, **changes: Any) -> dict[str, Any]:
     return {"destinations": tuple(sorted([*others, updated], key=lambda d: d.name))}
 
 
-def publish(snapshot: Snapshot, run_dir: Path) -> None:
-    """Write the snapshot atomically where ``edge-agent status`` will read it."""
+def publish(snapshot: Snapshot, run_dir: Path, now: float | None = None) -> None:
+    """Write the snapshot atomically where ``edge-agent status`` will read it, with the
+    time it was written (``now``, epoch seconds): its age tells a hung agent."""
+    written = time.time() if now is None else now
+    data = {**snapshot.to_json(), "written_at": _iso(written)}
     target = run_dir / STATUS_FILE
     temporary = target.with_suffix(".tmp")
-    temporary.write_text(json.dumps(snapshot.to_json(), indent=1))
-    os.replace(temporary, target)
+    temporary.write_text(json.dumps(data, indent=1))
+    os.replace(temporary, target)  # readers see the old file or the new one, never half
 
 
-def read_published(run_dir: Path) -> dict[str, Any] | None:
-    """The last snapshot a running agent published, or None if there is none."""
+def read_published(run_dir: Path, now: float | None = None) -> dict[str, Any] | None:
+    """The last snapshot a running agent published, or None if there is none; one older
+    than STUCK_AFTER from a live state reads as not answering, as the live model would."""
     try:
         data = json.loads((run_dir / STATUS_FILE).read_text())
     except (OSError, ValueError):
         return None
-    return data if isinstance(data, dict) else None
+    if not isinstance(data, dict):
+        return None
+    silent = age(data, time.time() if now is None else now)
+    if data.get("state") in LIVE_STATES and silent is not None and silent > STUCK_AFTER:
+        verdict = not_answering(silent)
+        data.update(verdict, state=verdict["state"].value)
+    return data
+
+
+def age(published: dict[str, Any], now: float) -> float | None:
+    """Seconds since the file was written (None if it does not say: an older agent's)."""
+    try:
+        written = dt.datetime.fromisoformat(str(published["written_at"])).timestamp()
+    except (KeyError, ValueError):
+        return None
+    return max(0.0, now - written)  # a clock set back: as fresh as can be told
+
+
+def _iso(epoch: float) -> str:
+    return dt.datetime.fromtimestamp(epoch, dt.timezone.utc).isoformat(timespec="milliseconds")
 
 
 def process_alive(pid: int) -> bool:

@@ -22,6 +22,7 @@ from agent.field.console import PROMPT, SerialConsole
 from agent.field.console import netinfo as netinfo_module
 from agent.field.console.lineeditor import Cancel, Echo, LineEditor, Submit
 from agent.field.settings import ConsoleSettings
+from agent.status import STUCK_AFTER
 from tests.support import AgentProcess, free_port, peer, wait_until, write_config
 
 VERIFICATION = "1.2.840.10008.1.1"
@@ -232,6 +233,20 @@ def test_status_peers_version_logs_net(running: Agent, terminal: Terminal) -> No
     assert logs[0] == "OK" and any("unknown AEs may echo" in line for line in logs)
     net = terminal.command("net")
     assert net[0] == "OK" and any(line.strip().startswith("lo ") for line in net)
+
+
+def test_status_of_an_agent_whose_housekeeping_stopped_reads_not_answering(
+        running: Agent, terminal: Terminal) -> None:
+    running._stop.set()  # housekeeping ends, as if hung: nothing beats any more
+    running.status.nudge()
+    assert running._housekeeper is not None
+    running._housekeeper.join(10)
+    assert not running._housekeeper.is_alive()
+    running.status.beat(at=time.monotonic() - STUCK_AFTER - 1)
+    status = terminal.command("status")
+    assert status[0] == "OK not answering"
+    assert any(line.startswith("  agent     not answering on 127.0.0.1:") for line in status)
+    assert any("last error: not answering: nothing heard" in line for line in status)
 
 
 def test_queue_and_retry(running: Agent, terminal: Terminal) -> None:

@@ -280,7 +280,8 @@ def test_an_agent_whose_health_checks_stop_shows_failed_until_they_pass_again(
     await_pattern(leds, "heartbeat", p.OFF)
     await_pattern(leds, "fault", p.STEADY)
     stuck = model.snapshot()
-    assert stuck.state is State.FAILED and stuck.last_error.startswith("stuck: no health check")
+    assert stuck.state is State.FAILED and stuck.last_error.startswith("not answering")
+    assert stuck.silent_for is not None and stuck.silent_for > STUCK_AFTER
     model.beat()
     await_pattern(leds, "heartbeat", p.SLOW)
     await_pattern(leds, "fault", p.OFF)

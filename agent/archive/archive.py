@@ -33,8 +33,8 @@ from agent.archive.index import (
 from agent.archive.layout import Layout, require_uid
 from agent.archive.outbox import Outbox, add_jobs, drop_jobs
 from agent.archive.query import StoredInstance, resolve
-from agent.dicom.models import Model
 from agent.archive.structure import check_file
+from agent.dicom.models import Model
 from agent.dicom.status import DOES_NOT_MATCH, OUT_OF_RESOURCES
 from agent.errors import StoreError
 

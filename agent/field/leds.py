@@ -17,6 +17,7 @@ import warnings
 from collections.abc import Mapping
 from typing import Any, TextIO
 
+from agent import threads
 from agent.errors import AgentError
 from agent.field.patterns import SIGNALS, ActivityWatch, Pattern, signals
 from agent.field.settings import LedSettings
@@ -129,8 +130,7 @@ class StatusLeds:
         """Stop the thread, turn the LEDs off and release their pins."""
         self._stop.set()
         self._status.nudge()
-        if self._thread is not None:
-            self._thread.join(timeout=JOIN_TIMEOUT)
+        threads.join(self._thread, JOIN_TIMEOUT)
         with self._lock:
             close_leds(self._leds)
             self._leds = {}

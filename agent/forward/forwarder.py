@@ -108,5 +108,8 @@ class Forwarder:
             for sender in self._all():
                 if not sender.join(max(0.0, deadline - time.monotonic())):
                     log.error(
-                        "the sender to %s did not stop within %.0f s", sender.peer.name, timeout
+                        "the sender to %s (association %d) did not stop within %.0f s",
+                        sender.peer.name,
+                        sender.lane.number,
+                        timeout,
                     )

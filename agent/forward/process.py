@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import agent
+from agent import threads
 from agent.archive import Archive
 from agent.archive.outbox import waiting
 from agent.config import Config
@@ -39,6 +40,8 @@ from agent.status import STUCK_AFTER, StatusModel
 log = logging.getLogger(__name__)
 
 RESPAWN_GAP = 5.0  # seconds between starts, so a process that cannot run does not spin
+# from "stop" to killed: the senders' own deadline, and time to leave the interpreter
+STOPS_WITHIN = STOP_WITHIN + 5.0
 
 
 class ForwardingProcess:
@@ -52,6 +55,7 @@ class ForwardingProcess:
         self._child: _Child | None = None
         self._spawned = -RESPAWN_GAP  # monotonic time of the last start
         self._down_since: float | None = None  # lost, and no process has answered since
+        self._closing = False  # the agent stops: no process is started or replaced again
         archive.router = router_for(config.forward, config.peers)
         archive.on_queued = self.wake
 
@@ -87,6 +91,8 @@ class ForwardingProcess:
     def _keep_alive(self, depth: dict[str, dict[str, int]]) -> None:
         """Replace a process that died or stopped answering; start one when jobs appear."""
         child = self._child
+        if self._closing:
+            return  # one that ends now was told to
         if child is not None and not child.alive():
             self._lost(child, f"ended (exit code {child.process.returncode})")
         elif child is not None and child.silent_for() > STUCK_AFTER:
@@ -116,7 +122,7 @@ class ForwardingProcess:
         self.archive.router = router_for(config.forward, config.peers)
         if self._child is not None:
             self._child.post("config", config)
-        elif config.forward.destinations:
+        elif config.forward.destinations and not self._closing:
             self._spawn()
 
     def sweep(self) -> int:
@@ -125,11 +131,19 @@ class ForwardingProcess:
             return 0
         return retention.sweep(self.archive, self.config.forward)
 
+    def stop_soon(self) -> None:
+        """Ask the forwarding process to stop now (its senders finish what is in flight)
+        while the agent stops its other parts; ``close`` then waits for what is left."""
+        self._closing = True
+        if self._child is not None:
+            self._child.ask_to_stop()
+
     def close(self) -> None:
         """Stop the forwarding process in order; kill it if it does not stop in time."""
+        self._closing = True
         child, self._child = self._child, None
         if child is not None:
-            child.stop(STOP_WITHIN + 5.0)
+            child.stop(STOPS_WITHIN)
             self.status.forwarding_process(None)
 
     def _spawn(self) -> None:
@@ -179,6 +193,7 @@ class _Child:
         self._outgoing: deque[tuple[Any, ...]] = deque()
         self._closed = False
         self._heard = time.monotonic()
+        self._stop_asked: float | None = None  # monotonic time "stop" was posted
         ours, theirs = socket.socketpair()
         with theirs:
             self.process = subprocess.Popen(
@@ -215,15 +230,24 @@ class _Child:
             self._outgoing.append(message)
             self._cond.notify()
 
+    def ask_to_stop(self) -> None:
+        """Post "stop" (once); the deadline of ``stop`` counts from now."""
+        if self._stop_asked is None:
+            self._stop_asked = time.monotonic()
+            self.post("stop")
+
     def stop(self, timeout: float) -> None:
-        """Ask the process to stop, wait, and kill it if it overstays."""
-        self.post("stop")
+        """Ask the process to stop unless asked already, wait until ``timeout`` s after it
+        was asked, and kill it if it overstays."""
+        self.ask_to_stop()
+        assert self._stop_asked is not None
+        left = max(0.0, self._stop_asked + timeout - time.monotonic())
         try:
-            self.process.wait(timeout)
+            self.process.wait(left)
         except subprocess.TimeoutExpired:
             log.error("the forwarding process did not stop within %.0f s; killing it", timeout)
             self.kill()
-        self._reader.join(2.0)
+        threads.join(self._reader, 2.0)
         self.conn.close()
 
     def kill(self) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import sys
 import threading
@@ -82,7 +83,18 @@ def main(argv: list[str]) -> int:
     if kind != "start":
         return 2
     serve(conn, config, root, level)
+    _leave_stuck_threads()
     return 0
+
+
+def _leave_stuck_threads() -> None:
+    """Exit now if threads that did not stop would hold the interpreter's exit (pynetdicom's
+    DUL threads are no daemons: one in flight lives until its DIMSE timeout)."""
+    main = threading.main_thread()
+    left = [t.name for t in threading.enumerate() if t is not main and not t.daemon]
+    if left:
+        log.warning("exiting with %d threads that did not stop: %s", len(left), ", ".join(left))
+        os._exit(0)  # everything was said: the pipe carries each message as it is sent
 
 
 def serve(conn: Connection, config: Config, root: Path, level: int) -> None:

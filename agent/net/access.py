@@ -2,6 +2,8 @@
 
 With a config file only listed peers get in, from their configured host unless
 ``verify_host = false``; the built-in default also lets unknown AEs echo and store.
+Every request is judged again by the live configuration (``recheck``), so a reload that
+takes a right away takes it from associations already open.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from agent.config import Config, Peer
 
@@ -20,6 +22,8 @@ REJECTED_PERMANENT = 0x01
 SERVICE_USER = 0x01
 CALLING_AE_NOT_RECOGNISED = 0x03
 CALLED_AE_NOT_RECOGNISED = 0x07
+# the DIMSE status of a request the caller has no right to (PS3.7 Annex C, "Refused: Not
+# Authorized"): C-ECHO, C-STORE, C-FIND, C-MOVE and C-GET alike
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,20 @@ def admit(config: Config, calling_ae: str, called_ae: str, address: str) -> Call
             f"{calling_ae} connected from {address}, but peers.{peer.name}.host is {peer.host}",
         )
     return Caller(calling_ae, address, peer, peer.allow)
+
+
+def recheck(config: Config, admitted: Caller) -> Caller:
+    """The admitted caller as the live configuration sees it now: an unknown AE's rights
+    if it is no longer a peer, none if it is no longer at its host (resolved again only
+    if the configured host changed)."""
+    peer = config.peer_by_ae(admitted.ae_title)
+    if peer is None:
+        return replace(admitted, peer=None, allowed=config.agent.allow_unknown)
+    same_host = admitted.peer is not None and admitted.peer.host == peer.host
+    checked = same_host and admitted.peer is not None and admitted.peer.verify_host
+    if peer.verify_host and not checked and not host_matches(peer.host, admitted.address):
+        return replace(admitted, peer=peer, allowed=frozenset())
+    return replace(admitted, peer=peer, allowed=peer.allow)
 
 
 def host_matches(configured: str, address: str) -> bool:

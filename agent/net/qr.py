@@ -2,6 +2,8 @@
 
 Handlers are generators, as pynetdicom wants them. They never raise: a bad identifier
 becomes 0xA900 or 0xC000 with an Error Comment, anything unexpected 0xC000 and a log line.
+Each request is refused 0x0124 unless the caller may use the service by the configuration
+as it is now (``caller_of`` judges it again): a reload acts on open associations too.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from agent.archive.retrieval import Reader
 from agent.config import Config
 from agent.dicom.contexts import QR_SOP_CLASSES, VERIFICATION, sending_contexts, service_of
 from agent.dicom.models import Model
-from agent.dicom.status import CANCELLED, CANNOT_UNDERSTAND, PENDING
+from agent.dicom.status import CANCELLED, CANNOT_UNDERSTAND, NOT_AUTHORIZED, PENDING
 from agent.errors import QueryError
 from agent.net.access import Caller
 from agent.net.bounds import identifier_of
@@ -43,6 +45,14 @@ def failure(status: int, comment: str) -> Dataset:
     return ds
 
 
+def refusal(caller: Caller | None, service: str, what: str) -> Dataset | None:
+    """A 0x0124 failure if ``caller`` may not use ``service`` now (None: it may), logged."""
+    if caller is not None and caller.may(service):
+        return None
+    log.warning("refused %s from %s: not allowed (0x%04X)", what, caller, NOT_AUTHORIZED)
+    return failure(NOT_AUTHORIZED, f"{what} is not allowed for this AE title")
+
+
 def model_of(event: Any) -> Model:
     """The information model of the request's SOP class."""
     return Model(QR_SOP_CLASSES[str(event.request.AffectedSOPClassUID)][0])
@@ -58,7 +68,16 @@ class QueryRetrieveHandlers:
         self._combined: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
 
     def on_sop_extended(self, event: Any) -> dict[str, bytes]:
-        """Accept combined date-time matching for C-FIND; decline the other options."""
+        """Accept combined date-time matching for C-FIND; decline the other options, and
+        every option if the request cannot be read (pynetdicom would only log it)."""
+        try:
+            return self._extended(event)
+        except Exception:
+            log.exception("could not read the extended negotiation; every option declined")
+            self._combined.pop(event.assoc, None)
+            return {}
+
+    def _extended(self, event: Any) -> dict[str, bytes]:
         accepted: dict[str, bytes] = {}
         for sop_class, info in event.app_info.items():
             if service_of(str(sop_class)) != "find" or len(info) < 2:
@@ -73,6 +92,10 @@ class QueryRetrieveHandlers:
     def on_find(self, event: Any) -> Iterator[tuple[int | Dataset, Dataset | None]]:
         """Stream matches as Pending; stop at C-CANCEL; failures with an Error Comment."""
         caller = self.caller_of(event.assoc)
+        refused = refusal(caller, "find", "C-FIND")
+        if refused is not None:
+            yield refused, None
+            return
         try:
             model = model_of(event)
             combined = str(event.request.AffectedSOPClassUID) in self._combined.get(
@@ -111,7 +134,7 @@ class QueryRetrieveHandlers:
             yield None, None
             return
         options = {"evt_handlers": [*requestor_handlers(), (evt.EVT_ACCEPTED, on_accepted)]}
-        found = self._resolve(event, caller, "C-MOVE")
+        found = self._resolve(event, caller, "move")
         if isinstance(found, Dataset):
             # pynetdicom takes a status only after the destination and a count
             yield destination.host, destination.port, {**options, "contexts": [VERIFICATION_CX]}
@@ -126,7 +149,7 @@ class QueryRetrieveHandlers:
     def on_get(self, event: Any) -> Iterator[Any]:
         """Send matches back over the same association: count, then data sets."""
         caller = self.caller_of(event.assoc)
-        found = self._resolve(event, caller, "C-GET")
+        found = self._resolve(event, caller, "get")
         if isinstance(found, Dataset):
             yield 1
             yield found, None
@@ -136,9 +159,13 @@ class QueryRetrieveHandlers:
         yield from self._send(event, found, caller, "C-GET")
 
     def _resolve(
-        self, event: Any, caller: Caller | None, what: str
+        self, event: Any, caller: Caller | None, service: str
     ) -> list[StoredInstance] | Dataset:
-        """The instances to send, or a failure status data set."""
+        """The instances to send, or a failure status data set (the caller's rights first)."""
+        what = f"C-{service.upper()}"
+        refused = refusal(caller, service, what)
+        if refused is not None:
+            return refused
         try:
             instances = self.reader.resolve(model_of(event), identifier_of(event))
         except QueryError as exc:

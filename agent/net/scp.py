@@ -14,6 +14,7 @@ from typing import Any
 from pynetdicom import AE, evt
 from pynetdicom.transport import ThreadedAssociationServer
 
+from agent import threads
 from agent.archive import Archive
 from agent.archive.retrieval import Reader
 from agent.config import Config
@@ -28,7 +29,14 @@ from agent.dicom.contexts import (
 )
 from agent.errors import IndexUnavailable
 from agent.net import configure_pynetdicom, peerlog
-from agent.net.access import REJECTED_PERMANENT, SERVICE_USER, Caller, Refusal, admit
+from agent.net.access import (
+    REJECTED_PERMANENT,
+    SERVICE_USER,
+    Caller,
+    Refusal,
+    admit,
+    recheck,
+)
 from agent.net.engine import guards, transport
 from agent.net.qr import QueryRetrieveHandlers
 from agent.net.storage import StorageHandlers
@@ -40,6 +48,10 @@ ACSE_TIMEOUT = 30.0
 DIMSE_TIMEOUT = 60.0
 # A-ASSOCIATE-RJ "local limit exceeded": transient, service provider (presentation), reason 2
 REJECTED_TRANSIENT, SERVICE_PROVIDER_PRESENTATION, LOCAL_LIMIT_EXCEEDED = 2, 3, 2
+NO_REASON_GIVEN = 1  # with transient and service user: our own failure to decide
+GRACE = 10.0  # seconds for running associations to finish when the agent stops
+LISTENER_STOPS_WITHIN = 5.0
+ABORTED_END_WITHIN = 2.0  # for aborted associations' threads to end, once the listener has
 
 
 class DicomServer:
@@ -50,9 +62,9 @@ class DicomServer:
         self.archive = archive
         self.status = status
         self._callers: weakref.WeakKeyDictionary[Any, Caller] = weakref.WeakKeyDictionary()
-        self._storage = StorageHandlers(archive, status, self._callers.get)
+        self._storage = StorageHandlers(archive, status, self.caller_now)
         self._reader = Reader(archive.layout, config.agent.ae_title)
-        self._qr = QueryRetrieveHandlers(config, self._reader, self._callers.get)
+        self._qr = QueryRetrieveHandlers(config, self._reader, self.caller_now)
         self._ae = self._build_ae()
         self._server: ThreadedAssociationServer | None = None
         self._thread: threading.Thread | None = None
@@ -115,6 +127,10 @@ class DicomServer:
         )
         if isinstance(server, guards.GuardedAssociationServer):
             server.pending_wait = settings.handshake_timeout
+        # a connection's thread can be held by its handler (a C-MOVE waiting up to the
+        # DIMSE timeout for a silent destination); as a daemon it holds neither close()
+        # (socketserver would join it without a limit) nor the process's exit
+        server.daemon_threads = True
         transport.register_server(self._ae, server)
         self._server = server
         self._thread = threading.Thread(
@@ -166,7 +182,7 @@ class DicomServer:
                 self._ended_count += 1
                 self._ended.notify_all()
 
-    def close(self, grace: float = 10.0) -> None:
+    def close(self, grace: float = GRACE) -> None:
         """Stop accepting, let running associations finish for ``grace`` s, abort the rest."""
         server, self._server = self._server, None
         if server is None:
@@ -177,9 +193,16 @@ class DicomServer:
         while self._ae.active_associations and time.monotonic() < deadline:
             time.sleep(0.05)
         self._ae.shutdown()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        threads.join(self._thread, LISTENER_STOPS_WITHIN)
+        self._report_unfinished(time.monotonic() + ABORTED_END_WITHIN)
         peerlog.LIMITER.flush(everything=True)
+
+    def _report_unfinished(self, deadline: float) -> None:
+        """Say which associations' threads did not end after the abort, and leave them."""
+        for assoc in list(self._ae.active_associations):
+            if not threads.join(assoc, deadline - time.monotonic()):
+                caller = self._callers.get(assoc)
+                log.error("the association with %s was aborted but its handler goes on", caller)
 
     def __enter__(self) -> DicomServer:
         self.start()
@@ -188,9 +211,39 @@ class DicomServer:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def caller_now(self, assoc: Any) -> Caller | None:
+        """The association's caller with the rights the live configuration gives it now
+        (checked on every request: a reload takes effect on open associations); no rights
+        if that cannot be decided. None for an association that was never admitted."""
+        admitted = self._callers.get(assoc)
+        if admitted is None:
+            return None
+        try:
+            return recheck(self.config, admitted)
+        except Exception:  # fail closed
+            log.exception("could not check the rights of %s; refusing its request", admitted)
+            return Caller(admitted.ae_title, admitted.address, admitted.peer, frozenset())
+
     def _on_requested(self, event: Any) -> None:
-        """EVT_REQUESTED: admit the association or reject it with the right reason."""
-        assoc = event.assoc
+        """EVT_REQUESTED: admit the association or reject it; reject it on any error, as
+        pynetdicom would otherwise accept what was proposed."""
+        try:
+            self._admit_or_reject(event.assoc)
+        except Exception:
+            log.exception("could not decide on an association request; rejected")
+            self._refuse_on_error(event.assoc)
+
+    def _refuse_on_error(self, assoc: Any) -> None:
+        """Reject after a failure; should even that fail, nothing stays acceptable."""
+        self._callers.pop(assoc, None)
+        assoc.acceptor.supported_contexts = []
+        try:
+            assoc.acse.send_reject(REJECTED_TRANSIENT, SERVICE_USER, NO_REASON_GIVEN)
+        finally:
+            assoc.kill()
+
+    def _admit_or_reject(self, assoc: Any) -> None:
+        """Admit the association (offering only the allowed contexts) or reject it."""
         request = assoc.requestor.primitive
         decision = admit(
             self.config,

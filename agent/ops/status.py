@@ -10,7 +10,7 @@ from typing import Any
 
 from agent.archive import Layout
 from agent.archive.index import Counts, counts_at
-from agent.status import Snapshot, process_alive, read_published
+from agent.status import LIVE_STATES, Snapshot, process_alive, read_published
 
 
 @dataclass(frozen=True)
@@ -47,13 +47,14 @@ class StatusReport:
         agent = info["agent"]
         if agent is None:
             return [*lines, "agent     not running"]
-        return lines + _agent_lines(agent)
+        return lines + _agent_lines(agent, info["answering"])
 
 
-def _agent_lines(agent: dict[str, Any]) -> list[str]:
+def _agent_lines(agent: dict[str, Any], answering: bool) -> list[str]:
     """The running agent's part of the report."""
+    state = agent["state"] if answering else "not answering"
     lines = [
-        f"agent     {agent['state']} on {agent['listening']} (pid {agent['pid']}, "
+        f"agent     {state} on {agent['listening']} (pid {agent['pid']}, "
         f"since {agent['started_at']})",
         f"          {agent['received']} received this run, {agent['refused']} refused, "
         f"{agent['associations']} associations open",
@@ -88,7 +89,7 @@ def gather(layout: Layout, live: Snapshot | None = None) -> dict[str, Any]:
     """Everything ``status`` shows, from the index, the disk and the status model.
 
     ``live`` is the running agent's own model (the console); otherwise the snapshot
-    that agent last published is read.
+    that agent last published is read. Either says when the agent is not answering.
     """
     published = live.to_json() if live is not None else read_published(layout.run_dir)
     running = published is not None and (live is not None or _is_live(published))
@@ -97,15 +98,14 @@ def gather(layout: Layout, live: Snapshot | None = None) -> dict[str, Any]:
         "archive": dataclasses.asdict(_counts(layout)),
         "disk_free": shutil.disk_usage(layout.root).free if layout.root.exists() else None,
         "running": running,
+        "answering": running and published is not None and published.get("silent_for") is None,
         "agent": published if running else None,
     }
 
 
 def _is_live(published: dict[str, Any]) -> bool:
     state = published.get("state")
-    return state in ("starting", "serving", "stopping", "failed") and process_alive(
-        int(published.get("pid", 0))
-    )
+    return state in LIVE_STATES and process_alive(int(published.get("pid", 0)))
 
 
 def _counts(layout: Layout) -> Counts:

@@ -50,7 +50,8 @@ class AgentCommands:
         """What ``edge-agent status`` prints, headed by the live state."""
         snapshot = self.agent.status.snapshot()
         report = status_report(self._layout(), snapshot)
-        return status_reply(report, snapshot.state.value)
+        state = "not answering" if snapshot.silent_for else snapshot.state.value
+        return status_reply(report, state)
 
     def _layout(self) -> Layout:
         return Layout(self.agent.config.agent.data_dir)

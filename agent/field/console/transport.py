@@ -15,6 +15,8 @@ from typing import Any
 
 import serial
 
+from agent import threads
+
 log = logging.getLogger(__name__)
 
 RETRY_EVERY = 1.5
@@ -75,8 +77,7 @@ class SerialTransport:
                 port.cancel_read()
             except Exception:  # the port may already be half-closed; closing follows anyway
                 log.debug("cancel_read failed", exc_info=True)
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(JOIN_TIMEOUT)
+        threads.join(self._thread, JOIN_TIMEOUT)
         self._drop()
 
     def __enter__(self) -> SerialTransport:

@@ -24,6 +24,7 @@ STATUS_FILE = "status.json"
 # seconds without a passed health check before a serving agent counts as stuck; more than
 # a retention sweep may take, less than the systemd watchdog's 30 s
 STUCK_AFTER = 15.0
+CERTIFICATE_WARN_DAYS = 30  # status, console and LEDs warn this long before expiry
 
 
 class State(str, Enum):
@@ -74,6 +75,7 @@ class Snapshot:
     last_error: str | None = None
     destinations: tuple[Destination, ...] = ()
     forwarder_pid: int | None = None  # the forwarding process, while one runs
+    certificate_expires: str | None = None  # the TLS certificate's notAfter (ISO 8601, UTC)
     version: int = 0
 
     def summary(self) -> str:
@@ -90,6 +92,9 @@ class Snapshot:
                 parts.append(f"{quarantined} quarantined")
         if self.below_floor:
             parts.append("disk below the floor")
+        warning = certificate_warning(self.certificate_expires)
+        if warning:
+            parts.append(warning)
         return ", ".join(parts)
 
     def to_json(self) -> dict[str, Any]:
@@ -187,6 +192,12 @@ class StatusModel:
 
         self._apply(change)
 
+    def certificate(self, expires: str | None) -> None:
+        """The TLS certificate in use expires then (ISO 8601; None: no TLS)."""
+        self._apply(
+            lambda s: {"certificate_expires": expires} if s.certificate_expires != expires else {}
+        )
+
     def forwarding_process(self, pid: int | None) -> None:
         """The forwarding process started (its pid) or ended (None)."""
         self._apply(lambda s: {"forwarder_pid": pid} if s.forwarder_pid != pid else {})
@@ -241,6 +252,24 @@ def _with_destination(s: Snapshot, name: str, **changes: Any) -> dict[str, Any]:
     updated = replace(current, **changes)
     others = [d for d in s.destinations if d.name != name]
     return {"destinations": tuple(sorted([*others, updated], key=lambda d: d.name))}
+
+
+def certificate_days_left(expires: str | None, now: dt.datetime | None = None) -> int | None:
+    """Whole days until the TLS certificate expires (None without TLS; negative: expired)."""
+    if not expires:
+        return None
+    moment = dt.datetime.fromisoformat(expires)
+    return (moment - (now or dt.datetime.now(dt.timezone.utc))).days
+
+
+def certificate_warning(expires: str | None, now: dt.datetime | None = None) -> str | None:
+    """A warning from CERTIFICATE_WARN_DAYS before the TLS certificate expires, else None."""
+    left = certificate_days_left(expires, now)
+    if left is None or left >= CERTIFICATE_WARN_DAYS:
+        return None
+    if left < 0:
+        return "TLS certificate EXPIRED"
+    return f"TLS certificate expires in {left} days"
 
 
 def publish(snapshot: Snapshot, run_dir: Path) -> None:

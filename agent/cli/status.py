@@ -15,7 +15,13 @@ from agent.archive import Layout
 from agent.archive.index import Counts, connect, read_counts
 from agent.cli.common import load_config
 from agent.config import Config
-from agent.status import Snapshot, process_alive, read_published
+from agent.status import (
+    Snapshot,
+    certificate_days_left,
+    certificate_warning,
+    process_alive,
+    read_published,
+)
 
 NAME = "status"
 HELP = "show archive counts, free disk and whether the agent is serving"
@@ -109,9 +115,19 @@ def execute(
             print(f"          last error {destination['last_error']}")
     if agent.get("below_floor"):
         print("          FREE SPACE BELOW THE FLOOR: new images are refused")
+    if agent.get("certificate_expires"):
+        print(f"tls       {_certificate(agent['certificate_expires'])}")
     if agent.get("last_error"):
         print(f"          last error: {agent['last_error']}")
     return 0
+
+
+def _certificate(expires: str) -> str:
+    """The TLS certificate's expiry line, with a warning from 30 days before."""
+    left = certificate_days_left(expires)
+    line = f"certificate valid until {expires[:10]} ({left} days left)"
+    warning = certificate_warning(expires)
+    return f"{line}; {warning.upper()}: renew it" if warning else line
 
 
 def _size(count: int) -> str:

@@ -46,13 +46,13 @@ def _openssl(*args: str | Path) -> None:
 def _ca(directory: Path, name: str) -> Pair:
     pair = Pair(directory / f"{name}.crt", directory / f"{name}.key")
     _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", pair.key,
-             "-out", pair.cert, "-days", "30", "-subj", f"/CN=Edge Test {name}",
+             "-out", pair.cert, "-days", "400", "-subj", f"/CN=Edge Test {name}",
              "-addext", "basicConstraints=critical,CA:TRUE",
              "-addext", "keyUsage=critical,keyCertSign,cRLSign")
     return pair
 
 
-def _leaf(directory: Path, name: str, ca: Pair, san: str, days: int = 30) -> Pair:
+def _leaf(directory: Path, name: str, ca: Pair, san: str, days: int = 365) -> Pair:
     pair = Pair(directory / f"{name}.crt", directory / f"{name}.key")
     request, extensions = directory / f"{name}.csr", directory / f"{name}.ext"
     extensions.write_text(_LEAF.format(san=san))

@@ -118,7 +118,7 @@ def test_expiry_is_read_from_the_certificate(pki: Pki) -> None:
     config = parse(tls_table(pki))
     assert config.tls is not None
     contexts = tls.load(config.tls)
-    assert 28 <= tls.days_left(contexts.not_after) <= 30
+    assert 363 <= tls.days_left(contexts.not_after) <= 365
     assert contexts.server.minimum_version == tls.VERSIONS["1.2"]
 
 

@@ -155,9 +155,12 @@ class StatusModel:
         """The agent entered a new life-cycle state."""
         self._apply(lambda s: {"state": state})
 
-    def set_listening(self, host: str, port: int) -> None:
-        """The DICOM listener is bound."""
-        self._apply(lambda s: {"listening": f"{host}:{port}", "port": port})
+    def set_listening(self, host: str, port: int | None, tls_port: int | None = None) -> None:
+        """The DICOM listeners are bound: the plain one, the TLS one, or both."""
+        where = [f"{host}:{port}"] if port is not None else []
+        where += [f"TLS {host}:{tls_port}"] if tls_port is not None else []
+        listening = ", ".join(where)
+        self._apply(lambda s: {"listening": listening, "port": port or tls_port})
 
     def set_associations(self, count: int) -> None:
         """How many associations are open now."""

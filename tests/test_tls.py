@@ -261,6 +261,8 @@ def test_status_shows_the_expiry_and_reload_takes_a_renewed_certificate(
     with Agent(config, hardware=False) as agent:
         before = agent.status.snapshot()
         assert before.certificate_expires is not None
+        assert before.listening == (f"127.0.0.1:{config.agent.port}, "
+                                    f"TLS 127.0.0.1:{tls_port(agent)}")
         assert "TLS certificate" not in before.summary()  # 30 days left: no warning yet
         out = io.StringIO()
         status_cli.execute(argparse.Namespace(json=False), config, out, live=before)

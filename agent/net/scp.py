@@ -110,16 +110,15 @@ class DicomServer:
         # pynetdicom streams incoming data sets to NamedTemporaryFile: keep those on the
         # archive's filesystem so that ingest is a rename, never a copy.
         tempfile.tempdir = str(self.archive.layout.tmp_dir)
-        where = []
         if settings.plain_listener:
             self._server = self._serve(settings.port, None)
-            where.append(f"{settings.bind}:{self.port}")
         if self.config.tls is not None:
             self._tls_server = self._serve(self.config.tls.port, self.config.tls.handshake_timeout)
-            where.append(f"TLS {settings.bind}:{self.tls_port}")
-        self.status.set_listening(", ".join(where), self.port if self._server else self.tls_port)
+        plain = self.port if self._server is not None else None
+        secure = self.tls_port if self._tls_server is not None else None
+        self.status.set_listening(settings.bind, plain, secure)
         self.status.certificate(self.certificate_expires)
-        log.info("listening as %s on %s", settings.ae_title, ", ".join(where))
+        log.info("listening as %s on %s", settings.ae_title, self.status.snapshot().listening)
 
     def _serve(self, port: int, tls_timeout: float | None) -> ThreadedAssociationServer:
         """One listener on ``port``, TLS if ``tls_timeout`` is given, in its own thread."""

@@ -18,6 +18,7 @@ from agent import validation as v
 from agent.errors import ConfigError
 from agent.field.settings import ConsoleSettings, LedSettings, parse_console, parse_leds
 from agent.forward.settings import ForwardSettings, parse_forward
+from agent.tls import VERSIONS, TlsSettings
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -30,6 +31,7 @@ DEFAULT_ALLOW_UNKNOWN = ("echo", "store")
 
 _PEER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
 _LOG_LEVELS = ("debug", "info", "warning", "error")
+_TLS_FILES = ("certificate", "private_key", "ca")
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,7 @@ class AgentSettings:
     max_associations: int = 16
     allow_unknown: frozenset[str] = frozenset()
     log_level: str = "info"
+    plain_listener: bool = True  # false: only the TLS listener ([tls].port) serves
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,8 @@ class Peer:
     port: int
     allow: frozenset[str] = frozenset({"echo"})
     verify_host: bool = True
+    tls: bool = False  # every association to it uses TLS; it may only come in over TLS
+    verify_name: bool = True  # outgoing TLS: its certificate must name ``host``
 
 
 @dataclass(frozen=True)
@@ -70,6 +75,7 @@ class Config:
     forward: ForwardSettings = field(default_factory=ForwardSettings)
     leds: LedSettings = field(default_factory=LedSettings)
     console: ConsoleSettings = field(default_factory=ConsoleSettings)
+    tls: TlsSettings | None = None
     source: Path | None = None
 
     def peer_by_ae(self, ae_title: str) -> Peer | None:
@@ -123,7 +129,7 @@ def load_file(path: Path) -> Config:
 
 def parse(raw: Mapping[str, Any], source: Path | None = None) -> Config:
     """Validate a decoded TOML document and build the frozen configuration."""
-    v.reject_unknown(raw, {"agent", "peers", "forward", "leds", "console"}, "")
+    v.reject_unknown(raw, {"agent", "peers", "forward", "leds", "console", "tls"}, "")
     base_dir = source.resolve().parent if source else Path.cwd()
     agent = _parse_agent(v.table(raw, "agent", ""), base_dir)
     peers_raw = v.table(raw, "peers", "")
@@ -132,7 +138,9 @@ def parse(raw: Mapping[str, Any], source: Path | None = None) -> Config:
     forward = parse_forward(v.table(raw, "forward", ""), peers)
     leds = parse_leds(v.table(raw, "leds", ""))
     console = parse_console(v.table(raw, "console", ""))
-    return Config(agent, peers, forward, leds, console, source)
+    tls = _parse_tls(raw["tls"], base_dir) if "tls" in raw else None
+    _check_tls_use(agent, peers, tls)
+    return Config(agent, peers, forward, leds, console, tls, source)
 
 
 def _parse_agent(table: Mapping[str, Any], base_dir: Path) -> AgentSettings:
@@ -163,6 +171,7 @@ def _parse_agent(table: Mapping[str, Any], base_dir: Path) -> AgentSettings:
         ),
         allow_unknown=v.services(table, "agent.allow_unknown", frozenset()),
         log_level=v.get(table, "agent.log_level", str, d.log_level, v.one_of(_LOG_LEVELS)),
+        plain_listener=v.get(table, "agent.plain_listener", bool, d.plain_listener, None),
     )
 
 
@@ -181,7 +190,52 @@ def _parse_peer(name: str, table: Mapping[str, Any]) -> Peer:
         port=v.get(table, f"{where}.port", int, 0, v.port(allow_zero=False)),
         allow=v.services(table, f"{where}.allow", frozenset({"echo"})),
         verify_host=v.get(table, f"{where}.verify_host", bool, True, None),
+        tls=v.get(table, f"{where}.tls", bool, False, None),
+        verify_name=v.get(table, f"{where}.verify_name", bool, True, None),
     )
+
+
+def _parse_tls(raw: Any, base_dir: Path) -> TlsSettings:
+    """The ``[tls]`` table; its files are checked by loading them (agent.tls.load)."""
+    table = v.table({"tls": raw}, "tls", "")
+    v.reject_unknown(table, set(TlsSettings.__dataclass_fields__), "tls")
+    certificate, private_key, ca = (_tls_file(table, key, base_dir) for key in _TLS_FILES)
+    d = TlsSettings(certificate, private_key, ca)
+    timeout = v.get(table, "tls.handshake_timeout", (int, float), d.handshake_timeout,
+                    v.between(0.5, 120))
+    return TlsSettings(
+        certificate,
+        private_key,
+        ca,
+        port=v.get(table, "tls.port", int, d.port, v.port(allow_zero=True)),
+        require_client_certificate=v.get(
+            table, "tls.require_client_certificate", bool, d.require_client_certificate, None
+        ),
+        min_version=v.get(table, "tls.min_version", str, d.min_version, v.one_of(tuple(VERSIONS))),
+        handshake_timeout=float(timeout),
+    )
+
+
+def _tls_file(table: Mapping[str, Any], key: str, base_dir: Path) -> Path:
+    if key not in table:
+        raise ConfigError(f"tls.{key}", "is required")
+    path = Path(v.get(table, f"tls.{key}", str, "", v.non_empty))
+    return path if path.is_absolute() else (base_dir / path).resolve()
+
+
+def _check_tls_use(
+    agent: AgentSettings, peers: Mapping[str, Peer], tls: TlsSettings | None
+) -> None:
+    """What needs a ``[tls]`` table has one, and something listens."""
+    if tls is not None:
+        if agent.plain_listener and tls.port != 0 and tls.port == agent.port:
+            raise ConfigError("tls.port", f"is agent.port ({agent.port}): give each its own")
+        return
+    if not agent.plain_listener:
+        raise ConfigError("agent.plain_listener", "false needs a [tls] table (else none listens)")
+    for peer in peers.values():
+        if peer.tls:
+            raise ConfigError(f"peers.{peer.name}.tls", "true needs a [tls] table")
 
 
 def _check_unique_ae_titles(agent: AgentSettings, peers: Mapping[str, Peer]) -> None:

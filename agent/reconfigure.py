@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from agent.config import Config
+from agent.tls import TlsSettings
 
 RESTART_ONLY = (
     "agent.ae_title",
@@ -23,6 +24,9 @@ RESTART_ONLY = (
     "agent.network_timeout",
     "agent.handshake_timeout",
     "agent.max_associations",
+    "agent.plain_listener",
+    "tls.port",
+    "tls.handshake_timeout",
     "leds",
     "console",
 )
@@ -63,5 +67,18 @@ def split(running: Config, new: Config) -> tuple[Config, list[str]]:
     later = [k for k in changed_keys(running, new) if needs_restart(k)]
     kept = {k.split(".", 1)[1] for k in RESTART_ONLY if k.startswith("agent.")}
     agent = dataclasses.replace(new.agent, **{k: getattr(running.agent, k) for k in kept})
-    effective = dataclasses.replace(new, agent=agent, leds=running.leds, console=running.console)
-    return effective, later
+    effective = dataclasses.replace(
+        new, agent=agent, leds=running.leds, console=running.console, tls=_tls(running, new)
+    )
+    if (running.tls is None) != (new.tls is None):
+        later.append("tls")  # a TLS listener is started or stopped only with the agent
+    return effective, sorted(set(later))
+
+
+def _tls(running: Config, new: Config) -> TlsSettings | None:
+    """The [tls] to run with: the new files and checks, the running listener's port."""
+    if running.tls is None or new.tls is None:
+        return running.tls
+    return dataclasses.replace(
+        new.tls, port=running.tls.port, handshake_timeout=running.tls.handshake_timeout
+    )

@@ -30,6 +30,7 @@ STATUS_FILE = "status.json"
 STUCK_AFTER = 15.0
 # states in which a process is (or should be) there to write the file
 LIVE_STATES = ("starting", "serving", "stopping", "failed")
+CERTIFICATE_WARN_DAYS = 30  # status, console and LEDs warn this long before expiry
 
 
 class State(str, Enum):
@@ -90,6 +91,7 @@ class Snapshot:
     destinations: tuple[Destination, ...] = ()
     forwarder_pid: int | None = None  # the forwarding process, while one runs
     silent_for: float | None = None  # seconds of silence, once the agent is not answering
+    certificate_expires: str | None = None  # the TLS certificate's notAfter (ISO 8601, UTC)
     version: int = 0
 
     def summary(self) -> str:
@@ -106,6 +108,9 @@ class Snapshot:
                 parts.append(f"{quarantined} quarantined")
         if self.below_floor:
             parts.append("disk below the floor")
+        warning = certificate_warning(self.certificate_expires)
+        if warning:
+            parts.append(warning)
         return ", ".join(parts)
 
     def to_json(self) -> dict[str, Any]:
@@ -165,9 +170,12 @@ class StatusModel:
         """The agent entered a new life-cycle state."""
         self._apply(lambda s: {"state": state})
 
-    def set_listening(self, host: str, port: int) -> None:
-        """The DICOM listener is bound."""
-        self._apply(lambda s: {"listening": f"{host}:{port}", "port": port})
+    def set_listening(self, host: str, port: int | None, tls_port: int | None = None) -> None:
+        """The DICOM listeners are bound: the plain one, the TLS one, or both."""
+        where = [f"{host}:{port}"] if port is not None else []
+        where += [f"TLS {host}:{tls_port}"] if tls_port is not None else []
+        listening = ", ".join(where)
+        self._apply(lambda s: {"listening": listening, "port": port or tls_port})
 
     def set_associations(self, count: int) -> None:
         """How many associations are open now."""
@@ -201,6 +209,12 @@ class StatusModel:
             return {}
 
         self._apply(change)
+
+    def certificate(self, expires: str | None) -> None:
+        """The TLS certificate in use expires then (ISO 8601; None: no TLS)."""
+        self._apply(
+            lambda s: {"certificate_expires": expires} if s.certificate_expires != expires else {}
+        )
 
     def forwarding_process(self, pid: int | None) -> None:
         """The forwarding process started (its pid) or ended (None)."""
@@ -256,6 +270,24 @@ def _with_destination(s: Snapshot, name: str, **changes: Any) -> dict[str, Any]:
     updated = replace(current, **changes)
     others = [d for d in s.destinations if d.name != name]
     return {"destinations": tuple(sorted([*others, updated], key=lambda d: d.name))}
+
+
+def certificate_days_left(expires: str | None, now: dt.datetime | None = None) -> int | None:
+    """Whole days until the TLS certificate expires (None without TLS; negative: expired)."""
+    if not expires:
+        return None
+    moment = dt.datetime.fromisoformat(expires)
+    return (moment - (now or dt.datetime.now(dt.timezone.utc))).days
+
+
+def certificate_warning(expires: str | None, now: dt.datetime | None = None) -> str | None:
+    """A warning from CERTIFICATE_WARN_DAYS before the TLS certificate expires, else None."""
+    left = certificate_days_left(expires, now)
+    if left is None or left >= CERTIFICATE_WARN_DAYS:
+        return None
+    if left < 0:
+        return "TLS certificate EXPIRED"
+    return f"TLS certificate expires in {left} days"
 
 
 def publish(snapshot: Snapshot, run_dir: Path, now: float | None = None) -> None:

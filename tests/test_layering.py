@@ -2,9 +2,8 @@
 may talk to SQLite.
 
 ``LAYERS`` is the one place the layer order is written, lowest first: a module may import
-from its own layer and the layers below it. ``ENFORCED`` names the layers whose imports
-are checked today; the others are listed so the full order can be switched on by adding
-them there once their upward imports are gone.
+from its own layer and the layers below it, never from above, and no import may close a
+cycle. ``KNOWN_UPWARD`` lists the imports still in the way, each with its reason.
 """
 
 from __future__ import annotations
@@ -22,16 +21,24 @@ PACKAGE = ROOT / "agent"
 
 # lowest first; a module belongs to the first layer with a prefix of its name
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("foundations", ("agent.errors", "agent.validation", "agent.config")),
+    ("foundations", ("agent.errors", "agent.validation", "agent.dicom", "agent.threads",
+                     "agent.tls")),
+    ("configuration", ("agent.config", "agent.forward.settings", "agent.field.settings",
+                       "agent.reconfigure")),
     ("archive", ("agent.archive",)),
     ("status", ("agent.status",)),
-    ("network", ("agent.net", "agent.qr")),
-    ("forwarding", ("agent.forward",)),
-    ("agent", ("agent.pull", "agent.reconfigure", "agent.app")),
+    ("network", ("agent.net",)),
+    ("services", ("agent.qr", "agent.forward", "agent.pull")),
+    ("operations", ("agent.ops",)),
+    ("agent", ("agent.app",)),
     ("field", ("agent.field",)),
     ("commands", ("agent.cli", "agent.__main__")),
 ]
-ENFORCED = {"archive"}
+ENFORCED = {name for name, _prefixes in LAYERS}
+# Upward imports not yet removed, each with the reason it is still here. app.py still
+# starts the LEDs, the serial console and the systemd notifier itself; the run command
+# should wire them around the agent instead (issue 13, item 4).
+KNOWN_UPWARD = {("agent/app.py", "agent.field")}
 
 # The only layer that opens SQLite or runs statements.
 DATABASE_LAYER = "archive"
@@ -107,7 +114,9 @@ def upward_imports(module: Module) -> list[str]:
     found = []
     for line, name in imported(module):
         other = layer_of(name)
-        if other is not None and other > own:
+        known = any(module.relative == path and name.startswith(prefix)
+                    for path, prefix in KNOWN_UPWARD)
+        if other is not None and other > own and not known:
             found.append(f"{module.relative}:{line} imports {name} ({LAYERS[other][0]})")
     return found
 
@@ -169,3 +178,49 @@ def test_the_checks_see_what_they_look_for() -> None:
     assert len(upward_imports(fake)) == 4  # agent.forward(.queue...) twice, agent.net(.scu)
     assert {line.split(" ", 1)[1] for line in database_use(fake)} == {
         "imports sqlite3", "calls index.reading()", "calls conn.execute()", "holds SQL text"}
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the agent modules it imports; a module's own ancestor packages are left
+    out (a package's __init__ re-exporting its modules is no cycle of meaning)."""
+    found = {m.name: m for m in modules()}
+    return {
+        module.name: {
+            name
+            for _line, name in imported(module)
+            if name in found and name != module.name and not module.name.startswith(name + ".")
+        }
+        for module in found.values()
+    }
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every cycle found by a depth-first walk (each reported once, from where it closes)."""
+    found: list[list[str]] = []
+    state: dict[str, int] = {}  # 1 on the current path, 2 done
+    path: list[str] = []
+
+    def visit(node: str) -> None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                found.append([*path[path.index(nxt):], nxt])
+            elif nxt not in state:
+                visit(nxt)
+        path.pop()
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node)
+    return found
+
+
+def test_no_import_cycles() -> None:
+    assert cycles(import_graph()) == []
+
+
+def test_the_cycle_check_sees_a_cycle() -> None:
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == [["a", "b", "c", "a"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 from pydicom.charset import convert_encodings
 from pydicom.datadict import dictionary_VR, tag_for_keyword
@@ -12,12 +13,19 @@ from pydicom.dataset import Dataset
 
 from agent.dicom.models import Level
 
-if TYPE_CHECKING:
-    from agent.archive.query import Returned
-
 UTF8 = "ISO_IR 192"
 _INTEGER_VRS = frozenset({"US", "UL", "SS", "SL", "UV", "SV"})
 _FLOAT_VRS = frozenset({"FL", "FD"})
+
+
+@dataclass(frozen=True)
+class Returned:
+    """A key to put in every answer, and the SQL expression that yields it (if any)."""
+
+    keyword: str
+    vr: str
+    sql: str | None
+    item_keys: tuple[str, ...] = ()
 
 
 def build_answer(

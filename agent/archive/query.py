@@ -16,7 +16,7 @@ from typing import Any
 from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.dataset import Dataset
 
-from agent.archive.answers import build_answer
+from agent.archive.answers import Returned, build_answer
 from agent.archive.keys import (
     KEYS,
     REQUIRED_KEYS,
@@ -85,16 +85,6 @@ COMPUTED: dict[str, tuple[Level, str]] = {
     ),
 }
 _NATURAL = {key.keyword: key for keys in KEYS.values() for key in keys}
-
-
-@dataclass(frozen=True)
-class Returned:
-    """A key to put in every answer, and the SQL expression that yields it (if any)."""
-
-    keyword: str
-    vr: str
-    sql: str | None
-    item_keys: tuple[str, ...] = ()
 
 
 @dataclass

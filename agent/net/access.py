@@ -52,8 +52,10 @@ class Refusal:
     message: str
 
 
-def admit(config: Config, calling_ae: str, called_ae: str, address: str) -> Caller | Refusal:
-    """Decide whether an association request gets in."""
+def admit(
+    config: Config, calling_ae: str, called_ae: str, address: str, *, over_tls: bool = False
+) -> Caller | Refusal:
+    """Decide whether an association request gets in (a ``tls`` peer: over TLS only)."""
     calling_ae, called_ae = calling_ae.strip(), called_ae.strip()
     if called_ae != config.agent.ae_title:
         return Refusal(
@@ -69,6 +71,12 @@ def admit(config: Config, calling_ae: str, called_ae: str, address: str) -> Call
         return Refusal(
             CALLING_AE_NOT_RECOGNISED,
             f"{calling_ae} connected from {address}, but peers.{peer.name}.host is {peer.host}",
+        )
+    if peer.tls and not over_tls:
+        return Refusal(
+            CALLING_AE_NOT_RECOGNISED,
+            f"{calling_ae} at {address} came in on the plain port, but peers.{peer.name}.tls"
+            " = true: it may only come in over TLS",
         )
     return Caller(calling_ae, address, peer, peer.allow)
 

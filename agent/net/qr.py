@@ -23,10 +23,11 @@ from agent.config import Config
 from agent.dicom.contexts import QR_SOP_CLASSES, VERIFICATION, sending_contexts, service_of
 from agent.dicom.models import Model
 from agent.dicom.status import CANCELLED, CANNOT_UNDERSTAND, NOT_AUTHORIZED, PENDING
-from agent.errors import QueryError
+from agent.errors import PeerError, QueryError
 from agent.net.access import Caller
 from agent.net.bounds import identifier_of
 from agent.net.engine.transport import requestor_handlers
+from agent.net.scu import tls_args
 from agent.net.stored import StoredFile, on_accepted, send_as_stored
 
 log = logging.getLogger(__name__)
@@ -133,7 +134,16 @@ class QueryRetrieveHandlers:
             )
             yield None, None
             return
-        options = {"evt_handlers": [*requestor_handlers(), (evt.EVT_ACCEPTED, on_accepted)]}
+        try:
+            secure = tls_args(self.config, destination)  # None unless its tls = true
+        except PeerError as exc:
+            log.warning("C-MOVE from %s refused (0xA801): %s", caller, exc)
+            yield None, None
+            return
+        options: dict[str, Any] = {
+            "evt_handlers": [*requestor_handlers(), (evt.EVT_ACCEPTED, on_accepted)],
+            "tls_args": secure,
+        }
         found = self._resolve(event, caller, "move")
         if isinstance(found, Dataset):
             # pynetdicom takes a status only after the destination and a count

@@ -5,6 +5,7 @@ and the service handlers. Owns its listening thread; ``close()`` stops it.
 from __future__ import annotations
 
 import logging
+import ssl
 import tempfile
 import threading
 import time
@@ -14,7 +15,7 @@ from typing import Any
 from pynetdicom import AE, evt
 from pynetdicom.transport import ThreadedAssociationServer
 
-from agent import threads
+from agent import threads, tls
 from agent.archive import Archive
 from agent.archive.retrieval import Reader
 from agent.config import Config
@@ -27,7 +28,7 @@ from agent.dicom.contexts import (
     preferring,
     service_of,
 )
-from agent.errors import IndexUnavailable
+from agent.errors import ConfigError, IndexUnavailable
 from agent.net import configure_pynetdicom, peerlog
 from agent.net.access import (
     REJECTED_PERMANENT,
@@ -66,8 +67,11 @@ class DicomServer:
         self._reader = Reader(archive.layout, config.agent.ae_title)
         self._qr = QueryRetrieveHandlers(config, self._reader, self.caller_now)
         self._ae = self._build_ae()
+        # ConfigError (naming the key) here stops start-up: unusable certificate or key
+        self._tls = tls.load(config.tls) if config.tls is not None else None
         self._server: ThreadedAssociationServer | None = None
-        self._thread: threading.Thread | None = None
+        self._tls_server: ThreadedAssociationServer | None = None
+        self._threads: list[threading.Thread] = []
         self._ended = threading.Condition()
         self._ended_count = 0
 
@@ -93,17 +97,42 @@ class DicomServer:
 
     @property
     def port(self) -> int:
-        """The bound port (useful when the config asked for port 0)."""
+        """The bound plain port (useful when the config asked for port 0)."""
         if self._server is None:
-            raise RuntimeError("server not started")
+            raise RuntimeError("no plain listener running")
         return int(self._server.server_address[1])
 
+    @property
+    def tls_port(self) -> int:
+        """The bound TLS port."""
+        if self._tls_server is None:
+            raise RuntimeError("no TLS listener running")
+        return int(self._tls_server.server_address[1])
+
+    @property
+    def certificate_expires(self) -> str | None:
+        """When the certificate in use expires (ISO 8601, UTC), if TLS is configured."""
+        return None if self._tls is None else self._tls.not_after.isoformat()
+
     def start(self) -> None:
-        """Bind the listener and serve in a background thread."""
+        """Bind the listeners (plain, TLS, or both) and serve each in a background thread."""
         settings = self.config.agent
         # pynetdicom streams incoming data sets to NamedTemporaryFile: keep those on the
         # archive's filesystem so that ingest is a rename, never a copy.
         tempfile.tempdir = str(self.archive.layout.tmp_dir)
+        if settings.plain_listener:
+            self._server = self._serve(settings.port, None)
+        if self.config.tls is not None:
+            self._tls_server = self._serve(self.config.tls.port, self.config.tls.handshake_timeout)
+        plain = self.port if self._server is not None else None
+        secure = self.tls_port if self._tls_server is not None else None
+        self.status.set_listening(settings.bind, plain, secure)
+        self.status.certificate(self.certificate_expires)
+        log.info("listening as %s on %s", settings.ae_title, self.status.snapshot().listening)
+
+    def _serve(self, port: int, tls_timeout: float | None) -> ThreadedAssociationServer:
+        """One listener on ``port``, TLS if ``tls_timeout`` is given, in its own thread."""
+        settings = self.config.agent
         handlers: list[Any] = [
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_CONN_CLOSE, transport.end_if_never_requested),
@@ -115,49 +144,68 @@ class DicomServer:
             (evt.EVT_C_GET, self._qr.on_get),
             (evt.EVT_SOP_EXTENDED, self._qr.on_sop_extended),
         ]
+        tls_args = None if tls_timeout is None else (self._server_context, tls_timeout)
         server = self._ae.make_server(
-            (settings.bind, settings.port),
+            (settings.bind, port),
             evt_handlers=handlers,
             server_class=guards.GuardedAssociationServer,
             request_handler=transport.request_handler(
                 settings.network_timeout,
                 settings.handshake_timeout,
                 after_association=self._after_connection,
+                tls=tls_args,
             ),
         )
         if isinstance(server, guards.GuardedAssociationServer):
-            server.pending_wait = settings.handshake_timeout
+            server.pending_wait = settings.handshake_timeout + (tls_timeout or 0)
         # a connection's thread can be held by its handler (a C-MOVE waiting up to the
         # DIMSE timeout for a silent destination); as a daemon it holds neither close()
         # (socketserver would join it without a limit) nor the process's exit
         server.daemon_threads = True
         transport.register_server(self._ae, server)
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever, name="dicom-listener", daemon=True
-        )
-        self._thread.start()
-        self.status.set_listening(settings.bind, self.port)
-        log.info("listening as %s on %s:%d", settings.ae_title, settings.bind, self.port)
+        name = "dicom-listener" if tls_timeout is None else "dicom-tls-listener"
+        thread = threading.Thread(target=server.serve_forever, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+        return server
+
+    def _server_context(self) -> ssl.SSLContext:
+        """The TLS listener's current context (replaced when a reload renews the files)."""
+        assert self._tls is not None
+        return self._tls.server
 
     def serving(self) -> bool:
-        """True while the listener socket is open and its thread runs."""
-        server, thread = self._server, self._thread
+        """True while every listener socket is open and every listener thread runs."""
+        servers = [s for s in (self._server, self._tls_server) if s is not None]
         return (
-            server is not None
-            and server.socket is not None
-            and server.socket.fileno() >= 0
-            and thread is not None
-            and thread.is_alive()
+            bool(servers)
+            and all(s.socket is not None and s.socket.fileno() >= 0 for s in servers)
+            and bool(self._threads)
+            and all(t.is_alive() for t in self._threads)
         )
 
     def reconfigure(self, config: Config) -> None:
         """Take a reloaded configuration: admission and move destinations read it from now on.
 
-        The listener itself (AE title, port, PDU size) keeps what it was built with.
+        The listeners themselves (AE title, ports, PDU size) keep what they were built
+        with; the TLS files are read again, so renewed certificates serve new connections.
         """
         self.config = config
         self._qr.config = config
+        if self._tls_server is not None and config.tls is not None:
+            self._reload_tls(config)
+
+    def _reload_tls(self, config: Config) -> None:
+        """Load the TLS files again; if they are unusable now, keep serving with the old."""
+        assert config.tls is not None
+        try:
+            self._tls = tls.load(config.tls)
+        except ConfigError as exc:
+            log.error("TLS files not reloaded, still serving the previous certificate: %s", exc)
+            self.status.error(f"TLS reload refused: {exc}")
+            return
+        self.status.certificate(self.certificate_expires)
+        log.info("TLS certificate loaded, valid until %s", self._tls.not_after.date())
 
     def active_associations(self) -> int:
         """How many associations are open now (connections that never asked do not count)."""
@@ -184,16 +232,20 @@ class DicomServer:
 
     def close(self, grace: float = GRACE) -> None:
         """Stop accepting, let running associations finish for ``grace`` s, abort the rest."""
-        server, self._server = self._server, None
-        if server is None:
+        servers = [s for s in (self._server, self._tls_server) if s is not None]
+        self._server = self._tls_server = None
+        if not servers:
             return
-        if server.socket is not None:
-            server.socket.close()  # new connections are refused from now on
+        for server in servers:
+            if server.socket is not None:
+                server.socket.close()  # new connections are refused from now on
         deadline = time.monotonic() + grace
         while self._ae.active_associations and time.monotonic() < deadline:
             time.sleep(0.05)
         self._ae.shutdown()
-        threads.join(self._thread, LISTENER_STOPS_WITHIN)
+        stop_by = time.monotonic() + LISTENER_STOPS_WITHIN
+        for thread in self._threads:
+            threads.join(thread, max(0.0, stop_by - time.monotonic()))
         self._report_unfinished(time.monotonic() + ABORTED_END_WITHIN)
         peerlog.LIMITER.flush(everything=True)
 
@@ -250,6 +302,7 @@ class DicomServer:
             calling_ae=str(request.calling_ae_title),
             called_ae=str(request.called_ae_title),
             address=str(assoc.requestor.address),
+            over_tls=transport.over_tls(assoc),
         )
         if isinstance(decision, Refusal):
             log.warning("rejected association: %s", decision.message)

@@ -6,26 +6,35 @@ person reading them is usually a field engineer with a cable and a deadline.
 
 from __future__ import annotations
 
+import logging
 import re
 import socket
+import ssl
 import time
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from pynetdicom import AE
 
-from agent.config import Config
+from agent import tls
+from agent.config import Config, Peer
 from agent.dicom.contexts import UNCOMPRESSED, VERIFICATION
 from agent.errors import ConfigError, PeerError
 from agent.net import configure_pynetdicom
+from agent.net.engine.handshake import describe
 from agent.net.engine.transport import requestor_handlers, unread_rejection
+
+log = logging.getLogger(__name__)
 
 _TARGET = re.compile(r"^(?P<ae>[^@]{1,16})@(?P<host>[^:@]+|\[[0-9A-Fa-f:.]+\]):(?P<port>\d{1,5})$")
 
 ACSE_TIMEOUT = 30.0
 DIMSE_TIMEOUT = 60.0
 PROBE_TIMEOUT = 5.0
+# the configuration each AE from new_ae() was made from: associate() finds TLS peers in it
+_CONFIG_OF: weakref.WeakKeyDictionary[AE, Config] = weakref.WeakKeyDictionary()
 _REJECT_REASONS = {
     (1, 1): "no reason given",
     (1, 2): "application context name not supported",
@@ -79,26 +88,66 @@ def new_ae(config: Config, *, timeout: float | None = None) -> AE:
     ae.connection_timeout = timeout or ACSE_TIMEOUT
     ae.acse_timeout = timeout or ACSE_TIMEOUT
     ae.dimse_timeout = timeout or DIMSE_TIMEOUT
+    _CONFIG_OF[ae] = config
     return ae
+
+
+def peer_of(config: Config, target: Target) -> Peer | None:
+    """The configured peer a target is: by name, else by AE title, host and port."""
+    address = (target.ae_title, target.host, target.port)
+    named = config.peers.get(target.name)
+    candidates = [named] if named is not None else list(config.peers.values())
+    for peer in candidates:
+        if peer is not None and (peer.ae_title, peer.host, peer.port) == address:
+            return peer
+    return None
+
+
+def tls_args(config: Config, peer: Peer | None) -> tuple[ssl.SSLContext, str] | None:
+    """pynetdicom's ``tls_args`` for associations to ``peer``: None unless ``tls = true``.
+
+    Our certificate is presented as the client's; the peer's is verified against
+    ``[tls].ca`` and, with ``verify_name``, must name ``host`` (DNS or IP SAN).
+    """
+    if peer is None or not peer.tls:
+        return None
+    if config.tls is None:
+        raise PeerError(f"peers.{peer.name}.tls = true, but there is no [tls] table")
+    try:
+        contexts = tls.CACHE.get(config.tls)
+    except ConfigError as exc:
+        raise PeerError(f"{peer.name}: cannot use TLS: {exc}") from None
+    context = contexts.client if peer.verify_name else contexts.client_unnamed
+    return context, peer.host
 
 
 def associate(
     ae: AE, target: Target, *, ext_neg: list[Any] | None = None, extra_handlers: Sequence[Any] = ()
 ) -> Any:
-    """Open an association with Nagle off, or raise PeerError with the reason in words."""
+    """Open an association with Nagle off, or raise PeerError with the reason in words.
+
+    A target that is a peer with ``tls = true`` (in the config ``ae`` came from) is
+    reached over TLS, whoever asks: forwarding, echo, find or retrieve.
+    """
+    config = _CONFIG_OF.get(ae)
+    secure = tls_args(config, peer_of(config, target)) if config is not None else None
     assoc = ae.associate(
         target.host,
         target.port,
         ae_title=target.ae_title,
         ext_neg=ext_neg or None,
         evt_handlers=[*requestor_handlers(), *extra_handlers],
+        tls_args=secure,
     )
     if assoc.is_established:
         return assoc
     rejection = rejection_of(assoc)
     if rejection is not None:
         raise PeerError(f"{target}: {describe_rejection(rejection)}")
-    reason = probe(target, min(float(ae.acse_timeout or PROBE_TIMEOUT), PROBE_TIMEOUT))
+    timeout = min(float(ae.acse_timeout or PROBE_TIMEOUT), PROBE_TIMEOUT)
+    reason = probe(target, timeout) if secure is None else probe_tls(target, secure, timeout)
+    if secure is not None:
+        log.warning("TLS association to %s failed: %s", target, reason)
     raise PeerError(f"{target}: {reason}")
 
 
@@ -130,6 +179,29 @@ def probe(target: Target, timeout: float) -> str:
         f"{where} accepts connections but gave no association answer within {timeout:g} s "
         "(not a DICOM port, or the peer is overloaded)"
     )
+
+
+def probe_tls(target: Target, secure: tuple[ssl.SSLContext, str], timeout: float) -> str:
+    """Why no TLS association came up, found by trying the TLS handshake alone."""
+    reason = probe(target, timeout)
+    if not reason.startswith(f"{target.host}:{target.port} accepts connections"):
+        return reason
+    context, hostname = secure
+    try:
+        with (
+            socket.create_connection((target.host, target.port), timeout=timeout) as raw,
+            context.wrap_socket(raw, server_hostname=hostname),
+        ):
+            pass
+    except ssl.SSLCertVerificationError as exc:
+        if "mismatch" in str(exc.verify_message):
+            return f"TLS refused: its certificate does not name {hostname} ({exc.verify_message})"
+        return f"TLS refused: its certificate was not accepted ({exc.verify_message})"
+    except ssl.SSLError as exc:
+        return f"TLS handshake failed: {describe(exc)}"
+    except OSError as exc:
+        return f"TLS handshake failed: {exc}"
+    return f"TLS works, but {reason.split(' but ', 1)[-1]}"
 
 
 def describe_rejection(primitive: Any) -> str:

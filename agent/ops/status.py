@@ -10,7 +10,14 @@ from typing import Any
 
 from agent.archive import Layout
 from agent.archive.index import Counts, counts_at
-from agent.status import LIVE_STATES, Snapshot, process_alive, read_published
+from agent.status import (
+    LIVE_STATES,
+    Snapshot,
+    certificate_days_left,
+    certificate_warning,
+    process_alive,
+    read_published,
+)
 
 
 @dataclass(frozen=True)
@@ -71,9 +78,19 @@ def _agent_lines(agent: dict[str, Any], answering: bool) -> list[str]:
             lines.append(f"          last error {destination['last_error']}")
     if agent.get("below_floor"):
         lines.append("          FREE SPACE BELOW THE FLOOR: new images are refused")
+    if agent.get("certificate_expires"):
+        lines.append(f"tls       {_certificate(agent['certificate_expires'])}")
     if agent.get("last_error"):
         lines.append(f"          last error: {agent['last_error']}")
     return lines
+
+
+def _certificate(expires: str) -> str:
+    """The TLS certificate's expiry line, with a warning from 30 days before."""
+    left = certificate_days_left(expires)
+    line = f"certificate valid until {expires[:10]} ({left} days left)"
+    warning = certificate_warning(expires)
+    return f"{line}; {warning.upper()}: renew it" if warning else line
 
 
 def status_report(layout: Layout, live: Snapshot | None = None) -> StatusReport:

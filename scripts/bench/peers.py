@@ -272,10 +272,14 @@ class Orthanc(Receiver):
     name = "Orthanc"
     ae_title = "ORTHANC"
 
-    def __init__(self, workdir: Path, modalities: dict[str, list[Any]] | None = None) -> None:
+    def __init__(self, workdir: Path, modalities: dict[str, Any] | None = None,
+                 tls: dict[str, Any] | None = None) -> None:
         super().__init__(workdir)
         self.http_port = free_port()
         self.modalities = modalities or {}
+        # DICOM TLS on its DICOM port: {"certificate", "private_key", "trusted"} paths and
+        # optionally "client_certificate_required"; modalities then take "UseDicomTls"
+        self.tls = tls
 
     def command(self) -> list[str]:
         config = {
@@ -288,6 +292,14 @@ class Orthanc(Receiver):
             "DicomModalities": self.modalities, "HttpServerEnabled": True,
             "Plugins": [], "StableAge": 3600,
         }
+        if self.tls is not None:
+            config.update({
+                "DicomTlsEnabled": True, "DicomTlsCertificate": str(self.tls["certificate"]),
+                "DicomTlsPrivateKey": str(self.tls["private_key"]),
+                "DicomTlsTrustedCertificates": str(self.tls["trusted"]),
+                "DicomTlsRemoteCertificateRequired":
+                    bool(self.tls.get("client_certificate_required", True)),
+            })
         path = self.workdir / "orthanc.json"
         path.write_text(json.dumps(config, indent=1))
         return [str(ORTHANC), str(path)]

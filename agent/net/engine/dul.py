@@ -98,6 +98,7 @@ class EventDrivenDUL(DULServiceProvider):
         self._wake_out.setblocking(False)
         self._room = threading.Condition()
         self._send_lock = threading.Lock()
+        self._ahead = b""  # TLS: bytes of the next PDU read ahead (see _tls_data_waits)
 
     def send_pdu(self, primitive: Any) -> None:
         """Queue a primitive for the peer and wake the loop to send it.
@@ -186,7 +187,7 @@ class EventDrivenDUL(DULServiceProvider):
     def _turn(self) -> bool:
         """One incoming PDU and one outgoing primitive, each if there is one; True if any."""
         worked = False
-        if self._is_transport_event():  # reads one PDU if the socket has data
+        if self._tls_data_waits() and self._is_transport_event():  # reads one PDU if any
             self._idle_timer.restart()
             worked = True
         with self._send_lock:  # every send and state change of the loop happens under it
@@ -194,6 +195,39 @@ class EventDrivenDUL(DULServiceProvider):
             if self._send_encoded() or self._process_recv_primitive():  # latter queues an event
                 worked = True
             return self._act() or worked
+
+    def _tls_data_waits(self) -> bool:
+        """False if a readable TLS socket carries no application data yet.
+
+        This loop reads before it sends, and TLS 1.3 peers send session tickets right
+        after the handshake: a blocking read would then wait for a PDU the peer sends
+        only after our A-ASSOCIATE-RQ, which this loop has yet to send. A non-blocking
+        read of one byte tells; the byte is kept in ``_ahead`` for the PDU it begins.
+        """
+        raw = getattr(self.socket, "socket", None)
+        if not isinstance(raw, ssl.SSLSocket) or raw.pending():
+            return True
+        try:
+            if not select.select([raw], [], [], 0)[0]:
+                return False
+            timeout = raw.gettimeout()
+            raw.setblocking(False)
+        except (OSError, ValueError):
+            return True  # closed: pynetdicom's check reports it
+        try:
+            self._ahead = raw.recv(1)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return False
+        except OSError:
+            return True  # the read proper meets the error and reports the connection closed
+        finally:
+            with contextlib.suppress(OSError):
+                raw.settimeout(timeout)
+        if self._ahead:
+            self._read_pdu_data()  # the PDU this byte begins
+            self._idle_timer.restart()
+            return False  # read here already
+        return True  # the end of the connection: pynetdicom's read reports it
 
     def _read_pdu_data(self) -> None:
         """Read one PDU; a P-DATA-TF on an established association goes straight to DIMSE.
@@ -225,8 +259,10 @@ class EventDrivenDUL(DULServiceProvider):
 
     def _recv_exactly(self, count: int) -> bytes | None:
         """``count`` bytes from the peer, or None (and Evt17) if the connection ended."""
+        ahead, self._ahead = self._ahead[:count], self._ahead[count:]
         try:
-            data = bytes(self.socket.recv(count)) if self.socket is not None else b""
+            rest = count - len(ahead)
+            data = ahead + (bytes(self.socket.recv(rest)) if rest and self.socket else b"")
         except (OSError, TimeoutError):
             data = b""
         if len(data) != count:
@@ -291,6 +327,8 @@ class EventDrivenDUL(DULServiceProvider):
                 event = self.event_queue.get(block=False)
             except queue.Empty:
                 break
+            if event == "Evt17" and self.state_machine.current_state == "Sta1":
+                continue  # AR-3 closed the socket after a release: its own close, not news
             self.state_machine.do_action(event)
             acted = True
         if acted:
@@ -340,3 +378,4 @@ class EventDrivenDUL(DULServiceProvider):
         self._kill_thread = True
         waiting: Any = self.to_user_queue  # None is read there as "no request came"
         waiting.put(None)  # so an acceptor waiting for the request stops waiting
+

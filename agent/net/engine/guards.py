@@ -252,6 +252,11 @@ def _key(address: Any) -> tuple[str, int]:
         return str(address), 0
 
 
+def port_of(address: Any) -> int:
+    """The port part of a socket address (0 if it has none)."""
+    return _key(address)[1]
+
+
 def host_of(address: Any) -> str:
     """The host part of a socket address, as logs and limits key peers."""
     return str(address[0]) if isinstance(address, tuple) and address else str(address)

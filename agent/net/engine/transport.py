@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -27,6 +28,7 @@ from pynetdicom.transport import AssociationSocket, RequestHandler
 
 from agent.net import peerlog
 from agent.net.engine import guards
+from agent.net.engine.handshake import HandshakeRefused, accept_tls, peer_subject
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +110,9 @@ class TunedRequestHandler(RequestHandler):
     network_timeout: float | None = 60.0
     handshake_timeout: float = 5.0
     after_association: Callable[[Any], None] | None = None
+    # a TLS listener's: the current server context, and how long its handshake may take
+    tls_context: Callable[[], ssl.SSLContext] | None = None
+    tls_timeout: float = 5.0
 
     def _create_association(self) -> Any:
         """pynetdicom's acceptor, with our socket, timeouts, log tags and thread guards."""
@@ -132,18 +137,41 @@ class TunedRequestHandler(RequestHandler):
         return assoc
 
     def handle(self) -> None:
-        """Start the association (pynetdicom) and wait in this thread until it ends."""
+        """TLS handshake if ours, then the association (pynetdicom), waited for here."""
         try:
             try:
-                super().handle()
+                if self._secure():
+                    super().handle()
             finally:  # the server counts this connection by its thread from now on
                 started = getattr(self.server, "connection_started", None)
                 if started is not None:
                     started(self.client_address)
-            self._association.join()
+            association = getattr(self, "_association", None)
+            if association is not None:
+                association.join()
         finally:
             if self.after_association is not None:
                 self.after_association(getattr(self, "_association", None))
+
+
+    def _secure(self) -> bool:
+        """On a TLS listener, complete the handshake; False (logged, closed) if it fails."""
+        if self.tls_context is None:
+            return True
+        sock = self.request
+        assert isinstance(sock, socket.socket)
+        peer = guards.host_of(self.client_address)
+        peerlog.tag_thread(threading.current_thread(), peer)
+        where = f"{peer}:{guards.port_of(self.client_address)}"
+        try:
+            self.request = accept_tls(sock, self.tls_context(), self.tls_timeout)
+        except HandshakeRefused as exc:
+            with peerlog.speaking_of(peer):
+                log.warning("refused a TLS connection from %s: %s", where, exc)
+            return False
+        subject = peer_subject(self.request)
+        log.debug("TLS from %s: %s, %s", where, subject or "no certificate", self.request.version())
+        return True
 
 
 def _remaining(deadline: float) -> float:
@@ -154,14 +182,23 @@ def _remaining(deadline: float) -> float:
 
 
 def request_handler(
-    network_timeout: float, handshake_timeout: float, after_association: Callable[[Any], None]
+    network_timeout: float,
+    handshake_timeout: float,
+    after_association: Callable[[Any], None],
+    tls: tuple[Callable[[], ssl.SSLContext], float] | None = None,
 ) -> type[TunedRequestHandler]:
-    """A request handler class bound to this server's timeouts and clean-up."""
-    attributes = {
+    """A request handler class bound to this server's timeouts and clean-up.
+
+    ``tls``: (the current server context, the TLS handshake timeout) for a TLS listener.
+    """
+    attributes: dict[str, Any] = {
         "network_timeout": network_timeout,
         "handshake_timeout": handshake_timeout,
         "after_association": staticmethod(after_association),
     }
+    if tls is not None:
+        attributes["tls_context"] = staticmethod(tls[0])
+        attributes["tls_timeout"] = tls[1]
     return type("BoundRequestHandler", (TunedRequestHandler,), attributes)
 
 
@@ -204,6 +241,12 @@ def unread_rejection(assoc: Any) -> Any | None:
         if isinstance(primitive, A_ASSOCIATE) and primitive.result in (0x01, 0x02):
             return primitive
     return None
+
+
+def over_tls(assoc: Any) -> bool:
+    """True if this association's connection is a TLS one."""
+    wrapper = getattr(assoc.dul, "socket", None)
+    return isinstance(getattr(wrapper, "socket", None), ssl.SSLSocket)
 
 
 def register_server(ae: Any, server: Any) -> None:

@@ -45,12 +45,7 @@ DATABASE_LAYER = "archive"
 DATABASE_MODULES = ("sqlite3",)
 STATEMENT_METHODS = {"execute", "executemany", "executescript"}
 CONNECTION_METHODS = {"reading", "transaction"}  # the Index's, which hand out its connection
-# Calls named execute that are not SQL: the CLI modules' ``execute(args, config, out)``,
-# which the console calls until it renders operation results instead (issue 13, item 3).
-NOT_SQL = {
-    ("agent/field/console/clitools.py", "module.execute"),
-    ("agent/field/console/console.py", "self.table.execute"),
-}
+NOT_SQL: set[tuple[str, str]] = set()  # (file, call) named like SQL but not SQL; none now
 SQL_TEXT = re.compile(
     r"\b(SELECT\s.+\sFROM|INSERT\s+(OR\s+\w+\s+)?INTO|DELETE\s+FROM|UPDATE\s+\w+\s+SET"
     r"|CREATE\s+(TABLE|INDEX)|PRAGMA\s+\w+)\b",

@@ -97,7 +97,7 @@ def cli_result(module: ModuleType, config_path: Path, *argv: str) -> Any:
 
 def answer(console: CommandTable, line: str) -> Reply:
     """A console command's reply; it must carry the result it shows."""
-    reply = console.execute(line)
+    reply = console.run_line(line)
     assert reply.result is not None, reply.lines()
     return reply
 
@@ -188,7 +188,7 @@ def test_echo_on_the_console_and_the_cli(console: CommandTable, config_path: Pat
     assert reply.text.startswith("QR (DCMQR@127.0.0.1:") and "answered C-ECHO" in reply.text
     with pytest.raises(PeerError) as refused:
         cli_result(echo_cli, config_path, "GONE")
-    assert console.execute("echo GONE").lines() == [f"ERR {refused.value}"]
+    assert console.run_line("echo GONE").lines() == [f"ERR {refused.value}"]
 
 
 @pytest.mark.parametrize("options", [["-k", "PatientName=DOE*"],

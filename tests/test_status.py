@@ -4,14 +4,11 @@ changes, not a tick later."""
 
 from __future__ import annotations
 
-import argparse
-import io
 import json
 import os
 import re
 import signal
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +19,8 @@ from agent import app
 from agent import config as config_module
 from agent.app import Agent
 from agent.archive import Layout
-from agent.cli import status as status_cli
 from agent.forward import retention
+from agent.ops import status as status_ops
 from agent.status import (
     STUCK_AFTER,
     Snapshot,
@@ -86,16 +83,13 @@ def test_the_live_model_reads_as_not_answering_on_the_console(tmp_path: Path) ->
     snapshot = model.snapshot()
     assert snapshot.state is State.FAILED and snapshot.silent_for is not None
     layout = Layout(tmp_path / "data")
-    info = status_cli.gather(layout, live=snapshot)
+    info = status_ops.gather(layout, live=snapshot)
     assert info["running"] is True and info["answering"] is False
-    out = io.StringIO()
-    default = config_module.builtin_default()
-    config = replace(default, agent=replace(default.agent, data_dir=layout.root))
-    status_cli.execute(argparse.Namespace(json=False), config, out, live=snapshot)
-    assert "agent     not answering on" in out.getvalue()
-    assert "last error: not answering: nothing heard from the agent for" in out.getvalue()
+    text = "\n".join(status_ops.status_report(layout, snapshot).lines())
+    assert "agent     not answering on" in text
+    assert "last error: not answering: nothing heard from the agent for" in text
     model.beat()
-    assert status_cli.gather(layout, live=model.snapshot())["answering"] is True
+    assert status_ops.gather(layout, live=model.snapshot())["answering"] is True
 
 
 def test_the_threshold_outlasts_the_longest_honest_silence_and_precedes_the_watchdog() -> None:

@@ -247,11 +247,10 @@ def test_forwarding_to_orthanc_over_tls(tmp_path: Path, pki: Pki) -> None:
 
 def test_status_shows_the_expiry_and_reload_takes_a_renewed_certificate(
         tmp_path: Path, pki: Pki) -> None:
-    import argparse
-    import io
     import shutil
 
-    from agent.cli import status as status_cli
+    from agent.archive import Layout
+    from agent.ops.status import status_report
 
     cert, key = tmp_path / "agent.crt", tmp_path / "agent.key"
     shutil.copy(pki.agent.cert, cert)
@@ -264,10 +263,9 @@ def test_status_shows_the_expiry_and_reload_takes_a_renewed_certificate(
         assert before.listening == (f"127.0.0.1:{config.agent.port}, "
                                     f"TLS 127.0.0.1:{tls_port(agent)}")
         assert "TLS certificate" not in before.summary()  # 30 days left: no warning yet
-        out = io.StringIO()
-        status_cli.execute(argparse.Namespace(json=False), config, out, live=before)
-        assert "tls       certificate valid until" in out.getvalue()
-        assert "RENEW" not in out.getvalue()
+        text = "\n".join(status_report(Layout(config.agent.data_dir), before).lines())
+        assert "tls       certificate valid until" in text
+        assert "RENEW" not in text
         renewed = make_pki_leaf(tmp_path / "renewed", pki)  # same CA, 10 days
         shutil.copy(renewed.cert, cert)
         shutil.copy(renewed.key, key)
@@ -275,9 +273,8 @@ def test_status_shows_the_expiry_and_reload_takes_a_renewed_certificate(
         after = agent.status.snapshot()
         assert after.certificate_expires != before.certificate_expires
         assert "TLS certificate expires in" in after.summary()
-        out = io.StringIO()
-        status_cli.execute(argparse.Namespace(json=False), config, out, live=after)
-        assert "RENEW IT" in out.getvalue().upper()
+        text = "\n".join(status_report(Layout(config.agent.data_dir), after).lines())
+        assert "RENEW IT" in text.upper()
         assert echo_ok(agent, pki)  # served with the renewed certificate
 
 

@@ -70,7 +70,7 @@ class SerialConsole:
 
     def run_line(self, line: str) -> Reply:
         """Run one command line and return its answer (also usable without a port)."""
-        return self.table.execute(line)
+        return self.table.run_line(line)
 
     def _connected(self) -> None:
         self.editor.reset()

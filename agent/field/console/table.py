@@ -132,7 +132,7 @@ class CommandTable:
         self.commands = [c for c in self.commands if c.words != command.words]
         self.commands.append(command)
 
-    def execute(self, line: str) -> Reply:
+    def run_line(self, line: str) -> Reply:
         """Run one line; never raises: every failure is an ERR reply."""
         try:
             return self._dispatch(line)

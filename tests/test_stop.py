@@ -31,6 +31,15 @@ UNIT = (REPO / "systemd" / "edge-agent.service").read_text()
 TIMEOUT_STOP = float(re.search(r"^TimeoutStopSec=(\d+)", UNIT, re.M).group(1))  # type: ignore[union-attr]
 
 
+def stop_within_bound(agent: AgentProcess) -> tuple[int, float]:
+    """SIGTERM the agent; its exit code and seconds taken, failing past TimeoutStopSec."""
+    assert agent.proc is not None
+    started = time.monotonic()
+    agent.proc.send_signal(signal.SIGTERM)
+    code = agent.proc.wait(TIMEOUT_STOP)  # the hard bound: systemd kills after this
+    return code, time.monotonic() - started
+
+
 def test_a_join_that_times_out_names_the_thread(caplog: pytest.LogCaptureFixture) -> None:
     release = threading.Event()
     stuck = threading.Thread(target=release.wait, name="stuck-for-the-test", daemon=True)
@@ -101,11 +110,7 @@ def test_sigterm_with_forwarding_busy_on_two_destinations_stops_in_time(
         assert silent.received.wait(60), "the silent SCP never got a C-STORE"
         wait_until(lambda: "retrying" in {s for k, s in jobs(tmp_path / "data").items()
                                           if k.endswith(" DEAD")}, 30, "DEAD retrying")
-        assert agent.proc is not None
-        started = time.monotonic()
-        agent.proc.send_signal(signal.SIGTERM)
-        code = agent.proc.wait(TIMEOUT_STOP)  # the hard bound: systemd kills after this
-        took = time.monotonic() - started
+        code, took = stop_within_bound(agent)
     finally:
         agent.kill()
     logging.getLogger(__name__).warning("edge-agent run stopped in %.1f s", took)
@@ -143,11 +148,7 @@ def test_sigterm_during_a_c_move_to_a_silent_destination_stops_in_time(
              "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study}", "127.0.0.1",
              str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         assert silent.received.wait(60), "the C-MOVE never reached its destination"
-        assert agent.proc is not None
-        started = time.monotonic()
-        agent.proc.send_signal(signal.SIGTERM)
-        code = agent.proc.wait(TIMEOUT_STOP)  # the hard bound: systemd kills after this
-        took = time.monotonic() - started
+        code, took = stop_within_bound(agent)
     finally:
         agent.kill()
         if mover is not None:

@@ -106,12 +106,13 @@ def answer(console: CommandTable, line: str) -> Reply:
 
 
 def steady(report: StatusReport) -> dict[str, Any]:
-    """The report without what moves by itself: free disk and the status version."""
+    """The report without what moves by itself: free disk, the status version and the
+    time the published file was written (the live model has no file)."""
     info = report.to_json()
     info.pop("disk_free")
     if info["agent"] is not None:
         info["agent"] = {k: v for k, v in info["agent"].items()
-                         if k not in ("disk_free", "version")}
+                         if k not in ("disk_free", "version", "written_at")}
     return info
 
 

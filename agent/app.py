@@ -7,7 +7,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from typing import Protocol
 
 from agent import reconfigure, threads
 from agent.archive import Archive, Layout
@@ -15,10 +15,6 @@ from agent.archive.lock import DataDirLock
 from agent.archive.recovery import recover
 from agent.config import Config
 from agent.errors import AgentError
-from agent.field import logbuffer
-from agent.field.console import SerialConsole, start_console
-from agent.field.leds import StatusLeds
-from agent.field.systemd import Notifier
 from agent.forward import retention
 from agent.forward.process import ForwardingProcess
 from agent.net import configure_pynetdicom, peerlog
@@ -41,29 +37,58 @@ SWEEP_EVERY = 60.0
 HOUSEKEEPER_STOPS_WITHIN = 5.0  # a tick's longest part, a retention sweep, has 5 s
 
 
-class Agent:
-    """The running agent: archive, DICOM server and housekeeping, started and stopped together."""
+class Reporter(Protocol):
+    """Who hears of the agent's life cycle (the box's systemd notifier, or nobody)."""
 
-    def __init__(
-        self,
-        config: Config,
-        *,
-        on_restart: Callable[[], None] | None = None,
-        hardware: bool = True,
-    ) -> None:
+    def ready(self, summary: str) -> None:
+        """Startup or a reload is over; ``summary`` is the one-line status."""
+
+    def status(self, summary: str) -> None:
+        """The one-line status changed."""
+
+    def watchdog(self) -> None:
+        """Housekeeping has just proved that the agent works."""
+
+    def reloading(self) -> None:
+        """A reload begins."""
+
+    def stopping(self) -> None:
+        """Shutdown begins."""
+
+
+class Unheard:
+    """The reporter of an agent nobody supervises: every call does nothing."""
+
+    def ready(self, summary: str) -> None:
+        """Nothing to tell."""
+
+    def status(self, summary: str) -> None:
+        """Nothing to tell."""
+
+    def watchdog(self) -> None:
+        """Nothing to feed."""
+
+    def reloading(self) -> None:
+        """Nothing to tell."""
+
+    def stopping(self) -> None:
+        """Nothing to tell."""
+
+
+class Agent:
+    """The running agent: archive, DICOM server, forwarder and housekeeping, started and
+    stopped together. The box's LEDs, console and systemd are wired above it
+    (``agent.field.box``)."""
+
+    def __init__(self, config: Config, *, reporter: Reporter | None = None) -> None:
         self.config = config
-        # False: no LEDs, console or systemd notifications (a retrieve's temporary agent)
-        self.hardware = hardware
-        self.notifier = Notifier() if hardware else Notifier({})
-        self.on_restart = on_restart  # the serial console's 'restart yes' calls it
-        self.console: SerialConsole | None = None
+        self.reporter: Reporter = reporter if reporter is not None else Unheard()
         self.status = StatusModel()
         self.layout = Layout(config.agent.data_dir)
         self._lock = DataDirLock(self.layout.run_dir)
         self.archive: Archive | None = None
         self.server: DicomServer | None = None
         self.forwarder: ForwardingProcess | None = None
-        self.leds: StatusLeds | None = None
         self._stop = threading.Event()
         self._housekeeper: threading.Thread | None = None
         self._reloading = threading.Lock()
@@ -75,9 +100,6 @@ class Agent:
         """Lock the data dir, recover the archive, start listening, then report SERVING."""
         self.layout.create()
         self._lock.acquire()
-        logbuffer.install()
-        if self.hardware:
-            self.leds = StatusLeds(self.status, self.config.leds)
         if self.config.agent.allow_unknown:
             log.warning(
                 "unknown AEs may %s: fine for a first test, not for a hospital network",
@@ -95,15 +117,13 @@ class Agent:
             target=self._housekeep, name="housekeeping", daemon=True
         )
         self._housekeeper.start()
-        if self.hardware:
-            self.console = start_console(self, self.on_restart)
         self.status.set_state(State.SERVING)
-        self.notifier.ready(self.status.snapshot().summary())
+        self.reporter.ready(self.status.snapshot().summary())
 
     def reload(self, new: Config) -> list[str]:
         """Apply ``new`` where it can change live; return the keys that need a restart."""
         with self._reloading:
-            self.notifier.reloading()
+            self.reporter.reloading()
             effective, later = reconfigure.split(self.config, new)
             changed = reconfigure.changed_keys(self.config, effective)
             if effective.agent.log_level != self.config.agent.log_level:
@@ -122,7 +142,7 @@ class Agent:
                 ", ".join(sorted({".".join(k.split(".")[:2]) for k in changed})) or "no change",
                 f"; wait for a restart: {', '.join(later)}" if later else "",
             )
-            self.notifier.ready(self.status.snapshot().summary())
+            self.reporter.ready(self.status.snapshot().summary())
             return later
 
     def landing(self) -> Landing:
@@ -131,28 +151,12 @@ class Agent:
             raise AgentError("the agent is not started: nothing to land instances in")
         return Landing(self.archive, self.status, self.forwarder.wake, "this agent")
 
-    @contextlib.contextmanager
-    def pause_leds(self) -> Iterator[None]:
-        """Free the status LEDs' pins for the block (the console's LED test), then drive them."""
-        running = self.leds
-        if running is not None:
-            running.close()
-            self.leds = None
-        try:
-            yield
-        finally:
-            if running is not None:
-                self.leds = StatusLeds(self.status, self.config.leds)
-
     def close(self) -> None:
         """Stop serving, flush the status, close the archive and release the data dir."""
-        self.notifier.stopping()
+        self.reporter.stopping()
         self.status.set_state(State.STOPPING)
         if self.forwarder is not None:
             self.forwarder.stop_soon()  # its senders finish while associations do
-        if self.console is not None:
-            self.console.close()
-            self.console = None
         if self.server is not None:
             self.server.close()
         if self.forwarder is not None:
@@ -166,10 +170,6 @@ class Agent:
         if self.archive is not None:
             self.archive.close()
         self._lock.release()
-        if self.leds is not None:
-            self.leds.close()
-            self.leds = None
-        self.notifier.close()
 
     def __enter__(self) -> Agent:
         self.start()
@@ -224,14 +224,14 @@ class Agent:
             self._publish(snapshot)
         summary = snapshot.summary()
         if summary != self._summary:
-            self.notifier.status(summary)
+            self.reporter.status(summary)
             self._summary = summary
         if snapshot.state not in (State.SERVING, State.FAILED):
             return  # starting or stopping: nothing to prove, and the listener may be closed
         sick = self._sickness()
         if sick is None:
             self.status.beat()
-            self.notifier.watchdog()
+            self.reporter.watchdog()
             if snapshot.state is State.FAILED:
                 log.warning("working again: the listener serves and the index answers")
                 self.status.set_state(State.SERVING)

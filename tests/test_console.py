@@ -18,6 +18,7 @@ from pynetdicom import AE
 
 from agent import config as config_module
 from agent.app import Agent
+from agent.field.box import BoxAgent
 from agent.field.console import PROMPT, SerialConsole
 from agent.field.console import netinfo as netinfo_module
 from agent.field.console.lineeditor import Cancel, Echo, LineEditor, Submit
@@ -124,7 +125,7 @@ def restarts() -> threading.Event:
 @pytest.fixture
 def running(console_config: Path, terminal: Terminal, restarts: threading.Event) -> Iterator[Agent]:
     """The agent in this process with its console on the pty, prompt seen."""
-    agent = Agent(config_module.load_file(console_config), on_restart=restarts.set)
+    agent = BoxAgent(config_module.load_file(console_config), on_restart=restarts.set)
     agent.start()
     try:
         terminal.read_until(PROMPT.encode())
@@ -359,7 +360,7 @@ def test_leds_test_walks_the_fitted_leds(
     monkeypatch.setattr(commands, "LED_STEP", 0.01)
     monkeypatch.setattr(Device, "pin_factory", MockFactory())
     console_config.write_text(console_config.read_text() + "\n[leds]\nheartbeat = 17\n")
-    agent = Agent(config_module.load_file(console_config))
+    agent = BoxAgent(config_module.load_file(console_config))
     agent.start()
     try:
         terminal.read_until(PROMPT.encode())

@@ -46,7 +46,7 @@ def child_pid(agent: Agent) -> int:
 def test_no_destination_no_process(tmp_path: Path) -> None:
     path = write_config(tmp_path / "agent.toml",
                         {"port": 0, "data_dir": str(tmp_path / "data")}, {})
-    with Agent(config_module.load_file(path), hardware=False) as agent:
+    with Agent(config_module.load_file(path)) as agent:
         assert agent.forwarder is not None and agent.forwarder.pid() is None
         assert agent.status.snapshot().forwarder_pid is None
 
@@ -57,7 +57,7 @@ def test_the_process_reports_into_the_agents_status_and_log(
     config = config_module.load_file(forward_config(
         tmp_path, {"PACS": ("ORTHANC", orthanc.port)}, ["PACS"]))
     sent = dicomgen.write_series(tmp_path / "study", 10, size=32)
-    with Agent(config, hardware=False) as agent:
+    with Agent(config) as agent:
         pid = child_pid(agent)
         wait_until(lambda: agent.status.snapshot().forwarder_pid == pid, 30,
                    "the process to answer and show in the status")
@@ -75,7 +75,7 @@ def test_a_killed_process_is_replaced_and_nothing_is_lost(orthanc: Orthanc,
         tmp_path, {"PACS": ("ORTHANC", orthanc.port)}, ["PACS"]))
     first = dicomgen.write_series(tmp_path / "first", 10, size=32)
     second = dicomgen.write_series(tmp_path / "second", 10, size=32)
-    with Agent(config, hardware=False) as agent:
+    with Agent(config) as agent:
         assert scu.store(config.agent.port, first) == [0] * 10
         wait_until(lambda: orthanc.count() == 10, 60, "the first 10 at the PACS")
         killed = child_pid(agent)
@@ -95,7 +95,7 @@ def test_a_hung_process_is_killed_and_replaced(orthanc: Orthanc, tmp_path: Path,
     config = config_module.load_file(forward_config(
         tmp_path, {"PACS": ("ORTHANC", orthanc.port)}, ["PACS"]))
     sent = dicomgen.write_series(tmp_path / "study", 10, size=32)
-    with Agent(config, hardware=False) as agent:
+    with Agent(config) as agent:
         hung = child_pid(agent)
         os.kill(hung, signal.SIGSTOP)
         assert scu.store(config.agent.port, sent) == [0] * 10
@@ -138,7 +138,7 @@ def test_jobs_for_a_peer_that_is_no_destination_start_the_process(
                          "data_dir": str(tmp_path / "data"), "min_free_mb": 0}, peers)
     config = config_module.load_file(path)
     sent = dicomgen.write_series(tmp_path / "study", 5, size=32)
-    with Agent(config, hardware=False) as agent:
+    with Agent(config) as agent:
         assert scu.store(config.agent.port, sent) == [0] * 5
         assert agent.forwarder is not None and agent.forwarder.pid() is None
         assert agent.archive is not None
@@ -155,7 +155,7 @@ def test_each_job_goes_once_over_one_of_several_associations(tmp_path: Path) -> 
     config = config_module.load_file(path)
     sent = dicomgen.write_series(tmp_path / "study", 60, size=32)
     try:
-        with Agent(config, hardware=False):
+        with Agent(config):
             assert scu.store(config.agent.port, sent) == [0] * 60
             wait_until(lambda: set(jobs(tmp_path / "data").values()) == {"done"}, 60,
                        "every job done")

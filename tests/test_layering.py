@@ -3,7 +3,7 @@ may talk to SQLite.
 
 ``LAYERS`` is the one place the layer order is written, lowest first: a module may import
 from its own layer and the layers below it, never from above, and no import may close a
-cycle. ``KNOWN_UPWARD`` lists the imports still in the way, each with its reason.
+cycle.
 """
 
 from __future__ import annotations
@@ -35,10 +35,6 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("commands", ("agent.cli", "agent.__main__")),
 ]
 ENFORCED = {name for name, _prefixes in LAYERS}
-# Upward imports not yet removed, each with the reason it is still here. app.py still
-# starts the LEDs, the serial console and the systemd notifier itself; the run command
-# should wire them around the agent instead (issue 13, item 4).
-KNOWN_UPWARD = {("agent/app.py", "agent.field")}
 
 # The only layer that opens SQLite or runs statements.
 DATABASE_LAYER = "archive"
@@ -109,9 +105,7 @@ def upward_imports(module: Module) -> list[str]:
     found = []
     for line, name in imported(module):
         other = layer_of(name)
-        known = any(module.relative == path and name.startswith(prefix)
-                    for path, prefix in KNOWN_UPWARD)
-        if other is not None and other > own and not known:
+        if other is not None and other > own:
             found.append(f"{module.relative}:{line} imports {name} ({LAYERS[other][0]})")
     return found
 

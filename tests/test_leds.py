@@ -18,8 +18,8 @@ from gpiozero.pins.mock import MockFactory, MockPin
 
 from agent import cli
 from agent import config as config_module
-from agent.app import Agent
 from agent.field import patterns as p
+from agent.field.box import BoxAgent
 from agent.field.leds import StatusLeds, walk_patterns
 from agent.field.settings import LedSettings
 from agent.status import STUCK_AFTER, Destination, Snapshot, State, StatusModel
@@ -357,7 +357,7 @@ def test_the_agent_blinks_its_heartbeat_and_flickers_activity_on_a_store(
         tmp_path: Path, data_dir: Path, global_mock: MockFactory) -> None:
     config = config_module.load_file(leds_config(tmp_path, data_dir))
     sent = dicomgen.write_series(tmp_path / "ct", 1, modality="CT", size=16)
-    with Agent(config) as running:
+    with BoxAgent(config) as running:
         assert running.leds is not None
         await_pattern(running.leds, "heartbeat", p.SLOW)
         assert_blinks(pin(global_mock, "heartbeat"), p.SLOW)
@@ -375,7 +375,7 @@ def test_the_agent_serves_without_gpio_and_logs_it_once(
     monkeypatch.setenv("GPIOZERO_PIN_FACTORY", NO_SUCH_FACTORY)
     config = config_module.load_file(leds_config(tmp_path, data_dir))
     sent = dicomgen.write_series(tmp_path / "ct", 1, modality="CT", size=16)
-    with caplog.at_level(logging.INFO), Agent(config) as running:
+    with caplog.at_level(logging.INFO), BoxAgent(config) as running:
         assert running.status.snapshot().state is State.SERVING
         assert scu.store(running.server.port, sent) == [0]  # type: ignore[union-attr]
     led_lines = [r for r in caplog.records if "LED" in r.getMessage()]

@@ -75,7 +75,7 @@ def config_path(tmp_path: Path, qr: Dcmqrscp) -> Path:
 @pytest.fixture
 def running(config_path: Path) -> Iterator[Agent]:
     """The agent in this process."""
-    agent = Agent(config_module.load_file(config_path), hardware=False)
+    agent = Agent(config_module.load_file(config_path))
     agent.start()
     try:
         yield agent

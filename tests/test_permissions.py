@@ -44,7 +44,7 @@ def served(tmp_path: Path) -> Iterator[tuple[Agent, Path, str]]:
     """An agent holding a 3-instance series; its config file; the study UID."""
     path = agent_config(tmp_path / "agent.toml", free_port(), EVERYTHING, free_port())
     sent = dicomgen.write_series(tmp_path / "series", 3, size=32)
-    with Agent(config_module.load_file(path), hardware=False) as agent:
+    with Agent(config_module.load_file(path)) as agent:
         assert scu.store(agent.config.agent.port, sent) == [0] * 3
         yield agent, path, str(dcmread(sent[0], stop_before_pixels=True).StudyInstanceUID)
 

@@ -105,7 +105,7 @@ def test_a_change_is_published_without_waiting_for_a_tick(
     monkeypatch.setattr(app, "REFRESH_EVERY", 600.0)
     config = config_module.load_file(config_file)
     sent = dicomgen.write_series(tmp_path / "study", 6, size=32)
-    with Agent(config, hardware=False) as agent:
+    with Agent(config) as agent:
         run_dir = agent.layout.run_dir
         wait_until(lambda: _published(run_dir).get("state") == "serving", 20, "serving")
         assert scu.store(config.agent.port, sent) == [0] * 6

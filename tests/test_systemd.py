@@ -21,6 +21,7 @@ import pytest
 from agent import config as config_module
 from agent import reconfigure
 from agent.app import Agent
+from agent.field.box import BoxAgent
 from agent.field.systemd import Notifier
 from agent.status import State
 from tests.support import (
@@ -249,7 +250,7 @@ def test_watchdog_stops_when_the_listener_dies(
     monkeypatch.setenv("WATCHDOG_USEC", "2000000")
     monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
     config = make_config(tmp_path / "agent.toml", 0, tmp_path / "data")
-    agent = Agent(config_module.load_file(config), hardware=True)
+    agent = BoxAgent(config_module.load_file(config))
     agent.start()
     try:
         listener.expect(has("WATCHDOG"))
@@ -272,7 +273,7 @@ def test_watchdog_stops_when_the_listener_dies(
 def test_reload_applies_peers_live_and_keeps_listener_settings(tmp_path: Path) -> None:
     data = tmp_path / "data"
     config = make_config(tmp_path / "agent.toml", 0, data, CT=peer("MODALITY"))
-    with Agent(config_module.load_file(config), hardware=False) as agent:
+    with Agent(config_module.load_file(config)) as agent:
         assert agent.server is not None
         port = agent.server.port
         changed = make_config(tmp_path / "new.toml", 4242, data,

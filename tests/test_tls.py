@@ -60,7 +60,7 @@ PEERS = {
 
 @pytest.fixture
 def tls_agent(tmp_path: Path, pki: Pki) -> Iterator[Agent]:
-    running = Agent(config_module.load_file(tls_config(tmp_path, pki, PEERS)), hardware=False)
+    running = Agent(config_module.load_file(tls_config(tmp_path, pki, PEERS)))
     running.start()
     try:
         yield running
@@ -125,7 +125,7 @@ def test_refused_clients_are_logged_and_the_agent_keeps_serving(
 
 def test_a_silent_connection_does_not_delay_a_tls_echo(tmp_path: Path, pki: Pki) -> None:
     config = config_module.load_file(tls_config(tmp_path, pki, PEERS, handshake_timeout=120))
-    with Agent(config, hardware=False) as agent, \
+    with Agent(config) as agent, \
             socket.create_connection(("127.0.0.1", tls_port(agent))) as silent:
         assert echo_ok(agent, pki)
         silent.setblocking(False)
@@ -231,7 +231,7 @@ def test_forwarding_to_orthanc_over_tls(tmp_path: Path, pki: Pki) -> None:
         path.write_text(path.read_text() + '\n[forward]\nto = ["PACS"]\n')
         config = config_module.load_file(path)
         sent = dicomgen.write_series(tmp_path / "study", 200, size=64)
-        with Agent(config, hardware=False) as agent:
+        with Agent(config) as agent:
             assert scu.store(config.agent.port, sent) == [0] * 200
             wait_until(lambda: orthanc.count() == 200, 60, "Orthanc to hold 200 instances")
             assert agent.status.snapshot().destinations[0].last_success is not None
@@ -257,7 +257,7 @@ def test_status_shows_the_expiry_and_reload_takes_a_renewed_certificate(
     shutil.copy(pki.agent.key, key)
     path = tls_config(tmp_path, pki, PEERS, certificate=cert, private_key=key)
     config = config_module.load_file(path)
-    with Agent(config, hardware=False) as agent:
+    with Agent(config) as agent:
         before = agent.status.snapshot()
         assert before.certificate_expires is not None
         assert before.listening == (f"127.0.0.1:{config.agent.port}, "

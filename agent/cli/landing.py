@@ -47,7 +47,7 @@ def landing(config: Config, serve: bool) -> Iterator[Landing]:
 @contextlib.contextmanager
 def temporary_agent(config: Config) -> Iterator[Landing]:
     """The agent, started in this process for the length of one retrieve."""
-    temporary = Agent(config, hardware=False)
+    temporary = Agent(config)
     try:
         temporary.start()
         log.info("the agent is not running: receiving here until the retrieve ends")

@@ -9,9 +9,9 @@ import threading
 from types import FrameType
 
 from agent import config as config_module
-from agent.app import Agent
 from agent.cli.common import load_config
 from agent.errors import ConfigError
+from agent.field.box import BoxAgent
 
 NAME = "run"
 HELP = "run the agent in the foreground (what the systemd service runs)"
@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     requests = Requests()
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, requests.on_signal)
-    agent = Agent(config, on_restart=requests.on_restart)
+    agent = BoxAgent(config, on_restart=requests.on_restart)
     try:
         agent.start()
         where = config.source or "built-in default configuration"
@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_RESTART if requests.restart else 0
 
 
-def reload(agent: Agent, args: argparse.Namespace) -> None:
+def reload(agent: BoxAgent, args: argparse.Namespace) -> None:
     """Read the configuration again and apply it; a broken file leaves the running one."""
     try:
         new = config_module.load(args.config)

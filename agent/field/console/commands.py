@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import io
 import logging
 import platform
@@ -15,6 +14,7 @@ from agent.field import logbuffer
 from agent.field.console import netinfo
 from agent.field.console.render import echo_reply, queue_reply, status_reply
 from agent.field.console.table import Args, CommandTable, Reply, err, ok, syntax
+from agent.field.leds import walk_patterns
 from agent.ops.echo import echo_peer
 from agent.ops.queue import list_queue, purge_jobs, retry_jobs
 from agent.ops.running import RunningAgent
@@ -119,20 +119,13 @@ class AgentCommands:
 
     @syntax("leds test", "walk every LED through its patterns, one after the other")
     def leds_test(self, args: Args) -> Reply:
-        """The LED helper's test walk, if the LEDs module is present."""
-        try:
-            leds = importlib.import_module("agent.field.leds")
-        except ImportError:
-            return err("not available (no LED support in this build)")
-        walk = getattr(leds, "walk_patterns", None)
-        if walk is None:
-            return err("not available (no LED test in this build)")
+        """Walk every configured LED through its patterns, the agent's own use paused."""
         settings = self.agent.config.leds
         if not settings.pins():
             return err("no LEDs configured: set pins in [leds]")
         out = io.StringIO()
         with self.agent.pause_leds():  # the agent's status LEDs hold the pins
-            walk(settings, out, step=LED_STEP)
+            walk_patterns(settings, out, step=LED_STEP)
         return ok(body=out.getvalue().splitlines())
 
     @syntax("version", "agent, Python and DICOM library versions")

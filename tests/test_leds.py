@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import importlib.util
 import io
 import logging
@@ -22,7 +23,14 @@ from agent.field import patterns as p
 from agent.field.box import BoxAgent
 from agent.field.leds import StatusLeds, walk_patterns
 from agent.field.settings import LedSettings
-from agent.status import STUCK_AFTER, Destination, Snapshot, State, StatusModel
+from agent.status import (
+    CERTIFICATE_WARN_DAYS,
+    STUCK_AFTER,
+    Destination,
+    Snapshot,
+    State,
+    StatusModel,
+)
 from tests import scu
 from tests.support import (
     REPO,
@@ -161,6 +169,35 @@ def test_fault_shows_the_most_urgent_problem(snapshot: Snapshot, expected: p.Sig
     assert p.fault(snapshot) == expected
 
 
+def expires_in(days: float) -> str:
+    """A certificate notAfter ``days`` from now (negative: in the past), as the model keeps it."""
+    moment = dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=days)
+    return moment.isoformat(timespec="seconds")
+
+
+@pytest.mark.parametrize(("days", "fault", "link"), [
+    (None, p.FAULT_NONE, p.LINK_NONE),
+    (CERTIFICATE_WARN_DAYS + 1, p.FAULT_NONE, p.LINK_NONE),
+    (CERTIFICATE_WARN_DAYS - 1, p.FAULT_CERTIFICATE, p.LINK_NONE),
+    (0.5, p.FAULT_CERTIFICATE, p.LINK_NONE),
+    (-0.5, p.FAULT_CERTIFICATE, p.LINK_CERT_EXPIRED)])
+def test_the_certificate_shows_from_30_days_before_expiry(
+        days: float | None, fault: p.Signal, link: p.Signal) -> None:
+    snapshot = Snapshot(certificate_expires=None if days is None else expires_in(days))
+    assert (p.fault(snapshot), p.link(snapshot)) == (fault, link)
+
+
+def test_an_expired_certificate_outranks_the_link_and_yields_to_real_faults() -> None:
+    expired = expires_in(-3)
+    retrying = (Destination("PACS", retrying=2, last_success="t"),)
+    assert p.link(Snapshot(certificate_expires=expired, destinations=retrying)) == \
+        p.LINK_CERT_EXPIRED
+    quarantined = (Destination("PACS", quarantined=1),)
+    assert p.fault(Snapshot(certificate_expires=expired, destinations=quarantined)) == \
+        p.FAULT_QUARANTINE
+    assert p.fault(Snapshot(certificate_expires=expired, below_floor=True)) == p.FAULT_DISK
+
+
 def test_activity_holds_for_a_moment_after_a_counter_moves() -> None:
     watch = p.ActivityWatch(hold=0.5)
     assert not watch.update(Snapshot(received=5), 100.0)  # the first look is a baseline
@@ -257,6 +294,24 @@ def test_disk_below_the_floor_blinks_the_fault_led_fast_over_quarantine(
     assert_blinks(pin(factory, "fault"), p.FAST)
     model.disk(10 << 30, below_floor=False)
     await_pattern(leds, "fault", p.SLOW)
+
+
+def test_a_certificate_near_expiry_winks_the_fault_led_and_expired_blinks_the_link(
+        leds: StatusLeds, model: StatusModel, factory: MockFactory) -> None:
+    model.forwarded("PACS")
+    await_pattern(leds, "link", p.STEADY)
+    model.certificate(expires_in(10))
+    await_pattern(leds, "fault", p.SHORT_FLASH)
+    assert_blinks(pin(factory, "fault"), p.SHORT_FLASH)
+    assert leds.showing["link"] == p.STEADY  # still valid: the links are fine
+    model.certificate(expires_in(-1))
+    await_pattern(leds, "link", p.FAST)
+    assert_blinks(pin(factory, "link"), p.FAST)
+    assert leds.showing["fault"] == p.SHORT_FLASH
+    model.certificate(expires_in(365))  # renewed and reloaded
+    await_pattern(leds, "fault", p.OFF)
+    await_pattern(leds, "link", p.STEADY)
+    assert_steady(pin(factory, "fault"), on=False)
 
 
 def test_failed_lights_the_fault_led_and_darkens_the_heartbeat(

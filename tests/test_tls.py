@@ -285,3 +285,102 @@ def make_pki_leaf(directory: Path, pki: Pki) -> Pair:
     directory.mkdir()
     ca = certs.Pair(pki.ca, pki.ca.with_suffix(".key"))
     return certs._leaf(directory, "renewed", ca, "IP:127.0.0.1,DNS:localhost", days=10)
+
+
+def same_dataset(sent: Path, received: bytes) -> bool:
+    """The data set (file meta aside) that came back equals the one that was sent."""
+    from io import BytesIO
+
+    from pydicom import dcmread
+
+    original, copy = dcmread(sent), dcmread(BytesIO(received))
+    return bool(original == copy)
+
+
+def test_orthanc_queries_and_c_moves_from_the_agent_over_tls(tmp_path: Path,
+                                                            pki: Pki) -> None:
+    from bench.peers import Orthanc
+
+    from tests import scu
+
+    tls = {"certificate": pki.client.cert, "private_key": pki.client.key, "trusted": pki.ca}
+    agent_tls_port = free_port()
+    edge = {"AET": "EDGE", "Host": "127.0.0.1", "Port": agent_tls_port, "UseDicomTls": True}
+    with Orthanc(tmp_path / "orthanc", modalities={"EDGE": edge}, tls=tls) as orthanc:
+        pacs = {**peer("ORTHANC", port=orthanc.port, allow=("echo", "find", "move")),
+                "tls": True}
+        config = config_module.load_file(tls_config(tmp_path, pki, {**PEERS, "PACS": pacs},
+                                                    port=agent_tls_port))
+        sent = dicomgen.write_series(tmp_path / "study", 12, size=32)
+        with Agent(config, hardware=False) as agent:
+            assert scu.store(config.agent.port, sent) == [0] * 12  # plain, from the CT
+            assert orthanc.count() == 0  # nothing forwarded: only the C-MOVE brings them
+            query = {"Level": "Study", "Query": {"StudyInstanceUID": ""}}
+            answer = orthanc.rest("/modalities/EDGE/query", json.dumps(query).encode())
+            assert len(orthanc.rest(f"/queries/{answer['ID']}/answers")) == 1
+            move = {"TargetAet": "ORTHANC", "Synchronous": True}
+            orthanc.rest(f"/queries/{answer['ID']}/retrieve", json.dumps(move).encode())
+            assert orthanc.count() == 12
+            assert agent.status.snapshot().refused == 0
+        by_uid = {dicomgen_uid(path): path for path in sent}
+        for instance in orthanc.rest("/instances"):
+            tags = orthanc.rest(f"/instances/{instance}/simplified-tags")
+            raw = orthanc_file(orthanc, instance)
+            assert same_dataset(by_uid.pop(tags["SOPInstanceUID"]), raw)
+        assert by_uid == {}
+
+
+def dicomgen_uid(path: Path) -> str:
+    from pydicom import dcmread
+
+    return str(dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+
+
+def orthanc_file(orthanc: Any, instance: str) -> bytes:
+    """The DICOM file Orthanc stored for ``instance``."""
+    import urllib.request
+
+    url = f"http://127.0.0.1:{orthanc.http_port}/instances/{instance}/file"
+    with urllib.request.urlopen(url, timeout=30) as answer:
+        return bytes(answer.read())
+
+
+def test_c_get_over_tls_with_pynetdicom(tmp_path: Path, pki: Pki) -> None:
+    from pydicom import dcmread
+    from pydicom.dataset import Dataset
+    from pynetdicom import build_context, build_role, evt
+
+    from tests import scu
+
+    peers = {**PEERS, "WS": peer("WS", allow=("echo", "get"))}
+    config = config_module.load_file(tls_config(tmp_path, pki, peers))
+    sent = dicomgen.write_series(tmp_path / "study", 5, size=32)
+    header = dcmread(sent[0], stop_before_pixels=True)
+    got: dict[str, bytes] = {}
+
+    def on_store(event: evt.Event) -> int:
+        # the agent in this process made pynetdicom stream received data sets to a file
+        got[str(event.request.AffectedSOPInstanceUID)] = dicomgen.dataset_bytes(
+            Path(event.dataset_path))
+        return 0x0000
+
+    with Agent(config, hardware=False) as agent:
+        assert scu.store(config.agent.port, sent) == [0] * 5
+        ae = AE(ae_title="WS")
+        ae.requested_contexts = [build_context("1.2.840.10008.5.1.4.1.2.2.3"),
+                                 build_context(header.SOPClassUID)]
+        assoc = ae.associate("127.0.0.1", tls_port(agent), ae_title="EDGE",
+                             tls_args=(client_context(pki), "127.0.0.1"),
+                             ext_neg=[build_role(header.SOPClassUID, scp_role=True)],
+                             evt_handlers=[(evt.EVT_C_STORE, on_store)])
+        assert assoc.is_established
+        assert isinstance(assoc.dul.socket.socket, ssl.SSLSocket)
+        query = Dataset()
+        query.QueryRetrieveLevel = "STUDY"
+        query.StudyInstanceUID = header.StudyInstanceUID
+        responses = [status for status, _ in
+                     assoc.send_c_get(query, "1.2.840.10008.5.1.4.1.2.2.3") if status]
+        assoc.release()
+    assert int(responses[-1].Status) == 0x0000
+    assert int(responses[-1].NumberOfCompletedSuboperations) == 5
+    assert {dicomgen_uid(path): dicomgen.dataset_bytes(path) for path in sent} == got

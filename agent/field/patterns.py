@@ -2,14 +2,22 @@
 
 Four LEDs, each with a few signals (a pattern and its meaning). ``signals(snapshot)``
 picks one per LED; ``hardware/leds.md`` is the technician's copy of ``SIGNALS``.
-Fault priority, highest first: failed, disk below the floor, quarantined jobs.
+Fault priority, highest first: failed, disk below the floor, quarantined jobs, a TLS
+certificate to renew. An expired certificate also blinks the link LED fast: every TLS
+peer refuses the box then, which is a link fault first of all.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from agent.status import Snapshot, State
+from agent.status import (
+    CERTIFICATE_WARN_DAYS,
+    Snapshot,
+    State,
+    certificate_days_left,
+    certificate_warning,
+)
 
 ACTIVITY_HOLD = 0.5  # seconds the activity LED keeps flickering after the last image
 
@@ -38,6 +46,7 @@ STEADY = Pattern("steady on", 1.0, 0.0)
 SLOW = Pattern("slow blink", 0.5, 0.5)  # 1 Hz
 FAST = Pattern("fast blink", 0.1, 0.1)  # 5 Hz
 FLICKER = Pattern("flicker", 0.04, 0.04)  # about 12 Hz, for a moment after each image
+SHORT_FLASH = Pattern("short flash", 0.1, 1.9)  # a wink every 2 s: attention, nothing broken
 
 
 @dataclass(frozen=True)
@@ -56,18 +65,22 @@ HEARTBEAT_DOWN = Signal("heartbeat", OFF, "not running")
 LINK_UP = Signal("link", STEADY, "last contact with the PACS succeeded")
 LINK_RETRYING = Signal("link", SLOW, "forwarding is retrying")
 LINK_NONE = Signal("link", OFF, "no PACS configured, or not contacted yet")
+LINK_CERT_EXPIRED = Signal("link", FAST, "the TLS certificate has expired")
 ACTIVITY_BUSY = Signal("activity", FLICKER, "images are being received or sent")
 ACTIVITY_IDLE = Signal("activity", OFF, "no images moving")
 FAULT_FAILED = Signal("fault", STEADY, "the agent failed")
 FAULT_DISK = Signal("fault", FAST, "disk below the free-space floor")
 FAULT_QUARANTINE = Signal("fault", SLOW, "quarantined jobs")
+FAULT_CERTIFICATE = Signal(
+    "fault", SHORT_FLASH,
+    f"the TLS certificate expires within {CERTIFICATE_WARN_DAYS} days, or has expired")
 FAULT_NONE = Signal("fault", OFF, "no fault")
 
 SIGNALS: tuple[Signal, ...] = (
     HEARTBEAT_STARTING, HEARTBEAT_SERVING, HEARTBEAT_STOPPING, HEARTBEAT_DOWN,
-    LINK_UP, LINK_RETRYING, LINK_NONE,
+    LINK_UP, LINK_RETRYING, LINK_CERT_EXPIRED, LINK_NONE,
     ACTIVITY_BUSY, ACTIVITY_IDLE,
-    FAULT_FAILED, FAULT_DISK, FAULT_QUARANTINE, FAULT_NONE,
+    FAULT_FAILED, FAULT_DISK, FAULT_QUARANTINE, FAULT_CERTIFICATE, FAULT_NONE,
 )  # fmt: skip
 
 _HEARTBEAT = {
@@ -92,8 +105,17 @@ def heartbeat(snapshot: Snapshot) -> Signal:
     return _HEARTBEAT.get(snapshot.state, HEARTBEAT_DOWN)
 
 
+def certificate_expired(snapshot: Snapshot) -> bool:
+    """True if the agent's TLS certificate is past its notAfter (False without TLS)."""
+    left = certificate_days_left(snapshot.certificate_expires)
+    return left is not None and left < 0
+
+
 def link(snapshot: Snapshot) -> Signal:
-    """Blinking while any destination retries; lit once one was reached; else off."""
+    """Fast with an expired TLS certificate; slow while any destination retries; lit
+    once one was reached; else off."""
+    if certificate_expired(snapshot):
+        return LINK_CERT_EXPIRED
     destinations = snapshot.destinations
     if any(d.retrying for d in destinations):
         return LINK_RETRYING
@@ -103,13 +125,16 @@ def link(snapshot: Snapshot) -> Signal:
 
 
 def fault(snapshot: Snapshot) -> Signal:
-    """The most urgent fault: failed, then disk below the floor, then quarantined jobs."""
+    """The most urgent fault: failed, disk below the floor, quarantined jobs, then a TLS
+    certificate within CERTIFICATE_WARN_DAYS of expiry (or past it)."""
     if snapshot.state is State.FAILED:
         return FAULT_FAILED
     if snapshot.below_floor:
         return FAULT_DISK
     if any(d.quarantined for d in snapshot.destinations):
         return FAULT_QUARANTINE
+    if certificate_warning(snapshot.certificate_expires):
+        return FAULT_CERTIFICATE
     return FAULT_NONE
 
 

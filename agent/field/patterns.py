@@ -2,7 +2,8 @@
 
 Four LEDs, each with a few signals (a pattern and its meaning). ``signals(snapshot)``
 picks one per LED; ``hardware/leds.md`` is the technician's copy of ``SIGNALS``.
-Fault priority, highest first: failed, disk below the floor, quarantined jobs.
+Fault priority, highest first: failed, disk below the floor, quarantined jobs or failed
+commitments.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ ACTIVITY_BUSY = Signal("activity", FLICKER, "images are being received or sent")
 ACTIVITY_IDLE = Signal("activity", OFF, "no images moving")
 FAULT_FAILED = Signal("fault", STEADY, "the agent failed")
 FAULT_DISK = Signal("fault", FAST, "disk below the free-space floor")
-FAULT_QUARANTINE = Signal("fault", SLOW, "quarantined jobs")
+FAULT_QUARANTINE = Signal("fault", SLOW, "quarantined jobs or failed commitments")
 FAULT_NONE = Signal("fault", OFF, "no fault")
 
 SIGNALS: tuple[Signal, ...] = (
@@ -108,7 +109,7 @@ def fault(snapshot: Snapshot) -> Signal:
         return FAULT_FAILED
     if snapshot.below_floor:
         return FAULT_DISK
-    if any(d.quarantined for d in snapshot.destinations):
+    if any(d.quarantined for d in snapshot.destinations) or snapshot.commit_failed:
         return FAULT_QUARANTINE
     return FAULT_NONE
 

@@ -180,4 +180,5 @@ def test_commit_cli_asks_for_a_study_and_prints_the_committed_count(
         done = run_cli("commit", "PACS", "--study", study, "--config", str(config_file),
                        "--timeout", "30")
     assert done.returncode == 0, done.stderr
-    assert "5 committed" in done.stdout
+    assert "5 committed" in done.stdout, done.stdout
+    print(done.stdout)

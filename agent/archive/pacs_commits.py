@@ -132,6 +132,32 @@ class PacsCommits:
             ).rowcount
         return Settled(None if row is None else str(row[0]), good, max(bad, 0))
 
+    def study_references(self, study_uid: str) -> list[tuple[str, str]]:
+        """(SOP Class UID, SOP Instance UID) of every archived instance of a study."""
+        with self.index.reading() as conn:
+            rows = conn.execute(
+                "SELECT i.SOPClassUID, i.SOPInstanceUID FROM instances i"
+                " JOIN series se ON i.series_pk = se.pk JOIN studies st ON se.study_pk = st.pk"
+                " WHERE st.StudyInstanceUID = ? ORDER BY i.pk",
+                (study_uid,),
+            ).fetchall()
+        return [(row[0], row[1]) for row in rows]
+
+    def asked_by_hand(
+        self, refs: Sequence[tuple[str, str]], destination: str, transaction_uid: str, now: float
+    ) -> None:
+        """``edge-agent commit``: these instances are asked about in ``transaction_uid``,
+        whether or not a forward delivered them."""
+        with self.index.transaction() as conn:
+            conn.executemany(
+                "INSERT INTO pacs_commits (SOPInstanceUID, destination, SOPClassUID, state,"
+                " transaction_uid, delivered_at, requested_at) VALUES (?, ?, ?, 'requested',"
+                " ?, ?, ?) ON CONFLICT (SOPInstanceUID, destination) DO UPDATE"
+                " SET state = 'requested', transaction_uid = excluded.transaction_uid,"
+                " requested_at = excluded.requested_at, settled_at = NULL, reason = NULL",
+                [(uid, destination, cls, transaction_uid, now, now) for cls, uid in refs],
+            )
+
     def withdraw(self, transaction_uid: str) -> None:
         """A request that never reached the destination: its instances wait again."""
         with self.index.transaction() as conn:

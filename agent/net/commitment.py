@@ -18,7 +18,7 @@ from pydicom import Dataset
 from pydicom.uid import generate_uid
 from pynetdicom import evt
 
-from agent.archive.pacs_commits import PacsCommits, Settled
+from agent.archive.pacs_commits import REQUESTED, PacsCommits, Settled
 from agent.config import Config, Peer
 from agent.dicom import status
 from agent.dicom.contexts import (
@@ -104,7 +104,8 @@ def request(
     commits: PacsCommits,
     wait: float = SAME_ASSOCIATION_WAIT,
 ) -> bool:
-    """Send the N-ACTION; keep the association up to ``wait`` s for a report on it.
+    """Send the N-ACTION; keep the association up to ``wait`` s for a report on it, or
+    until one on a new association has settled the transaction.
 
     True if the report came on this association; PeerError if the request failed. The
     rows must be marked requested before: a report on a new association can come first.
@@ -130,8 +131,9 @@ def request(
         )
         _check_answer(target, answer)
         deadline = time.monotonic() + wait
-        while assoc.is_established and not reported.is_set() and time.monotonic() < deadline:
-            reported.wait(0.05)
+        while assoc.is_established and time.monotonic() < deadline:
+            if reported.wait(0.05) or not commits.transaction(transaction_uid).get(REQUESTED):
+                break  # reported here, or on a new association (the rows are settled)
     finally:
         if assoc.is_established:
             assoc.release()

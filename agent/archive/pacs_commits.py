@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Collection, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from agent.archive.index import Index
+from typing import Protocol
 
 AWAITING, REQUESTED, COMMITTED, FAILED = "awaiting", "requested", "committed", "failed"
 STATES = (AWAITING, REQUESTED, COMMITTED, FAILED)
@@ -60,10 +58,21 @@ class Settled:
     failed: int
 
 
+class Database(Protocol):
+    """What this module needs of ``agent.archive.index.Index`` (which imports it for the
+    migration: a Protocol keeps the import one way)."""
+
+    def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        """One write transaction."""
+
+    def reading(self) -> AbstractContextManager[sqlite3.Connection]:
+        """A quick read."""
+
+
 class PacsCommits:
     """The commitment rows of one index."""
 
-    def __init__(self, index: Index) -> None:
+    def __init__(self, index: Database) -> None:
         self.index = index
 
     def delivered(self, sop_uid: str, sop_class: str, destination: str, now: float) -> None:
@@ -188,7 +197,7 @@ class PacsCommits:
                 counts.setdefault(destination, {})[state] = count
         return counts
 
-    def transaction(self, transaction_uid: str) -> dict[str, int]:
+    def states_of(self, transaction_uid: str) -> dict[str, int]:
         """Rows of one transaction per state (a CLI waiting for its report polls this)."""
         with self.index.reading() as conn:
             rows = conn.execute(

@@ -132,7 +132,7 @@ def request(
         _check_answer(target, answer)
         deadline = time.monotonic() + wait
         while assoc.is_established and time.monotonic() < deadline:
-            if reported.wait(0.05) or not commits.transaction(transaction_uid).get(REQUESTED):
+            if reported.wait(0.05) or not commits.states_of(transaction_uid).get(REQUESTED):
                 break  # reported here, or on a new association (the rows are settled)
     finally:
         if assoc.is_established:

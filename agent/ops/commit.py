@@ -88,7 +88,7 @@ def commit_study(
 def _wait_for_report(commits: PacsCommits, transaction: str, deadline: float) -> dict[str, int]:
     """The transaction's rows per state once none waits for a report, or at the deadline."""
     while True:
-        counts = commits.transaction(transaction)
+        counts = commits.states_of(transaction)
         if not counts.get(REQUESTED) or time.monotonic() >= deadline:
             return counts
         time.sleep(POLL)

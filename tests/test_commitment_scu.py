@@ -182,3 +182,32 @@ def test_commit_cli_asks_for_a_study_and_prints_the_committed_count(
     assert done.returncode == 0, done.stderr
     assert "5 committed" in done.stdout, done.stdout
     print(done.stdout)
+
+
+@pytest.mark.parametrize(("where", "change", "key"), [
+    ("pacs", {"commit_after_instances": 0}, "peers.PACS.commit_after_instances"),
+    ("pacs", {"commit_after_seconds": 0}, "peers.PACS.commit_after_seconds"),
+    ("pacs", {"commit_report_timeout": -1}, "peers.PACS.commit_report_timeout"),
+    ("pacs", {"commit": "yes"}, "peers.PACS.commit"),
+    ("forward", {"retain_until": "forever"}, "forward.retain_until"),
+])
+def test_commitment_keys_are_checked_and_errors_name_the_key(
+        where: str, change: dict[str, Any], key: str) -> None:
+    from agent.errors import ConfigError
+
+    pacs = {**peer("ORTHANC", 4242, allow=("echo",)), "commit": True}
+    forward: dict[str, Any] = {"to": ["PACS"]}
+    (pacs if where == "pacs" else forward).update(change)
+    with pytest.raises(ConfigError) as raised:
+        config_module.parse({"agent": {}, "peers": {"PACS": pacs}, "forward": forward})
+    assert key in str(raised.value)
+
+
+def test_defaults_and_retain_until_committed_parse(tmp_path: Path) -> None:
+    config = config_module.load_file(
+        commit_config(tmp_path, free_port(), free_port(), retain="committed"))
+    pacs = config.peers["PACS"]
+    assert (pacs.commit, pacs.commit_after_instances, pacs.commit_report_timeout) == (
+        True, 500, 600.0)
+    assert config.forward.retain_until == "committed"
+    assert not config.peers["CT"].commit

@@ -211,3 +211,57 @@ def test_defaults_and_retain_until_committed_parse(tmp_path: Path) -> None:
         True, 500, 600.0)
     assert config.forward.retain_until == "committed"
     assert not config.peers["CT"].commit
+
+
+def test_a_report_on_the_request_association_is_taken_there(
+        tmp_path: Path, agent_port: int) -> None:
+    """A scripted PACS that stores, then reports on the N-ACTION's own association."""
+    import threading
+
+    from pydicom import Dataset
+    from pynetdicom import AE, AllStoragePresentationContexts, evt
+    from pynetdicom.sop_class import (
+        StorageCommitmentPushModel,  # type: ignore[attr-defined]
+        StorageCommitmentPushModelInstance,  # type: ignore[attr-defined]
+    )
+
+    answered: list[int] = []
+    sent_response = threading.Event()
+
+    def report_later(assoc: Any, info: Dataset) -> None:
+        sent_response.wait(10)
+        result = Dataset()
+        result.TransactionUID = info.TransactionUID
+        result.ReferencedSOPSequence = info.ReferencedSOPSequence
+        status, _ = assoc.send_n_event_report(
+            result, 1, StorageCommitmentPushModel, StorageCommitmentPushModelInstance)
+        answered.append(int(status.Status))
+
+    def on_action(event: Any) -> tuple[int, None]:
+        info = event.action_information
+        threading.Thread(target=report_later, args=(event.assoc, info), daemon=True).start()
+        return 0x0000, None
+
+    def on_sent(event: Any) -> None:
+        if type(event.message).__name__ == "N_ACTION_RSP":
+            sent_response.set()
+
+    scp = AE(ae_title="SCRIPTED")
+    scp.supported_contexts = AllStoragePresentationContexts
+    scp.add_supported_context(StorageCommitmentPushModel)
+    port = free_port()
+    server = scp.start_server(("127.0.0.1", port), block=False, evt_handlers=[
+        (evt.EVT_C_STORE, lambda event: 0x0000), (evt.EVT_N_ACTION, on_action),
+        (evt.EVT_DIMSE_SENT, on_sent)])
+    try:
+        path = commit_config(tmp_path, agent_port, port)
+        path.write_text(path.read_text().replace('"ORTHANC"', '"SCRIPTED"'))
+        config = config_module.load_file(path)
+        sent = dicomgen.write_series(tmp_path / "study", 3, size=8)
+        with Agent(config):
+            assert scu.store(agent_port, sent) == [0] * 3
+            wait_until(lambda: all_in(tmp_path / "data", uids(sent), "committed"), 30,
+                       "the report on the same association")
+        assert answered == [0]
+    finally:
+        server.shutdown()

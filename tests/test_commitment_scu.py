@@ -107,14 +107,14 @@ def _layout(config: Any) -> Any:
 def test_an_instance_orthanc_no_longer_holds_fails_with_0x0112(
         pacs: Orthanc, tmp_path: Path, agent_port: int) -> None:
     config = config_module.load_file(
-        commit_config(tmp_path, agent_port, pacs.port, after_seconds=4))
+        commit_config(tmp_path, agent_port, pacs.port, after_seconds=6))
     sent = dicomgen.write_series(tmp_path / "study", 3, size=8)
     gone, *kept = sorted(uids(sent))
     with Agent(config) as agent:
         assert scu.store(agent_port, sent) == [0] * 3
         wait_until(lambda: all_in(tmp_path / "data", {gone, *kept}, "awaiting"), 30,
                    "deliveries")
-        delete_in_orthanc(pacs, gone)  # before the request (4 s after the last delivery)
+        delete_in_orthanc(pacs, gone)  # before the request (6 s after the last delivery)
         wait_until(lambda: states(tmp_path / "data")[gone][0] == "failed", 60, "the report")
         assert states(tmp_path / "data")[gone][1] == 0x0112
         assert all_in(tmp_path / "data", set(kept), "committed")
@@ -149,12 +149,15 @@ def test_a_request_without_a_report_in_time_is_asked_again(
 def test_retain_until_committed_keeps_the_uncommitted_under_the_floor(
         pacs: Orthanc, tmp_path: Path, agent_port: int) -> None:
     from agent.forward import retention
+    from agent.ops.commit import commit_study
 
+    # the committer waits an hour: the test asks by hand, once Orthanc lost one instance
     config = config_module.load_file(
-        commit_config(tmp_path, agent_port, pacs.port, after_seconds=4, retain="committed"))
+        commit_config(tmp_path, agent_port, pacs.port, after_seconds=3600, retain="committed"))
     data_dir = tmp_path / "data"
     sent = dicomgen.write_series(tmp_path / "study", 4, size=8)
     gone, *kept = sorted(uids(sent))
+    study = str(dcmread(sent[0], stop_before_pixels=True).StudyInstanceUID)
     with Agent(config) as agent:
         assert agent.archive is not None
         assert scu.store(agent_port, sent) == [0] * 4
@@ -162,7 +165,8 @@ def test_retain_until_committed_keeps_the_uncommitted_under_the_floor(
         agent.archive.min_free_bytes = 1 << 62  # free space under the floor
         assert retention.sweep(agent.archive, config.forward, commit_enabled=["PACS"]) == 0
         delete_in_orthanc(pacs, gone)
-        wait_until(lambda: states(data_dir)[gone][0] == "failed", 60, "the report")
+        result = commit_study(config, "PACS", study, timeout=30)
+        assert (result.committed, result.failed) == (3, {gone: 0x0112})
         assert retention.sweep(agent.archive, config.forward, commit_enabled=["PACS"]) == 3
         archived = {p.stem for p in (data_dir / "archive").rglob("*.dcm")}
         assert archived == {gone}  # delivered, not committed: kept

@@ -64,6 +64,10 @@ class Peer:
     verify_host: bool = True
     tls: bool = False  # every association to it uses TLS; it may only come in over TLS
     verify_name: bool = True  # outgoing TLS: its certificate must name ``host``
+    commit: bool = False  # after delivering to it, ask it for storage commitment
+    commit_after_instances: int = 500  # ask once this many delivered instances wait...
+    commit_after_seconds: float = 30.0  # ...or this long after the last delivery
+    commit_report_timeout: float = 600.0  # no report within this: ask again
 
 
 @dataclass(frozen=True)
@@ -192,7 +196,28 @@ def _parse_peer(name: str, table: Mapping[str, Any]) -> Peer:
         verify_host=v.get(table, f"{where}.verify_host", bool, True, None),
         tls=v.get(table, f"{where}.tls", bool, False, None),
         verify_name=v.get(table, f"{where}.verify_name", bool, True, None),
+        **_commit_settings(table, where),
     )
+
+
+def _commit_settings(table: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """A peer's storage commitment keys (we as SCU): whether to ask, when, how long to wait."""
+    d = Peer("", "", "", 0)
+    return {
+        "commit": v.get(table, f"{where}.commit", bool, d.commit, None),
+        "commit_after_instances": v.get(
+            table, f"{where}.commit_after_instances", int, d.commit_after_instances,
+            v.at_least(1),
+        ),
+        "commit_after_seconds": float(v.get(
+            table, f"{where}.commit_after_seconds", (int, float), d.commit_after_seconds,
+            v.positive,
+        )),
+        "commit_report_timeout": float(v.get(
+            table, f"{where}.commit_report_timeout", (int, float), d.commit_report_timeout,
+            v.positive,
+        )),
+    }
 
 
 def _parse_tls(raw: Any, base_dir: Path) -> TlsSettings:

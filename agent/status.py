@@ -92,6 +92,8 @@ class Snapshot:
     forwarder_pid: int | None = None  # the forwarding process, while one runs
     silent_for: float | None = None  # seconds of silence, once the agent is not answering
     certificate_expires: str | None = None  # the TLS certificate's notAfter (ISO 8601, UTC)
+    commit_awaiting: int = 0  # delivered to a commit = true destination, not yet committed
+    commit_failed: int = 0  # a destination reported it would not commit these
     version: int = 0
 
     def summary(self) -> str:
@@ -106,6 +108,10 @@ class Snapshot:
             quarantined = sum(d.quarantined for d in self.destinations)
             if quarantined:
                 parts.append(f"{quarantined} quarantined")
+        if self.commit_awaiting or self.commit_failed:
+            parts.append(f"{self.commit_awaiting} awaiting commitment")
+        if self.commit_failed:
+            parts.append(f"{self.commit_failed} not committed")
         if self.below_floor:
             parts.append("disk below the floor")
         warning = certificate_warning(self.certificate_expires)
@@ -257,6 +263,16 @@ class StatusModel:
             )
 
         self._apply(change)
+
+    def commitments(self, counts: dict[str, dict[str, int]]) -> None:
+        """Storage commitment rows per destination and state, as the archive holds them."""
+        awaiting = sum(c.get("awaiting", 0) + c.get("requested", 0) for c in counts.values())
+        failed = sum(c.get("failed", 0) for c in counts.values())
+        self._apply(
+            lambda s: {}
+            if (s.commit_awaiting, s.commit_failed) == (awaiting, failed)
+            else {"commit_awaiting": awaiting, "commit_failed": failed}
+        )
 
     def error(self, message: str) -> None:
         """Something went wrong that an operator should see."""

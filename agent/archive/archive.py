@@ -32,6 +32,7 @@ from agent.archive.index import (
 )
 from agent.archive.layout import Layout, require_uid
 from agent.archive.outbox import Outbox, add_jobs, drop_jobs
+from agent.archive.pacs_commits import PacsCommits
 from agent.archive.query import StoredInstance, resolve
 from agent.archive.structure import check_file
 from agent.dicom.models import Model
@@ -65,6 +66,7 @@ class Archive:
         self.min_free_bytes = min_free_bytes
         self.index = Index(self.layout.index_path)
         self.outbox = Outbox(self.index)
+        self.pacs_commits = PacsCommits(self.index)
         self.router: Router = router or (lambda header, calling_ae: ())
         self.on_queued: Callable[[Sequence[str]], None] = lambda destinations: None
         self._placing = threading.Lock()

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.archive.index import Index, connect
+from agent.archive.pacs_commits import committed_clause
 
 PENDING, RETRYING, QUARANTINED, DONE = "pending", "retrying", "quarantined", "done"
 WAITING = (PENDING, RETRYING)
@@ -152,17 +153,22 @@ class Outbox:
                 counts.setdefault(destination, {})[state] = count
         return counts
 
-    def delivered(self, before: float, limit: int) -> list[str]:
+    def delivered(
+        self, before: float, limit: int, committed_by: Sequence[str] = ()
+    ) -> list[str]:
         """Paths of instances every one of their destinations confirmed, the last of them
-        before ``before``; the longest delivered first. An instance with any job not done,
-        or that was never routed anywhere, is never among them."""
+        before ``before``, and (if named) every ``committed_by`` destination committed;
+        the longest delivered first. An instance with any job not done, or that was
+        never routed anywhere, is never among them."""
+        committed, parameters = committed_clause(committed_by)
+        where = f" WHERE {committed}" if committed else ""
         with self.index.reading() as conn:
             rows = conn.execute(
                 "SELECT i.path FROM instances i"
-                " JOIN forward_jobs j ON j.SOPInstanceUID = i.SOPInstanceUID GROUP BY i.pk"
-                " HAVING min(j.state = 'done') = 1 AND max(j.done_at) <= ?"
+                f" JOIN forward_jobs j ON j.SOPInstanceUID = i.SOPInstanceUID{where}"
+                " GROUP BY i.pk HAVING min(j.state = 'done') = 1 AND max(j.done_at) <= ?"
                 " ORDER BY max(j.done_at) LIMIT ?",
-                (before, limit),
+                (*parameters, before, limit),
             ).fetchall()
         return [row[0] for row in rows]
 

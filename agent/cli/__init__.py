@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from types import ModuleType
 
 from agent import __version__
-from agent.cli import check_config, echo, find, leds, queue, reindex, retrieve, run, status
+from agent.cli import check_config, commit, echo, find, leds, queue, reindex, retrieve, run, status
 from agent.cli.common import fail, setup_logging
 from agent.errors import AgentError, ConfigError, UsageError
 
@@ -26,6 +26,7 @@ COMMANDS: tuple[ModuleType, ...] = (
     find,
     retrieve,
     leds,
+    commit,
 )
 EXIT_FAILED = 1
 EXIT_CONFIG = 2

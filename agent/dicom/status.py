@@ -20,6 +20,8 @@ CANCELLED = 0xFE00
 SUB_OPERATIONS_FAILED = 0xB000  # C-MOVE/C-GET: complete, one or more sub-operations failed
 
 # failures, general (PS3.7 C.5)
+PROCESSING_FAILURE = 0x0110  # also a Storage Commitment failure reason (PS3.4 J.3.2)
+NO_SUCH_OBJECT_INSTANCE = 0x0112  # Storage Commitment: the SCP does not hold it
 SOP_CLASS_NOT_SUPPORTED = 0x0122
 NOT_AUTHORIZED = 0x0124
 # failures, service-specific (PS3.4 Annex B and C)

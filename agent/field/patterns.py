@@ -2,9 +2,9 @@
 
 Four LEDs, each with a few signals (a pattern and its meaning). ``signals(snapshot)``
 picks one per LED; ``hardware/leds.md`` is the technician's copy of ``SIGNALS``.
-Fault priority, highest first: failed, disk below the floor, quarantined jobs, a TLS
-certificate to renew. An expired certificate also blinks the link LED fast: every TLS
-peer refuses the box then, which is a link fault first of all.
+Fault priority, highest first: failed, disk below the floor, quarantined jobs or failed
+commitments, a TLS certificate to renew. An expired certificate also blinks the link
+LED fast: every TLS peer refuses the box then, which is a link fault first of all.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ ACTIVITY_BUSY = Signal("activity", FLICKER, "images are being received or sent")
 ACTIVITY_IDLE = Signal("activity", OFF, "no images moving")
 FAULT_FAILED = Signal("fault", STEADY, "the agent failed")
 FAULT_DISK = Signal("fault", FAST, "disk below the free-space floor")
-FAULT_QUARANTINE = Signal("fault", SLOW, "quarantined jobs")
+FAULT_QUARANTINE = Signal("fault", SLOW, "quarantined jobs or failed commitments")
 FAULT_CERTIFICATE = Signal(
     "fault", SHORT_FLASH,
     f"the TLS certificate expires within {CERTIFICATE_WARN_DAYS} days, or has expired")
@@ -131,7 +131,7 @@ def fault(snapshot: Snapshot) -> Signal:
         return FAULT_FAILED
     if snapshot.below_floor:
         return FAULT_DISK
-    if any(d.quarantined for d in snapshot.destinations):
+    if any(d.quarantined for d in snapshot.destinations) or snapshot.commit_failed:
         return FAULT_QUARANTINE
     if certificate_warning(snapshot.certificate_expires):
         return FAULT_CERTIFICATE

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from agent.archive import Archive
 from agent.archive.outbox import Lane, waiting
 from agent.config import Config
+from agent.forward.committer import Committer
 from agent.forward.sender import ForwardEvents, Sender
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,7 @@ class Forwarder:
         self._senders_lock = threading.Lock()  # adopt and reconfigure come from one thread,
         # close from another
         self.senders = {name: self._lanes(name) for name in sorted(config.forward.destinations)}
+        self.committers: dict[str, Committer] = {}
 
     def _lanes(self, name: str) -> list[Sender]:
         """Senders for one destination, each over its own association and share of jobs."""
@@ -44,10 +46,20 @@ class Forwarder:
     def _all(self) -> list[Sender]:
         return [sender for lanes in self.senders.values() for sender in lanes]
 
+    def _commit_for(self, names: Sequence[str]) -> None:
+        """A committer beside the senders of each commit-enabled destination (once)."""
+        for name in names:
+            peer = self.config.peers.get(name)
+            if peer is not None and peer.commit and name not in self.committers:
+                committer = Committer(peer, self.config, self.archive, self.events)
+                self.committers[name] = committer
+                committer.start()
+
     def start(self) -> None:
         """Start every sender (each drains what an earlier run left queued)."""
         for sender in self._all():
             sender.start()
+        self._commit_for(sorted(self.senders))
         if self.senders:
             log.info("forwarding to %s", ", ".join(self.senders))
 
@@ -93,18 +105,28 @@ class Forwarder:
             for name in sorted(set(config.forward.destinations) - set(self.senders)):
                 self._start(name)
                 log.info("forwarding to %s (added by a reload)", name)
+            for name, committer in self.committers.items():
+                if name in config.peers:  # commit = false later: it has nothing new to ask
+                    committer.peer, committer.config = config.peers[name], config
+            self._commit_for(sorted(self.senders))
 
     def _start(self, name: str) -> None:
         self.senders[name] = self._lanes(name)
         for sender in self.senders[name]:
             sender.start()
+        self._commit_for([name])
 
     def close(self, timeout: float = STOP_WITHIN) -> None:
         """Stop every sender at once, then wait for them within one deadline."""
         with self._senders_lock:
             for sender in self._all():
                 sender.stop()
+            for committer in self.committers.values():
+                committer.stop()
             deadline = time.monotonic() + timeout
+            for name, committer in self.committers.items():
+                if not committer.join(max(0.0, deadline - time.monotonic())):
+                    log.error("the committer for %s did not stop within %.0f s", name, timeout)
             for sender in self._all():
                 if not sender.join(max(0.0, deadline - time.monotonic())):
                     log.error(

@@ -87,6 +87,8 @@ class ForwardingProcess:
         names = tuple(sorted(set(self.senders) | set(self.config.forward.destinations)))
         if names:
             self.status.queue_depth(depth, names)
+        if any(peer.commit for peer in self.config.peers.values()):
+            self.status.commitments(self.archive.pacs_commits.counts())
 
     def _keep_alive(self, depth: dict[str, dict[str, int]]) -> None:
         """Replace a process that died or stopped answering; start one when jobs appear."""
@@ -129,7 +131,8 @@ class ForwardingProcess:
         """Apply retention (only where forwarding happens)."""
         if not self.config.forward.destinations and not self.senders:
             return 0
-        return retention.sweep(self.archive, self.config.forward)
+        enabled = [name for name, peer in self.config.peers.items() if peer.commit]
+        return retention.sweep(self.archive, self.config.forward, commit_enabled=enabled)
 
     def stop_soon(self) -> None:
         """Ask the forwarding process to stop now (its senders finish what is in flight)

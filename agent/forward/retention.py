@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from agent.archive import Archive
 from agent.forward.settings import ForwardSettings
@@ -21,24 +21,46 @@ BUDGET = 5.0  # seconds one sweep may take: it runs in the loop that feeds the w
 
 
 def sweep(
-    archive: Archive, settings: ForwardSettings, now: float | None = None, budget: float = BUDGET
+    archive: Archive,
+    settings: ForwardSettings,
+    now: float | None = None,
+    budget: float = BUDGET,
+    commit_enabled: Collection[str] = (),
 ) -> int:
     """Remove what retention allows, for at most about ``budget`` seconds (at least one
-    batch); return how many instances went. A full batch may mean more is left."""
+    batch); return how many instances went. A full batch may mean more is left.
+    ``commit_enabled``: the peers with ``commit = true``."""
     now = time.time() if now is None else now
     deadline = time.monotonic() + budget
-    removed = _remove(archive, now - settings.keep_days * 86400, deadline, lambda: False)
+    committed_by = committers(settings, commit_enabled)
+    removed = _remove(
+        archive, now - settings.keep_days * 86400, deadline, lambda: False, committed_by
+    )
     if archive.below_floor() and (removed == 0 or time.monotonic() < deadline):
-        removed += _remove(archive, now, deadline, lambda: not archive.below_floor())
+        removed += _remove(
+            archive, now, deadline, lambda: not archive.below_floor(), committed_by
+        )
     return removed
 
 
+def committers(settings: ForwardSettings, commit_enabled: Collection[str]) -> tuple[str, ...]:
+    """The destinations whose commitment retention waits for (none unless
+    ``retain_until = "committed"``)."""
+    if settings.retain_until != "committed":
+        return ()
+    return tuple(sorted(set(commit_enabled) & settings.destinations))
+
+
 def _remove(
-    archive: Archive, delivered_before: float, deadline: float, enough: Callable[[], bool]
+    archive: Archive,
+    delivered_before: float,
+    deadline: float,
+    enough: Callable[[], bool],
+    committed_by: tuple[str, ...],
 ) -> int:
     removed = 0
     while not enough() and (removed == 0 or time.monotonic() < deadline):
-        batch = archive.outbox.delivered(delivered_before, BATCH)
+        batch = archive.outbox.delivered(delivered_before, BATCH, committed_by)
         if not batch:
             break
         archive.remove(batch)

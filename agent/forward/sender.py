@@ -173,6 +173,10 @@ class Sender:
         now = time.time()
         if outcome in (Delivery.DELIVERED, Delivery.DELIVERED_WITH_WARNING):
             self.archive.outbox.mark_done(job, now)
+            if self.peer.commit:
+                self.archive.pacs_commits.delivered(
+                    job.sop_instance_uid, job.sop_class_uid, self.peer.name, now
+                )
         else:
             tries = job.attempts + 1
             quarantine = gives_up(outcome, tries, self.config.forward)

@@ -8,6 +8,7 @@ retry_max = 600          # ...up to this cap
 permanent_tries = 3      # a permanent failure is tried this often, then quarantined
 keep_days = 7            # keep delivered instances this long (0: remove once delivered)
 associations = 2         # associations per destination at once (1 to 8)
+retain_until = "delivered"  # or "committed": retention also waits for storage commitment
 
 [[forward.rules]]        # ordered; every rule that matches adds its destinations
 to = ["RESEARCH"]
@@ -28,6 +29,7 @@ from agent.errors import ConfigError
 
 CALLING_AE = "calling_ae"
 MAX_ASSOCIATIONS = 8
+RETAIN_UNTIL = ("delivered", "committed")
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,7 @@ class ForwardSettings:
     permanent_tries: int = 3
     keep_days: float = 7.0
     associations: int = 2
+    retain_until: str = "delivered"
     destinations: frozenset[str] = field(default_factory=frozenset)
 
 
@@ -63,6 +66,7 @@ def parse_forward(table: Mapping[str, Any], peers: Mapping[str, object]) -> Forw
         "permanent_tries",
         "keep_days",
         "associations",
+        "retain_until",
     }
     v.reject_unknown(table, known, "forward")
     to = _peer_list(table, "forward.to", peers)
@@ -85,6 +89,9 @@ def parse_forward(table: Mapping[str, Any], peers: Mapping[str, object]) -> Forw
         ),
         associations=v.get(
             table, "forward.associations", int, d.associations, v.between(1, MAX_ASSOCIATIONS)
+        ),
+        retain_until=v.get(
+            table, "forward.retain_until", str, d.retain_until, v.one_of(RETAIN_UNTIL)
         ),
         destinations=frozenset(to).union(*(rule.to for rule in rules)),
     )

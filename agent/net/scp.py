@@ -21,6 +21,7 @@ from agent.archive.retrieval import Reader
 from agent.config import Config
 from agent.dicom.contexts import (
     QR_SOP_CLASSES,
+    STORAGE_COMMITMENT,
     STORAGE_SOP_CLASSES,
     STORAGE_TRANSFER_SYNTAXES,
     UNCOMPRESSED,
@@ -38,6 +39,7 @@ from agent.net.access import (
     admit,
     recheck,
 )
+from agent.net.commit_reports import CommitReports
 from agent.net.engine import guards, transport
 from agent.net.qr import QueryRetrieveHandlers
 from agent.net.storage import StorageHandlers
@@ -66,6 +68,7 @@ class DicomServer:
         self._storage = StorageHandlers(archive, status, self.caller_now)
         self._reader = Reader(archive.layout, config.agent.ae_title)
         self._qr = QueryRetrieveHandlers(config, self._reader, self.caller_now)
+        self._reports = CommitReports(archive.pacs_commits, self.caller_now)
         self._ae = self._build_ae()
         # ConfigError (naming the key) here stops start-up: unusable certificate or key
         self._tls = tls.load(config.tls) if config.tls is not None else None
@@ -93,6 +96,10 @@ class DicomServer:
             ae.add_supported_context(
                 sop_class, list(STORAGE_TRANSFER_SYNTAXES), scu_role=True, scp_role=True
             )
+        # a PACS sends its commitment report as requestor in the SCP role (role selection)
+        ae.add_supported_context(
+            STORAGE_COMMITMENT, list(UNCOMPRESSED), scu_role=True, scp_role=True
+        )
         return ae
 
     @property
@@ -143,6 +150,7 @@ class DicomServer:
             (evt.EVT_C_MOVE, self._qr.on_move),
             (evt.EVT_C_GET, self._qr.on_get),
             (evt.EVT_SOP_EXTENDED, self._qr.on_sop_extended),
+            (evt.EVT_N_EVENT_REPORT, self._reports.on_event_report),
         ]
         tls_args = None if tls_timeout is None else (self._server_context, tls_timeout)
         server = self._ae.make_server(
@@ -324,6 +332,8 @@ class DicomServer:
         # C-GET sends its C-STOREs back on storage contexts, so "get" keeps those too;
         # a C-STORE from such a peer is still refused by the handler (0x0124).
         allowed = decision.allowed | ({"store"} if decision.may("get") else set())
+        if decision.peer is not None and decision.peer.commit:
+            allowed |= {"commit"}  # its reports to us; asking us is the handler's to refuse
         contexts = [
             cx
             for cx in assoc.acceptor.supported_contexts

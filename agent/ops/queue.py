@@ -13,6 +13,7 @@ from agent.archive import Layout
 from agent.archive import outbox as queue
 from agent.archive.index import Index
 from agent.archive.outbox import Outbox
+from agent.archive.pacs_commits import STATES, Failure, PacsCommits
 
 SHOWN = 50
 NO_ARCHIVE = "queue empty (no archive yet)"
@@ -26,11 +27,30 @@ class QueueListing:
     rows: tuple[queue.QueueRow, ...]
     archive: bool = True  # False: there is no archive (index) yet
     taken_at: float = field(default_factory=time.time, compare=False)
+    # storage commitment per destination and state, and the latest failures
+    commitments: dict[str, dict[str, int]] = field(default_factory=dict)
+    commit_failures: tuple[Failure, ...] = ()
 
     def lines(self) -> list[str]:
         """The listing as text, as the CLI prints it and the console shows it."""
         if not self.archive:
             return [NO_ARCHIVE]
+        return self._job_lines() + self._commit_lines()
+
+    def _commit_lines(self) -> list[str]:
+        """Storage commitment state per commit-enabled destination, failures with reasons."""
+        lines = []
+        for destination, counts in sorted(self.commitments.items()):
+            summary = ", ".join(f"{counts.get(s, 0)} {s}" for s in STATES)
+            lines.append(f"{destination} commitment: {summary}")
+            lines += [
+                f"  not committed (reason 0x{f.reason:04X})  {f.sop_instance_uid}"
+                for f in self.commit_failures
+                if f.destination == destination
+            ]
+        return lines
+
+    def _job_lines(self) -> list[str]:
         if not self.depth:
             return ["queue empty: everything was delivered"]
         lines = []
@@ -84,8 +104,13 @@ def list_queue(layout: Layout, shown: int = SHOWN) -> QueueListing:
     if not layout.index_path.exists():
         return QueueListing({}, (), archive=False)
     with Index(layout.index_path) as index:
-        outbox = Outbox(index)
-        return QueueListing(outbox.depth(), tuple(outbox.listing(shown)))
+        outbox, commits = Outbox(index), PacsCommits(index)
+        return QueueListing(
+            outbox.depth(),
+            tuple(outbox.listing(shown)),
+            commitments=commits.counts(),
+            commit_failures=tuple(commits.failures(shown)),
+        )
 
 
 def retry_jobs(layout: Layout, job_ids: Sequence[int] | None) -> QueueChange:

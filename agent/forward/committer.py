@@ -1,0 +1,112 @@
+"""The committer: asks a ``commit = true`` destination for storage commitment of what was
+delivered to it, in its own thread beside that destination's senders.
+
+A batch goes once ``commit_after_instances`` delivered instances wait, or
+``commit_after_seconds`` after the last delivery (the study, or studies, then stand
+still); a request without a report in ``commit_report_timeout`` is asked again in a new
+transaction. The report may come on the request's association or on a new one to our
+listener; both settle the same archive rows.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from agent.archive import Archive
+from agent.config import Config, Peer
+from agent.errors import PeerError
+from agent.forward.sender import ForwardEvents
+from agent.net import commitment
+
+log = logging.getLogger(__name__)
+
+LOOK_EVERY = 0.5  # seconds between looks at what waits
+MAX_BATCH = 10000  # instances in one request, whatever commit_after_instances says
+RETRY_AFTER_FAILURE = 10.0  # seconds before asking again after a failed request
+
+
+class Committer:
+    """Requests storage commitment from one destination."""
+
+    def __init__(self, peer: Peer, config: Config, archive: Archive, events: ForwardEvents) -> None:
+        self.peer = peer
+        self.config = config
+        self.archive = archive
+        self.events = events
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._not_before = 0.0
+        self._thread = threading.Thread(
+            target=self._run, name=f"commit-{peer.name}", daemon=True
+        )
+
+    def start(self) -> None:
+        """Start watching the deliveries."""
+        self._thread.start()
+
+    def wake(self) -> None:
+        """An instance was delivered: look now."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        """Stop after the request in flight."""
+        self._stop.set()
+        self._wake.set()
+
+    def join(self, timeout: float) -> bool:
+        """Wait for the thread to end; False if it is still running."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.step(time.time())
+            except Exception:  # the committer must outlive any one failure
+                log.exception("storage commitment with %s failed; trying again", self.peer.name)
+                self._not_before = time.monotonic() + RETRY_AFTER_FAILURE
+            self._wake.wait(LOOK_EVERY)
+            self._wake.clear()
+
+    def step(self, now: float) -> bool:
+        """Re-arm overdue requests, then ask for one batch if one is due; True if asked."""
+        commits = self.archive.pacs_commits
+        overdue = commits.ask_again(self.peer.name, now - self.peer.commit_report_timeout)
+        if overdue:
+            log.warning(
+                "%s sent no commitment report within %.0f s for %d instances; asking again",
+                self.peer.name, self.peer.commit_report_timeout, overdue,
+            )
+        if time.monotonic() < self._not_before or not self._due(now):
+            return False
+        self.ask(now)
+        return True
+
+    def _due(self, now: float) -> bool:
+        pending = self.archive.pacs_commits.pending(self.peer.name)
+        if not pending.count:
+            return False
+        if pending.count >= self.peer.commit_after_instances:
+            return True
+        last = pending.last_delivered_at or 0.0
+        return now - last >= self.peer.commit_after_seconds
+
+    def ask(self, now: float) -> None:
+        """One request for up to ``commit_after_instances`` waiting instances."""
+        commits = self.archive.pacs_commits
+        limit = min(self.peer.commit_after_instances, MAX_BATCH)
+        refs = commits.batch(self.peer.name, limit)
+        transaction = commitment.new_transaction_uid()
+        commits.requested((uid for _, uid in refs), self.peer.name, transaction, now)
+        try:
+            same = commitment.request(self.config, self.peer, transaction, refs, commits)
+        except PeerError as exc:
+            commits.withdraw(transaction)
+            self._not_before = time.monotonic() + RETRY_AFTER_FAILURE
+            log.warning("cannot ask %s for storage commitment: %s", self.peer.name, exc)
+            self.events.forward_failed(self.peer.name, f"storage commitment: {exc}")
+            return
+        where = "on the same association" if same else "awaiting its report"
+        log.info("asked %s to commit %d instances (%s)", self.peer.name, len(refs), where)

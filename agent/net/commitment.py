@@ -1,0 +1,148 @@
+"""Storage Commitment Push Model as SCU: the N-ACTION request and the N-EVENT-REPORT it
+brings, on the request's own association or on a new one the peer opens to us.
+
+Either way a report is settled in the archive table (``agent.archive.pacs_commits``), so
+it does not matter which association or process took it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pydicom import Dataset
+from pydicom.uid import generate_uid
+from pynetdicom import evt
+
+from agent.archive.pacs_commits import REQUESTED, PacsCommits, Settled
+from agent.config import Config, Peer
+from agent.dicom import status
+from agent.dicom.contexts import (
+    COMMIT_REQUEST,
+    STORAGE_COMMITMENT,
+    STORAGE_COMMITMENT_INSTANCE,
+    UNCOMPRESSED,
+)
+from agent.errors import PeerError
+from agent.net.scu import Target, associate, new_ae
+
+log = logging.getLogger(__name__)
+
+SAME_ASSOCIATION_WAIT = 2.0  # seconds a still-open association is kept for the report
+
+
+@dataclass(frozen=True)
+class Report:
+    """One N-EVENT-REPORT's content: the transaction and the instances that failed."""
+
+    transaction_uid: str
+    failed: dict[str, int]
+
+
+def parse_report(info: Dataset) -> Report:
+    """The transaction and failed instances (with reasons) of an Event Information set;
+    ValueError if it names no transaction."""
+    transaction = str(info.get("TransactionUID", "") or "")
+    if not transaction:
+        raise ValueError("the report names no Transaction UID")
+    failed = {
+        str(item.ReferencedSOPInstanceUID): int(
+            item.get("FailureReason", status.PROCESSING_FAILURE)
+        )
+        for item in info.get("FailedSOPSequence", [])
+    }
+    return Report(transaction, failed)
+
+
+def settle_event(commits: PacsCommits, event: Any) -> tuple[int, Settled | None]:
+    """Settle an EVT_N_EVENT_REPORT in the archive: the DIMSE status to answer with, and
+    what it settled (None when the report could not be read)."""
+    try:
+        report = parse_report(event.event_information)
+    except Exception as exc:  # a malformed report must not take the association down
+        log.warning("unreadable storage commitment report: %s", exc)
+        return status.PROCESSING_FAILURE, None
+    settled = commits.settle(report.transaction_uid, report.failed, time.time())
+    log.info(
+        "storage commitment report from %s: %d committed, %d failed",
+        settled.destination or "an unknown transaction",
+        settled.committed,
+        settled.failed,
+    )
+    log.debug("commitment transaction %s settled", report.transaction_uid)
+    return status.SUCCESS, settled
+
+
+def request_dataset(transaction_uid: str, refs: Sequence[tuple[str, str]]) -> Dataset:
+    """The N-ACTION Action Information: the transaction and the (class, instance) pairs."""
+    ds = Dataset()
+    ds.TransactionUID = transaction_uid
+    items = []
+    for sop_class, sop_instance in refs:
+        item = Dataset()
+        item.ReferencedSOPClassUID = sop_class
+        item.ReferencedSOPInstanceUID = sop_instance
+        items.append(item)
+    ds.ReferencedSOPSequence = items
+    return ds
+
+
+def new_transaction_uid() -> str:
+    """A fresh Transaction UID (every request, and every retry, gets its own)."""
+    return str(generate_uid())
+
+
+def request(
+    config: Config,
+    peer: Peer,
+    transaction_uid: str,
+    refs: Sequence[tuple[str, str]],
+    commits: PacsCommits,
+    wait: float = SAME_ASSOCIATION_WAIT,
+) -> bool:
+    """Send the N-ACTION; keep the association up to ``wait`` s for a report on it, or
+    until one on a new association has settled the transaction.
+
+    True if the report came on this association; PeerError if the request failed. The
+    rows must be marked requested before: a report on a new association can come first.
+    """
+    reported = threading.Event()
+
+    def on_report(event: Any) -> tuple[int, None]:
+        code, _ = settle_event(commits, event)
+        reported.set()
+        return code, None
+
+    ae = new_ae(config)
+    ae.add_requested_context(STORAGE_COMMITMENT, list(UNCOMPRESSED))
+    target = Target(peer.ae_title, peer.host, peer.port, peer.name)
+    handlers: list[tuple[Any, Callable[..., Any]]] = [(evt.EVT_N_EVENT_REPORT, on_report)]
+    assoc = associate(ae, target, extra_handlers=handlers)
+    try:
+        answer, _ = assoc.send_n_action(
+            request_dataset(transaction_uid, refs),
+            COMMIT_REQUEST,
+            STORAGE_COMMITMENT,
+            STORAGE_COMMITMENT_INSTANCE,
+        )
+        _check_answer(target, answer)
+        deadline = time.monotonic() + wait
+        while assoc.is_established and time.monotonic() < deadline:
+            if reported.wait(0.05) or not commits.states_of(transaction_uid).get(REQUESTED):
+                break  # reported here, or on a new association (the rows are settled)
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    return reported.is_set()
+
+
+def _check_answer(target: Target, answer: Any) -> None:
+    if not answer or "Status" not in answer:
+        raise PeerError(f"{target}: no N-ACTION response (aborted or timed out)")
+    code = int(answer.Status)
+    if code != status.SUCCESS and not status.is_warning(code):
+        raise PeerError(f"{target}: storage commitment request answered 0x{code:04X}")

@@ -1,0 +1,97 @@
+"""Ask a peer by hand for storage commitment of a study the archive holds, and wait for
+its report (on the request's association, or on a new one the running agent takes)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from agent.archive import Layout
+from agent.archive.index import Index
+from agent.archive.pacs_commits import COMMITTED, REQUESTED, PacsCommits
+from agent.config import Config
+from agent.errors import AgentError, ConfigError
+from agent.net import commitment
+
+DEFAULT_TIMEOUT = 60.0
+POLL = 0.1  # seconds between looks at the table the running agent writes reports into
+
+
+@dataclass(frozen=True)
+class CommitResult:
+    """What a peer's report said about one request (or that none came in time)."""
+
+    peer: str
+    requested: int
+    committed: int
+    failed: dict[str, int]
+    unreported: int
+    seconds: float = field(compare=False)
+
+    @property
+    def ok(self) -> bool:
+        """Every instance was committed."""
+        return self.committed == self.requested
+
+    def lines(self) -> list[str]:
+        """The report as the CLI prints it."""
+        head = "OK" if self.ok else "FAILED"
+        lines = [
+            f"{head} {self.peer}: {self.committed} committed, {len(self.failed)} failed"
+            f" of {self.requested} instances in {self.seconds:.2f} s"
+        ]
+        lines += [
+            f"  not committed (reason 0x{reason:04X})  {uid}"
+            for uid, reason in sorted(self.failed.items())
+        ]
+        if self.unreported:
+            lines.append(f"  {self.unreported} without a report yet (the agent records it later)")
+        return lines
+
+
+def commit_study(
+    config: Config, peer_name: str, study_uid: str, timeout: float = DEFAULT_TIMEOUT
+) -> CommitResult:
+    """Request commitment of a study's archived instances from a configured peer and wait
+    up to ``timeout`` s for the report; PeerError if the request fails."""
+    peer = config.peers.get(peer_name)
+    if peer is None:
+        raise ConfigError("", f"{peer_name!r} is not a configured peer")
+    layout = Layout(config.agent.data_dir)
+    if not layout.index_path.exists():
+        raise AgentError("there is no archive yet")
+    started = time.monotonic()
+    with Index(layout.index_path) as index:
+        commits = PacsCommits(index)
+        refs = commits.study_references(study_uid)
+        if not refs:
+            raise AgentError(f"the archive holds no instance of study {study_uid}")
+        transaction = commitment.new_transaction_uid()
+        commits.asked_by_hand(refs, peer.name, transaction, time.time())
+        try:
+            commitment.request(config, peer, transaction, refs, commits, wait=timeout)
+        except AgentError:
+            commits.withdraw(transaction)
+            raise
+        counts = _wait_for_report(commits, transaction, started + timeout)
+        failed = commits.transaction_failures(transaction)
+    return CommitResult(
+        peer.name,
+        len(refs),
+        counts.get(COMMITTED, 0),
+        failed,
+        counts.get(REQUESTED, 0),
+        time.monotonic() - started,
+    )
+
+
+def _wait_for_report(commits: PacsCommits, transaction: str, deadline: float) -> dict[str, int]:
+    """The transaction's rows per state once none waits for a report, or at the deadline."""
+    while True:
+        counts = commits.states_of(transaction)
+        if not counts.get(REQUESTED) or time.monotonic() >= deadline:
+            return counts
+        time.sleep(POLL)
+
+
+

@@ -1,0 +1,271 @@
+"""Storage commitment toward the PACS (we are the SCU), against Orthanc 1.10.1."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import dicomgen
+import pytest
+from bench.peers import Orthanc
+from pydicom import dcmread
+
+from agent import config as config_module
+from agent.app import Agent
+from agent.archive.index import connect
+from agent.ops.queue import list_queue
+from tests import scu
+from tests.support import free_port, peer, run_cli, wait_until, write_config
+
+AGENT_AE = "EDGE"
+
+
+def commit_config(root: Path, agent_port: int, pacs_port: int, *, after_seconds: float = 0.3,
+                  report_timeout: float = 600, retain: str = "delivered") -> Path:
+    """An agent forwarding to PACS with commit = true; the PACS may send its reports."""
+    pacs = peer("ORTHANC", pacs_port, allow=("echo",))
+    pacs.update(commit=True, commit_after_seconds=after_seconds,
+                commit_report_timeout=report_timeout)
+    path = write_config(root / "agent.toml",
+                        {"ae_title": AGENT_AE, "port": agent_port, "bind": "127.0.0.1",
+                         "data_dir": str(root / "data"), "min_free_mb": 0},
+                        {"CT": peer("MODALITY", allow=("store",)), "PACS": pacs})
+    path.write_text(path.read_text() + f'\n[forward]\nto = ["PACS"]\nretain_until = "{retain}"\n'
+                    "retry_first = 0.2\nretry_max = 0.5\n")
+    return path
+
+
+@pytest.fixture
+def agent_port() -> int:
+    return free_port()
+
+
+@pytest.fixture
+def pacs(tmp_path: Path, agent_port: int) -> Iterator[Orthanc]:
+    """Orthanc that knows the agent as a modality (where its reports go)."""
+    modalities = {AGENT_AE: [AGENT_AE, "127.0.0.1", agent_port]}
+    with Orthanc(tmp_path / "orthanc", modalities=modalities) as running:
+        yield running
+
+
+def states(data_dir: Path) -> dict[str, tuple[str, int | None, str | None]]:
+    """SOP Instance UID -> (state, reason, transaction) of every commitment row for PACS."""
+    conn = connect(data_dir / "index.sqlite", readonly=True)
+    try:
+        rows = conn.execute("SELECT SOPInstanceUID, state, reason, transaction_uid"
+                            " FROM pacs_commits WHERE destination = 'PACS'")
+        return {uid: (state, reason, txn) for uid, state, reason, txn in rows}
+    finally:
+        conn.close()
+
+
+def uids(paths: list[Path]) -> set[str]:
+    return {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in paths}
+
+
+def all_in(data_dir: Path, wanted: set[str], state: str) -> bool:
+    found = states(data_dir)
+    return set(found) >= wanted and all(found[u][0] == state for u in wanted)
+
+
+def delete_in_orthanc(orthanc: Orthanc, sop_uid: str) -> None:
+    query = {"Level": "Instance", "Query": {"SOPInstanceUID": sop_uid}}
+    [found] = orthanc.rest("/tools/find", json.dumps(query).encode())
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{orthanc.http_port}/instances/{found}", method="DELETE")
+    with urllib.request.urlopen(request, timeout=30):
+        pass
+
+
+def test_every_forwarded_instance_is_committed_by_orthancs_report(
+        pacs: Orthanc, tmp_path: Path, agent_port: int) -> None:
+    config = config_module.load_file(commit_config(tmp_path, agent_port, pacs.port))
+    sent = dicomgen.write_series(tmp_path / "study", 20, size=16)
+    wanted = uids(sent)
+    with Agent(config) as agent:
+        assert scu.store(agent_port, sent) == [0] * 20
+        wait_until(lambda: all_in(tmp_path / "data", wanted, "committed"), 60,
+                   "Orthanc's report to commit every instance")
+        assert agent.archive is not None
+        assert agent.archive.pacs_commits.committed_everywhere(wanted, ["PACS"]) == wanted
+        wait_until(lambda: agent.status.snapshot().commit_awaiting == 0, 10, "status")
+        assert agent.status.snapshot().commit_failed == 0
+    listing = list_queue(_layout(config))
+    assert any("PACS commitment: 0 awaiting, 0 requested, 20 committed, 0 failed" in line
+               for line in listing.lines())
+
+
+def _layout(config: Any) -> Any:
+    from agent.archive import Layout
+
+    return Layout(config.agent.data_dir)
+
+
+def test_an_instance_orthanc_no_longer_holds_fails_with_0x0112(
+        pacs: Orthanc, tmp_path: Path, agent_port: int) -> None:
+    config = config_module.load_file(
+        commit_config(tmp_path, agent_port, pacs.port, after_seconds=6))
+    sent = dicomgen.write_series(tmp_path / "study", 3, size=8)
+    gone, *kept = sorted(uids(sent))
+    with Agent(config) as agent:
+        assert scu.store(agent_port, sent) == [0] * 3
+        wait_until(lambda: all_in(tmp_path / "data", {gone, *kept}, "awaiting"), 30,
+                   "deliveries")
+        delete_in_orthanc(pacs, gone)  # before the request (6 s after the last delivery)
+        wait_until(lambda: states(tmp_path / "data")[gone][0] == "failed", 60, "the report")
+        assert states(tmp_path / "data")[gone][1] == 0x0112
+        assert all_in(tmp_path / "data", set(kept), "committed")
+        wait_until(lambda: agent.status.snapshot().commit_failed == 1, 10, "status")
+        assert "1 not committed" in agent.status.snapshot().summary()
+    lines = list_queue(_layout(config)).lines()
+    assert f"  not committed (reason 0x0112)  {gone}" in lines
+
+
+def test_a_request_without_a_report_in_time_is_asked_again(
+        tmp_path: Path, agent_port: int) -> None:
+    # Orthanc without an entry for us cannot report: the request stays unanswered
+    with Orthanc(tmp_path / "orthanc") as mute:
+        config = config_module.load_file(
+            commit_config(tmp_path, agent_port, mute.port, report_timeout=1.5))
+        sent = dicomgen.write_series(tmp_path / "study", 2, size=8)
+        wanted = uids(sent)
+        with Agent(config) as agent:
+            assert scu.store(agent_port, sent) == [0] * 2
+            wait_until(lambda: all_in(tmp_path / "data", wanted, "requested"), 30, "a request")
+            first = {states(tmp_path / "data")[u][2] for u in wanted}
+            assert len(first) == 1 and None not in first
+
+            def asked_again() -> bool:
+                now = states(tmp_path / "data")
+                return all(now[u][0] == "requested" and now[u][2] not in first for u in wanted)
+
+            wait_until(asked_again, 30, "a new transaction")
+            assert agent.status.snapshot().commit_failed == 0
+
+
+def test_retain_until_committed_keeps_the_uncommitted_under_the_floor(
+        pacs: Orthanc, tmp_path: Path, agent_port: int) -> None:
+    from agent.forward import retention
+    from agent.ops.commit import commit_study
+
+    # the committer waits an hour: the test asks by hand, once Orthanc lost one instance
+    config = config_module.load_file(
+        commit_config(tmp_path, agent_port, pacs.port, after_seconds=3600, retain="committed"))
+    data_dir = tmp_path / "data"
+    sent = dicomgen.write_series(tmp_path / "study", 4, size=8)
+    gone, *kept = sorted(uids(sent))
+    study = str(dcmread(sent[0], stop_before_pixels=True).StudyInstanceUID)
+    with Agent(config) as agent:
+        assert agent.archive is not None
+        assert scu.store(agent_port, sent) == [0] * 4
+        wait_until(lambda: all_in(data_dir, {gone, *kept}, "awaiting"), 30, "deliveries")
+        agent.archive.min_free_bytes = 1 << 62  # free space under the floor
+        assert retention.sweep(agent.archive, config.forward, commit_enabled=["PACS"]) == 0
+        delete_in_orthanc(pacs, gone)
+        result = commit_study(config, "PACS", study, timeout=30)
+        assert (result.committed, result.failed) == (3, {gone: 0x0112})
+        assert retention.sweep(agent.archive, config.forward, commit_enabled=["PACS"]) == 3
+        archived = {p.stem for p in (data_dir / "archive").rglob("*.dcm")}
+        assert archived == {gone}  # delivered, not committed: kept
+
+
+def test_commit_cli_asks_for_a_study_and_prints_the_committed_count(
+        pacs: Orthanc, tmp_path: Path, agent_port: int) -> None:
+    config_file = commit_config(tmp_path, agent_port, pacs.port, after_seconds=3600)
+    config = config_module.load_file(config_file)
+    sent = dicomgen.write_series(tmp_path / "study", 5, size=8)
+    study = str(dcmread(sent[0], stop_before_pixels=True).StudyInstanceUID)
+    with Agent(config):
+        assert scu.store(agent_port, sent) == [0] * 5
+        wait_until(lambda: pacs.count() == 5, 30, "deliveries")
+        done = run_cli("commit", "PACS", "--study", study, "--config", str(config_file),
+                       "--timeout", "30")
+    assert done.returncode == 0, done.stderr
+    assert "5 committed" in done.stdout, done.stdout
+    print(done.stdout)
+
+
+@pytest.mark.parametrize(("where", "change", "key"), [
+    ("pacs", {"commit_after_instances": 0}, "peers.PACS.commit_after_instances"),
+    ("pacs", {"commit_after_seconds": 0}, "peers.PACS.commit_after_seconds"),
+    ("pacs", {"commit_report_timeout": -1}, "peers.PACS.commit_report_timeout"),
+    ("pacs", {"commit": "yes"}, "peers.PACS.commit"),
+    ("forward", {"retain_until": "forever"}, "forward.retain_until"),
+])
+def test_commitment_keys_are_checked_and_errors_name_the_key(
+        where: str, change: dict[str, Any], key: str) -> None:
+    from agent.errors import ConfigError
+
+    pacs = {**peer("ORTHANC", 4242, allow=("echo",)), "commit": True}
+    forward: dict[str, Any] = {"to": ["PACS"]}
+    (pacs if where == "pacs" else forward).update(change)
+    with pytest.raises(ConfigError) as raised:
+        config_module.parse({"agent": {}, "peers": {"PACS": pacs}, "forward": forward})
+    assert key in str(raised.value)
+
+
+def test_defaults_and_retain_until_committed_parse(tmp_path: Path) -> None:
+    config = config_module.load_file(
+        commit_config(tmp_path, free_port(), free_port(), retain="committed"))
+    pacs = config.peers["PACS"]
+    assert (pacs.commit, pacs.commit_after_instances, pacs.commit_report_timeout) == (
+        True, 500, 600.0)
+    assert config.forward.retain_until == "committed"
+    assert not config.peers["CT"].commit
+
+
+def test_a_report_on_the_request_association_is_taken_there(
+        tmp_path: Path, agent_port: int) -> None:
+    """A scripted PACS that stores, then reports on the N-ACTION's own association."""
+    import threading
+
+    from pydicom import Dataset
+    from pynetdicom import AE, AllStoragePresentationContexts, evt
+    from pynetdicom.sop_class import (
+        StorageCommitmentPushModel,  # type: ignore[attr-defined]
+        StorageCommitmentPushModelInstance,  # type: ignore[attr-defined]
+    )
+
+    answered: list[int] = []
+    sent_response = threading.Event()
+
+    def report_later(assoc: Any, info: Dataset) -> None:
+        sent_response.wait(10)
+        result = Dataset()
+        result.TransactionUID = info.TransactionUID
+        result.ReferencedSOPSequence = info.ReferencedSOPSequence
+        status, _ = assoc.send_n_event_report(
+            result, 1, StorageCommitmentPushModel, StorageCommitmentPushModelInstance)
+        answered.append(int(status.Status))
+
+    def on_action(event: Any) -> tuple[int, None]:
+        info = event.action_information
+        threading.Thread(target=report_later, args=(event.assoc, info), daemon=True).start()
+        return 0x0000, None
+
+    def on_sent(event: Any) -> None:
+        if type(event.message).__name__ == "N_ACTION_RSP":
+            sent_response.set()
+
+    scp = AE(ae_title="SCRIPTED")
+    scp.supported_contexts = AllStoragePresentationContexts
+    scp.add_supported_context(StorageCommitmentPushModel)
+    port = free_port()
+    server = scp.start_server(("127.0.0.1", port), block=False, evt_handlers=[
+        (evt.EVT_C_STORE, lambda event: 0x0000), (evt.EVT_N_ACTION, on_action),
+        (evt.EVT_DIMSE_SENT, on_sent)])
+    try:
+        path = commit_config(tmp_path, agent_port, port)
+        path.write_text(path.read_text().replace('"ORTHANC"', '"SCRIPTED"'))
+        config = config_module.load_file(path)
+        sent = dicomgen.write_series(tmp_path / "study", 3, size=8)
+        with Agent(config):
+            assert scu.store(agent_port, sent) == [0] * 3
+            wait_until(lambda: all_in(tmp_path / "data", uids(sent), "committed"), 30,
+                       "the report on the same association")
+        assert answered == [0]
+    finally:
+        server.shutdown()

@@ -52,6 +52,9 @@ class AgentSettings:
     plain_listener: bool = True  # false: only the TLS listener ([tls].port) serves
 
 
+COMMIT_WHEN = ("stored", "forwarded", "pacs-committed")
+
+
 @dataclass(frozen=True)
 class Peer:
     """A remote AE we know, by a short name, and what it may ask of us."""
@@ -64,6 +67,8 @@ class Peer:
     verify_host: bool = True
     tls: bool = False  # every association to it uses TLS; it may only come in over TLS
     verify_name: bool = True  # outgoing TLS: its certificate must name ``host``
+    commit_when: str = "stored"  # our commitment to it: "stored", "forwarded", "pacs-committed"
+    commit_give_up_hours: float = 24.0  # unsettled this long: reported failed (0x0110)
 
 
 @dataclass(frozen=True)
@@ -192,6 +197,12 @@ def _parse_peer(name: str, table: Mapping[str, Any]) -> Peer:
         verify_host=v.get(table, f"{where}.verify_host", bool, True, None),
         tls=v.get(table, f"{where}.tls", bool, False, None),
         verify_name=v.get(table, f"{where}.verify_name", bool, True, None),
+        commit_when=v.get(
+            table, f"{where}.commit_when", str, "stored", v.one_of(COMMIT_WHEN)
+        ),
+        commit_give_up_hours=float(
+            v.get(table, f"{where}.commit_give_up_hours", (int, float), 24.0, v.positive)
+        ),
     )
 
 

@@ -49,6 +49,11 @@ STORAGE_SOP_CLASSES: tuple[str, ...] = tuple(
     str(cx.abstract_syntax) for cx in AllStoragePresentationContexts
 )
 VERIFICATION = "1.2.840.10008.1.1"
+# Storage Commitment Push Model (PS3.4 Annex J): the SOP class and its well-known instance
+STORAGE_COMMITMENT = "1.2.840.10008.1.20.1"
+STORAGE_COMMITMENT_INSTANCE = "1.2.840.10008.1.20.1.1"
+COMMITMENT_REQUEST = 1  # N-ACTION Action Type ID: request storage commitment
+ALL_COMMITTED, SOME_FAILED = 1, 2  # N-EVENT-REPORT Event Type IDs
 
 _QR_BASE = "1.2.840.10008.5.1.4.1.2"
 # (model, service) for each Query/Retrieve SOP class: .1 Patient Root, .2 Study Root,
@@ -61,9 +66,11 @@ QR_SOP_CLASSES: dict[str, tuple[Model, str]] = {
 
 
 def service_of(abstract_syntax: str) -> str:
-    """Which permission (echo, store, find, move, get) a presentation context needs."""
+    """Which permission (echo, store, find, move, get, commit) a presentation context needs."""
     if abstract_syntax == VERIFICATION:
         return "echo"
+    if abstract_syntax == STORAGE_COMMITMENT:
+        return "commit"
     if abstract_syntax in QR_SOP_CLASSES:
         return QR_SOP_CLASSES[abstract_syntax][1]
     return "store"

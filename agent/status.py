@@ -92,6 +92,8 @@ class Snapshot:
     forwarder_pid: int | None = None  # the forwarding process, while one runs
     silent_for: float | None = None  # seconds of silence, once the agent is not answering
     certificate_expires: str | None = None  # the TLS certificate's notAfter (ISO 8601, UTC)
+    commitments_pending: int = 0  # storage commitment transactions we still owe a report
+    commitments_reported: int = 0
     version: int = 0
 
     def summary(self) -> str:
@@ -176,6 +178,14 @@ class StatusModel:
         where += [f"TLS {host}:{tls_port}"] if tls_port is not None else []
         listening = ", ".join(where)
         self._apply(lambda s: {"listening": listening, "port": port or tls_port})
+
+    def commitments(self, pending: int, reported: int) -> None:
+        """How many commitment transactions await their report, and how many were reported."""
+        new = {"commitments_pending": pending, "commitments_reported": reported}
+        self._apply(
+            lambda s: new if (s.commitments_pending, s.commitments_reported) != (pending, reported)
+            else {}
+        )
 
     def set_associations(self, count: int) -> None:
         """How many associations are open now."""

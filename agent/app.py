@@ -22,6 +22,7 @@ from agent.field.systemd import Notifier
 from agent.forward import retention
 from agent.forward.process import ForwardingProcess
 from agent.net import configure_pynetdicom, peerlog
+from agent.net.commitment import CommitmentReporter
 from agent.net.scp import DicomServer
 from agent.pull import Landing
 from agent.status import Snapshot, State, StatusModel, publish
@@ -62,6 +63,7 @@ class Agent:
         self._lock = DataDirLock(self.layout.run_dir)
         self.archive: Archive | None = None
         self.server: DicomServer | None = None
+        self.reporter: CommitmentReporter | None = None  # storage commitment reports
         self.forwarder: ForwardingProcess | None = None
         self.leds: StatusLeds | None = None
         self._stop = threading.Event()
@@ -88,8 +90,10 @@ class Agent:
         self.forwarder = ForwardingProcess(self.config, self.archive, self.status)
         found = recover(self.archive)
         log.info("archive ready: %s", found)
-        self.server = DicomServer(self.config, self.archive, self.status)
+        self.reporter = CommitmentReporter(lambda: self.config, self.archive, self.status)
+        self.server = DicomServer(self.config, self.archive, self.status, self.reporter.wake)
         self.server.start()
+        self.reporter.start()
         self.forwarder.start()
         self._housekeeper = threading.Thread(
             target=self._housekeep, name="housekeeping", daemon=True
@@ -155,6 +159,8 @@ class Agent:
             self.console = None
         if self.server is not None:
             self.server.close()
+        if self.reporter is not None:
+            self.reporter.close()
         if self.forwarder is not None:
             self.forwarder.close()
         self._stop.set()

@@ -10,6 +10,7 @@ import tempfile
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 from pynetdicom import AE, evt
@@ -21,6 +22,7 @@ from agent.archive.retrieval import Reader
 from agent.config import Config
 from agent.dicom.contexts import (
     QR_SOP_CLASSES,
+    STORAGE_COMMITMENT,
     STORAGE_SOP_CLASSES,
     STORAGE_TRANSFER_SYNTAXES,
     UNCOMPRESSED,
@@ -38,6 +40,7 @@ from agent.net.access import (
     admit,
     recheck,
 )
+from agent.net.commitment import CommitmentHandler, offered_commitment
 from agent.net.engine import guards, transport
 from agent.net.qr import QueryRetrieveHandlers
 from agent.net.storage import StorageHandlers
@@ -58,7 +61,13 @@ ABORTED_END_WITHIN = 2.0  # for aborted associations' threads to end, once the l
 class DicomServer:
     """Listens for associations; serves Verification, Storage and Query/Retrieve."""
 
-    def __init__(self, config: Config, archive: Archive, status: StatusModel) -> None:
+    def __init__(
+        self,
+        config: Config,
+        archive: Archive,
+        status: StatusModel,
+        on_commitment: Callable[[], None] = lambda: None,
+    ) -> None:
         self.config = config
         self.archive = archive
         self.status = status
@@ -66,6 +75,7 @@ class DicomServer:
         self._storage = StorageHandlers(archive, status, self.caller_now)
         self._reader = Reader(archive.layout, config.agent.ae_title)
         self._qr = QueryRetrieveHandlers(config, self._reader, self.caller_now)
+        self._commitment = CommitmentHandler(archive, self.caller_now, on_commitment)
         self._ae = self._build_ae()
         # ConfigError (naming the key) here stops start-up: unusable certificate or key
         self._tls = tls.load(config.tls) if config.tls is not None else None
@@ -93,6 +103,10 @@ class DicomServer:
             ae.add_supported_context(
                 sop_class, list(STORAGE_TRANSFER_SYNTAXES), scu_role=True, scp_role=True
             )
+        # both roles: a modality asks us (SCU), a PACS reports to us (proposes SCP role)
+        ae.add_supported_context(
+            STORAGE_COMMITMENT, list(UNCOMPRESSED), scu_role=True, scp_role=True
+        )
         return ae
 
     @property
@@ -143,6 +157,7 @@ class DicomServer:
             (evt.EVT_C_MOVE, self._qr.on_move),
             (evt.EVT_C_GET, self._qr.on_get),
             (evt.EVT_SOP_EXTENDED, self._qr.on_sop_extended),
+            (evt.EVT_N_ACTION, self._commitment.on_n_action),
         ]
         tls_args = None if tls_timeout is None else (self._server_context, tls_timeout)
         server = self._ae.make_server(
@@ -324,6 +339,7 @@ class DicomServer:
         # C-GET sends its C-STOREs back on storage contexts, so "get" keeps those too;
         # a C-STORE from such a peer is still refused by the handler (0x0124).
         allowed = decision.allowed | ({"store"} if decision.may("get") else set())
+        allowed = allowed - {"commit"} | ({"commit"} if offered_commitment(decision) else set())
         contexts = [
             cx
             for cx in assoc.acceptor.supported_contexts

@@ -203,6 +203,14 @@ def reschedule(index: Index, uid: str, next_attempt: float, error: str | None = 
         )
 
 
+def rearm(index: Index, now: float) -> int:
+    """Make every pending transaction due now (after a restart: report what waited)."""
+    with index.transaction() as conn:
+        return conn.execute(
+            "UPDATE commitments SET next_attempt = ? WHERE state = ?", (now, PENDING)
+        ).rowcount
+
+
 def counts(index: Index) -> dict[str, int]:
     """How many transactions are pending and reported."""
     with index.reading() as conn:

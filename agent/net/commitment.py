@@ -166,6 +166,9 @@ class CommitmentReporter:
 
     def start(self) -> None:
         """Report what waited across a restart now, then keep going in a thread."""
+        waited = commitments.rearm(self.archive.index, self.clock())
+        if waited:
+            log.info("%d commitment transactions from before the start await their report", waited)
         self._thread = threading.Thread(target=self._run, name="commitment-reporter", daemon=True)
         self._thread.start()
 
@@ -214,7 +217,7 @@ class CommitmentReporter:
         try:
             send_report(config, peer, tx.uid, decision)
         except PeerError as exc:
-            delay = min(RETRY_MAX, RETRY_FIRST * 2 ** min(tx.attempts, 10))
+            delay = retry_delay(tx.attempts)
             log.warning("commitment report to %s not delivered (%s); again in %.0f s",
                         peer.name, exc, delay)
             commitments.reschedule(self.archive.index, tx.uid, now + delay, str(exc))
@@ -222,6 +225,11 @@ class CommitmentReporter:
         commitments.mark_reported(self.archive.index, tx.uid, self.clock())
         log.info("commitment report sent to %s: %d committed, %d failed",
                  peer.name, len(decision.committed), len(decision.failed))
+
+
+def retry_delay(attempts: int) -> float:
+    """Seconds before the next report attempt after ``attempts`` failed ones."""
+    return float(min(RETRY_MAX, RETRY_FIRST * 2 ** min(attempts, 10)))
 
 
 def _counts(archive: Archive) -> dict[str, int]:

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from agent.dicom.status import (
     CLASS_INSTANCE_CONFLICT,
@@ -19,8 +20,14 @@ from agent.dicom.status import (
     PROCESSING_FAILURE,
 )
 
-if TYPE_CHECKING:
-    from agent.archive.index import Index
+
+class Index(Protocol):
+    """What this module needs of agent.archive.index.Index (which imports this module
+    for its migration, so it is named by shape, not imported)."""
+
+    def transaction(self) -> AbstractContextManager[sqlite3.Connection]: ...
+
+    def reading(self) -> AbstractContextManager[sqlite3.Connection]: ...
 
 PENDING, REPORTED = "pending", "reported"
 STORED, FORWARDED, PACS_COMMITTED = "stored", "forwarded", "pacs-committed"

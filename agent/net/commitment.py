@@ -177,11 +177,11 @@ class CommitmentReporter:
         self._wake.set()
 
     def close(self) -> None:
-        """Stop after the report being sent, if any."""
+        """Stop; a report being sent is left to its daemon thread (it is sent again later)."""
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
-            threads.join(self._thread, STOPS_WITHIN + REPORT_TIMEOUT)
+            threads.join(self._thread, STOPS_WITHIN)  # a daemon: a silent peer holds no stop
 
     def _run(self) -> None:
         while not self._stop.is_set():

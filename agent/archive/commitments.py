@@ -59,15 +59,15 @@ class Decision:
 
 
 def migrate_to_5(conn: sqlite3.Connection) -> None:
-    """The commitment transactions we owe a report, and their instances."""
+    """The commitment transactions we owe a report, and their instances (idempotent)."""
     for statement in (
-        "CREATE TABLE commitments (transaction_uid TEXT PRIMARY KEY, peer TEXT NOT NULL,"
-        " received_at REAL NOT NULL, state TEXT NOT NULL, attempts INTEGER NOT NULL"
+        "CREATE TABLE IF NOT EXISTS commitments (transaction_uid TEXT PRIMARY KEY,"
+        " peer TEXT NOT NULL, received_at REAL NOT NULL, state TEXT NOT NULL, attempts INTEGER NOT NULL"
         " DEFAULT 0, next_attempt REAL NOT NULL, reported_at REAL, last_error TEXT)",
-        "CREATE TABLE commitment_items (transaction_uid TEXT NOT NULL, position INTEGER"
-        " NOT NULL, SOPClassUID TEXT NOT NULL, SOPInstanceUID TEXT NOT NULL,"
+        "CREATE TABLE IF NOT EXISTS commitment_items (transaction_uid TEXT NOT NULL,"
+        " position INTEGER NOT NULL, SOPClassUID TEXT NOT NULL, SOPInstanceUID TEXT NOT NULL,"
         " PRIMARY KEY (transaction_uid, position))",
-        "CREATE INDEX commitments_due ON commitments (state, next_attempt)",
+        "CREATE INDEX IF NOT EXISTS commitments_due ON commitments (state, next_attempt)",
     ):
         conn.execute(statement)
 

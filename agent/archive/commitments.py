@@ -62,7 +62,8 @@ def migrate_to_5(conn: sqlite3.Connection) -> None:
     """The commitment transactions we owe a report, and their instances (idempotent)."""
     for statement in (
         "CREATE TABLE IF NOT EXISTS commitments (transaction_uid TEXT PRIMARY KEY,"
-        " peer TEXT NOT NULL, received_at REAL NOT NULL, state TEXT NOT NULL, attempts INTEGER NOT NULL"
+        " peer TEXT NOT NULL, received_at REAL NOT NULL, state TEXT NOT NULL,"
+        " attempts INTEGER NOT NULL"
         " DEFAULT 0, next_attempt REAL NOT NULL, reported_at REAL, last_error TEXT)",
         "CREATE TABLE IF NOT EXISTS commitment_items (transaction_uid TEXT NOT NULL,"
         " position INTEGER NOT NULL, SOPClassUID TEXT NOT NULL, SOPInstanceUID TEXT NOT NULL,"

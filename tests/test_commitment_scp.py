@@ -306,3 +306,41 @@ def test_invalid_requests_are_answered_with_a_failure(tmp_path: Path,
     agent = start(path, running)
     accepted, status = request(agent.config.agent.port, "not a uid", [("1.2.3", "1.2.4")])
     assert accepted and status == 0x0115
+
+
+class _Event:
+    """What the handler reads of pynetdicom's EVT_N_ACTION event."""
+
+    def __init__(self, action: int, info: Dataset | None) -> None:
+        self.assoc = object()
+        self.request = Dataset()
+        self.request.RequestedSOPClassUID = STORAGE_COMMITMENT
+        self.request.ActionTypeID = action
+        self.action_information = info
+
+
+def test_each_request_is_judged_by_the_rights_now(tmp_path: Path) -> None:
+    from agent.config import Peer
+    from agent.net.access import Caller
+
+    archive = Archive(tmp_path / "data")
+    try:
+        rights: list[frozenset[str]] = [frozenset({"commit"})]
+        peer = Peer("MODALITY", MOD_AE, "127.0.0.1", 104)
+
+        def caller_now(_assoc: object) -> Caller:
+            return Caller(MOD_AE, "127.0.0.1", peer, rights[0])
+
+        handler = commitment.CommitmentHandler(archive, caller_now)
+        good = Dataset()
+        good.TransactionUID = generate_uid()
+        good.ReferencedSOPSequence = [_ref("1.2.3", "1.2.3.4")]
+        assert handler.on_n_action(_Event(2, good)) == (0x0123, None)
+        assert handler.on_n_action(_Event(1, Dataset())) == (0x0115, None)
+        assert handler.on_n_action(_Event(1, good)) == (0x0000, None)
+        rights[0] = frozenset({"echo", "store"})  # a reload took "commit" away
+        good.TransactionUID = generate_uid()
+        assert handler.on_n_action(_Event(1, good)) == (0x0124, None)
+        assert commitments.counts(archive.index)[commitments.PENDING] == 1
+    finally:
+        archive.close()

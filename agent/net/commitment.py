@@ -28,8 +28,8 @@ from agent.dicom.contexts import (
 )
 from agent.dicom.status import (
     INVALID_ARGUMENT_VALUE,
-    MISSING_ATTRIBUTE,
     NO_SUCH_ACTION_TYPE,
+    NO_SUCH_SOP_CLASS,
     NOT_AUTHORIZED,
     PROCESSING_FAILURE,
     SUCCESS,
@@ -64,7 +64,7 @@ def offered_commitment(caller: Caller) -> bool:
 def parse_request(ds: Dataset | None) -> tuple[str, list[tuple[str, str]]] | int:
     """The Transaction UID and (class, instance) pairs of an N-ACTION, or a failure status."""
     if ds is None or "TransactionUID" not in ds or "ReferencedSOPSequence" not in ds:
-        return MISSING_ATTRIBUTE
+        return INVALID_ARGUMENT_VALUE
     uid = str(ds.TransactionUID or "")
     if not UID(uid).is_valid:
         return INVALID_ARGUMENT_VALUE
@@ -73,9 +73,9 @@ def parse_request(ds: Dataset | None) -> tuple[str, list[tuple[str, str]]] | int
         sop_class = str(item.get("ReferencedSOPClassUID", "") or "")
         sop_uid = str(item.get("ReferencedSOPInstanceUID", "") or "")
         if not sop_class or not sop_uid:
-            return MISSING_ATTRIBUTE
+            return INVALID_ARGUMENT_VALUE
         items.append((sop_class, sop_uid))
-    return (uid, items) if items else MISSING_ATTRIBUTE
+    return (uid, items) if items else INVALID_ARGUMENT_VALUE
 
 
 class CommitmentHandler:
@@ -106,7 +106,7 @@ class CommitmentHandler:
             return NOT_AUTHORIZED
         request = event.request
         if str(request.RequestedSOPClassUID) != STORAGE_COMMITMENT:
-            return INVALID_ARGUMENT_VALUE
+            return NO_SUCH_SOP_CLASS
         if request.ActionTypeID != COMMITMENT_REQUEST:
             return NO_SUCH_ACTION_TYPE
         parsed = parse_request(event.action_information)

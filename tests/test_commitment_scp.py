@@ -171,8 +171,11 @@ def test_give_up_and_conflicts(tmp_path: Path, instances: list[Dataset],
     index: Any = agent.archive.index
     held = (str(instances[0].SOPClassUID), str(instances[0].SOPInstanceUID))
     pairs = [held, ("1.2.3", str(instances[1].SOPInstanceUID)), (held[0], "1.2.3.4")]
-    assert commitments.record(index, "1.2.9", "MODALITY", pairs, 1000.0)
-    assert not commitments.record(index, "1.2.9", "MODALITY", pairs, 1000.0)
+    assert commitments.record(index, "1.2.9", "MODALITY", pairs, 1000.0) == commitments.NEW
+    again = commitments.record(index, "1.2.9", "MODALITY", pairs, 1000.0)
+    assert again == commitments.REPEATED
+    other = commitments.record(index, "1.2.9", "MODALITY", pairs[:1], 1000.0)
+    assert other == commitments.CONFLICTING
     tx = next(t for t in commitments.due(index, 2000.0) if t.uid == "1.2.9")
     early = commitments.decide(index, tx, "pacs-committed", 1, 1000.0 + 3599)
     assert early.waiting == [held] and not early.settled
@@ -338,6 +341,9 @@ def test_each_request_is_judged_by_the_rights_now(tmp_path: Path) -> None:
         assert handler.on_n_action(_Event(2, good)) == (0x0123, None)
         assert handler.on_n_action(_Event(1, Dataset())) == (0x0115, None)
         assert handler.on_n_action(_Event(1, good)) == (0x0000, None)
+        assert handler.on_n_action(_Event(1, good)) == (0x0000, None)  # a retry
+        good.ReferencedSOPSequence = [_ref("1.2.3", "1.2.3.5")]
+        assert handler.on_n_action(_Event(1, good)) == (0x0131, None)  # same UID, other data
         rights[0] = frozenset({"echo", "store"})  # a reload took "commit" away
         good.TransactionUID = generate_uid()
         assert handler.on_n_action(_Event(1, good)) == (0x0124, None)

@@ -73,16 +73,21 @@ def migrate_to_5(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
+NEW, REPEATED, CONFLICTING = "new", "repeated", "conflicting"
+
+
 def record(
     index: Index, uid: str, peer: str, items: Sequence[tuple[str, str]], now: float
-) -> bool:
-    """Record a transaction durably (committed to disk on return); False if its UID is
-    known already (then nothing is written)."""
+) -> str:
+    """Record a transaction durably (committed to disk on return): NEW; or, if its UID is
+    known, REPEATED (same peer and instances: a retry) or CONFLICTING, writing nothing."""
     with index.transaction() as conn:
-        if conn.execute(
-            "SELECT 1 FROM commitments WHERE transaction_uid = ?", (uid,)
-        ).fetchone():
-            return False
+        known = conn.execute(
+            "SELECT peer FROM commitments WHERE transaction_uid = ?", (uid,)
+        ).fetchone()
+        if known is not None:
+            same = known[0] == peer and _transaction(conn, uid, peer, 0, 0).items == tuple(items)
+            return REPEATED if same else CONFLICTING
         conn.execute(
             "INSERT INTO commitments (transaction_uid, peer, received_at, state, next_attempt)"
             " VALUES (?, ?, ?, ?, ?)",
@@ -92,7 +97,7 @@ def record(
             "INSERT INTO commitment_items VALUES (?, ?, ?, ?)",
             [(uid, n, sop_class, sop_uid) for n, (sop_class, sop_uid) in enumerate(items)],
         )
-    return True
+    return NEW
 
 
 def due(index: Index, now: float, limit: int = 50) -> list[Transaction]:

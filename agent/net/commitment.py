@@ -27,6 +27,7 @@ from agent.dicom.contexts import (
     UNCOMPRESSED,
 )
 from agent.dicom.status import (
+    DUPLICATE_TRANSACTION_UID,
     INVALID_ARGUMENT_VALUE,
     NO_SUCH_ACTION_TYPE,
     NO_SUCH_SOP_CLASS,
@@ -114,8 +115,12 @@ class CommitmentHandler:
             log.warning("invalid storage commitment request from %s (0x%04X)", caller, parsed)
             return parsed
         uid, items = parsed
-        if not commitments.record(self.archive.index, uid, caller.peer.name, items, time.time()):
-            log.warning("%s repeated commitment transaction %s: already recorded", caller, uid)
+        outcome = commitments.record(self.archive.index, uid, caller.peer.name, items, time.time())
+        if outcome == commitments.CONFLICTING:
+            log.warning("%s reused transaction UID %s for other instances; refused", caller, uid)
+            return DUPLICATE_TRANSACTION_UID
+        if outcome == commitments.REPEATED:
+            log.info("%s repeated commitment transaction %s: already recorded", caller, uid)
             return SUCCESS  # a retry after a lost response: its report goes (or went) once
         log.info("commitment transaction of %d instances from %s recorded", len(items), caller)
         self.wake()

@@ -18,6 +18,7 @@ from agent.errors import AgentError
 from agent.forward import retention
 from agent.forward.process import ForwardingProcess
 from agent.net import configure_pynetdicom, peerlog
+from agent.net.commit_scp import CommitmentReporter
 from agent.net.scp import DicomServer
 from agent.pull import Landing
 from agent.status import Snapshot, State, StatusModel, publish
@@ -88,6 +89,7 @@ class Agent:
         self._lock = DataDirLock(self.layout.run_dir)
         self.archive: Archive | None = None
         self.server: DicomServer | None = None
+        self.commitments: CommitmentReporter | None = None  # storage commitment reports
         self.forwarder: ForwardingProcess | None = None
         self._stop = threading.Event()
         self._housekeeper: threading.Thread | None = None
@@ -110,8 +112,10 @@ class Agent:
         self.forwarder = ForwardingProcess(self.config, self.archive, self.status)
         found = recover(self.archive)
         log.info("archive ready: %s", found)
-        self.server = DicomServer(self.config, self.archive, self.status)
+        self.commitments = CommitmentReporter(lambda: self.config, self.archive, self.status)
+        self.server = DicomServer(self.config, self.archive, self.status, self.commitments.wake)
         self.server.start()
+        self.commitments.start()
         self.forwarder.start()
         self._housekeeper = threading.Thread(
             target=self._housekeep, name="housekeeping", daemon=True
@@ -159,6 +163,8 @@ class Agent:
             self.forwarder.stop_soon()  # its senders finish while associations do
         if self.server is not None:
             self.server.close()
+        if self.commitments is not None:
+            self.commitments.close()
         if self.forwarder is not None:
             self.forwarder.close()
         self._stop.set()

@@ -52,6 +52,9 @@ class AgentSettings:
     plain_listener: bool = True  # false: only the TLS listener ([tls].port) serves
 
 
+COMMIT_WHEN = ("stored", "forwarded", "pacs-committed")
+
+
 @dataclass(frozen=True)
 class Peer:
     """A remote AE we know, by a short name, and what it may ask of us."""
@@ -68,6 +71,8 @@ class Peer:
     commit_after_instances: int = 500  # ask once this many delivered instances wait...
     commit_after_seconds: float = 30.0  # ...or this long after the last delivery
     commit_report_timeout: float = 600.0  # no report within this: ask again
+    commit_when: str = "stored"  # our commitment to it: "stored", "forwarded", "pacs-committed"
+    commit_give_up_hours: float = 24.0  # unsettled this long: reported failed (0x0110)
 
 
 @dataclass(frozen=True)
@@ -144,6 +149,7 @@ def parse(raw: Mapping[str, Any], source: Path | None = None) -> Config:
     console = parse_console(v.table(raw, "console", ""))
     tls = _parse_tls(raw["tls"], base_dir) if "tls" in raw else None
     _check_tls_use(agent, peers, tls)
+    _check_commit_policies(peers, forward)
     return Config(agent, peers, forward, leds, console, tls, source)
 
 
@@ -197,6 +203,12 @@ def _parse_peer(name: str, table: Mapping[str, Any]) -> Peer:
         tls=v.get(table, f"{where}.tls", bool, False, None),
         verify_name=v.get(table, f"{where}.verify_name", bool, True, None),
         **_commit_settings(table, where),
+        commit_when=v.get(
+            table, f"{where}.commit_when", str, "stored", v.one_of(COMMIT_WHEN)
+        ),
+        commit_give_up_hours=float(
+            v.get(table, f"{where}.commit_give_up_hours", (int, float), 24.0, v.positive)
+        ),
     )
 
 
@@ -261,6 +273,17 @@ def _check_tls_use(
     for peer in peers.values():
         if peer.tls:
             raise ConfigError(f"peers.{peer.name}.tls", "true needs a [tls] table")
+
+
+def _check_commit_policies(peers: Mapping[str, Peer], forward: ForwardSettings) -> None:
+    """A modality promised commitment once the PACS commits needs a PACS that is asked."""
+    asked = [name for name in forward.to if peers[name].commit]
+    for peer in peers.values():
+        if peer.commit_when == "pacs-committed" and not asked:
+            raise ConfigError(
+                f"peers.{peer.name}.commit_when",
+                "'pacs-committed' needs a [forward] destination with commit = true",
+            )
 
 
 def _check_unique_ae_titles(agent: AgentSettings, peers: Mapping[str, Peer]) -> None:

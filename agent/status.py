@@ -94,6 +94,8 @@ class Snapshot:
     certificate_expires: str | None = None  # the TLS certificate's notAfter (ISO 8601, UTC)
     commit_awaiting: int = 0  # delivered to a commit = true destination, not yet committed
     commit_failed: int = 0  # a destination reported it would not commit these
+    commitments_pending: int = 0  # storage commitment transactions we still owe a report
+    commitments_reported: int = 0
     version: int = 0
 
     def summary(self) -> str:
@@ -183,6 +185,14 @@ class StatusModel:
         listening = ", ".join(where)
         self._apply(lambda s: {"listening": listening, "port": port or tls_port})
 
+    def owed_reports(self, pending: int, reported: int) -> None:
+        """How many commitment transactions await their report, and how many were reported."""
+        new = {"commitments_pending": pending, "commitments_reported": reported}
+        self._apply(
+            lambda s: new if (s.commitments_pending, s.commitments_reported) != (pending, reported)
+            else {}
+        )
+
     def set_associations(self, count: int) -> None:
         """How many associations are open now."""
         self._apply(lambda s: {"associations": count} if s.associations != count else {})
@@ -264,7 +274,7 @@ class StatusModel:
 
         self._apply(change)
 
-    def commitments(self, counts: dict[str, dict[str, int]]) -> None:
+    def destination_commitments(self, counts: dict[str, dict[str, int]]) -> None:
         """Storage commitment rows per destination and state, as the archive holds them."""
         awaiting = sum(c.get("awaiting", 0) + c.get("requested", 0) for c in counts.values())
         failed = sum(c.get("failed", 0) for c in counts.values())

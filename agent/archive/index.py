@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.archive import pacs_commits
+from agent.archive import commitments, pacs_commits
 from agent.archive.keys import KEYS, LEADING_SPACES_PAD, TABLES
 from agent.dicom.models import Level
 from agent.errors import AgentError, IndexUnavailable
@@ -160,7 +160,8 @@ MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _migrate_to_2,
     _migrate_to_3,
     _migrate_to_4,
-    pacs_commits.migrate,  # commitment we ask of destinations (agent/archive/pacs_commits.py)
+    pacs_commits.migrate,  # 5: commitment we ask of destinations
+    commitments.migrate,  # 6: commitment modalities ask of us
 ]
 
 

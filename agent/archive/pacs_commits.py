@@ -120,26 +120,37 @@ class PacsCommits:
                 [(transaction_uid, now, uid, destination) for uid in sop_uids],
             )
 
-    def settle(self, transaction_uid: str, failed: Mapping[str, int], now: float) -> Settled:
-        """A report for ``transaction_uid``: the failed instances with their reasons, the
-        rest of the transaction committed. A report for an unknown or superseded
-        transaction settles nothing."""
+    def settle(
+        self,
+        transaction_uid: str,
+        committed: Collection[str],
+        failed: Mapping[str, int],
+        reporter: str,
+        now: float,
+    ) -> Settled:
+        """A report from the peer ``reporter`` on ``transaction_uid``: the instances it lists
+        as committed and those that failed, with their reasons. Instances it does not
+        list stay requested (asked again after the report timeout). A report for an
+        unknown or superseded transaction, or from another peer than the one asked,
+        settles nothing."""
         with self.index.transaction() as conn:
             row = conn.execute(
                 "SELECT destination FROM pacs_commits WHERE transaction_uid = ? LIMIT 1",
                 (transaction_uid,),
             ).fetchone()
+            if row is None or str(row[0]) != reporter:
+                return Settled(None if row is None else str(row[0]), 0, 0)
             bad = conn.executemany(
                 "UPDATE pacs_commits SET state = 'failed', reason = ?, settled_at = ?"
                 " WHERE transaction_uid = ? AND SOPInstanceUID = ? AND state = 'requested'",
                 [(reason, now, transaction_uid, uid) for uid, reason in failed.items()],
             ).rowcount
-            good = conn.execute(
+            good = conn.executemany(
                 "UPDATE pacs_commits SET state = 'committed', reason = NULL, settled_at = ?"
-                " WHERE transaction_uid = ? AND state = 'requested'",
-                (now, transaction_uid),
+                " WHERE transaction_uid = ? AND SOPInstanceUID = ? AND state = 'requested'",
+                [(now, transaction_uid, uid) for uid in committed if uid not in failed],
             ).rowcount
-        return Settled(None if row is None else str(row[0]), good, max(bad, 0))
+        return Settled(str(row[0]), max(good, 0), max(bad, 0))
 
     def study_references(self, study_uid: str) -> list[tuple[str, str]]:
         """(SOP Class UID, SOP Instance UID) of every archived instance of a study."""

@@ -49,9 +49,11 @@ STORAGE_SOP_CLASSES: tuple[str, ...] = tuple(
     str(cx.abstract_syntax) for cx in AllStoragePresentationContexts
 )
 VERIFICATION = "1.2.840.10008.1.1"
-STORAGE_COMMITMENT = "1.2.840.10008.1.20.1"  # Storage Commitment Push Model SOP Class
-STORAGE_COMMITMENT_INSTANCE = "1.2.840.10008.1.20.1.1"  # its well-known SOP Instance
-COMMIT_REQUEST, COMMIT_ALL_SUCCEEDED, COMMIT_SOME_FAILED = 1, 1, 2  # action / event types
+# Storage Commitment Push Model (PS3.4 Annex J): the SOP class and its well-known instance
+STORAGE_COMMITMENT = "1.2.840.10008.1.20.1"
+STORAGE_COMMITMENT_INSTANCE = "1.2.840.10008.1.20.1.1"
+COMMITMENT_REQUEST = 1  # N-ACTION Action Type ID: request storage commitment
+ALL_COMMITTED, SOME_FAILED = 1, 2  # N-EVENT-REPORT Event Type IDs
 
 _QR_BASE = "1.2.840.10008.5.1.4.1.2"
 # (model, service) for each Query/Retrieve SOP class: .1 Patient Root, .2 Study Root,

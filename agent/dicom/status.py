@@ -24,6 +24,15 @@ PROCESSING_FAILURE = 0x0110  # also a Storage Commitment failure reason (PS3.4 J
 NO_SUCH_OBJECT_INSTANCE = 0x0112  # Storage Commitment: the SCP does not hold it
 SOP_CLASS_NOT_SUPPORTED = 0x0122
 NOT_AUTHORIZED = 0x0124
+# N-ACTION failures (PS3.7 C.4.3) for a Storage Commitment request we cannot take
+NO_SUCH_ACTION_TYPE = 0x0123
+INVALID_ARGUMENT_VALUE = 0x0115  # also: a Transaction UID or a referenced UID missing
+NO_SUCH_SOP_CLASS = 0x0118
+PROCESSING_FAILURE = 0x0110
+# Storage Commitment Failure Reason (PS3.4 J.3.3.1.1, one per failed instance); 0x0110 too
+NO_SUCH_OBJECT_INSTANCE = 0x0112
+CLASS_INSTANCE_CONFLICT = 0x0119
+DUPLICATE_TRANSACTION_UID = 0x0131
 # failures, service-specific (PS3.4 Annex B and C)
 OUT_OF_RESOURCES = 0xA700
 MOVE_DESTINATION_UNKNOWN = 0xA801

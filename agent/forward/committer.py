@@ -18,7 +18,7 @@ from agent.archive import Archive
 from agent.config import Config, Peer
 from agent.errors import PeerError
 from agent.forward.sender import ForwardEvents
-from agent.net import commitment
+from agent.net import commit_scu as commitment
 
 log = logging.getLogger(__name__)
 

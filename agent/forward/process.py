@@ -88,7 +88,7 @@ class ForwardingProcess:
         if names:
             self.status.queue_depth(depth, names)
         if any(peer.commit for peer in self.config.peers.values()):
-            self.status.commitments(self.archive.pacs_commits.counts())
+            self.status.destination_commitments(self.archive.pacs_commits.counts())
 
     def _keep_alive(self, depth: dict[str, dict[str, int]]) -> None:
         """Replace a process that died or stopped answering; start one when jobs appear."""

@@ -11,7 +11,7 @@ from agent.archive.pacs_commits import PacsCommits
 from agent.dicom.contexts import STORAGE_COMMITMENT
 from agent.dicom.status import NOT_AUTHORIZED, SOP_CLASS_NOT_SUPPORTED
 from agent.net.access import Caller
-from agent.net.commitment import settle_event
+from agent.net.commit_scu import settle_event
 
 log = logging.getLogger(__name__)
 
@@ -32,5 +32,5 @@ class CommitReports:
             return NOT_AUTHORIZED, None
         if str(event.request.AffectedSOPClassUID) != STORAGE_COMMITMENT:
             return SOP_CLASS_NOT_SUPPORTED, None
-        code, _ = settle_event(self.commits, event)
+        code, _ = settle_event(self.commits, event, caller.peer.name)
         return code, None

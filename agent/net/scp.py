@@ -10,6 +10,7 @@ import tempfile
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 from pynetdicom import AE, evt
@@ -40,6 +41,7 @@ from agent.net.access import (
     recheck,
 )
 from agent.net.commit_reports import CommitReports
+from agent.net.commit_scp import CommitmentHandler, offered_commitment
 from agent.net.engine import guards, transport
 from agent.net.qr import QueryRetrieveHandlers
 from agent.net.storage import StorageHandlers
@@ -60,7 +62,13 @@ ABORTED_END_WITHIN = 2.0  # for aborted associations' threads to end, once the l
 class DicomServer:
     """Listens for associations; serves Verification, Storage and Query/Retrieve."""
 
-    def __init__(self, config: Config, archive: Archive, status: StatusModel) -> None:
+    def __init__(
+        self,
+        config: Config,
+        archive: Archive,
+        status: StatusModel,
+        on_commitment: Callable[[], None] = lambda: None,
+    ) -> None:
         self.config = config
         self.archive = archive
         self.status = status
@@ -69,6 +77,7 @@ class DicomServer:
         self._reader = Reader(archive.layout, config.agent.ae_title)
         self._qr = QueryRetrieveHandlers(config, self._reader, self.caller_now)
         self._reports = CommitReports(archive.pacs_commits, self.caller_now)
+        self._commitment = CommitmentHandler(archive, self.caller_now, on_commitment)
         self._ae = self._build_ae()
         # ConfigError (naming the key) here stops start-up: unusable certificate or key
         self._tls = tls.load(config.tls) if config.tls is not None else None
@@ -96,7 +105,7 @@ class DicomServer:
             ae.add_supported_context(
                 sop_class, list(STORAGE_TRANSFER_SYNTAXES), scu_role=True, scp_role=True
             )
-        # a PACS sends its commitment report as requestor in the SCP role (role selection)
+        # both roles: a modality asks us (SCU), a PACS reports to us (proposes SCP role)
         ae.add_supported_context(
             STORAGE_COMMITMENT, list(UNCOMPRESSED), scu_role=True, scp_role=True
         )
@@ -151,6 +160,7 @@ class DicomServer:
             (evt.EVT_C_GET, self._qr.on_get),
             (evt.EVT_SOP_EXTENDED, self._qr.on_sop_extended),
             (evt.EVT_N_EVENT_REPORT, self._reports.on_event_report),
+            (evt.EVT_N_ACTION, self._commitment.on_n_action),
         ]
         tls_args = None if tls_timeout is None else (self._server_context, tls_timeout)
         server = self._ae.make_server(
@@ -332,8 +342,7 @@ class DicomServer:
         # C-GET sends its C-STOREs back on storage contexts, so "get" keeps those too;
         # a C-STORE from such a peer is still refused by the handler (0x0124).
         allowed = decision.allowed | ({"store"} if decision.may("get") else set())
-        if decision.peer is not None and decision.peer.commit:
-            allowed |= {"commit"}  # its reports to us; asking us is the handler's to refuse
+        allowed = allowed - {"commit"} | ({"commit"} if offered_commitment(decision) else set())
         contexts = [
             cx
             for cx in assoc.acceptor.supported_contexts

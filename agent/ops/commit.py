@@ -11,7 +11,7 @@ from agent.archive.index import Index
 from agent.archive.pacs_commits import COMMITTED, REQUESTED, PacsCommits
 from agent.config import Config
 from agent.errors import AgentError, ConfigError
-from agent.net import commitment
+from agent.net import commit_scu as commitment
 
 DEFAULT_TIMEOUT = 60.0
 POLL = 0.1  # seconds between looks at the table the running agent writes reports into

@@ -66,6 +66,11 @@ def _agent_lines(agent: dict[str, Any], answering: bool) -> list[str]:
         f"          {agent['received']} received this run, {agent['refused']} refused, "
         f"{agent['associations']} associations open",
     ]
+    if agent.get("commitments_pending") or agent.get("commitments_reported"):
+        lines.append(
+            f"commit    {agent['commitments_pending']} transactions await their report, "
+            f"{agent['commitments_reported']} reported"
+        )
     if agent.get("forwarder_pid"):
         lines.append(f"forward   sent by the forwarding process (pid {agent['forwarder_pid']})")
     for destination in agent.get("destinations", []):

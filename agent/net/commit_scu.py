@@ -22,7 +22,7 @@ from agent.archive.pacs_commits import REQUESTED, PacsCommits, Settled
 from agent.config import Config, Peer
 from agent.dicom import status
 from agent.dicom.contexts import (
-    COMMIT_REQUEST,
+    COMMITMENT_REQUEST,
     STORAGE_COMMITMENT,
     STORAGE_COMMITMENT_INSTANCE,
     UNCOMPRESSED,
@@ -37,9 +37,11 @@ SAME_ASSOCIATION_WAIT = 2.0  # seconds a still-open association is kept for the 
 
 @dataclass(frozen=True)
 class Report:
-    """One N-EVENT-REPORT's content: the transaction and the instances that failed."""
+    """One N-EVENT-REPORT's content: the transaction, the instances it says are committed
+    and those that failed (with reasons)."""
 
     transaction_uid: str
+    committed: tuple[str, ...]
     failed: dict[str, int]
 
 
@@ -55,18 +57,31 @@ def parse_report(info: Dataset) -> Report:
         )
         for item in info.get("FailedSOPSequence", [])
     }
-    return Report(transaction, failed)
+    committed = tuple(
+        str(item.ReferencedSOPInstanceUID) for item in info.get("ReferencedSOPSequence", [])
+    )
+    return Report(transaction, committed, failed)
 
 
-def settle_event(commits: PacsCommits, event: Any) -> tuple[int, Settled | None]:
-    """Settle an EVT_N_EVENT_REPORT in the archive: the DIMSE status to answer with, and
-    what it settled (None when the report could not be read)."""
+def settle_event(
+    commits: PacsCommits, event: Any, reporter: str
+) -> tuple[int, Settled | None]:
+    """Settle an EVT_N_EVENT_REPORT from the peer named ``reporter`` in the archive: the
+    DIMSE status to answer with, and what it settled (None when it could not be read)."""
     try:
         report = parse_report(event.event_information)
     except Exception as exc:  # a malformed report must not take the association down
         log.warning("unreadable storage commitment report: %s", exc)
         return status.PROCESSING_FAILURE, None
-    settled = commits.settle(report.transaction_uid, report.failed, time.time())
+    settled = commits.settle(
+        report.transaction_uid, report.committed, report.failed, reporter, time.time()
+    )
+    if settled.destination is not None and settled.destination != reporter:
+        log.warning(
+            "refused a storage commitment report from peers.%s on a transaction asked of"
+            " peers.%s", reporter, settled.destination,
+        )
+        return status.NOT_AUTHORIZED, None
     log.info(
         "storage commitment report from %s: %d committed, %d failed",
         settled.destination or "an unknown transaction",
@@ -113,7 +128,7 @@ def request(
     reported = threading.Event()
 
     def on_report(event: Any) -> tuple[int, None]:
-        code, _ = settle_event(commits, event)
+        code, _ = settle_event(commits, event, peer.name)
         reported.set()
         return code, None
 
@@ -125,7 +140,7 @@ def request(
     try:
         answer, _ = assoc.send_n_action(
             request_dataset(transaction_uid, refs),
-            COMMIT_REQUEST,
+            COMMITMENT_REQUEST,
             STORAGE_COMMITMENT,
             STORAGE_COMMITMENT_INSTANCE,
         )

@@ -127,7 +127,7 @@ def running(tmp_path: Path) -> Iterator[list[Agent]]:
 
 
 def start(path: Path, agents: list[Agent]) -> Agent:
-    agent = Agent(config_module.load_file(path), hardware=False)
+    agent = Agent(config_module.load_file(path))
     agent.start()
     agents.append(agent)
     return agent
@@ -161,10 +161,17 @@ def _archive_with(tmp_path: Path, config: Config, instances: list[Dataset],
     return agent
 
 
+def _pacs(port: int, *, commit: bool) -> str:
+    """A forward destination PACS at ``port`` (TOML to append to a config)."""
+    return (f'\n[peers.PACS]\nae_title = "PACS"\nhost = "127.0.0.1"\nport = {port}\n'
+            f'commit = {str(commit).lower()}\n\n[forward]\nto = ["PACS"]\n')
+
+
 def test_give_up_and_conflicts(tmp_path: Path, instances: list[Dataset],
                                running: list[Agent]) -> None:
-    make_config(tmp_path, free_port(), ("echo", "store", "commit"), commit_when="pacs-committed",
-                commit_give_up_hours=1)
+    path = make_config(tmp_path, free_port(), ("echo", "store", "commit"),
+                       commit_when="pacs-committed", commit_give_up_hours=1)
+    path.write_text(path.read_text() + _pacs(free_port(), commit=True))
     agent = _archive_with(tmp_path, config_module.load_file(tmp_path / "agent.toml"), instances,
                           running)
     assert agent.archive is not None
@@ -187,13 +194,8 @@ def test_give_up_and_conflicts(tmp_path: Path, instances: list[Dataset],
 
 
 def test_forwarded_waits_for_every_destination(tmp_path: Path, instances: list[Dataset]) -> None:
-    dead = free_port()
     path = make_config(tmp_path, free_port(), ("echo", "store", "commit"))
-    text = path.read_text() + (
-        f'\n[peers.PACS]\nae_title = "PACS"\nhost = "127.0.0.1"\nport = {dead}\n'
-        '\n[forward]\nto = ["PACS"]\n'
-    )
-    path.write_text(text)
+    path.write_text(path.read_text() + _pacs(free_port(), commit=True))
     config = config_module.load_file(path)
     archive = Archive(config.agent.data_dir, router=lambda header, calling_ae: ["PACS"])
     try:
@@ -210,6 +212,15 @@ def test_forwarded_waits_for_every_destination(tmp_path: Path, instances: list[D
             archive.outbox.mark_done(job, time.time())
         decision = commitments.decide(archive.index, tx, "forwarded", 24, 1.0)
         assert decision.settled and len(decision.committed) == 2
+        # delivered is not enough for "pacs-committed": the PACS must have committed it too
+        assert len(commitments.decide(archive.index, tx, "pacs-committed", 24, 1.0).waiting) == 2
+        first, second = pairs
+        for sop_class, sop_uid in pairs:
+            archive.pacs_commits.delivered(sop_uid, sop_class, "PACS", 1.0)
+        archive.pacs_commits.requested([first[1], second[1]], "PACS", "1.2.11", 2.0)
+        archive.pacs_commits.settle("1.2.11", [first[1]], {second[1]: 0x0112}, "PACS", 3.0)
+        decision = commitments.decide(archive.index, tx, "pacs-committed", 24, 1.0)
+        assert decision.committed == [first] and decision.waiting == [second]
     finally:
         archive.close()
 
@@ -350,3 +361,14 @@ def test_each_request_is_judged_by_the_rights_now(tmp_path: Path) -> None:
         assert commitments.counts(archive.index)[commitments.PENDING] == 1
     finally:
         archive.close()
+
+
+def test_pacs_committed_needs_a_destination_that_is_asked() -> None:
+    modality = {"ae_title": MOD_AE, "host": "127.0.0.1", "port": 104,
+                "allow": ["store", "commit"], "commit_when": "pacs-committed"}
+    pacs = {"ae_title": "PACS", "host": "127.0.0.1", "port": 104}
+    raw = {"peers": {"MODALITY": modality, "PACS": pacs}, "forward": {"to": ["PACS"]}}
+    with pytest.raises(ConfigError, match=r"peers\.MODALITY\.commit_when.*commit = true"):
+        config_module.parse(raw)
+    raw["peers"]["PACS"] = {**pacs, "commit": True}
+    assert config_module.parse(raw).peers["MODALITY"].commit_when == "pacs-committed"

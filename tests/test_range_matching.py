@@ -303,21 +303,24 @@ def test_the_empty_and_absent_series_of_an_empty_study(served: Served) -> None:
         == {"empty"}
 
 
-def test_an_index_from_before_keeps_no_leading_spaces_after_migration(tmp_path: Path) -> None:
+def test_an_index_from_before_keeps_no_leading_spaces_after_migration(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Leading spaces of SH and LO are padding (PS3.5 6.2): old rows lose them on upgrade."""
+    from agent.archive import index as index_module
     from agent.archive.header import read_header
     from agent.archive.index import MIGRATIONS, Index, _migrate_to_4, add_instance
 
     [source] = dicomgen.write_series(tmp_path / "src", 1, size=8)
     header = read_header(source)
     path = tmp_path / "index.sqlite"
+    # an index as the version before migration 4 (the leading-spaces one) wrote it
+    monkeypatch.setattr(index_module, "MIGRATIONS", MIGRATIONS[:MIGRATIONS.index(_migrate_to_4)])
     with Index(path) as index, index.transaction() as conn:
         add_instance(conn, header.record(path="a.dcm", size=1, calling_ae="CT",
                                          received_at="2026-01-01T00:00:00+00:00"))
         conn.execute("UPDATE studies SET AccessionNumber = ' ACC1',"
                      " StudyDescription = '  CT HEAD'")  # as an older version stored them
-        # as before migration 4 (the leading-spaces one); later ones are idempotent
-        conn.execute(f"PRAGMA user_version={MIGRATIONS.index(_migrate_to_4)}")
+    monkeypatch.undo()
     with Index(path) as index, index.reading() as conn:
         row = conn.execute("SELECT AccessionNumber, StudyDescription FROM studies").fetchone()
     assert tuple(row) == ("ACC1", "CT HEAD")

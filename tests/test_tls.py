@@ -312,7 +312,7 @@ def test_orthanc_queries_and_c_moves_from_the_agent_over_tls(tmp_path: Path,
         config = config_module.load_file(tls_config(tmp_path, pki, {**PEERS, "PACS": pacs},
                                                     port=agent_tls_port))
         sent = dicomgen.write_series(tmp_path / "study", 12, size=32)
-        with Agent(config, hardware=False) as agent:
+        with Agent(config) as agent:
             assert scu.store(config.agent.port, sent) == [0] * 12  # plain, from the CT
             assert orthanc.count() == 0  # nothing forwarded: only the C-MOVE brings them
             query = {"Level": "Study", "Query": {"StudyInstanceUID": ""}}
@@ -364,7 +364,7 @@ def test_c_get_over_tls_with_pynetdicom(tmp_path: Path, pki: Pki) -> None:
             Path(event.dataset_path))
         return 0x0000
 
-    with Agent(config, hardware=False) as agent:
+    with Agent(config) as agent:
         assert scu.store(config.agent.port, sent) == [0] * 5
         ae = AE(ae_title="WS")
         ae.requested_contexts = [build_context("1.2.840.10008.5.1.4.1.2.2.3"),

@@ -94,8 +94,8 @@ class Snapshot:
     certificate_expires: str | None = None  # the TLS certificate's notAfter (ISO 8601, UTC)
     commit_awaiting: int = 0  # delivered to a commit = true destination, not yet committed
     commit_failed: int = 0  # a destination reported it would not commit these
-    commitments_pending: int = 0  # storage commitment transactions we still owe a report
-    commitments_reported: int = 0
+    commit_reports_owed: int = 0  # storage commitment transactions we still owe a report
+    commit_reports_sent: int = 0
     version: int = 0
 
     def summary(self) -> str:
@@ -187,9 +187,9 @@ class StatusModel:
 
     def owed_reports(self, pending: int, reported: int) -> None:
         """How many commitment transactions await their report, and how many were reported."""
-        new = {"commitments_pending": pending, "commitments_reported": reported}
+        new = {"commit_reports_owed": pending, "commit_reports_sent": reported}
         self._apply(
-            lambda s: new if (s.commitments_pending, s.commitments_reported) != (pending, reported)
+            lambda s: new if (s.commit_reports_owed, s.commit_reports_sent) != (pending, reported)
             else {}
         )
 

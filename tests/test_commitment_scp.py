@@ -301,7 +301,7 @@ def test_a_transaction_survives_a_restart(tmp_path: Path, instances: list[Datase
         failed = info.FailedSOPSequence[0]
         assert (failed.ReferencedSOPInstanceUID, failed.FailureReason) == (
             "1.2.3.77", NO_SUCH_OBJECT_INSTANCE)
-        wait_until(lambda: running[-1].status.snapshot().commitments_reported == 1, 10)
+        wait_until(lambda: running[-1].status.snapshot().commit_reports_sent == 1, 10)
     finally:
         catcher.close()
 

@@ -153,3 +153,15 @@ def test_a_stopped_process_reads_as_not_answering_then_serving_again(
     assert info["answering"] is True and info["agent"]["state"] == "serving"
     assert "not answering" not in human
     assert agent_process.stop() == 0
+
+
+def test_status_shows_commitment_both_ways(tmp_path: Path) -> None:
+    model = StatusModel()
+    model.set_state(State.SERVING)
+    model.owed_reports(2, 5)
+    model.destination_commitments({"PACS": {"awaiting": 3, "requested": 4, "failed": 1}})
+    snapshot = model.snapshot()
+    assert (snapshot.commit_awaiting, snapshot.commit_failed) == (7, 1)
+    lines = status_ops.status_report(Layout(tmp_path / "data"), snapshot).lines()
+    assert "commit    to modalities: 2 transactions await their report, 5 reported" in lines
+    assert "commit    from destinations: 7 instances await commitment, 1 not committed" in lines

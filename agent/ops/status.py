@@ -66,10 +66,15 @@ def _agent_lines(agent: dict[str, Any], answering: bool) -> list[str]:
         f"          {agent['received']} received this run, {agent['refused']} refused, "
         f"{agent['associations']} associations open",
     ]
-    if agent.get("commitments_pending") or agent.get("commitments_reported"):
+    if agent.get("commit_reports_owed") or agent.get("commit_reports_sent"):
         lines.append(
-            f"commit    {agent['commitments_pending']} transactions await their report, "
-            f"{agent['commitments_reported']} reported"
+            f"commit    to modalities: {agent['commit_reports_owed']} transactions await "
+            f"their report, {agent['commit_reports_sent']} reported"
+        )
+    if agent.get("commit_awaiting") or agent.get("commit_failed"):
+        lines.append(
+            f"commit    from destinations: {agent['commit_awaiting']} instances await "
+            f"commitment, {agent['commit_failed']} not committed"
         )
     if agent.get("forwarder_pid"):
         lines.append(f"forward   sent by the forwarding process (pid {agent['forwarder_pid']})")

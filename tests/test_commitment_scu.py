@@ -269,3 +269,22 @@ def test_a_report_on_the_request_association_is_taken_there(
         assert answered == [0]
     finally:
         server.shutdown()
+
+
+def test_instances_delivered_before_commit_was_set_are_asked_about_too(
+        pacs: Orthanc, tmp_path: Path, agent_port: int) -> None:
+    path = commit_config(tmp_path, agent_port, pacs.port, retain="committed")
+    plain = path.read_text().replace("commit = true", "commit = false")
+    assert plain != path.read_text()
+    path.write_text(plain)
+    sent = dicomgen.write_series(tmp_path / "study", 4, size=16)
+    wanted = uids(sent)
+    with Agent(config_module.load_file(path)) as agent:
+        assert scu.store(agent_port, sent) == [0] * 4
+        wait_until(lambda: pacs.count() == 4, 60, "the instances delivered")
+        wait_until(lambda: not list_queue(_layout(agent.config)).rows, 10, "jobs done")
+    assert states(tmp_path / "data") == {}  # no commitment was asked of PACS
+    path.write_text(plain.replace("commit = false", "commit = true"))
+    with Agent(config_module.load_file(path)):
+        wait_until(lambda: all_in(tmp_path / "data", wanted, "committed"), 60,
+                   "the earlier deliveries asked about and committed")

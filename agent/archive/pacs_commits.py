@@ -87,6 +87,22 @@ class PacsCommits:
                 (sop_uid, destination, sop_class, now),
             )
 
+    def adopt_delivered(self, destination: str) -> int:
+        """Instances delivered to ``destination`` before it was asked for commitment (say,
+        before ``commit = true`` was set) get a row too, so that they are asked about and
+        ``retain_until = "committed"`` can free them in time; how many were added."""
+        with self.index.transaction() as conn:
+            return max(0, conn.execute(
+                "INSERT INTO pacs_commits (SOPInstanceUID, destination, SOPClassUID, state,"
+                " delivered_at) SELECT j.SOPInstanceUID, j.destination, i.SOPClassUID,"
+                " 'awaiting', coalesce(j.done_at, j.created_at) FROM forward_jobs j"
+                " JOIN instances i ON i.SOPInstanceUID = j.SOPInstanceUID"
+                " WHERE j.destination = ? AND j.state = 'done' AND NOT EXISTS (SELECT 1"
+                "  FROM pacs_commits c WHERE c.SOPInstanceUID = j.SOPInstanceUID"
+                "  AND c.destination = j.destination)",
+                (destination,),
+            ).rowcount)
+
     def pending(self, destination: str) -> Pending:
         """How many delivered instances wait to be asked about, and the latest delivery."""
         with self.index.reading() as conn:

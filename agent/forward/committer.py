@@ -43,7 +43,12 @@ class Committer:
         )
 
     def start(self) -> None:
-        """Start watching the deliveries."""
+        """Take in what was delivered before commitment was asked of this peer, then
+        start watching the deliveries."""
+        adopted = self.archive.pacs_commits.adopt_delivered(self.peer.name)
+        if adopted:
+            log.info("%d instances delivered to %s earlier will be asked about too",
+                     adopted, self.peer.name)
         self._thread.start()
 
     def wake(self) -> None:

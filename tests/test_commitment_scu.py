@@ -13,9 +13,12 @@ import pytest
 from bench.peers import Orthanc
 from pydicom import dcmread
 
+from agent import cli
 from agent import config as config_module
 from agent.app import Agent
 from agent.archive.index import connect
+from agent.cli import commit as commit_cli
+from agent.field.console import build_table
 from agent.ops.queue import list_queue
 from tests import scu
 from tests.support import free_port, peer, run_cli, wait_until, write_config
@@ -178,14 +181,19 @@ def test_commit_cli_asks_for_a_study_and_prints_the_committed_count(
     config = config_module.load_file(config_file)
     sent = dicomgen.write_series(tmp_path / "study", 5, size=8)
     study = str(dcmread(sent[0], stop_before_pixels=True).StudyInstanceUID)
-    with Agent(config):
+    with Agent(config) as agent:
         assert scu.store(agent_port, sent) == [0] * 5
         wait_until(lambda: pacs.count() == 5, 30, "deliveries")
         done = run_cli("commit", "PACS", "--study", study, "--config", str(config_file),
                        "--timeout", "30")
+        argv = ["commit", "PACS", "--study", study, "--timeout", "30"]
+        from_cli = commit_cli.result(cli.build_parser().parse_args(argv), config)
+        reply = build_table(agent).run_line(" ".join(argv))
     assert done.returncode == 0, done.stderr
     assert "5 committed" in done.stdout, done.stdout
-    print(done.stdout)
+    assert from_cli.ok and from_cli.committed == 5
+    assert reply.result == from_cli, reply.lines()  # the console shows the same result
+    assert reply.lines()[0].startswith("OK PACS: 5 committed, 0 failed of 5 instances")
 
 
 @pytest.mark.parametrize(("where", "change", "key"), [

@@ -6,20 +6,16 @@ import argparse
 
 from agent.cli.common import load_config
 from agent.config import Config
-from agent.ops.commit import DEFAULT_TIMEOUT, CommitResult, commit_study
+from agent.ops.arguments import COMMIT_HELP, add_commit_arguments
+from agent.ops.commit import CommitResult, commit_study
 
 NAME = "commit"
-HELP = "ask a peer for storage commitment of a study the archive holds, and show its report"
+HELP = COMMIT_HELP
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The peer, the study, and how long to wait for the report."""
-    parser.add_argument("peer", metavar="PEER", help="a peer name from the config")
-    parser.add_argument("--study", required=True, metavar="UID", help="Study Instance UID")
-    parser.add_argument(
-        "--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
-        help=f"how long to wait for the report (default {DEFAULT_TIMEOUT:g})",
-    )
+    add_commit_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:

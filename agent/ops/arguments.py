@@ -17,6 +17,20 @@ RETRIEVE_HELP = (
 )
 
 
+COMMIT_HELP = "ask a peer for storage commitment of a study the archive holds, and show its report"
+COMMIT_TIMEOUT = 60.0
+
+
+def add_commit_arguments(parser: argparse.ArgumentParser) -> None:
+    """The peer, the study, and how long to wait for the report."""
+    parser.add_argument("peer", metavar="PEER", help="a peer name from the config")
+    parser.add_argument("--study", required=True, metavar="UID", help="Study Instance UID")
+    parser.add_argument(
+        "--timeout", type=_seconds, default=COMMIT_TIMEOUT, metavar="SECONDS",
+        help="how long to wait for the report (default %(default)g)",
+    )
+
+
 def add_common(parser: argparse.ArgumentParser) -> None:
     """PEER, the information model (-P/-S/-O), -k keys and --timeout."""
     parser.add_argument(

@@ -12,8 +12,8 @@ from agent.archive.pacs_commits import COMMITTED, REQUESTED, PacsCommits
 from agent.config import Config
 from agent.errors import AgentError, ConfigError
 from agent.net import commit_scu as commitment
+from agent.ops.arguments import COMMIT_TIMEOUT
 
-DEFAULT_TIMEOUT = 60.0
 POLL = 0.1  # seconds between looks at the table the running agent writes reports into
 
 
@@ -33,13 +33,17 @@ class CommitResult:
         """Every instance was committed."""
         return self.committed == self.requested
 
+    @property
+    def summary(self) -> str:
+        """One line: who committed how many of how many, and how fast."""
+        return (
+            f"{self.peer}: {self.committed} committed, {len(self.failed)} failed"
+            f" of {self.requested} instances in {self.seconds:.2f} s"
+        )
+
     def lines(self) -> list[str]:
         """The report as the CLI prints it."""
-        head = "OK" if self.ok else "FAILED"
-        lines = [
-            f"{head} {self.peer}: {self.committed} committed, {len(self.failed)} failed"
-            f" of {self.requested} instances in {self.seconds:.2f} s"
-        ]
+        lines = [f"{'OK' if self.ok else 'FAILED'} {self.summary}"]
         lines += [
             f"  not committed (reason 0x{reason:04X})  {uid}"
             for uid, reason in sorted(self.failed.items())
@@ -50,7 +54,7 @@ class CommitResult:
 
 
 def commit_study(
-    config: Config, peer_name: str, study_uid: str, timeout: float = DEFAULT_TIMEOUT
+    config: Config, peer_name: str, study_uid: str, timeout: float = COMMIT_TIMEOUT
 ) -> CommitResult:
     """Request commitment of a study's archived instances from a configured peer and wait
     up to ``timeout`` s for the report; PeerError if the request fails."""

@@ -13,16 +13,19 @@ from contextlib import AbstractContextManager
 from typing import Any, NoReturn
 
 from agent.errors import UsageError
-from agent.field.console.render import find_reply, retrieve_reply
+from agent.field.console.render import commit_reply, find_reply, retrieve_reply
 from agent.field.console.table import Args, Command, Reply, parse_syntax
 from agent.ops.arguments import (
+    COMMIT_HELP,
     FIND_HELP,
     RETRIEVE_HELP,
+    add_commit_arguments,
     add_find_arguments,
     add_retrieve_arguments,
     find_request,
     retrieve_request,
 )
+from agent.ops.commit import commit_study
 from agent.ops.find import find_on_peer
 from agent.ops.retrieve import retrieve_from
 from agent.ops.running import RunningAgent
@@ -46,7 +49,7 @@ class _ConsoleParser(argparse.ArgumentParser):
 
 
 def qr_commands(agent: RunningAgent) -> list[Command]:
-    """Console commands for find and retrieve (retrieve lands in this agent)."""
+    """Console commands for find, retrieve (landing in this agent) and commit."""
 
     def find(args: argparse.Namespace) -> Reply:
         config = agent.config
@@ -68,9 +71,13 @@ def qr_commands(agent: RunningAgent) -> list[Command]:
         )
         return retrieve_reply(report)
 
+    def commit(args: argparse.Namespace) -> Reply:
+        return commit_reply(commit_study(agent.config, args.peer, args.study, args.timeout))
+
     return [
         _command("find", FIND_HELP, add_find_arguments, find),
         _command("retrieve", RETRIEVE_HELP, add_retrieve_arguments, retrieve),
+        _command("commit", COMMIT_HELP, add_commit_arguments, commit),
     ]
 
 

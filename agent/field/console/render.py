@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from agent.field.console.table import Reply, err, ok
+from agent.ops.commit import CommitResult
 from agent.ops.echo import EchoResult
 from agent.ops.find import FindReport
 from agent.ops.queue import QueueChange, QueueListing
@@ -46,3 +47,11 @@ def retrieve_reply(report: RetrieveReport) -> Reply:
     if report.succeeded:
         return ok(body=lines, result=report)
     return err(lines[-1], lines[:-1], result=report)
+
+
+def commit_reply(result: CommitResult) -> Reply:
+    """The report's counts; ERR on the first line unless every instance was committed."""
+    details = result.lines()[1:]
+    if result.ok:
+        return ok(result.summary, details, result=result)
+    return err(result.summary, details, result=result)

@@ -114,8 +114,10 @@ def test_an_instance_orthanc_no_longer_holds_fails_with_0x0112(
 
 def test_a_request_without_a_report_in_time_is_asked_again(
         tmp_path: Path, agent_port: int) -> None:
-    # Orthanc without an entry for us cannot report: the request stays unanswered
-    with Orthanc(tmp_path / "orthanc") as mute:
+    # Orthanc's entry for us names a port where nothing listens: it takes the request
+    # (without any entry it would reject it), but its report never arrives
+    with ReportingOrthanc(tmp_path / "orthanc", AGENT_AE, agent_port,
+                          reports_to=free_port()) as mute:
         config = config_module.load_file(
             commit_config(tmp_path, agent_port, mute.port, report_timeout=1.5))
         sent = dicomgen.write_series(tmp_path / "study", 2, size=8)
@@ -132,6 +134,9 @@ def test_a_request_without_a_report_in_time_is_asked_again(
 
             wait_until(asked_again, 30, "a new transaction")
             assert agent.status.snapshot().commit_failed == 0
+            # asked again for want of a report, not because a request failed
+            [pacs] = [d for d in agent.status.snapshot().destinations if d.name == "PACS"]
+            assert "storage commitment" not in (pacs.last_error or ""), pacs.last_error
 
 
 def test_retain_until_committed_keeps_the_uncommitted_under_the_floor(

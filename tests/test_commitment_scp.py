@@ -3,7 +3,6 @@ holds durably, and reports on a new association; real peers (Orthanc, pynetdicom
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +13,6 @@ import pytest
 from bench.peers import Orthanc
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
-from pynetdicom import AE, StoragePresentationContexts, evt
 
 from agent import config as config_module
 from agent.app import Agent
@@ -22,8 +20,6 @@ from agent.archive import Archive, commitments
 from agent.config import Config
 from agent.dicom.contexts import (
     STORAGE_COMMITMENT,
-    STORAGE_COMMITMENT_INSTANCE,
-    VERIFICATION,
     service_of,
 )
 from agent.dicom.status import (
@@ -33,9 +29,8 @@ from agent.dicom.status import (
 )
 from agent.errors import ConfigError
 from agent.net import commit_scp as commitment
+from tests.commitment_peers import MOD_AE, ReportCatcher, reference, request, store
 from tests.support import free_port, wait_until, write_config
-
-MOD_AE = "MOD"
 
 
 def make_config(tmp_path: Path, mod_port: int, allow: tuple[str, ...], **extra: Any) -> Path:
@@ -53,68 +48,6 @@ def make_config(tmp_path: Path, mod_port: int, allow: tuple[str, ...], **extra: 
 @pytest.fixture
 def instances() -> list[Dataset]:
     return list(dicomgen.series(2, size=8))
-
-
-def store(port: int, datasets: list[Dataset]) -> None:
-    """C-STORE ``datasets`` to the agent as the modality."""
-    ae = AE(ae_title=MOD_AE)
-    ae.requested_contexts = StoragePresentationContexts[:120]
-    assoc = ae.associate("127.0.0.1", port, ae_title="EDGE")
-    assert assoc.is_established
-    for ds in datasets:
-        assert assoc.send_c_store(ds).Status == 0
-    assoc.release()
-
-
-def request(port: int, uid: str, pairs: list[tuple[str, str]]) -> tuple[Any, int | None]:
-    """N-ACTION as the modality; (was the context accepted, the response status)."""
-    ae = AE(ae_title=MOD_AE)
-    ae.add_requested_context(STORAGE_COMMITMENT)
-    ae.add_requested_context(VERIFICATION)  # so that the association is accepted
-    assoc = ae.associate("127.0.0.1", port, ae_title="EDGE")
-    assert assoc.is_established
-    try:
-        if not [cx for cx in assoc.accepted_contexts if cx.abstract_syntax == STORAGE_COMMITMENT]:
-            return False, None
-        ds = Dataset()
-        ds.TransactionUID = uid
-        ds.ReferencedSOPSequence = [_ref(c, i) for c, i in pairs]
-        status, reply = assoc.send_n_action(
-            ds, 1, STORAGE_COMMITMENT, STORAGE_COMMITMENT_INSTANCE
-        )
-        assert not reply  # status only: no Action Reply data set
-        return True, int(status.Status)
-    finally:
-        assoc.release()
-
-
-def _ref(sop_class: str, sop_uid: str) -> Dataset:
-    item = Dataset()
-    item.ReferencedSOPClassUID = sop_class
-    item.ReferencedSOPInstanceUID = sop_uid
-    return item
-
-
-class ReportCatcher:
-    """A pynetdicom acceptor taking N-EVENT-REPORTs from a requestor in the SCP role."""
-
-    def __init__(self, port: int) -> None:
-        self.reports: list[tuple[int, Dataset]] = []
-        self.arrived = threading.Event()
-        ae = AE(ae_title=MOD_AE)
-        ae.add_supported_context(STORAGE_COMMITMENT, scu_role=False, scp_role=True)
-        self.server = ae.start_server(
-            ("127.0.0.1", port), block=False,
-            evt_handlers=[(evt.EVT_N_EVENT_REPORT, self._on_report)],
-        )
-
-    def _on_report(self, event: Any) -> tuple[int, None]:
-        self.reports.append((int(event.request.EventTypeID), event.event_information))
-        self.arrived.set()
-        return 0x0000, None
-
-    def close(self) -> None:
-        self.server.shutdown()
 
 
 @pytest.fixture
@@ -348,12 +281,12 @@ def test_each_request_is_judged_by_the_rights_now(tmp_path: Path) -> None:
         handler = commitment.CommitmentHandler(archive, caller_now)
         good = Dataset()
         good.TransactionUID = generate_uid()
-        good.ReferencedSOPSequence = [_ref("1.2.3", "1.2.3.4")]
+        good.ReferencedSOPSequence = [reference("1.2.3", "1.2.3.4")]
         assert handler.on_n_action(_Event(2, good)) == (0x0123, None)
         assert handler.on_n_action(_Event(1, Dataset())) == (0x0115, None)
         assert handler.on_n_action(_Event(1, good)) == (0x0000, None)
         assert handler.on_n_action(_Event(1, good)) == (0x0000, None)  # a retry
-        good.ReferencedSOPSequence = [_ref("1.2.3", "1.2.3.5")]
+        good.ReferencedSOPSequence = [reference("1.2.3", "1.2.3.5")]
         assert handler.on_n_action(_Event(1, good)) == (0x0131, None)  # same UID, other data
         rights[0] = frozenset({"echo", "store"})  # a reload took "commit" away
         good.TransactionUID = generate_uid()

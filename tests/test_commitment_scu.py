@@ -16,11 +16,11 @@ from pydicom import dcmread
 from agent import cli
 from agent import config as config_module
 from agent.app import Agent
-from agent.archive.index import connect
 from agent.cli import commit as commit_cli
 from agent.field.console import build_table
 from agent.ops.queue import list_queue
 from tests import scu
+from tests.commitment_peers import ReportingOrthanc, pacs_states
 from tests.support import free_port, peer, run_cli, wait_until, write_config
 
 AGENT_AE = "EDGE"
@@ -49,20 +49,8 @@ def agent_port() -> int:
 @pytest.fixture
 def pacs(tmp_path: Path, agent_port: int) -> Iterator[Orthanc]:
     """Orthanc that knows the agent as a modality (where its reports go)."""
-    modalities = {AGENT_AE: [AGENT_AE, "127.0.0.1", agent_port]}
-    with Orthanc(tmp_path / "orthanc", modalities=modalities) as running:
+    with ReportingOrthanc(tmp_path / "orthanc", AGENT_AE, agent_port) as running:
         yield running
-
-
-def states(data_dir: Path) -> dict[str, tuple[str, int | None, str | None]]:
-    """SOP Instance UID -> (state, reason, transaction) of every commitment row for PACS."""
-    conn = connect(data_dir / "index.sqlite", readonly=True)
-    try:
-        rows = conn.execute("SELECT SOPInstanceUID, state, reason, transaction_uid"
-                            " FROM pacs_commits WHERE destination = 'PACS'")
-        return {uid: (state, reason, txn) for uid, state, reason, txn in rows}
-    finally:
-        conn.close()
 
 
 def uids(paths: list[Path]) -> set[str]:
@@ -70,7 +58,7 @@ def uids(paths: list[Path]) -> set[str]:
 
 
 def all_in(data_dir: Path, wanted: set[str], state: str) -> bool:
-    found = states(data_dir)
+    found = pacs_states(data_dir)
     return set(found) >= wanted and all(found[u][0] == state for u in wanted)
 
 
@@ -118,8 +106,8 @@ def test_an_instance_orthanc_no_longer_holds_fails_with_0x0112(
         wait_until(lambda: all_in(tmp_path / "data", {gone, *kept}, "awaiting"), 30,
                    "deliveries")
         delete_in_orthanc(pacs, gone)  # before the request (6 s after the last delivery)
-        wait_until(lambda: states(tmp_path / "data")[gone][0] == "failed", 60, "the report")
-        assert states(tmp_path / "data")[gone][1] == 0x0112
+        wait_until(lambda: pacs_states(tmp_path / "data")[gone][0] == "failed", 60, "the report")
+        assert pacs_states(tmp_path / "data")[gone][1] == 0x0112
         assert all_in(tmp_path / "data", set(kept), "committed")
         wait_until(lambda: agent.status.snapshot().commit_failed == 1, 10, "status")
         assert "1 not committed" in agent.status.snapshot().summary()
@@ -129,8 +117,10 @@ def test_an_instance_orthanc_no_longer_holds_fails_with_0x0112(
 
 def test_a_request_without_a_report_in_time_is_asked_again(
         tmp_path: Path, agent_port: int) -> None:
-    # Orthanc without an entry for us cannot report: the request stays unanswered
-    with Orthanc(tmp_path / "orthanc") as mute:
+    # Orthanc's entry for us names a port where nothing listens: it takes the request
+    # (without any entry it would reject it), but its report never arrives
+    with ReportingOrthanc(tmp_path / "orthanc", AGENT_AE, agent_port,
+                          reports_to=free_port()) as mute:
         config = config_module.load_file(
             commit_config(tmp_path, agent_port, mute.port, report_timeout=1.5))
         sent = dicomgen.write_series(tmp_path / "study", 2, size=8)
@@ -138,15 +128,18 @@ def test_a_request_without_a_report_in_time_is_asked_again(
         with Agent(config) as agent:
             assert scu.store(agent_port, sent) == [0] * 2
             wait_until(lambda: all_in(tmp_path / "data", wanted, "requested"), 30, "a request")
-            first = {states(tmp_path / "data")[u][2] for u in wanted}
+            first = {pacs_states(tmp_path / "data")[u][2] for u in wanted}
             assert len(first) == 1 and None not in first
 
             def asked_again() -> bool:
-                now = states(tmp_path / "data")
+                now = pacs_states(tmp_path / "data")
                 return all(now[u][0] == "requested" and now[u][2] not in first for u in wanted)
 
             wait_until(asked_again, 30, "a new transaction")
             assert agent.status.snapshot().commit_failed == 0
+            # asked again for want of a report, not because a request failed
+            [pacs] = [d for d in agent.status.snapshot().destinations if d.name == "PACS"]
+            assert "storage commitment" not in (pacs.last_error or ""), pacs.last_error
 
 
 def test_retain_until_committed_keeps_the_uncommitted_under_the_floor(
@@ -291,7 +284,7 @@ def test_instances_delivered_before_commit_was_set_are_asked_about_too(
         assert scu.store(agent_port, sent) == [0] * 4
         wait_until(lambda: pacs.count() == 4, 60, "the instances delivered")
         wait_until(lambda: not list_queue(_layout(agent.config)).rows, 10, "jobs done")
-    assert states(tmp_path / "data") == {}  # no commitment was asked of PACS
+    assert pacs_states(tmp_path / "data") == {}  # no commitment was asked of PACS
     path.write_text(plain.replace("commit = false", "commit = true"))
     with Agent(config_module.load_file(path)):
         wait_until(lambda: all_in(tmp_path / "data", wanted, "committed"), 60,

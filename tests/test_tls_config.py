@@ -57,7 +57,7 @@ def test_defaults_are_those_of_the_issue(pki: Pki) -> None:
      "peers.PACS.tls"),
     ({}, {}, {"PACS": {"ae_title": "PACS", "host": "h", "port": 1, "verify_name": 1}},
      "peers.PACS.verify_name"),
-    ({}, {}, {"PACS": {"ae_title": "PACS", "host": "h", "port": 1, "commit": True}},
+    ({}, {}, {"PACS": {"ae_title": "PACS", "host": "h", "port": 1, "commit": "yes"}},
      "peers.PACS.commit"),
 ])
 def test_errors_name_the_key(pki: Pki, table: dict[str, Any] | None, agent: dict[str, Any],

@@ -204,12 +204,19 @@ class PacsCommits:
             )
 
     def ask_again(self, destination: str, requested_before: float) -> int:
-        """Requests without a report since ``requested_before`` wait to be asked again."""
+        """Requests without a report since ``requested_before`` wait to be asked again.
+
+        The committer calls this twice a second: look first, so that the write lock (which
+        every ingest also needs) is taken only when there is something to re-arm."""
+        where = " WHERE destination = ? AND state = 'requested' AND requested_at < ?"
+        with self.index.reading() as conn:
+            if conn.execute(f"SELECT 1 FROM pacs_commits{where} LIMIT 1",
+                            (destination, requested_before)).fetchone() is None:
+                return 0
         with self.index.transaction() as conn:
             return conn.execute(
                 "UPDATE pacs_commits SET state = 'awaiting', transaction_uid = NULL,"
-                " requested_at = NULL WHERE destination = ? AND state = 'requested'"
-                " AND requested_at < ?",
+                f" requested_at = NULL{where}",
                 (destination, requested_before),
             ).rowcount
 

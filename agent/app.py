@@ -7,7 +7,6 @@ import logging
 import os
 import threading
 import time
-from typing import Protocol
 
 from agent import reconfigure, threads
 from agent.archive import Archive, Layout
@@ -38,8 +37,9 @@ SWEEP_EVERY = 60.0
 HOUSEKEEPER_STOPS_WITHIN = 5.0  # a tick's longest part, a retention sweep, has 5 s
 
 
-class Reporter(Protocol):
-    """Who hears of the agent's life cycle (the box's systemd notifier, or nobody)."""
+class Reporter:
+    """Who hears of the agent's life cycle. This base hears nothing (an agent nobody
+    supervises); the box's ``BoxReporter`` tells systemd."""
 
     def ready(self, summary: str) -> None:
         """Startup or a reload is over; ``summary`` is the one-line status."""
@@ -57,25 +57,6 @@ class Reporter(Protocol):
         """Shutdown begins."""
 
 
-class Unheard:
-    """The reporter of an agent nobody supervises: every call does nothing."""
-
-    def ready(self, summary: str) -> None:
-        """Nothing to tell."""
-
-    def status(self, summary: str) -> None:
-        """Nothing to tell."""
-
-    def watchdog(self) -> None:
-        """Nothing to feed."""
-
-    def reloading(self) -> None:
-        """Nothing to tell."""
-
-    def stopping(self) -> None:
-        """Nothing to tell."""
-
-
 class Agent:
     """The running agent: archive, DICOM server, forwarder and housekeeping, started and
     stopped together. The box's LEDs, console and systemd are wired above it
@@ -83,7 +64,7 @@ class Agent:
 
     def __init__(self, config: Config, *, reporter: Reporter | None = None) -> None:
         self.config = config
-        self.reporter: Reporter = reporter if reporter is not None else Unheard()
+        self.reporter = reporter if reporter is not None else Reporter()
         self.status = StatusModel()
         self.layout = Layout(config.agent.data_dir)
         self._lock = DataDirLock(self.layout.run_dir)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 
-from agent.app import Agent
+from agent.app import Agent, Reporter
 from agent.config import Config
 from agent.field import logbuffer
 from agent.field.console import SerialConsole, start_console
@@ -16,7 +16,7 @@ from agent.field.leds import StatusLeds
 from agent.field.systemd import Notifier
 
 
-class BoxReporter:
+class BoxReporter(Reporter):
     """Tells systemd what the agent does; closes the console as soon as stopping begins,
     so that no command reaches an agent that is taking itself apart."""
 

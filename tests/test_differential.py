@@ -63,7 +63,7 @@ COMPUTED = {
     "IMAGE": (),
 }
 
-# Required keys ("R" in the tables): the zero-length rule of C.2.2.1.2 applies to these.
+# Required keys ("R" in the tables): the unknown-value rule of C.2.2.1.2 applies to these.
 # Study Root folds the patient's keys into the STUDY level (C.6.2.1.2), where Patient's
 # Name and Patient ID are Required.
 REQUIRED = {
@@ -222,15 +222,16 @@ def datasets() -> Iterator[Dataset]:
         yield ds
 
 
-def empty_keys() -> dict[str, set[str]]:
-    """UID -> the keys it holds with zero length (no server tells empty from absent)."""
-    empties: dict[str, set[str]] = {}
+def unknown_keys() -> dict[str, set[str]]:
+    """UID -> the keys whose value it does not know: held with zero length or absent
+    (the servers' answers cannot tell these apart; the archive's description can)."""
+    unknown: dict[str, set[str]] = {}
     for path in walk(ARCHIVE):
         node = path[-1]
-        empties[node.uid] = {k for k, v in node.values.items() if v == ""}
+        unknown[node.uid] = {k for k, v in node.values.items() if v in ("", None)}
         if node.level == "STUDY":  # Study Root: the patient's keys are study keys
-            empties[node.uid] |= {k for k, v in path[0].values.items() if v == ""}
-    return empties
+            unknown[node.uid] |= {k for k, v in path[0].values.items() if v in ("", None)}
+    return unknown
 
 
 # -- The queries ---------------------------------------------------------------------------
@@ -396,6 +397,25 @@ def generate() -> list[Query]:
             ",".join(f"{k}={v}" for k, v in keys))
     add("PatientRoot", "PATIENT", [("PatientBirthDate", "-19991231"), ("PatientID", "")],
         "PatientBirthDate=-19991231")
+    # every kind of value against the unknown Required keys (studies 3, 4, 6, 8 hold them
+    # empty; 9, 12, 14, 15 lack them): exact, case, prefix, single, ranges closed, open
+    # at either end and one day long; then under the patient that lacks them
+    for keys in ([("AccessionNumber", "ACC001")], [("AccessionNumber", "acc*")],
+                 [("AccessionNumber", "ACC00?")], [("StudyDate", "20250403")],
+                 [("StudyDate", "20240301-20240831")], [("StudyDate", "-20240811")],
+                 [("StudyDate", "20251024-20251024")], [("StudyTime", "080000-120000")],
+                 [("StudyTime", "-100000")], [("StudyTime", "150000-")],
+                 [("StudyTime", "170610")], [("StudyID", "1*")],
+                 [("StudyDate", "20240101-20241231"), ("StudyTime", "-120000")]):
+        add("StudyRoot", "STUDY", [*keys, ("StudyInstanceUID", ""), ("PatientID", "")],
+            "unknown-" + ",".join(f"{k}={v}" for k, v in keys))
+    for model in ("PatientRoot", "PatientStudyOnly"):
+        for pid, keyword, value in (("P05", "StudyDate", "20240101-20241231"),
+                                    ("P06", "StudyTime", "-120000"),
+                                    ("P07", "AccessionNumber", "ACC*"),
+                                    ("P08", "StudyID", "2*")):
+            add(model, "STUDY", [("PatientID", pid), (keyword, value),
+                                 ("StudyInstanceUID", "")], f"unknown-{pid},{keyword}={value}")
     for _, study in studies:  # the studies with a series whose Required keys are empty
         if any(c.values["Modality"] in ("", None) for c in study.children):
             number = studies.index((_, study)) + 1
@@ -556,7 +576,7 @@ class Catalogue:
     studies: dict[str, dict[str, str]]  # study UID -> its keys (the patient's too)
     series: dict[str, dict[str, dict[str, str]]]  # study UID -> series UID -> its keys
     instances: dict[str, int]  # series UID -> instance count
-    empties: dict[str, set[str]]  # UID (PatientID for patients) -> keys held empty
+    unknown: dict[str, set[str]]  # UID (PatientID for patients) -> keys empty or absent
 
     def computed(self, level: str, unique: str) -> dict[str, str]:
         """The computed keys of one entity, from dcmqrscp's lower-level answers."""
@@ -686,17 +706,19 @@ def pn_case(p: Prediction) -> None:
             p.widen(keyword, "pn_case", lambda row, k=keyword, v=value: pn_matches(v, row[k]))
 
 
-def zero_length(p: Prediction) -> None:
-    """zero-length, PS3.4 C.2.2.1.2: an empty Required key matches any value.
+def unknown(p: Prediction) -> None:
+    """unknown, PS3.4 C.2.2.1.2: an empty or absent Required key matches any value.
 
     An entity whose Required key (REQUIRED above) is present with zero length matches
-    any value of that key; an absent one does not. dcmqrscp applies no such rule and
-    does not record absence. Predicted: what dcmqrscp matches on the key, plus the
-    entities the archive holds with it empty.
+    any value of that key; an absent one is unknown exactly as an empty one is, so it
+    matches too (as dcm4chee-arc's "match unknown" does). Neither dcmqrscp nor Orthanc
+    applies the rule, and neither tells absence from zero length in its answers.
+    Predicted: what the reference matches on the key, plus the entities the archive
+    holds with it empty or not at all.
     """
     for keyword, _ in p.matching():
         if keyword in required(p.query.model, p.query.level):
-            p.widen(keyword, "zero_length", lambda row, k=keyword: k in p.catalogue.empties.get(
+            p.widen(keyword, "unknown", lambda row, k=keyword: k in p.catalogue.unknown.get(
                 row[p.unique], set()))
 
 
@@ -727,7 +749,7 @@ def universal_above(p: Prediction) -> None:
             p.loosen_above(keyword, "universal_above")
 
 
-EXPECTATIONS = (pn_case, zero_length, computed, universal_above)
+EXPECTATIONS = (pn_case, unknown, computed, universal_above)
 
 
 def predict(query: Query, catalogue: Catalogue) -> Prediction:
@@ -773,7 +795,7 @@ def read_catalogue(qr: Finder) -> Catalogue:
                  ("SOPInstanceUID", ""))).dataset())
             assert status == 0
             instances[series_uid] = len(images)
-    return Catalogue(studies, series, instances, empty_keys())
+    return Catalogue(studies, series, instances, unknown_keys())
 
 
 @pytest.fixture(scope="module")

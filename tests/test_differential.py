@@ -1,6 +1,6 @@
-"""Differential C-FIND: the agent against DCMTK's dcmqrscp, on one varied archive.
+"""Differential C-FIND: the agent against DCMTK's dcmqrscp and Orthanc, on one archive.
 
-Both servers receive the same instances by C-STORE. Seeded, deterministic queries at
+All three servers receive the same instances by C-STORE. Seeded, deterministic queries at
 every level of every model go to both; each answer set (the level's unique key and every
 returned key, values without padding) must be what dcmqrscp answers, changed only by
 the few differences the standard permits and that are listed once, with their reasons,
@@ -10,6 +10,12 @@ dcmqrscp runs with -XF (check C-FIND identifiers), so it refuses what PS3.4 C.4.
 forbids in a hierarchical query, like the agent. It matches byte strings, case-sensitively,
 and knows a fixed set of keys (DCMTK 3.6.7 dcmqrdbi.cc, TbFindAttr): the queries use
 those keys, plus the computed keys the agent answers.
+
+Orthanc (1.10) answers the queries about unknown values (Required keys held empty or
+absent, at every level; ORTHANC_QUERIES) with the same EXPECTATIONS applied: it offers no
+Patient/Study Only model (retired), and elsewhere differs from the agent in ways that are
+its own (string comparison of times, leading spaces kept, an empty date inside an open
+range), which is why dcmqrscp is the reference for the rest.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from typing import Any
 
 import dicomgen
 import pytest
+from bench.peers import Orthanc
 from pydicom import uid
 from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
@@ -416,21 +423,26 @@ def generate() -> list[Query]:
                                     ("P08", "StudyID", "2*")):
             add(model, "STUDY", [("PatientID", pid), (keyword, value),
                                  ("StudyInstanceUID", "")], f"unknown-{pid},{keyword}={value}")
+    for name in ("DOE*", "doe^jane"):  # P07 holds Patient's Name empty, P08 lacks it
+        add("PatientRoot", "PATIENT", [("PatientName", name), ("PatientID", "")],
+            f"unknown-PatientName={name}")
+        add("StudyRoot", "STUDY", [("PatientName", name), ("PatientID", ""),
+                                   ("StudyInstanceUID", "")], f"unknown-PatientName={name}")
     for _, study in studies:  # the studies with a series whose Required keys are empty
         if any(c.values["Modality"] in ("", None) for c in study.children):
             number = studies.index((_, study)) + 1
             add("StudyRoot", "SERIES", [("StudyInstanceUID", study.uid), ("Modality", "CT"),
                                         ("SeriesNumber", ""), ("SeriesInstanceUID", "")],
-                f"study{number},Modality=CT")
+                f"unknown-study{number},Modality=CT")
             add("StudyRoot", "SERIES", [("StudyInstanceUID", study.uid),
                                         ("SeriesNumber", "1"), ("SeriesInstanceUID", "")],
-                f"study{number},SeriesNumber=1")
+                f"unknown-study{number},SeriesNumber=1")
     for _, study, series in (p for p in walk(ARCHIVE) if len(p) == 3):
         if any(c.values["InstanceNumber"] in ("", None) for c in series.children):
             add("StudyRoot", "IMAGE", [("StudyInstanceUID", study.uid),
                                        ("SeriesInstanceUID", series.uid),
                                        ("InstanceNumber", "1"), ("SOPInstanceUID", "")],
-                "InstanceNumber=1")
+                "unknown-InstanceNumber=1")
     # empty keys above the level, as Orthanc sends them; and a non-empty one (refused)
     study = ARCHIVE[0].children[0]
     series = study.children[0]
@@ -462,6 +474,8 @@ def _a_path(rng: random.Random, model: str, level: str) -> tuple[Node, ...]:
 
 
 QUERIES = generate()
+# the queries about unknown values, in the models Orthanc offers
+ORTHANC_QUERIES = [q for q in QUERIES if "-unknown-" in q.name and q.model != "PatientStudyOnly"]
 
 
 # -- Talking to the servers ---------------------------------------------------------------
@@ -768,6 +782,7 @@ def describe(rows: list[Answer]) -> str:
 class Servers:
     agent: Finder
     qr: Finder
+    orthanc: Finder
     catalogue: Catalogue
 
 
@@ -812,16 +827,20 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
         {"ae_title": "EDGE", "port": free_port(), "bind": "127.0.0.1",
          "data_dir": str(root / "data"), "min_free_mb": 0},
         {"CT": peer("MODALITY", allow=("store",)), "WS": peer("WS", allow=("find",))}))
-    with Dcmqrscp(root / "dcmqrscp", {}, options=("-XF",)) as dcmqrscp, Agent(config):
+    with Dcmqrscp(root / "dcmqrscp", {}, options=("-XF",)) as dcmqrscp, \
+            Orthanc(root / "orthanc") as orthanc, Agent(config):
         dcmqrscp.load(files)
         assert scu.store(config.agent.port, files) == [0] * len(files)
+        assert scu.store(orthanc.port, files, called_ae=Orthanc.ae_title) == [0] * len(files)
         agent = Finder(config.agent.port, "EDGE")
         qr = Finder(dcmqrscp.port, Dcmqrscp.ae_title)
+        reference = Finder(orthanc.port, Orthanc.ae_title)
         try:
-            yield Servers(agent, qr, read_catalogue(qr))
+            yield Servers(agent, qr, reference, read_catalogue(qr))
         finally:
             agent.close()
             qr.close()
+            reference.close()
 
 
 def test_the_archive_is_varied_enough() -> None:
@@ -835,13 +854,25 @@ def test_the_archive_is_varied_enough() -> None:
     values = [v for p in paths for v in p[-1].values.values()]
     assert "" in values and None in values
     assert len(QUERIES) >= 50
+    assert len(ORTHANC_QUERIES) >= 20
+    assert {q.level for q in ORTHANC_QUERIES} == set(LEVELS)
     assert {(q.model, q.level) for q in QUERIES} == {(m, lv) for m, lv, _ in PLAN}
 
 
 @pytest.mark.parametrize("query", QUERIES, ids=[q.name for q in QUERIES])
 def test_agent_answers_as_dcmqrscp_does(servers: Servers, query: Query) -> None:
+    compare(servers, servers.qr, "dcmqrscp", query)
+
+
+@pytest.mark.parametrize("query", ORTHANC_QUERIES, ids=[q.name for q in ORTHANC_QUERIES])
+def test_agent_answers_as_orthanc_does(servers: Servers, query: Query) -> None:
+    compare(servers, servers.orthanc, "Orthanc", query)
+
+
+def compare(servers: Servers, reference: Finder, name: str, query: Query) -> None:
+    """The agent's answers are the reference's, changed only by the EXPECTATIONS."""
     prediction = predict(query, servers.catalogue)
-    predicted, predicted_status = prediction.answers(servers.qr)
+    predicted, predicted_status = prediction.answers(reference)
     got, status = prediction.observed(servers.agent)
     applied = {e.__name__: e for e in EXPECTATIONS if e.__name__ in prediction.used}
     why = "".join(f"\n  {str(e.__doc__).splitlines()[0]}" for e in applied.values())
@@ -855,5 +886,5 @@ def test_agent_answers_as_dcmqrscp_does(servers: Servers, query: Query) -> None:
     extra = Counter(got) - Counter(predicted)
     assert not missing and not extra, (
         f"{header}\n{len(got)} answers from the agent, {len(predicted)} predicted"
-        f"\nonly predicted (from dcmqrscp):\n{describe(list(missing.elements()))}"
+        f"\nonly predicted (from {name}):\n{describe(list(missing.elements()))}"
         f"\nonly from the agent:\n{describe(list(extra.elements()))}")

@@ -192,6 +192,19 @@ def test_study_root_study_level(served: Served, keys: dict[str, str], expected: 
     assert found(served, qa.STUDY_ROOT_FIND, "STUDY", keys) == expected
 
 
+@pytest.mark.parametrize(("keys", "expected"), [
+    ({"StudyDate": "20300101-20301231", "StudyTime": "0800-1200"}, {"EMPTY", "ABSENT"}),
+    ({"StudyDate": "20240101-20240131", "StudyTime": "1000-1100"}, {"EARLY", "EMPTY", "ABSENT"}),
+], ids=_ids)
+def test_combined_date_time_matching(served: Served, keys: dict[str, str],
+                                     expected: set[str]) -> None:
+    """Combined date-time matching negotiated: the unknown dates match, empty or absent."""
+    answers, status = qa.find(served.port, q("STUDY", StudyInstanceUID="", **keys),
+                              combined=True)
+    assert status == 0
+    assert {served.labels[str(a.StudyInstanceUID)] for a in answers} == expected
+
+
 @pytest.mark.parametrize("model", [qa.PATIENT_ROOT_FIND, qa.PATIENT_STUDY_FIND],
                          ids=["PatientRoot", "PatientStudyOnly"])
 @pytest.mark.parametrize("keys", [

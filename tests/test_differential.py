@@ -1,6 +1,6 @@
-"""Differential C-FIND: the agent against DCMTK's dcmqrscp, on one varied archive.
+"""Differential C-FIND: the agent against DCMTK's dcmqrscp and Orthanc, on one archive.
 
-Both servers receive the same instances by C-STORE. Seeded, deterministic queries at
+All three servers receive the same instances by C-STORE. Seeded, deterministic queries at
 every level of every model go to both; each answer set (the level's unique key and every
 returned key, values without padding) must be what dcmqrscp answers, changed only by
 the few differences the standard permits and that are listed once, with their reasons,
@@ -10,6 +10,12 @@ dcmqrscp runs with -XF (check C-FIND identifiers), so it refuses what PS3.4 C.4.
 forbids in a hierarchical query, like the agent. It matches byte strings, case-sensitively,
 and knows a fixed set of keys (DCMTK 3.6.7 dcmqrdbi.cc, TbFindAttr): the queries use
 those keys, plus the computed keys the agent answers.
+
+Orthanc (1.10) answers the queries about unknown values (Required keys held empty or
+absent, at every level; ORTHANC_QUERIES) with the same EXPECTATIONS applied: it offers no
+Patient/Study Only model (retired), and elsewhere differs from the agent in ways that are
+its own (string comparison of times, leading spaces kept, an empty date inside an open
+range), which is why dcmqrscp is the reference for the rest.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from typing import Any
 
 import dicomgen
 import pytest
+from bench.peers import Orthanc
 from pydicom import uid
 from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
@@ -63,7 +70,7 @@ COMPUTED = {
     "IMAGE": (),
 }
 
-# Required keys ("R" in the tables): the zero-length rule of C.2.2.1.2 applies to these.
+# Required keys ("R" in the tables): the unknown-value rule of C.2.2.1.2 applies to these.
 # Study Root folds the patient's keys into the STUDY level (C.6.2.1.2), where Patient's
 # Name and Patient ID are Required.
 REQUIRED = {
@@ -222,15 +229,16 @@ def datasets() -> Iterator[Dataset]:
         yield ds
 
 
-def empty_keys() -> dict[str, set[str]]:
-    """UID -> the keys it holds with zero length (no server tells empty from absent)."""
-    empties: dict[str, set[str]] = {}
+def unknown_keys() -> dict[str, set[str]]:
+    """UID -> the keys whose value it does not know: held with zero length or absent
+    (the servers' answers cannot tell these apart; the archive's description can)."""
+    unknown: dict[str, set[str]] = {}
     for path in walk(ARCHIVE):
         node = path[-1]
-        empties[node.uid] = {k for k, v in node.values.items() if v == ""}
+        unknown[node.uid] = {k for k, v in node.values.items() if v in ("", None)}
         if node.level == "STUDY":  # Study Root: the patient's keys are study keys
-            empties[node.uid] |= {k for k, v in path[0].values.items() if v == ""}
-    return empties
+            unknown[node.uid] |= {k for k, v in path[0].values.items() if v in ("", None)}
+    return unknown
 
 
 # -- The queries ---------------------------------------------------------------------------
@@ -396,21 +404,45 @@ def generate() -> list[Query]:
             ",".join(f"{k}={v}" for k, v in keys))
     add("PatientRoot", "PATIENT", [("PatientBirthDate", "-19991231"), ("PatientID", "")],
         "PatientBirthDate=-19991231")
+    # every kind of value against the unknown Required keys (studies 3, 4, 6, 8 hold them
+    # empty; 9, 12, 14, 15 lack them): exact, case, prefix, single, ranges closed, open
+    # at either end and one day long; then under the patient that lacks them
+    for keys in ([("AccessionNumber", "ACC001")], [("AccessionNumber", "acc*")],
+                 [("AccessionNumber", "ACC00?")], [("StudyDate", "20250403")],
+                 [("StudyDate", "20240301-20240831")], [("StudyDate", "-20240811")],
+                 [("StudyDate", "20251024-20251024")], [("StudyTime", "080000-120000")],
+                 [("StudyTime", "-100000")], [("StudyTime", "150000-")],
+                 [("StudyTime", "170610")], [("StudyID", "1*")],
+                 [("StudyDate", "20240101-20241231"), ("StudyTime", "-120000")]):
+        add("StudyRoot", "STUDY", [*keys, ("StudyInstanceUID", ""), ("PatientID", "")],
+            "unknown-" + ",".join(f"{k}={v}" for k, v in keys))
+    for model in ("PatientRoot", "PatientStudyOnly"):
+        for pid, keyword, value in (("P05", "StudyDate", "20240101-20241231"),
+                                    ("P06", "StudyTime", "-120000"),
+                                    ("P07", "AccessionNumber", "ACC*"),
+                                    ("P08", "StudyID", "2*")):
+            add(model, "STUDY", [("PatientID", pid), (keyword, value),
+                                 ("StudyInstanceUID", "")], f"unknown-{pid},{keyword}={value}")
+    for name in ("DOE*", "doe^jane"):  # P07 holds Patient's Name empty, P08 lacks it
+        add("PatientRoot", "PATIENT", [("PatientName", name), ("PatientID", "")],
+            f"unknown-PatientName={name}")
+        add("StudyRoot", "STUDY", [("PatientName", name), ("PatientID", ""),
+                                   ("StudyInstanceUID", "")], f"unknown-PatientName={name}")
     for _, study in studies:  # the studies with a series whose Required keys are empty
         if any(c.values["Modality"] in ("", None) for c in study.children):
             number = studies.index((_, study)) + 1
             add("StudyRoot", "SERIES", [("StudyInstanceUID", study.uid), ("Modality", "CT"),
                                         ("SeriesNumber", ""), ("SeriesInstanceUID", "")],
-                f"study{number},Modality=CT")
+                f"unknown-study{number},Modality=CT")
             add("StudyRoot", "SERIES", [("StudyInstanceUID", study.uid),
                                         ("SeriesNumber", "1"), ("SeriesInstanceUID", "")],
-                f"study{number},SeriesNumber=1")
+                f"unknown-study{number},SeriesNumber=1")
     for _, study, series in (p for p in walk(ARCHIVE) if len(p) == 3):
         if any(c.values["InstanceNumber"] in ("", None) for c in series.children):
             add("StudyRoot", "IMAGE", [("StudyInstanceUID", study.uid),
                                        ("SeriesInstanceUID", series.uid),
                                        ("InstanceNumber", "1"), ("SOPInstanceUID", "")],
-                "InstanceNumber=1")
+                "unknown-InstanceNumber=1")
     # empty keys above the level, as Orthanc sends them; and a non-empty one (refused)
     study = ARCHIVE[0].children[0]
     series = study.children[0]
@@ -442,6 +474,8 @@ def _a_path(rng: random.Random, model: str, level: str) -> tuple[Node, ...]:
 
 
 QUERIES = generate()
+# the queries about unknown values, in the models Orthanc offers
+ORTHANC_QUERIES = [q for q in QUERIES if "-unknown-" in q.name and q.model != "PatientStudyOnly"]
 
 
 # -- Talking to the servers ---------------------------------------------------------------
@@ -556,7 +590,7 @@ class Catalogue:
     studies: dict[str, dict[str, str]]  # study UID -> its keys (the patient's too)
     series: dict[str, dict[str, dict[str, str]]]  # study UID -> series UID -> its keys
     instances: dict[str, int]  # series UID -> instance count
-    empties: dict[str, set[str]]  # UID (PatientID for patients) -> keys held empty
+    unknown: dict[str, set[str]]  # UID (PatientID for patients) -> keys empty or absent
 
     def computed(self, level: str, unique: str) -> dict[str, str]:
         """The computed keys of one entity, from dcmqrscp's lower-level answers."""
@@ -686,17 +720,19 @@ def pn_case(p: Prediction) -> None:
             p.widen(keyword, "pn_case", lambda row, k=keyword, v=value: pn_matches(v, row[k]))
 
 
-def zero_length(p: Prediction) -> None:
-    """zero-length, PS3.4 C.2.2.1.2: an empty Required key matches any value.
+def unknown(p: Prediction) -> None:
+    """unknown, PS3.4 C.2.2.1.2: an empty or absent Required key matches any value.
 
     An entity whose Required key (REQUIRED above) is present with zero length matches
-    any value of that key; an absent one does not. dcmqrscp applies no such rule and
-    does not record absence. Predicted: what dcmqrscp matches on the key, plus the
-    entities the archive holds with it empty.
+    any value of that key; an absent one is unknown exactly as an empty one is, so it
+    matches too (as dcm4chee-arc's "match unknown" does). Neither dcmqrscp nor Orthanc
+    applies the rule, and neither tells absence from zero length in its answers.
+    Predicted: what the reference matches on the key, plus the entities the archive
+    holds with it empty or not at all.
     """
     for keyword, _ in p.matching():
         if keyword in required(p.query.model, p.query.level):
-            p.widen(keyword, "zero_length", lambda row, k=keyword: k in p.catalogue.empties.get(
+            p.widen(keyword, "unknown", lambda row, k=keyword: k in p.catalogue.unknown.get(
                 row[p.unique], set()))
 
 
@@ -727,7 +763,7 @@ def universal_above(p: Prediction) -> None:
             p.loosen_above(keyword, "universal_above")
 
 
-EXPECTATIONS = (pn_case, zero_length, computed, universal_above)
+EXPECTATIONS = (pn_case, unknown, computed, universal_above)
 
 
 def predict(query: Query, catalogue: Catalogue) -> Prediction:
@@ -746,6 +782,7 @@ def describe(rows: list[Answer]) -> str:
 class Servers:
     agent: Finder
     qr: Finder
+    orthanc: Finder
     catalogue: Catalogue
 
 
@@ -773,7 +810,7 @@ def read_catalogue(qr: Finder) -> Catalogue:
                  ("SOPInstanceUID", ""))).dataset())
             assert status == 0
             instances[series_uid] = len(images)
-    return Catalogue(studies, series, instances, empty_keys())
+    return Catalogue(studies, series, instances, unknown_keys())
 
 
 @pytest.fixture(scope="module")
@@ -790,16 +827,20 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
         {"ae_title": "EDGE", "port": free_port(), "bind": "127.0.0.1",
          "data_dir": str(root / "data"), "min_free_mb": 0},
         {"CT": peer("MODALITY", allow=("store",)), "WS": peer("WS", allow=("find",))}))
-    with Dcmqrscp(root / "dcmqrscp", {}, options=("-XF",)) as dcmqrscp, Agent(config):
+    with Dcmqrscp(root / "dcmqrscp", {}, options=("-XF",)) as dcmqrscp, \
+            Orthanc(root / "orthanc") as orthanc, Agent(config):
         dcmqrscp.load(files)
         assert scu.store(config.agent.port, files) == [0] * len(files)
+        assert scu.store(orthanc.port, files, called_ae=Orthanc.ae_title) == [0] * len(files)
         agent = Finder(config.agent.port, "EDGE")
         qr = Finder(dcmqrscp.port, Dcmqrscp.ae_title)
+        reference = Finder(orthanc.port, Orthanc.ae_title)
         try:
-            yield Servers(agent, qr, read_catalogue(qr))
+            yield Servers(agent, qr, reference, read_catalogue(qr))
         finally:
             agent.close()
             qr.close()
+            reference.close()
 
 
 def test_the_archive_is_varied_enough() -> None:
@@ -813,13 +854,25 @@ def test_the_archive_is_varied_enough() -> None:
     values = [v for p in paths for v in p[-1].values.values()]
     assert "" in values and None in values
     assert len(QUERIES) >= 50
+    assert len(ORTHANC_QUERIES) >= 20
+    assert {q.level for q in ORTHANC_QUERIES} == set(LEVELS)
     assert {(q.model, q.level) for q in QUERIES} == {(m, lv) for m, lv, _ in PLAN}
 
 
 @pytest.mark.parametrize("query", QUERIES, ids=[q.name for q in QUERIES])
 def test_agent_answers_as_dcmqrscp_does(servers: Servers, query: Query) -> None:
+    compare(servers, servers.qr, "dcmqrscp", query)
+
+
+@pytest.mark.parametrize("query", ORTHANC_QUERIES, ids=[q.name for q in ORTHANC_QUERIES])
+def test_agent_answers_as_orthanc_does(servers: Servers, query: Query) -> None:
+    compare(servers, servers.orthanc, "Orthanc", query)
+
+
+def compare(servers: Servers, reference: Finder, name: str, query: Query) -> None:
+    """The agent's answers are the reference's, changed only by the EXPECTATIONS."""
     prediction = predict(query, servers.catalogue)
-    predicted, predicted_status = prediction.answers(servers.qr)
+    predicted, predicted_status = prediction.answers(reference)
     got, status = prediction.observed(servers.agent)
     applied = {e.__name__: e for e in EXPECTATIONS if e.__name__ in prediction.used}
     why = "".join(f"\n  {str(e.__doc__).splitlines()[0]}" for e in applied.values())
@@ -833,5 +886,5 @@ def test_agent_answers_as_dcmqrscp_does(servers: Servers, query: Query) -> None:
     extra = Counter(got) - Counter(predicted)
     assert not missing and not extra, (
         f"{header}\n{len(got)} answers from the agent, {len(predicted)} predicted"
-        f"\nonly predicted (from dcmqrscp):\n{describe(list(missing.elements()))}"
+        f"\nonly predicted (from {name}):\n{describe(list(missing.elements()))}"
         f"\nonly from the agent:\n{describe(list(extra.elements()))}")

@@ -1,11 +1,14 @@
-"""Range matching and the zero-length Required Key rule, against present-but-empty and
+"""Range matching and the unknown Required Key rule, against present-but-empty and
 absent values, through pynetdicom C-FIND against an in-process agent.
 
 PS3.4 C.2.2.1.2: if the SCP holds an entity whose Required Key is zero length, any
-matching against that key is a successful match. The rule covers Required keys only, and
-only values that are present with zero length: an absent attribute, or an empty Optional
-key, does not match a non-universal value (a range included). Universal matching (an
-empty query value) matches everything, the absent and the empty too.
+matching against that key is a successful match. An attribute the archive does not hold
+is unknown exactly as a zero-length one is, so the absent entity matches alike (as
+dcm4chee-arc's "match unknown" does); one that matched the empty entity and not the
+absent one would give answers that are neither the set with the rule nor the set
+without it. The rule covers Required keys only: an empty or absent Optional key does not
+match a non-universal value (a range included). Universal matching (an empty query
+value) matches everything, the absent and the empty too.
 
 Every patient has one study; every study three series (full, empty, absent); every series
 three instances (full, empty, absent): "empty" entities hold the keys under test with
@@ -162,22 +165,22 @@ ALL_STUDIES = {"EARLY", "LATE", "EMPTY", "ABSENT"}
 
 
 @pytest.mark.parametrize(("keys", "expected"), [
-    ({"StudyDate": "-20240131"}, {"EARLY", "EMPTY"}),  # open start
-    ({"StudyDate": "20240101-"}, {"EARLY", "LATE", "EMPTY"}),  # open end
-    ({"StudyDate": "20240101-20240131"}, {"EARLY", "EMPTY"}),  # closed
-    ({"StudyDate": "20300101-20301231"}, {"EMPTY"}),  # matches nothing held, but the empty
-    ({"StudyDate": "20240115"}, {"EARLY", "EMPTY"}),  # single value
-    ({"StudyTime": "-120000"}, {"EARLY", "EMPTY"}),
-    ({"StudyTime": "120000-"}, {"LATE", "EMPTY"}),
-    ({"StudyTime": "100000-110000"}, {"EARLY", "EMPTY"}),
-    ({"StudyTime": "101500"}, {"EARLY", "EMPTY"}),
-    ({"StudyDate": "20240101-", "StudyTime": "-120000"}, {"EARLY", "EMPTY"}),
-    ({"AccessionNumber": "ACC*"}, {"EARLY", "LATE", "EMPTY"}),
-    ({"AccessionNumber": "ACC1"}, {"EARLY", "EMPTY"}),
-    ({"StudyID": "S2"}, {"LATE", "EMPTY"}),
-    ({"StudyID": "S?"}, {"EARLY", "LATE", "EMPTY"}),
-    ({"PatientName": "DOE*"}, {"EARLY", "LATE", "EMPTY"}),
-    ({"PatientName": "doe^jane"}, {"LATE", "EMPTY"}),
+    ({"StudyDate": "-20240131"}, {"EARLY", "EMPTY", "ABSENT"}),  # open start
+    ({"StudyDate": "20240101-"}, {"EARLY", "LATE", "EMPTY", "ABSENT"}),  # open end
+    ({"StudyDate": "20240101-20240131"}, {"EARLY", "EMPTY", "ABSENT"}),  # closed
+    ({"StudyDate": "20300101-20301231"}, {"EMPTY", "ABSENT"}),  # nothing held, but the unknown
+    ({"StudyDate": "20240115"}, {"EARLY", "EMPTY", "ABSENT"}),  # single value
+    ({"StudyTime": "-120000"}, {"EARLY", "EMPTY", "ABSENT"}),
+    ({"StudyTime": "120000-"}, {"LATE", "EMPTY", "ABSENT"}),
+    ({"StudyTime": "100000-110000"}, {"EARLY", "EMPTY", "ABSENT"}),
+    ({"StudyTime": "101500"}, {"EARLY", "EMPTY", "ABSENT"}),
+    ({"StudyDate": "20240101-", "StudyTime": "-120000"}, {"EARLY", "EMPTY", "ABSENT"}),
+    ({"AccessionNumber": "ACC*"}, {"EARLY", "LATE", "EMPTY", "ABSENT"}),
+    ({"AccessionNumber": "ACC1"}, {"EARLY", "EMPTY", "ABSENT"}),
+    ({"StudyID": "S2"}, {"LATE", "EMPTY", "ABSENT"}),
+    ({"StudyID": "S?"}, {"EARLY", "LATE", "EMPTY", "ABSENT"}),
+    ({"PatientName": "DOE*"}, {"EARLY", "LATE", "EMPTY", "ABSENT"}),
+    ({"PatientName": "doe^jane"}, {"LATE", "EMPTY", "ABSENT"}),
     # universal matching: everything, the empty and the absent too
     ({"StudyDate": ""}, ALL_STUDIES),
     ({"StudyTime": ""}, ALL_STUDIES),
@@ -187,6 +190,19 @@ ALL_STUDIES = {"EARLY", "LATE", "EMPTY", "ABSENT"}
 ], ids=_ids)
 def test_study_root_study_level(served: Served, keys: dict[str, str], expected: set[str]) -> None:
     assert found(served, qa.STUDY_ROOT_FIND, "STUDY", keys) == expected
+
+
+@pytest.mark.parametrize(("keys", "expected"), [
+    ({"StudyDate": "20300101-20301231", "StudyTime": "0800-1200"}, {"EMPTY", "ABSENT"}),
+    ({"StudyDate": "20240101-20240131", "StudyTime": "1000-1100"}, {"EARLY", "EMPTY", "ABSENT"}),
+], ids=_ids)
+def test_combined_date_time_matching(served: Served, keys: dict[str, str],
+                                     expected: set[str]) -> None:
+    """Combined date-time matching negotiated: the unknown dates match, empty or absent."""
+    answers, status = qa.find(served.port, q("STUDY", StudyInstanceUID="", **keys),
+                              combined=True)
+    assert status == 0
+    assert {served.labels[str(a.StudyInstanceUID)] for a in answers} == expected
 
 
 @pytest.mark.parametrize("model", [qa.PATIENT_ROOT_FIND, qa.PATIENT_STUDY_FIND],
@@ -200,10 +216,10 @@ def test_study_root_study_level(served: Served, keys: dict[str, str], expected: 
     {"StudyTime": "120000-"},
 ], ids=_ids)
 def test_study_level_under_a_patient(served: Served, model: str, keys: dict[str, str]) -> None:
-    """Under its patient, the empty study matches and the absent one does not."""
-    for patient, matches in (("EMPTY", True), ("ABSENT", False)):
+    """Under its patient, the empty study matches and so does the absent one."""
+    for patient in ("EMPTY", "ABSENT"):
         got = found(served, model, "STUDY", keys, {"PatientID": f"R-{patient}"})
-        assert got == ({patient} if matches else set()), patient
+        assert got == {patient}, patient
 
 
 # -- PATIENT level: PatientName is Required; PatientBirthDate and PatientBirthTime are
@@ -211,9 +227,9 @@ def test_study_level_under_a_patient(served: Served, model: str, keys: dict[str,
 @pytest.mark.parametrize("model", [qa.PATIENT_ROOT_FIND, qa.PATIENT_STUDY_FIND],
                          ids=["PatientRoot", "PatientStudyOnly"])
 @pytest.mark.parametrize(("keys", "expected"), [
-    ({"PatientName": "DOE*"}, {"EARLY", "LATE", "EMPTY"}),
-    ({"PatientName": "DOE^JOHN"}, {"EARLY", "EMPTY"}),
-    ({"PatientName": "*JANE"}, {"LATE", "EMPTY"}),
+    ({"PatientName": "DOE*"}, {"EARLY", "LATE", "EMPTY", "ABSENT"}),
+    ({"PatientName": "DOE^JOHN"}, {"EARLY", "EMPTY", "ABSENT"}),
+    ({"PatientName": "*JANE"}, {"LATE", "EMPTY", "ABSENT"}),
     ({"PatientBirthDate": "-19851231"}, {"EARLY"}),  # Optional: open start
     ({"PatientBirthDate": "19850101-"}, {"LATE"}),  # Optional: open end
     ({"PatientBirthDate": "19800101-19801231"}, {"EARLY"}),  # Optional: closed
@@ -242,12 +258,13 @@ def test_optional_birth_date_under_study_root(served: Served) -> None:
 @pytest.mark.parametrize("model", [qa.STUDY_ROOT_FIND, qa.PATIENT_ROOT_FIND],
                          ids=["StudyRoot", "PatientRoot"])
 @pytest.mark.parametrize(("keys", "expected"), [
-    ({"Modality": "CT"}, {"full", "empty"}),
-    ({"Modality": "C?"}, {"full", "empty"}),
-    ({"Modality": "MR"}, {"empty"}),
-    ({"SeriesNumber": "1"}, {"full", "empty"}),
-    ({"SeriesNumber": "99"}, {"empty"}),
-    ({"Modality": "CT", "SeriesNumber": "1"}, {"full", "empty"}),
+    ({"Modality": "CT"}, {"full", "empty", "absent"}),
+    ({"Modality": "C?"}, {"full", "empty", "absent"}),
+    ({"Modality": "MR"}, {"empty", "absent"}),
+    ({"Modality": "CT\\MR"}, {"full", "empty", "absent"}),  # a list
+    ({"SeriesNumber": "1"}, {"full", "empty", "absent"}),
+    ({"SeriesNumber": "99"}, {"empty", "absent"}),
+    ({"Modality": "CT", "SeriesNumber": "1"}, {"full", "empty", "absent"}),
     ({"SeriesDate": "-20241231"}, {"full"}),  # Optional: open start
     ({"SeriesDate": "20240101-"}, {"full"}),  # Optional: open end
     ({"SeriesDate": "20240101-20240131"}, {"full"}),
@@ -269,8 +286,8 @@ def test_series_level(served: Served, model: str, keys: dict[str, str],
 @pytest.mark.parametrize("model", [qa.STUDY_ROOT_FIND, qa.PATIENT_ROOT_FIND],
                          ids=["StudyRoot", "PatientRoot"])
 @pytest.mark.parametrize(("keys", "expected"), [
-    ({"InstanceNumber": "1"}, {"full", "empty"}),
-    ({"InstanceNumber": "42"}, {"empty"}),
+    ({"InstanceNumber": "1"}, {"full", "empty", "absent"}),
+    ({"InstanceNumber": "42"}, {"empty", "absent"}),
     ({"ContentDate": "-20241231"}, {"full"}),
     ({"ContentDate": "20240101-"}, {"full"}),
     ({"ContentDate": "20240101-20240131"}, {"full"}),
@@ -293,14 +310,15 @@ def test_image_level(served: Served, model: str, keys: dict[str, str],
 
 
 def test_the_empty_and_absent_series_of_an_empty_study(served: Served) -> None:
-    """The EMPTY patient's own series: the empty one matches any Modality, the absent not."""
+    """The EMPTY patient's own series: the empty and the absent one match any Modality."""
     above = {"StudyInstanceUID": served.study["EMPTY"]}
-    assert found(served, qa.STUDY_ROOT_FIND, "SERIES", {"Modality": "US"}, above) == {"empty"}
+    assert found(served, qa.STUDY_ROOT_FIND, "SERIES", {"Modality": "US"}, above) \
+        == {"empty", "absent"}
     assert found(served, qa.STUDY_ROOT_FIND, "SERIES", {"SeriesNumber": "3"}, above) \
-        == {"empty"}
+        == {"empty", "absent"}
     above["SeriesInstanceUID"] = served.series[("EMPTY", "absent")]
     assert found(served, qa.STUDY_ROOT_FIND, "IMAGE", {"InstanceNumber": "7"}, above) \
-        == {"empty"}
+        == {"empty", "absent"}
 
 
 def test_an_index_from_before_keeps_no_leading_spaces_after_migration(

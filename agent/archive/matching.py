@@ -270,26 +270,28 @@ def combined_span(date: str, time: str | None) -> tuple[dt.datetime, dt.datetime
     return (midnight + dt.timedelta(microseconds=first), midnight + dt.timedelta(microseconds=last))
 
 
-# -- zero-length Required Keys (PS3.4 C.2.2.1.2) -----------------------------------------
+# -- unknown Required Keys (PS3.4 C.2.2.1.2) ---------------------------------------------
 
 
-def or_zero_length(condition: Condition, column: str) -> Condition:
-    """A Required Key the entity holds with zero length is unknown, so it matches anything.
+def or_unknown(condition: Condition, column: str) -> Condition:
+    """A Required Key whose value the archive does not know matches anything.
 
-    Only a present, empty value counts (stored as ''); an absent one (NULL) does not.
+    Unknown is a value held with zero length (stored as '') or an attribute the instance
+    did not carry at all (stored as NULL): both say the same, so both match. The
+    equivalence lives here, in the predicate, so rows written by any version match alike.
     """
     if condition.sql is not None:
-        sql = f"(({condition.sql}) OR {column} = '')"
+        sql = f"(({condition.sql}) OR {column} = '' OR {column} IS NULL)"
         if condition.check is None:
             return Condition(sql, condition.params)
-        # an SQL prefilter with a check: the check must let the empty value through too
-        return Condition(sql, condition.params, _empty_or(condition.check), condition.columns)
+        # an SQL prefilter with a check: the check must let the unknown value through too
+        return Condition(sql, condition.params, _unknown_or(condition.check), condition.columns)
     assert condition.check is not None
-    return Condition(check=_empty_or(condition.check), columns=condition.columns)
+    return Condition(check=_unknown_or(condition.check), columns=condition.columns)
 
 
-def _empty_or(check: Check) -> Check:
-    return lambda stored: stored == "" or check(stored)
+def _unknown_or(check: Check) -> Check:
+    return lambda stored: stored is None or stored == "" or check(stored)
 
 
 # -- sequences ---------------------------------------------------------------------------

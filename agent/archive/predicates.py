@@ -21,13 +21,14 @@ def condition_for(
 ) -> m.Condition | None:
     """The condition for one key, or None when it matches everything (universal).
 
-    ``required``: a Required Key, which an entity holding it with zero length matches.
+    ``required``: a Required Key, which an entity matches whenever its value is unknown
+    (held with zero length, or absent).
     """
     condition = _condition(keyword, vr, value, column)
     if condition is None or not required:
         return condition
     single_pn = vr == "PN" and not is_multi_valued(keyword)
-    return m.or_zero_length(condition, f"{column}_norm" if single_pn else column)
+    return m.or_unknown(condition, f"{column}_norm" if single_pn else column)
 
 
 def _condition(keyword: str, vr: str, value: Any, column: str) -> m.Condition | None:
@@ -82,10 +83,11 @@ def sequence_condition(value: Any, column: str) -> m.Condition | None:
 def combined_condition(date_column: str, time_column: str, date: str, time: str) -> m.Condition:
     """Study Date and Time as one range (combined date-time matching was negotiated).
 
-    Both are Required Keys: a zero-length Study Date matches (PS3.4 C.2.2.1.2), and a
-    zero-length Study Time leaves the whole day, which matches if it meets the range.
+    Both are Required Keys: an unknown (zero-length or absent) Study Date matches (PS3.4
+    C.2.2.1.2), and an unknown Study Time leaves the whole day, which matches if it meets
+    the range.
     """
-    prefilter = m.or_zero_length(m.date_condition(date_column, date), date_column)
+    prefilter = m.or_unknown(m.date_condition(date_column, date), date_column)
     date_low, date_high = _ends(date)
     time_low, time_high = _ends(time)
     low = m.combined_span(date_low, time_low)[0] if date_low else None

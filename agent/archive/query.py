@@ -210,7 +210,7 @@ def _asks_nothing(value: Any, vr: str) -> bool:
 
 
 def is_required(model: Model, level: Level, keyword: str) -> bool:
-    """True for a Required Key of ``level`` in ``model`` (the zero-length rule applies)."""
+    """True for a Required Key of ``level`` in ``model`` (an unknown value matches)."""
     if model is Model.STUDY_ROOT and keyword in STUDY_ROOT_PATIENT_KEYS:
         return True
     return keyword in REQUIRED_KEYS[level]

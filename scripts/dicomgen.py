@@ -4,6 +4,7 @@ instances written without holding them in memory, and the compressed samples pyd
 ships. No patient data: every name, ID and UID is made up here.
 
 As a command:  python scripts/dicomgen.py OUTDIR --count 500 --size 512 --modality CT
+               [--patient NAME] [--study-uid UID]
 """
 
 from __future__ import annotations
@@ -205,6 +206,13 @@ def dataset_bytes(path: Path) -> bytes:
         return handle.read()
 
 
+def _valid_uid(text: str) -> str:
+    """An argparse type: ``text`` if it is a valid UID (digits and dots, at most 64)."""
+    if len(text) > 64 or not uid.RE_VALID_UID.match(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a valid UID")
+    return text
+
+
 def main() -> None:
     """Command line: write one synthetic series."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -213,8 +221,12 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512, help="rows and columns")
     parser.add_argument("--modality", choices=sorted(SOP_CLASSES), default="CT")
     parser.add_argument("--patient", default="DOE^JOHN")
+    parser.add_argument("--study-uid", type=_valid_uid, default=None,
+                        help="Study Instance UID (default: a new one), e.g. to retrieve it by")
     args = parser.parse_args()
     study = Study(patient_name=args.patient, study_date=dt.date.today().strftime("%Y%m%d"))
+    if args.study_uid:
+        study.study_uid = args.study_uid
     paths = write_series(args.outdir, args.count, modality=args.modality, size=args.size,
                          study=study)
     print(f"wrote {len(paths)} {args.modality} instances to {args.outdir}")

@@ -15,15 +15,17 @@ What the README test runs and how (``Block`` below):
   (a server the reader starts in a terminal of its own: started in the background,
   awaited until it listens on every PORT, stopped with SIGTERM when another server takes
   its port or at the end, as the reader's Ctrl-C would), ``file PATH`` (the block is a
-  file the reader saves as PATH) and ``expect TEXT`` (the block's output holds TEXT).
+  file the reader saves as PATH), ``append PATH`` (the reader adds it to that file) and
+  ``expect TEXT`` (the block's output holds TEXT).
 
 What the test changes, and nothing else (``Readme.substitute``): the ports in
 ``PORTS`` become free ephemeral ones, ``/tmp/`` becomes the test's temporary
-directory, and the built-in default (which the quick start uses, and whose port is
-fixed) comes from ``$EDGE_AGENT_CONFIG``: the same settings on the test's port. The
-"fresh clone" is a copy of scripts/ and pyproject.toml whose ``.venv`` runs this
-interpreter, with the stamp scripts/run.sh leaves after an install (the install
-itself, pip from the network, is what ``test_run_sh_*`` check with a stand-in pip).
+directory, the clone the README's output shows (``CLONE``) becomes the test's copy,
+and the built-in default (which the quick start uses, and whose port is fixed) comes
+from ``$EDGE_AGENT_CONFIG``: the same settings on the test's port. The "fresh clone" is
+a copy of scripts/ and pyproject.toml whose ``.venv`` runs this interpreter, with the
+stamp scripts/run.sh leaves after an install (the install itself, pip from the network,
+is what ``test_run_sh_*`` check with a stand-in pip).
 """
 
 from __future__ import annotations
@@ -50,7 +52,9 @@ from tests.support import REPO, agent_env, dcmtk, free_port, wait_until
 README = REPO / "README.md"
 RUN_SH = REPO / "scripts" / "run.sh"
 STAMP = ".venv/edge-agent-pyproject.sha256"  # where scripts/run.sh records pyproject's hash
-PORTS = {"agent": 11112, "workstation": 11113, "agent TLS": 2762, "PACS": 2763}
+CLONE = "/home/pi/edge-agent"  # where the README's output shows the clone
+PORTS = {"agent": 11112, "workstation": 11113, "Orthanc": 4243, "agent TLS": 2762,
+         "TLS PACS": 2763}
 COMMAND_TIMEOUT = 60.0
 
 # Output that differs from run to run, masked on both sides before comparing.
@@ -61,6 +65,9 @@ VOLATILE = (
     (re.compile(r"\b\d+(\.\d+)? ?(ms|s)\b"), "<duration>"),
     (re.compile(r"\(\d+ days"), "(<n> days"),
     (re.compile(r"\bpid \d+"), "pid <n>"),
+    (re.compile(r"^retrieving: \d+/"), "retrieving: <n>/"),  # how far it had got
+    (re.compile(r"\b1\.2\.826\.0\.1\.3680043\.8\.498\.\d{20,}"), "<new UID>"),  # dicomgen's
+    (re.compile(r"(?<=\S) {2,}"), " "),  # table columns as wide as those UIDs
 )
 FENCE = re.compile(r"^```(\w*)\s*$")
 MARKER = re.compile(r"^<!-- readme-test: (\w+) ?(.*?) -->$")
@@ -84,7 +91,8 @@ class Block:
         """True if the test runs it: shell and console blocks, and files to save."""
         if self.directive("skip"):
             return False
-        return self.language in ("sh", "console") or bool(self.directive("file"))
+        return self.language in ("sh", "console") or bool(self.directive("file")
+                                                          + self.directive("append"))
 
 
 def blocks(text: str) -> list[Block]:
@@ -265,24 +273,29 @@ def accepts(port: int) -> bool:
 class Readme:
     """The README's blocks, run in order in a session, with the test's substitutions."""
 
-    def __init__(self, tmp: Path, shell: Shell, ports: dict[int, int]) -> None:
+    def __init__(self, tmp: Path, clone: Path, shell: Shell, ports: dict[int, int]) -> None:
         self.tmp = tmp
+        self.clone = clone
         self.shell = shell
         self.ports = ports
 
     def substitute(self, text: str) -> str:
-        """The README's ports become the test's, its /tmp/ the test's directory."""
+        """The README's ports become the test's, its /tmp/ the test's directory, and its
+        clone the test's copy."""
         for port, ours in self.ports.items():
             text = re.sub(rf"(?<![\w.]){port}(?!\w)", str(ours), text)
-        return re.sub(r"(?<![\w/.])/tmp/", f"{self.tmp}/", text)
+        text = re.sub(r"(?<![\w/.])/tmp/", f"{self.tmp}/", text)
+        return text.replace(CLONE, str(self.clone))
 
     def run(self, block: Block) -> None:
         """Run one block as the reader would."""
         where = f"README.md line {block.line}"
-        if files := block.directive("file"):
+        if files := block.directive("file") + block.directive("append"):
             path = Path(self.substitute(files[0]))
             path = path if path.is_absolute() else self.shell.cwd() / path
-            path.write_text(self.substitute("\n".join(block.lines)) + "\n")
+            with path.open("a" if block.directive("append") else "w") as file:
+                file.write("\n" * bool(block.directive("append")))
+                file.write(self.substitute("\n".join(block.lines)) + "\n")
         elif ports := block.directive("serve"):
             (command,) = sh_commands(block.lines)
             self.shell.serve(self.substitute(command),
@@ -368,7 +381,8 @@ def test_the_readme_runs_the_quick_start_query_retrieve_and_tls_example() -> Non
     """A guard on the extraction: the sections the issue names are run, not skipped."""
     text = "\n".join("\n".join(block.lines) for block in readme_blocks())
     for command in ("scripts/run.sh", "dicomgen.py", "storescu -aec EDGE", "findscu",
-                    "movescu", "getscu", "openssl req", "storescp +tls",
+                    "movescu", "getscu", "Orthanc", "edge-agent find PACS",
+                    "edge-agent retrieve PACS", "openssl req", "storescp +tls",
                     "edge-agent check-config", "echoscu +tls", "edge-agent status"):
         assert command in text, command
     skipped = [block for block in blocks(README.read_text()) if block.directive("skip")]
@@ -387,7 +401,7 @@ def test_the_readme_as_written(tmp_path: Path) -> None:
     logs.mkdir()
     shell = Shell(clone, session_env(clone, ports[PORTS["agent"]]), logs)
     try:
-        readme = Readme(tmp_path, shell, ports)
+        readme = Readme(tmp_path, clone, shell, ports)
         for block in readme_blocks():
             readme.run(block)
     finally:

@@ -4,6 +4,8 @@ instances written without holding them in memory, and the compressed samples pyd
 ships. No patient data: every name, ID and UID is made up here.
 
 As a command:  python scripts/dicomgen.py OUTDIR --count 500 --size 512 --modality CT
+               [--patient NAME] [--study-uid UID] [--study-date YYYYMMDD]
+               [--description TEXT] [--accession NUMBER]
 """
 
 from __future__ import annotations
@@ -205,6 +207,21 @@ def dataset_bytes(path: Path) -> bytes:
         return handle.read()
 
 
+def _valid_uid(text: str) -> str:
+    """An argparse type: ``text`` if it is a valid UID (digits and dots, at most 64)."""
+    if len(text) > 64 or not uid.RE_VALID_UID.match(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a valid UID")
+    return text
+
+
+def _dicom_date(text: str) -> dt.date:
+    """An argparse type: a DICOM date, YYYYMMDD."""
+    try:
+        return dt.datetime.strptime(text, "%Y%m%d").date()
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date (YYYYMMDD)") from None
+
+
 def main() -> None:
     """Command line: write one synthetic series."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -213,8 +230,17 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512, help="rows and columns")
     parser.add_argument("--modality", choices=sorted(SOP_CLASSES), default="CT")
     parser.add_argument("--patient", default="DOE^JOHN")
+    parser.add_argument("--study-uid", type=_valid_uid, default=None,
+                        help="Study Instance UID (default: a new one), e.g. to retrieve it by")
+    parser.add_argument("--study-date", type=_dicom_date, default=dt.date.today(),
+                        help="YYYYMMDD (default: today)")
+    parser.add_argument("--description", default=Study.description, help="StudyDescription")
+    parser.add_argument("--accession", default=Study.accession, help="AccessionNumber")
     args = parser.parse_args()
-    study = Study(patient_name=args.patient, study_date=dt.date.today().strftime("%Y%m%d"))
+    study = Study(patient_name=args.patient, study_date=args.study_date.strftime("%Y%m%d"),
+                  description=args.description, accession=args.accession)
+    if args.study_uid:
+        study.study_uid = args.study_uid
     paths = write_series(args.outdir, args.count, modality=args.modality, size=args.size,
                          study=study)
     print(f"wrote {len(paths)} {args.modality} instances to {args.outdir}")

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Quick start: install edge-agent into ./.venv and run it on its built-in default
 # (AE EDGE, port 11112, data in ./edge-data, echo and store open to any AE).
+# Arguments go to `edge-agent run`: scripts/run.sh --config edge.toml
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,5 +12,13 @@ if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv
 fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
-.venv/bin/python -m pip install -q -e .
+
+# Install only when pyproject.toml (dependencies, entry points) changed since the last
+# install: the package is editable, so code changes need none, and pip takes seconds.
+stamp=.venv/edge-agent-pyproject.sha256
+want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [ ! -x .venv/bin/edge-agent ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  .venv/bin/python -m pip install -q -e .
+  echo "$want" > "$stamp"
+fi
 exec .venv/bin/edge-agent run "$@"

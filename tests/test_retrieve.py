@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -132,6 +133,23 @@ def test_an_unknown_move_destination_is_a801(setup: tuple[Setup, Agent]) -> None
     prepared, _agent = setup
     result = prepared.movescu("WS", "NOBODY")
     assert "MoveDestinationUnknown" in result.stdout + result.stderr
+
+
+def test_a_configured_destination_not_listening_is_a702_with_every_instance_failed(
+        setup: tuple[Setup, Agent], caplog: pytest.LogCaptureFixture) -> None:
+    # DEST is configured but nothing listens on its port: known, so not 0xA801 (PS3.4
+    # C.4.2.1.4) but "unable to perform sub-operations", with the failed UIDs
+    prepared, _agent = setup
+    with caplog.at_level(logging.WARNING, logger="agent.net.qr"):
+        result = prepared.movescu("WS", "DEST", "-S", ["-d", *prepared.keys()])
+    said = result.stdout + result.stderr
+    assert "DIMSE Status                  : 0xa702" in said, said[-3000:]
+    assert "Failed Suboperations          : 200" in said
+    assert "Completed Suboperations       : 0" in said
+    assert ",200 FailedSOPInstanceUIDList" in said
+    [line] = [r.getMessage() for r in caplog.records if "cannot reach" in r.getMessage()]
+    assert f"DEST@127.0.0.1:{prepared.destination_port}" in line, line
+    assert "connection refused" in line and "200 instances not sent" in line
 
 
 def test_a_peer_without_move_permission_cannot_move(setup: tuple[Setup, Agent]) -> None:

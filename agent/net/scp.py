@@ -43,6 +43,7 @@ from agent.net.access import (
 from agent.net.commit_reports import CommitReports
 from agent.net.commit_scp import CommitmentHandler, offered_commitment
 from agent.net.engine import guards, transport
+from agent.net.engine.moves import ListenerAE
 from agent.net.qr import QueryRetrieveHandlers
 from agent.net.storage import StorageHandlers
 from agent.status import StatusModel
@@ -90,7 +91,7 @@ class DicomServer:
     def _build_ae(self) -> AE:
         settings = self.config.agent
         configure_pynetdicom(debug=settings.log_level == "debug")
-        ae = AE(ae_title=settings.ae_title)
+        ae = ListenerAE(ae_title=settings.ae_title)  # a C-MOVE's unreachable destination: 0xA702
         ae.maximum_pdu_size = settings.max_pdu
         ae.network_timeout = settings.network_timeout
         ae.acse_timeout = ACSE_TIMEOUT

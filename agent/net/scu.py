@@ -170,7 +170,7 @@ def probe(target: Target, timeout: float) -> str:
         with socket.create_connection((target.host, target.port), timeout=timeout):
             pass
     except ConnectionRefusedError:
-        return f"connection refused: nothing listens on {where} (agent stopped? wrong port?)"
+        return f"connection refused: nothing listens on {where} (not running? wrong port?)"
     except TimeoutError:
         return f"{where} did not answer within {timeout:g} s (host down, firewall, wrong address?)"
     except OSError as exc:

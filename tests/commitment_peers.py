@@ -42,12 +42,12 @@ def reference(sop_class: str, sop_uid: str) -> Dataset:
 
 
 def request(port: int, uid: str, pairs: list[tuple[str, str]],
-            calling_ae: str = MOD_AE) -> tuple[Any, int | None]:
+            calling_ae: str = MOD_AE, called_ae: str = "EDGE") -> tuple[Any, int | None]:
     """N-ACTION as the modality; (was the context accepted, the response status)."""
     ae = AE(ae_title=calling_ae)
     ae.add_requested_context(STORAGE_COMMITMENT)
     ae.add_requested_context(VERIFICATION)  # so that the association is accepted
-    assoc = ae.associate("127.0.0.1", port, ae_title="EDGE")
+    assoc = ae.associate("127.0.0.1", port, ae_title=called_ae)
     assert assoc.is_established
     try:
         if not [cx for cx in assoc.accepted_contexts if cx.abstract_syntax == STORAGE_COMMITMENT]:

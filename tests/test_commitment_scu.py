@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import subprocess
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +24,8 @@ from agent.field.console import build_table
 from agent.ops.queue import list_queue
 from tests import scu
 from tests.commitment_peers import ReportingOrthanc, pacs_states
-from tests.support import free_port, peer, run_cli, wait_until, write_config
+from tests.commitment_peers import request as ask_for_commitment
+from tests.support import dcmtk, free_port, peer, run_cli, wait_until, write_config
 
 AGENT_AE = "EDGE"
 
@@ -161,7 +165,8 @@ def test_retain_until_committed_keeps_the_uncommitted_under_the_floor(
         agent.archive.min_free_bytes = 1 << 62  # free space under the floor
         assert retention.sweep(agent.archive, config.forward, commit_enabled=["PACS"]) == 0
         delete_in_orthanc(pacs, gone)
-        result = commit_study(config, "PACS", study, timeout=30)
+        result = commit_study(config, "PACS", study, timeout=30,
+                              lands=lambda serve: contextlib.nullcontext(agent.landing()))
         assert (result.committed, result.failed) == (3, {gone: 0x0112})
         assert retention.sweep(agent.archive, config.forward, commit_enabled=["PACS"]) == 3
         archived = {p.stem for p in (data_dir / "archive").rglob("*.dcm")}
@@ -289,3 +294,121 @@ def test_instances_delivered_before_commit_was_set_are_asked_about_too(
     with Agent(config_module.load_file(path)):
         wait_until(lambda: all_in(tmp_path / "data", wanted, "committed"), 60,
                    "the earlier deliveries asked about and committed")
+
+
+# -- what goes wrong is said at once, and logged in the agent -------------------------
+
+
+def _forwarded_study(config: Any, pacs: Orthanc, tmp_path: Path, count: int) -> str:
+    """Run the agent until ``count`` instances of a new study reached the PACS; its UID."""
+    sent = dicomgen.write_series(tmp_path / "study", count, size=8)
+    with Agent(config):
+        assert scu.store(config.agent.port, sent) == [0] * count
+        wait_until(lambda: pacs.count() == count, 30, "deliveries")
+    return str(dcmread(sent[0], stop_before_pixels=True).StudyInstanceUID)
+
+
+def test_commit_with_the_agent_stopped_takes_the_report_itself(
+        pacs: Orthanc, tmp_path: Path, agent_port: int) -> None:
+    # Orthanc reports on a new association to the agent's port: with no agent running,
+    # the command receives it there itself, as retrieve does, instead of waiting in vain
+    config_file = commit_config(tmp_path, agent_port, pacs.port, after_seconds=3600)
+    study = _forwarded_study(config_module.load_file(config_file), pacs, tmp_path, 3)
+    done = run_cli("commit", "PACS", "--study", study, "--config", str(config_file),
+                   "--timeout", "30")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.startswith("OK PACS: 3 committed, 0 failed of 3 instances"), done.stdout
+    assert all_in(tmp_path / "data", uids(list((tmp_path / "study").iterdir())), "committed")
+
+
+def test_commit_to_a_peer_without_commit_true_says_so_before_asking(
+        tmp_path: Path, agent_port: int) -> None:
+    path = commit_config(tmp_path, agent_port, free_port())
+    path.write_text(path.read_text().replace("commit = true", "commit = false"))
+    done = run_cli("commit", "PACS", "--study", "1.2.3", "--config", str(path),
+                   "--timeout", "30")
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "peers.PACS.commit: is not true: the agent refuses this peer's" in done.stderr
+
+
+def test_a_pacs_that_refuses_the_request_is_named(tmp_path: Path, agent_port: int) -> None:
+    # Orthanc knows us, but not for storage commitment: it hangs up on the N-ACTION
+    entry = {"AET": AGENT_AE, "Host": "127.0.0.1", "Port": agent_port,
+             "AllowStorageCommitment": False}
+    with Orthanc(tmp_path / "orthanc", modalities={AGENT_AE: entry}) as refusing:
+        config_file = commit_config(tmp_path, agent_port, refusing.port, after_seconds=3600)
+        study = _forwarded_study(config_module.load_file(config_file), refusing, tmp_path, 2)
+        done = run_cli("commit", "PACS", "--study", study, "--config", str(config_file),
+                       "--timeout", "30")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "ended the association" in done.stderr and "it refused it" in done.stderr
+    assert pacs_states(tmp_path / "data")  # the instances wait to be asked again
+    assert {s for s, _, _ in pacs_states(tmp_path / "data").values()} == {"awaiting"}
+
+
+def test_a_peer_without_storage_commitment_is_named(tmp_path: Path, agent_port: int) -> None:
+    # DCMTK's storescp is no commitment SCP: it accepts the association, not the context
+    port = free_port()
+    (tmp_path / "received").mkdir()
+    storescp = subprocess.Popen([dcmtk("storescp"), "-aet", "ORTHANC", "-od",
+                                 str(tmp_path / "received"), str(port)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        echo = [dcmtk("echoscu"), "-aec", "ORTHANC", "127.0.0.1", str(port)]
+        wait_until(lambda: subprocess.run(echo, capture_output=True).returncode == 0, 20,
+                   "storescp to listen")
+        config = config_module.load_file(
+            commit_config(tmp_path, agent_port, port, after_seconds=3600))
+        sent = dicomgen.write_series(tmp_path / "study", 1, size=8)
+        with Agent(config) as agent:
+            assert scu.store(agent_port, sent) == [0]
+            study = str(dcmread(sent[0], stop_before_pixels=True).StudyInstanceUID)
+            reply = build_table(agent).run_line(f"commit PACS --study {study} --timeout 30")
+    finally:
+        storescp.terminate()
+        storescp.wait(10)
+    said = "\n".join(reply.lines())
+    assert "refused every presentation context proposed" in said, said
+    assert "Storage Commitment Push Model" in said
+
+
+def _asked_by_the_test(pacs: Orthanc) -> str:
+    """An N-ACTION to Orthanc as the agent's AE title, on a transaction the agent does not
+    know: Orthanc then reports to the agent on a new association. The transaction UID."""
+    from pydicom.uid import generate_uid
+
+    uid = str(generate_uid())
+    accepted, code = ask_for_commitment(
+        pacs.port, uid, [("1.2.840.10008.5.1.4.1.1.2", str(generate_uid()))],
+        calling_ae=AGENT_AE, called_ae=pacs.ae_title)  # Orthanc reports as the AE called
+    assert accepted and code == 0
+    return uid
+
+
+def _warned(caplog: pytest.LogCaptureFixture, words: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records
+            if r.levelno == logging.WARNING and words in r.getMessage()]
+
+
+def test_the_agent_logs_a_report_from_a_peer_without_commit_true(
+        pacs: Orthanc, tmp_path: Path, agent_port: int,
+        caplog: pytest.LogCaptureFixture) -> None:
+    path = commit_config(tmp_path, agent_port, pacs.port)
+    path.write_text(path.read_text().replace("commit = true", "commit = false"))
+    with caplog.at_level(logging.WARNING), Agent(config_module.load_file(path)):
+        _asked_by_the_test(pacs)
+        [line] = wait_until(lambda: _warned(caplog, "refused storage commitment reports"),
+                            30, "the refusal logged")
+    assert "ORTHANC (peers.PACS)" in line and "peers.PACS has no commit = true" in line
+
+
+def test_the_agent_logs_a_report_on_a_transaction_it_does_not_know(
+        pacs: Orthanc, tmp_path: Path, agent_port: int,
+        caplog: pytest.LogCaptureFixture) -> None:
+    config = config_module.load_file(commit_config(tmp_path, agent_port, pacs.port))
+    with caplog.at_level(logging.WARNING), Agent(config):
+        uid = _asked_by_the_test(pacs)
+        [line] = wait_until(lambda: _warned(caplog, "ignored a storage commitment report"),
+                            30, "the unknown transaction logged")
+    assert "from peers.PACS" in line and "a transaction we are not waiting for" in line
+    assert uid not in line  # UIDs only at debug level

@@ -346,6 +346,51 @@ def test_a_pacs_that_does_not_know_us_as_destination_gives_a801(
     assert "or use --get" in pulled.stdout
 
 
+class StrictOrthanc(Orthanc):
+    """Orthanc as shipped: no request from an AE title missing in DicomModalities."""
+
+    def command(self) -> list[str]:
+        command = super().command()
+        path = Path(command[-1])
+        settings = json.loads(path.read_text())
+        for key in [k for k in settings if k.startswith("DicomAlwaysAllow")]:
+            del settings[key]
+        path.write_text(json.dumps(settings))
+        return command
+
+
+@pytest.mark.parametrize("method", ["--move", "--get"])
+def test_a_pacs_that_does_not_know_us_says_it_refused_not_that_it_timed_out(
+        tmp_path: Path, pacs: Pacs, method: str) -> None:
+    # Orthanc ends the association at the C-MOVE (C-GET) of an AE title it does not know
+    with StrictOrthanc(tmp_path / "orthanc") as strict:
+        strict.rest("/instances", pacs.studies.third[0].read_bytes())
+        config = write_config(
+            tmp_path / "agent.toml",
+            {"ae_title": "EDGE", "port": free_port(), "bind": "127.0.0.1",
+             "data_dir": str(tmp_path / "data"), "min_free_mb": 0},
+            {"PACS": peer(strict.ae_title, strict.port, ("echo", "store"))})
+        study = str(dcmread(pacs.studies.third[0], stop_before_pixels=True).StudyInstanceUID)
+        pulled = cli(config, "retrieve", "PACS", method, "-k", f"StudyInstanceUID={study}")
+    assert pulled.returncode == 1
+    assert "within 60 s" not in pulled.stderr, pulled.stderr
+    assert "the peer ended the association" in pulled.stderr, pulled.stderr
+    assert "it refused the request" in pulled.stderr
+    assert "add EDGE (with this box's address and port)" in pulled.stderr
+
+
+def test_a_silent_retrieve_is_told_apart_from_a_refusal() -> None:
+    from pydicom import Dataset
+
+    from agent.qr.retrieve import Waiting, _follow
+
+    target = Target("PACS", "127.0.0.1", 104, "PACS")
+    times = iter([100.0, 160.0])  # the request, then the empty answer 60 s later
+    waiting = Waiting(target, "move", 60.0, "EDGE", clock=lambda: next(times))
+    with pytest.raises(PeerError, match=r"no answer to the C-MOVE within 60 s \(after 0 "):
+        _follow(iter([(Dataset(), None)]), waiting, lambda progress: None)
+
+
 def test_a_move_from_a_peer_we_would_refuse_is_stopped_early(tmp_path: Path, pacs: Pacs) -> None:
     config = write_config(
         tmp_path / "agent.toml",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +26,7 @@ class Setup:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.destination_port = free_port()
+        self.picky_port = free_port()  # PICKY: a destination that rejects our association
         self.sent = dicomgen.write_series(root / "series", 200, size=64)
         header = dcmread(self.sent[0], stop_before_pixels=True)
         self.study_uid = str(header.StudyInstanceUID)
@@ -36,7 +38,8 @@ class Setup:
             {"CT": peer("MODALITY", allow=("store",)),
              "WS": peer("WS", allow=("echo", "move", "get")),
              "VIEWER": peer("VIEWER", allow=("find",)),
-             "DEST": peer("DEST", self.destination_port)}))
+             "DEST": peer("DEST", self.destination_port),
+             "PICKY": peer("PICKY", self.picky_port)}))
 
     def keys(self) -> list[str]:
         """findscu-style keys naming the series."""
@@ -132,6 +135,43 @@ def test_an_unknown_move_destination_is_a801(setup: tuple[Setup, Agent]) -> None
     prepared, _agent = setup
     result = prepared.movescu("WS", "NOBODY")
     assert "MoveDestinationUnknown" in result.stdout + result.stderr
+
+
+def test_a_configured_destination_not_listening_is_a702_with_every_instance_failed(
+        setup: tuple[Setup, Agent], caplog: pytest.LogCaptureFixture) -> None:
+    # DEST is configured but nothing listens on its port: known, so not 0xA801 (PS3.4
+    # C.4.2.1.4) but "unable to perform sub-operations", with the failed UIDs
+    prepared, _agent = setup
+    with caplog.at_level(logging.WARNING, logger="agent.net.qr"):
+        result = prepared.movescu("WS", "DEST", "-S", ["-d", *prepared.keys()])
+    said = result.stdout + result.stderr
+    assert "DIMSE Status                  : 0xa702" in said, said[-3000:]
+    assert "Failed Suboperations          : 200" in said
+    assert "Completed Suboperations       : 0" in said
+    assert ",200 FailedSOPInstanceUIDList" in said
+    [line] = [r.getMessage() for r in caplog.records if "cannot reach" in r.getMessage()]
+    assert f"DEST@127.0.0.1:{prepared.destination_port}" in line, line
+    assert "connection refused" in line and "200 instances not sent" in line
+
+
+def test_a_destination_that_rejects_the_association_is_a702_and_says_why(
+        setup: tuple[Setup, Agent], caplog: pytest.LogCaptureFixture) -> None:
+    prepared, _agent = setup
+    picky = AE(ae_title="SOMEONE")  # answers only to "SOMEONE": PICKY is rejected
+    picky.require_called_aet = True
+    picky.add_supported_context(dicomgen.SOP_CLASSES["CT"])
+    server = picky.start_server(("127.0.0.1", prepared.picky_port), block=False)
+    try:
+        with caplog.at_level(logging.WARNING, logger="agent.net.qr"):
+            result = prepared.movescu("WS", "PICKY", "-S", ["-d", *prepared.keys()])
+    finally:
+        server.shutdown()
+    said = result.stdout + result.stderr
+    assert "DIMSE Status                  : 0xa702" in said, said[-3000:]
+    assert "Failed Suboperations          : 200" in said
+    [line] = [r.getMessage() for r in caplog.records if "cannot reach" in r.getMessage()]
+    assert f"PICKY@127.0.0.1:{prepared.picky_port}" in line, line
+    assert "association rejected permanently: called AE title not recognised" in line
 
 
 def test_a_peer_without_move_permission_cannot_move(setup: tuple[Setup, Agent]) -> None:

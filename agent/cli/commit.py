@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import functools
 
 from agent.cli.common import load_config
+from agent.cli.landing import landing
 from agent.config import Config
 from agent.ops.arguments import COMMIT_HELP, add_commit_arguments
 from agent.ops.commit import CommitResult, commit_study
@@ -26,5 +28,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def result(args: argparse.Namespace, config: Config) -> CommitResult:
-    """The report this command shows."""
-    return commit_study(config, args.peer, args.study, args.timeout)
+    """The report this command shows, taken by the running agent or, when none runs, by
+    a temporary receiver in this process (as ``retrieve`` does)."""
+    return commit_study(
+        config, args.peer, args.study, args.timeout, lands=functools.partial(landing, config)
+    )

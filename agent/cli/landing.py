@@ -20,8 +20,9 @@ log = logging.getLogger(__name__)
 def landing(config: Config, serve: bool) -> Iterator[Landing]:
     """The archive, beside the running agent or alone; with a temporary agent if needed.
 
-    ``serve``: a C-MOVE needs a Storage SCP; when the agent is not running, a temporary
-    one runs in this process until the retrieve ends.
+    ``serve``: a C-MOVE needs a Storage SCP, a commitment request a listener for the
+    report; when the agent is not running, a temporary one runs in this process until
+    the retrieve (or commit) ends.
     """
     layout = Layout(config.agent.data_dir)
     layout.create()
@@ -50,7 +51,7 @@ def temporary_agent(config: Config) -> Iterator[Landing]:
     temporary = Agent(config)
     try:
         temporary.start()
-        log.info("the agent is not running: receiving here until the retrieve ends")
+        log.info("the agent is not running: receiving here until the command ends")
         land = temporary.landing()
         yield Landing(land.archive, land.status, land.wake, "a temporary receiver")
     finally:

@@ -35,6 +35,9 @@ CLASS_INSTANCE_CONFLICT = 0x0119
 DUPLICATE_TRANSACTION_UID = 0x0131
 # failures, service-specific (PS3.4 Annex B and C)
 OUT_OF_RESOURCES = 0xA700
+# C-MOVE/C-GET (PS3.4 C.4.2.1.4, C.4.3.1.4): no sub-operation could be performed (a move
+# destination we know but cannot reach); 0xA801 is only for a destination we do not know
+SUB_OPERATIONS_REFUSED = 0xA702
 MOVE_DESTINATION_UNKNOWN = 0xA801
 DOES_NOT_MATCH = 0xA900  # C-STORE: data set does not match SOP class; Q/R: identifier
 CANNOT_UNDERSTAND = 0xC000  # C-STORE: cannot understand; Q/R: unable to process

@@ -17,6 +17,7 @@ from typing import Any
 from pydicom import Dataset
 from pydicom.uid import generate_uid
 from pynetdicom import evt
+from pynetdicom.status import GENERAL_STATUS
 
 from agent.archive.pacs_commits import REQUESTED, PacsCommits, Settled
 from agent.config import Config, Peer
@@ -82,9 +83,17 @@ def settle_event(
             " peers.%s", reporter, settled.destination,
         )
         return status.NOT_AUTHORIZED, None
+    if settled.destination is None:
+        # answered Success all the same: there is nothing the peer could send better
+        log.warning(
+            "ignored a storage commitment report from peers.%s: it names a transaction we"
+            " are not waiting for (asked again since, or never asked by us)", reporter,
+        )
+        log.debug("unknown commitment transaction %s", report.transaction_uid)
+        return status.SUCCESS, settled
     log.info(
         "storage commitment report from %s: %d committed, %d failed",
-        settled.destination or "an unknown transaction",
+        settled.destination,
         settled.committed,
         settled.failed,
     )
@@ -138,13 +147,16 @@ def request(
     handlers: list[tuple[Any, Callable[..., Any]]] = [(evt.EVT_N_EVENT_REPORT, on_report)]
     assoc = associate(ae, target, extra_handlers=handlers)
     try:
+        if STORAGE_COMMITMENT not in {str(cx.abstract_syntax) for cx in assoc.accepted_contexts}:
+            raise PeerError(f"{target}: the peer does not offer Storage Commitment to us")
+        asked = time.monotonic()
         answer, _ = assoc.send_n_action(
             request_dataset(transaction_uid, refs),
             COMMITMENT_REQUEST,
             STORAGE_COMMITMENT,
             STORAGE_COMMITMENT_INSTANCE,
         )
-        _check_answer(target, answer)
+        _check_answer(target, answer, time.monotonic() - asked, float(ae.dimse_timeout or 0))
         deadline = time.monotonic() + wait
         while assoc.is_established and time.monotonic() < deadline:
             if reported.wait(0.05) or not commits.states_of(transaction_uid).get(REQUESTED):
@@ -155,9 +167,26 @@ def request(
     return reported.is_set()
 
 
-def _check_answer(target: Target, answer: Any) -> None:
+def _check_answer(target: Target, answer: Any, waited: float, timeout: float) -> None:
+    """PeerError, in words, unless the N-ACTION was answered with success or a warning.
+
+    A peer that hangs up before our ``timeout`` refused the request without a status:
+    Orthanc does so for an AE title missing in its DicomModalities, or one it does not
+    allow storage commitment (``AllowStorageCommitment``)."""
     if not answer or "Status" not in answer:
-        raise PeerError(f"{target}: no N-ACTION response (aborted or timed out)")
+        if waited < timeout:
+            raise PeerError(
+                f"{target}: the peer ended the association {waited:.1f} s after the storage"
+                " commitment request, without a status: it refused it (is our AE title in"
+                " its list of modalities, allowed storage commitment?)"
+            )
+        raise PeerError(f"{target}: no answer to the storage commitment request within"
+                        f" {timeout:g} s")
     code = int(answer.Status)
     if code != status.SUCCESS and not status.is_warning(code):
-        raise PeerError(f"{target}: storage commitment request answered 0x{code:04X}")
+        words = GENERAL_STATUS.get(code, ("", "failure"))[1]
+        comment = str(answer.get("ErrorComment", "") or "").strip()
+        raise PeerError(
+            f"{target}: storage commitment request refused: {words} (0x{code:04X})"
+            + (f" ({comment})" if comment else "")
+        )

@@ -19,15 +19,30 @@ from pynetdicom.presentation import build_context
 
 from agent.archive.query import StoredInstance
 from agent.archive.retrieval import Reader
-from agent.config import Config
+from agent.config import Config, Peer
 from agent.dicom.contexts import QR_SOP_CLASSES, VERIFICATION, sending_contexts, service_of
 from agent.dicom.models import Model
-from agent.dicom.status import CANCELLED, CANNOT_UNDERSTAND, NOT_AUTHORIZED, PENDING
+from agent.dicom.status import (
+    CANCELLED,
+    CANNOT_UNDERSTAND,
+    NOT_AUTHORIZED,
+    PENDING,
+    SUB_OPERATIONS_REFUSED,
+)
 from agent.errors import PeerError, QueryError
 from agent.net.access import Caller
 from agent.net.bounds import identifier_of
+from agent.net.engine.moves import failed_destination
 from agent.net.engine.transport import requestor_handlers
-from agent.net.scu import tls_args
+from agent.net.scu import (
+    PROBE_TIMEOUT,
+    Target,
+    describe_rejection,
+    probe,
+    probe_tls,
+    rejection_of,
+    tls_args,
+)
 from agent.net.stored import StoredFile, on_accepted, send_as_stored
 
 log = logging.getLogger(__name__)
@@ -145,15 +160,21 @@ class QueryRetrieveHandlers:
             "tls_args": secure,
         }
         found = self._resolve(event, caller, "move")
+        failed_destination()  # none left over from an earlier C-MOVE on this association
         if isinstance(found, Dataset):
             # pynetdicom takes a status only after the destination and a count
             yield destination.host, destination.port, {**options, "contexts": [VERIFICATION_CX]}
             yield 1
+            failed_destination()  # our status goes out whether or not it came up
             yield found, None
             return
         pairs = [(i.sop_class_uid, i.transfer_syntax) for i in found]
         yield destination.host, destination.port, {**options, "contexts": sending_contexts(pairs)}
         yield len(found)
+        failed = failed_destination()
+        if failed is not None:
+            yield unreachable(caller, destination, failed, secure, found)
+            return
         yield from self._send(event, found, caller, f"C-MOVE to {destination.name}")
 
     def on_get(self, event: Any) -> Iterator[Any]:
@@ -207,3 +228,36 @@ class QueryRetrieveHandlers:
                 following=following,  # read while the peer stores this one
             )
             yield PENDING, stored
+
+
+def unreachable(
+    caller: Caller | None,
+    destination: Peer,
+    failed: Any,
+    secure: Any,
+    instances: list[StoredInstance],
+) -> tuple[Dataset, Dataset]:
+    """The final C-MOVE response when a configured destination cannot be reached:
+    0xA702 and every instance as failed (PS3.4 C.4.2.1.4; 0xA801 is for a destination
+    we do not know), and one log line naming the destination, its address and why."""
+    target = Target(destination.ae_title, destination.host, destination.port, destination.name)
+    why = why_unreachable(failed, target, secure)
+    log.warning(
+        "C-MOVE from %s: cannot reach the destination %s: %s; %d instances not sent (0x%04X)",
+        caller, target, why, len(instances), SUB_OPERATIONS_REFUSED,
+    )
+    status = failure(SUB_OPERATIONS_REFUSED, f"{destination.ae_title}: {why.split(': ')[0]}")
+    identifier = Dataset()
+    identifier.FailedSOPInstanceUIDList = [i.sop_instance_uid for i in instances]
+    return status, identifier
+
+
+def why_unreachable(failed: Any, target: Target, secure: Any) -> str:
+    """Why the association to a move destination did not come up, in words: its
+    rejection, else what a plain (or TLS) connection attempt finds."""
+    rejection = rejection_of(failed)
+    if rejection is not None:
+        return describe_rejection(rejection)
+    if secure is not None:
+        return probe_tls(target, secure, PROBE_TIMEOUT)
+    return probe(target, PROBE_TIMEOUT)

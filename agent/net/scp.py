@@ -43,6 +43,7 @@ from agent.net.access import (
 from agent.net.commit_reports import CommitReports
 from agent.net.commit_scp import CommitmentHandler, offered_commitment
 from agent.net.engine import guards, transport
+from agent.net.engine.moves import ListenerAE
 from agent.net.qr import QueryRetrieveHandlers
 from agent.net.storage import StorageHandlers
 from agent.status import StatusModel
@@ -90,7 +91,7 @@ class DicomServer:
     def _build_ae(self) -> AE:
         settings = self.config.agent
         configure_pynetdicom(debug=settings.log_level == "debug")
-        ae = AE(ae_title=settings.ae_title)
+        ae = ListenerAE(ae_title=settings.ae_title)  # a C-MOVE's unreachable destination: 0xA702
         ae.maximum_pdu_size = settings.max_pdu
         ae.network_timeout = settings.network_timeout
         ae.acse_timeout = ACSE_TIMEOUT
@@ -343,6 +344,8 @@ class DicomServer:
         # a C-STORE from such a peer is still refused by the handler (0x0124).
         allowed = decision.allowed | ({"store"} if decision.may("get") else set())
         allowed = allowed - {"commit"} | ({"commit"} if offered_commitment(decision) else set())
+        if "commit" not in allowed:
+            _log_refused_commitment(assoc, decision)
         contexts = [
             cx
             for cx in assoc.acceptor.supported_contexts
@@ -374,3 +377,18 @@ class DicomServer:
             ranked = sorted(offered, key=lambda s: (-stored[s], offered.index(s)))
             first.setdefault(str(cx.abstract_syntax), ranked)
         return preferring(contexts, first)
+
+
+def _log_refused_commitment(assoc: Any, caller: Caller) -> None:
+    """One warning when a caller without ``commit = true`` proposes to send us storage
+    commitment reports (the SCP role): they are refused, and its sender only sees that
+    the context was not accepted. (A modality proposing to ask us, as many do on every
+    association, is not logged.)"""
+    role = assoc.requestor.role_selection.get(STORAGE_COMMITMENT)
+    if role is None or not role.scp_role:
+        return
+    why = (
+        f"peers.{caller.peer.name} has no commit = true" if caller.peer is not None
+        else "only a configured peer with commit = true may send them"
+    )
+    log.warning("refused storage commitment reports from %s: %s", caller, why)

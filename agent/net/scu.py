@@ -144,6 +144,9 @@ def associate(
     rejection = rejection_of(assoc)
     if rejection is not None:
         raise PeerError(f"{target}: {describe_rejection(rejection)}")
+    refused = refused_contexts(assoc)
+    if refused is not None:
+        raise PeerError(f"{target}: {refused}")
     timeout = min(float(ae.acse_timeout or PROBE_TIMEOUT), PROBE_TIMEOUT)
     reason = probe(target, timeout) if secure is None else probe_tls(target, secure, timeout)
     if secure is not None:
@@ -163,6 +166,19 @@ def rejection_of(assoc: Any) -> Any | None:
     return unread_rejection(assoc)
 
 
+def refused_contexts(assoc: Any) -> str | None:
+    """In words, if the peer accepted the association but none of the presentation
+    contexts proposed (pynetdicom then aborts it): the services it will not give us."""
+    answer = assoc.acceptor.primitive
+    if answer is None or answer.result != 0 or assoc.accepted_contexts:
+        return None
+    names = sorted({str(cx.abstract_syntax.name) for cx in assoc.rejected_contexts})
+    return (
+        "the peer accepted the association but refused every presentation context proposed"
+        f" ({', '.join(names) or 'none'}): it does not offer that service to our AE title"
+    )
+
+
 def probe(target: Target, timeout: float) -> str:
     """Why no association came up, found by trying a plain TCP connection."""
     where = f"{target.host}:{target.port}"
@@ -170,7 +186,7 @@ def probe(target: Target, timeout: float) -> str:
         with socket.create_connection((target.host, target.port), timeout=timeout):
             pass
     except ConnectionRefusedError:
-        return f"connection refused: nothing listens on {where} (agent stopped? wrong port?)"
+        return f"connection refused: nothing listens on {where} (not running? wrong port?)"
     except TimeoutError:
         return f"{where} did not answer within {timeout:g} s (host down, firewall, wrong address?)"
     except OSError as exc:

@@ -1,5 +1,10 @@
 """Ask a peer by hand for storage commitment of a study the archive holds, and wait for
-its report (on the request's association, or on a new one the running agent takes)."""
+its report (on the request's association, or on a new one the peer opens to the running
+agent, or, when none runs, to a temporary receiver in this process).
+
+What cannot work is said at once, before anything is asked: a peer without
+``commit = true`` (the agent refuses its reports), a study the archive does not hold.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +12,14 @@ import time
 from dataclasses import dataclass, field
 
 from agent.archive import Layout
-from agent.archive.index import Index
 from agent.archive.pacs_commits import COMMITTED, REQUESTED, PacsCommits
 from agent.config import Config
 from agent.errors import AgentError, ConfigError
 from agent.net import commit_scu as commitment
 from agent.ops.arguments import COMMIT_TIMEOUT
+from agent.ops.retrieve import Lands
 
+RUNNING = ("the running agent", "this agent")  # Landing.where of a receiver that stays
 POLL = 0.1  # seconds between looks at the table the running agent writes reports into
 
 
@@ -27,6 +33,7 @@ class CommitResult:
     failed: dict[str, int]
     unreported: int
     seconds: float = field(compare=False)
+    receiver: str = field(default="the running agent", compare=False)  # who took reports
 
     @property
     def ok(self) -> bool:
@@ -49,24 +56,40 @@ class CommitResult:
             for uid, reason in sorted(self.failed.items())
         ]
         if self.unreported:
-            lines.append(f"  {self.unreported} without a report yet (the agent records it later)")
+            later = (
+                "the agent records it if it comes later" if self.receiver in RUNNING
+                else "the agent is not running: a later report is taken once it runs, if the"
+                " peer sends it again"
+            )
+            lines.append(f"  {self.unreported} without a report yet ({later})")
         return lines
 
 
 def commit_study(
-    config: Config, peer_name: str, study_uid: str, timeout: float = COMMIT_TIMEOUT
+    config: Config,
+    peer_name: str,
+    study_uid: str,
+    timeout: float = COMMIT_TIMEOUT,
+    *,
+    lands: Lands,
 ) -> CommitResult:
     """Request commitment of a study's archived instances from a configured peer and wait
-    up to ``timeout`` s for the report; PeerError if the request fails."""
+    up to ``timeout`` s for the report, taken where ``lands`` says (the running agent, or
+    a temporary receiver); PeerError if the request fails."""
     peer = config.peers.get(peer_name)
     if peer is None:
         raise ConfigError("", f"{peer_name!r} is not a configured peer")
-    layout = Layout(config.agent.data_dir)
-    if not layout.index_path.exists():
+    if not peer.commit:
+        raise ConfigError(
+            f"peers.{peer.name}.commit",
+            "is not true: the agent refuses this peer's storage commitment reports, so no"
+            " report could arrive; set commit = true (and reload the agent) first",
+        )
+    if not Layout(config.agent.data_dir).index_path.exists():
         raise AgentError("there is no archive yet")
     started = time.monotonic()
-    with Index(layout.index_path) as index:
-        commits = PacsCommits(index)
+    with lands(True) as land:  # True: the peer's report may come on a new association
+        commits = land.archive.pacs_commits
         refs = commits.study_references(study_uid)
         if not refs:
             raise AgentError(f"the archive holds no instance of study {study_uid}")
@@ -86,6 +109,7 @@ def commit_study(
         failed,
         counts.get(REQUESTED, 0),
         time.monotonic() - started,
+        land.where,
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
@@ -14,7 +15,7 @@ from agent.dicom.status import PENDING_STATUSES
 from agent.errors import PeerError
 from agent.net.scu import Target, associate, new_ae
 from agent.qr.identifiers import FindRequest
-from agent.qr.outcome import FinalStatus, outcome_of
+from agent.qr.outcome import FinalStatus, no_final_status, outcome_of
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +43,13 @@ def find(
     matches: list[Dataset] = []
     try:
         _require_accepted(assoc, sop_class, target)
+        since = time.monotonic()
         for status, answer in assoc.send_c_find(identifier, sop_class):
             if not status or "Status" not in status:
-                raise PeerError(f"{target}: no answer to C-FIND within {timeout:g} s, or aborted")
+                waited = time.monotonic() - since
+                why = no_final_status("C-FIND", waited, timeout, None, config.agent.ae_title)
+                raise PeerError(f"{target}: {why}")
+            since = time.monotonic()
             if int(status.Status) in PENDING_STATUSES:
                 if answer is not None:
                     matches.append(answer)

@@ -64,3 +64,28 @@ def outcome_of(status: Any, service: str) -> FinalStatus:
 
 def _by_category(category: str) -> str:
     return {"Failure": "unable to process", "Cancel": "cancelled"}.get(category, category.lower())
+
+
+def no_final_status(
+    service: str, waited: float, timeout: float, done: int | None, our_ae: str
+) -> str:
+    """Why a C-FIND, C-MOVE or C-GET ended without a final status, in words.
+
+    ``waited``: seconds since the request (or the last response). A peer that ends the
+    association before our ``timeout`` has refused the request without a status, as
+    Orthanc does for a calling AE title it does not know; else it was silent too long.
+    """
+    after = "" if done is None else f" (after {done} instances)"
+    if waited >= timeout:
+        return f"no answer to the {service} within {timeout:g} s{after}: gave up and aborted"
+    said = (
+        f"the peer ended the association {waited:.1f} s after the {service}{after}, without"
+        " a status (an A-ABORT, or the connection closed): it refused the request"
+    )
+    if done:
+        return said
+    return (
+        f"{said}. Most PACSes do that to a calling AE title they do not know: add {our_ae}"
+        " (with this box's address and port) to its list of modalities (Orthanc:"
+        " DicomModalities), or see its log"
+    )

@@ -8,6 +8,7 @@ this agent's Storage SCP); with ``get`` the instances come back on our associati
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -22,7 +23,7 @@ from agent.dicom.status import PENDING_STATUSES
 from agent.errors import PeerError, UsageError
 from agent.net.scu import Target, associate, new_ae
 from agent.qr.identifiers import RetrieveRequest
-from agent.qr.outcome import FinalStatus, outcome_of
+from agent.qr.outcome import FinalStatus, no_final_status, outcome_of
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +75,11 @@ def retrieve(
     storage_classes: Sequence[str] = DEFAULT_STORAGE_CLASSES,
     on_progress: Callable[[Progress], None] = lambda progress: None,
     timeout: float = 60.0,
+    clock: Callable[[], float] = time.monotonic,
 ) -> RetrieveResult:
-    """Run one C-MOVE (to ``destination``, default our AE) or C-GET (into ``on_store``)."""
+    """Run one C-MOVE (to ``destination``, default our AE) or C-GET (into ``on_store``).
+
+    ``clock`` tells a peer that ended the association from one silent too long."""
     identifier = request.identifier()
     sop_class = UID(qr_sop_class(request.model.value, method))
     ae = new_ae(config, timeout=timeout)
@@ -99,27 +103,37 @@ def retrieve(
             )
         else:
             responses = assoc.send_c_get(identifier, sop_class)
-        return _follow(responses, target, method, timeout, on_progress)
+        waiting = Waiting(target, method, timeout, config.agent.ae_title, clock)
+        return _follow(responses, waiting, on_progress)
     finally:
         if assoc.is_established:
             assoc.release()
 
 
+@dataclass(frozen=True)
+class Waiting:
+    """What ``_follow`` needs to say why a retrieve ended without a final status."""
+
+    target: Target
+    method: Method
+    timeout: float
+    our_ae: str
+    clock: Callable[[], float] = time.monotonic
+
+
 def _follow(
-    responses: Any,
-    target: Target,
-    method: Method,
-    timeout: float,
-    on_progress: Callable[[Progress], None],
+    responses: Any, waiting: Waiting, on_progress: Callable[[Progress], None]
 ) -> RetrieveResult:
     """Report each pending response; return the final one as a result."""
+    target, method = waiting.target, waiting.method
     last = Progress(None, 0, 0, 0)
+    since = waiting.clock()
     for status, identifier in responses:
         if not status or "Status" not in status:
-            raise PeerError(
-                f"{target}: no answer to the C-{method.upper()} within {timeout:g} s, or aborted"
-                f" (after {last.done} instances)"
-            )
+            why = no_final_status(f"C-{method.upper()}", waiting.clock() - since,
+                                  waiting.timeout, last.done, waiting.our_ae)
+            raise PeerError(f"{target}: {why}")
+        since = waiting.clock()
         last = _progress(status, last)
         if int(status.Status) in PENDING_STATUSES:
             on_progress(last)

@@ -72,7 +72,8 @@ def qr_commands(agent: RunningAgent) -> list[Command]:
         return retrieve_reply(report)
 
     def commit(args: argparse.Namespace) -> Reply:
-        return commit_reply(commit_study(agent.config, args.peer, args.study, args.timeout))
+        report = commit_study(agent.config, args.peer, args.study, args.timeout, lands=lands)
+        return commit_reply(report)
 
     return [
         _command("find", FIND_HELP, add_find_arguments, find),

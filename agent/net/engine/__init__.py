@@ -17,6 +17,7 @@ import threading
 import pynetdicom
 from pynetdicom import _config, association, dimse, dimse_messages, dimse_primitives, dul
 from pynetdicom.presentation import PresentationContext
+from pynetdicom.service_class import QueryRetrieveServiceClass
 
 from agent.net.engine import commands, copies, messages
 from agent.net.engine.dul import EventDrivenDUL
@@ -42,6 +43,8 @@ PRIVATE_NAMES: tuple[tuple[object, str], ...] = (
     (dul.DULServiceProvider, "_kill_thread"),
     (dimse_primitives.C_STORE, "_dataset_path"),  # a file to stream (commands.py)
     (dimse_primitives.C_STORE, "_context_id"),  # set on responses decoded by responses.py
+    # opens the move destination through self.ae.associate: moves.py's ListenerAE
+    (QueryRetrieveServiceClass, "_move_scp"),
 )
 
 

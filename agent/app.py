@@ -8,15 +8,15 @@ import os
 import threading
 import time
 
-from agent import reconfigure, threads
+from agent import reconfigure, threads, tls
 from agent.archive import Archive, Layout
 from agent.archive.lock import DataDirLock
 from agent.archive.recovery import recover
 from agent.config import Config
-from agent.errors import AgentError
+from agent.errors import AgentError, ConfigError
 from agent.forward import retention
 from agent.forward.process import ForwardingProcess
-from agent.net import configure_pynetdicom, peerlog
+from agent.net import configure_pynetdicom, peerlog, ports
 from agent.net.commit_scp import CommitmentReporter
 from agent.net.scp import DicomServer
 from agent.pull import Landing
@@ -68,6 +68,7 @@ class Agent:
         self.status = StatusModel()
         self.layout = Layout(config.agent.data_dir)
         self._lock = DataDirLock(self.layout.run_dir)
+        self._locked = False  # this agent holds the data directory (and its status file)
         self.archive: Archive | None = None
         self.server: DicomServer | None = None
         self.commitments: CommitmentReporter | None = None  # storage commitment reports
@@ -80,9 +81,11 @@ class Agent:
         self._summary = ""  # the STATUS= line last sent to systemd
 
     def start(self) -> None:
-        """Lock the data dir, recover the archive, start listening, then report SERVING."""
-        self.layout.create()
+        """Check what start-up needs, lock the data dir, recover the archive, start
+        listening, then report SERVING. A failure of the checks leaves nothing written."""
+        self._preflight()
         self._lock.acquire()
+        self._locked = True
         if self.config.agent.allow_unknown:
             log.warning(
                 "unknown AEs may %s: fine for a first test, not for a hospital network",
@@ -104,6 +107,25 @@ class Agent:
         self._housekeeper.start()
         self.status.set_state(State.SERVING)
         self.reporter.ready(self.status.snapshot().summary())
+
+    def _preflight(self) -> None:
+        """ConfigError naming the key, before anything is written: a port another process
+        holds, TLS files that cannot be used, a data directory that cannot be made."""
+        settings = self.config.agent
+        if settings.plain_listener:
+            ports.check_listenable("agent.port", settings.bind, settings.port)
+        if self.config.tls is not None:
+            ports.check_listenable("tls.port", settings.bind, self.config.tls.port)
+            tls.load(self.config.tls)
+        try:
+            self.layout.create()
+        except OSError as exc:
+            raise ConfigError(
+                "agent.data_dir", f"cannot create {exc.filename or self.layout.root}: "
+                f"{exc.strerror or exc}"
+            ) from None
+        if not os.access(self.layout.run_dir, os.W_OK):
+            raise ConfigError("agent.data_dir", f"cannot write in {self.layout.run_dir}")
 
     def reload(self, new: Config) -> list[str]:
         """Apply ``new`` where it can change live; return the keys that need a restart."""
@@ -152,11 +174,13 @@ class Agent:
         self.status.nudge()  # the housekeeper may be waiting for a change to publish
         threads.join(self._housekeeper, HOUSEKEEPER_STOPS_WITHIN)
         self.status.set_state(State.STOPPED)
-        with contextlib.suppress(OSError):
-            publish(self.status.snapshot(), self.layout.run_dir)
+        if self._locked:  # else another agent's status file may be there: not ours to write
+            with contextlib.suppress(OSError):
+                publish(self.status.snapshot(), self.layout.run_dir)
         if self.archive is not None:
             self.archive.close()
         self._lock.release()
+        self._locked = False
 
     def __enter__(self) -> Agent:
         self.start()

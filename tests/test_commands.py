@@ -138,3 +138,54 @@ def test_reindex_refuses_while_the_agent_runs(agent_process: AgentProcess,
 def test_version_and_missing_subcommand() -> None:
     assert run_cli("--version").stdout.startswith("edge-agent ")
     assert run_cli().returncode == 2
+
+
+def run_on(tmp_path: Path, port: int, data_dir: Path) -> subprocess.CompletedProcess[str]:
+    """`edge-agent run` on ``port`` with ``data_dir``, as a process that should not start."""
+    config = write_config(tmp_path / f"run-{port}.toml",
+                          {"ae_title": "EDGE", "port": port, "bind": "127.0.0.1",
+                           "data_dir": str(data_dir)}, {})
+    return run_cli("run", "--config", str(config), timeout=60)
+
+
+def test_a_port_in_use_stops_run_with_one_line_naming_it_and_nothing_written(
+        tmp_path: Path) -> None:
+    import os
+    import socket
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        result = run_on(tmp_path, port, tmp_path / "data")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"edge-agent: agent.port: port {port} is already in use by process {os.getpid()} "
+        f"({result.stderr.split(f'process {os.getpid()} (')[1].strip()}"]
+    assert "python" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "data").exists()  # nothing created, nothing recovered
+
+
+def test_a_port_held_by_another_agent_names_that_agent_and_leaves_its_status_alone(
+        agent_process: AgentProcess, config_file: Path, data_dir: Path,
+        tmp_path: Path) -> None:
+    agent_process.start()
+    assert agent_process.proc is not None
+    status_file = data_dir / "run" / "status.json"
+    port = json.loads(status_file.read_text())["port"]
+    result = run_on(tmp_path, port, data_dir)  # the same data directory, even
+    assert result.returncode == 2, result.stderr
+    line = result.stderr.strip()
+    assert line.startswith(f"edge-agent: agent.port: port {port} is already in use by "
+                           f"another edge-agent (pid {agent_process.proc.pid}, "
+                           f"data in {data_dir}, serving since ")
+    assert "\n" not in line
+    assert json.loads(status_file.read_text())["state"] == "serving"
+
+
+def test_a_data_dir_that_cannot_be_made_stops_run_in_one_line(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("not a directory")
+    result = run_on(tmp_path, free_port(), tmp_path / "a-file" / "data")
+    assert result.returncode == 2
+    assert result.stderr.startswith("edge-agent: agent.data_dir: cannot create ")
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr

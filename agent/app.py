@@ -117,6 +117,9 @@ class Agent:
         if self.config.tls is not None:
             ports.check_listenable("tls.port", settings.bind, self.config.tls.port)
             tls.load(self.config.tls)
+            exposed = tls.key_exposure(self.config.tls)
+            if exposed:
+                log.warning("%s", exposed)
         try:
             self.layout.create()
         except OSError as exc:

@@ -189,3 +189,62 @@ def test_a_data_dir_that_cannot_be_made_stops_run_in_one_line(tmp_path: Path) ->
     assert result.returncode == 2
     assert result.stderr.startswith("edge-agent: agent.data_dir: cannot create ")
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+def test_check_config_reports_every_error_of_the_file_at_once(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[agent]\nport = 70000\nae_title = "EDGE"\nmax_pdu = "big"\n'
+                   '[peers.PACS]\nae_title = "PACS"\nport = 104\n'
+                   '[forward]\nto = ["NOWHERE"]\n')
+    result = run_cli("check-config", "--config", str(bad))
+    assert result.returncode == 2 and result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert lines[0] == "edge-agent: 4 errors in the configuration:"
+    assert [line.split(":")[0].strip() for line in lines[1:]] == [
+        "agent.port", "agent.max_pdu", "peers.PACS.host", "forward.to"]
+
+
+def tls_file(tmp_path: Path, key: Path, ca: Path, cert: Path) -> Path:
+    config = write_config(tmp_path / "tls.toml",
+                          {"ae_title": "EDGE", "port": free_port(),
+                           "data_dir": str(tmp_path / "data")},
+                          {"PACS": peer("PACS", 104)})
+    with config.open("a") as out:
+        out.write(f'\n[forward]\nto = ["PACS"]\n\n[tls]\ncertificate = "{cert}"\n'
+                  f'private_key = "{key}"\nca = "{ca}"\nport = {free_port()}\n')
+    return config
+
+
+def test_check_config_says_ok_only_when_the_tls_files_work(tmp_path: Path) -> None:
+    import shutil
+
+    from tests.certs import make_pki
+
+    pki = make_pki(tmp_path / "pki")
+    key = tmp_path / "agent.key"
+    subprocess.run(["openssl", "pkey", "-in", str(pki.agent.key), "-aes128", "-passout",
+                    "pass:secret", "-out", str(key)], check=True, capture_output=True)
+    missing = run_cli("check-config", "--config", str(tls_file(
+        tmp_path, key, tmp_path / "no-ca.pem", tmp_path / "no-cert.pem")))
+    assert missing.returncode == 2 and missing.stdout == ""
+    assert missing.stderr.strip().splitlines() == [  # every file at fault, each named
+        "edge-agent: 2 errors in the configuration:",
+        f"  tls.certificate: {tmp_path / 'no-cert.pem'} does not exist",
+        f"  tls.ca: {tmp_path / 'no-ca.pem'} does not exist"]
+    encrypted = run_cli("check-config", "--config",
+                        str(tls_file(tmp_path, key, pki.ca, pki.agent.cert)))
+    assert encrypted.returncode == 2 and encrypted.stdout == ""
+    assert f"tls.private_key: {key} is encrypted with a passphrase" in encrypted.stderr
+    shutil.copy(pki.agent.key, key)
+    key.chmod(0o644)
+    readable = run_cli("check-config", "--config",
+                       str(tls_file(tmp_path, key, pki.ca, pki.agent.cert)))
+    assert readable.returncode == 0, readable.stderr
+    lines = readable.stdout.splitlines()
+    assert lines[0].startswith("OK ") and "  forward every instance to PACS" in lines
+    assert lines[-1] == (f"WARNING tls.private_key: {key} can be read by other users "
+                         "(mode 0644); chmod 600 it")
+    key.chmod(0o600)
+    private = run_cli("check-config", "--config",
+                      str(tls_file(tmp_path, key, pki.ca, pki.agent.cert)))
+    assert private.returncode == 0 and "WARNING" not in private.stdout

@@ -269,3 +269,20 @@ def test_the_console_and_ops_import_neither_the_agent_class_nor_the_cli(package:
         above = {name for name in imported(path)
                  if name.split(".")[:2] in (["agent", "app"], ["agent", "cli"])}
         assert not above, (path.name, above)
+
+
+def test_retrying_a_job_that_is_not_there_says_so(console: CommandTable, running: Agent,
+                                                   config_path: Path) -> None:
+    first, second = quarantine(running, 2)
+    missing = second + 1000
+    reply = console.run_line(f"queue retry {missing}")
+    assert reply.lines() == [f"ERR no such job: #{missing} (edge-agent queue lists them)"]
+    printed = run_cli("queue", "retry", str(missing), "--config", str(config_path))
+    assert printed.returncode == 1 and printed.stdout == ""
+    assert printed.stderr.strip() == f"edge-agent: no such job: #{missing} (edge-agent queue " \
+                                     "lists them)"
+    both = answer(console, f"queue retry {first} {missing}")  # the one that is there goes
+    assert both.result == QueueChange("retry", 1, unknown=(missing,))
+    assert not both.ok
+    again = answer(console, f"queue retry {first}")  # pending now: nothing to re-arm
+    assert again.lines() == [f"OK re-armed 0 jobs; #{first} is pending, nothing to re-arm"]

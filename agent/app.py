@@ -135,6 +135,7 @@ class Agent:
         with self._reloading:
             self.reporter.reloading()
             effective, later = reconfigure.split(self.config, new)
+            effective, contexts, refused = reconfigure.reload_tls(self.config, effective)
             changed = reconfigure.changed_keys(self.config, effective)
             if effective.agent.log_level != self.config.agent.log_level:
                 level = effective.agent.log_level.upper()
@@ -144,14 +145,16 @@ class Agent:
             if self.archive is not None:
                 self.archive.min_free_bytes = effective.agent.min_free_mb * 1048576
             if self.server is not None:
-                self.server.reconfigure(effective)
+                self.server.reconfigure(effective, contexts)
             if self.forwarder is not None:
                 self.forwarder.reconfigure(effective)
-            log.warning(
-                "configuration reloaded: %s%s",
-                ", ".join(sorted({".".join(k.split(".")[:2]) for k in changed})) or "no change",
-                f"; wait for a restart: {', '.join(later)}" if later else "",
-            )
+            self.status.recovered("configuration")  # the file was read: a refusal is over
+            line = reconfigure.outcome(changed, later, refused)
+            if refused is not None:
+                log.error("%s", line)
+                self.status.error(f"TLS reload refused: {refused}", part="tls")
+            else:
+                log.warning("%s", line)
             self.reporter.ready(self.status.snapshot().summary())
             return later
 
@@ -206,9 +209,10 @@ class Agent:
                 if snapshot.below_floor or unfinished or due:
                     unfinished = self._sweep() >= retention.BATCH
                     last_sweep = time.monotonic()
+                self.status.recovered("housekeeping")
             except Exception as exc:  # housekeeping must outlive any one failure
                 log.exception("housekeeping failed; trying again next tick")
-                self.status.error(f"housekeeping: {exc}")
+                self.status.error(f"housekeeping: {exc}", part="housekeeping")
             self._between_ticks(TICK)
 
     def _between_ticks(self, seconds: float) -> None:
@@ -249,9 +253,10 @@ class Agent:
             if snapshot.state is State.FAILED:
                 log.warning("working again: the listener serves and the index answers")
                 self.status.set_state(State.SERVING)
+                self.status.recovered("health")
         elif snapshot.state is State.SERVING:
             log.error("%s: the systemd watchdog is no longer fed", sick)
-            self.status.error(sick)
+            self.status.error(sick, part="health")
             self.status.set_state(State.FAILED)
 
     def _sickness(self) -> str | None:

@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 import dicomgen
+import pytest
 
 from agent.app import Agent
 from tests.support import (
@@ -16,6 +17,7 @@ from tests.support import (
     free_port,
     peer,
     run_cli,
+    wait_until,
     write_config,
 )
 from tests.test_storage import assert_identical
@@ -248,3 +250,88 @@ def test_check_config_says_ok_only_when_the_tls_files_work(tmp_path: Path) -> No
     private = run_cli("check-config", "--config",
                       str(tls_file(tmp_path, key, pki.ca, pki.agent.cert)))
     assert private.returncode == 0 and "WARNING" not in private.stdout
+
+
+def other_agents(data_dir: Path) -> set[Path]:
+    """Data directories of agents serving on this machine besides the test's own (a
+    parallel run's): with them, status asks which one instead of picking."""
+    from agent.archive import Layout
+    from agent.ops.locate import serving
+    from agent.procfs import running_agents
+
+    return {d for _pid, d in running_agents() if serving(Layout(d))} - {data_dir}
+
+
+def test_status_without_a_config_finds_the_running_agent_or_says_where_it_looked(
+        agent_process: AgentProcess, data_dir: Path, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    crowded = other_agents(data_dir)
+    alone = run_cli("status", cwd=elsewhere)  # no --config, no $EDGE_AGENT_CONFIG
+    assert alone.returncode == 0
+    assert alone.stdout.splitlines()[-1] == "agent     not running"
+    assert alone.stdout.startswith(
+        "note      no configuration file, and " if crowded else
+        f"note      no configuration file; looked in {elsewhere / 'edge-data'} (the built-in "
+        "default, relative to here), running processes, ")
+    agent_process.start()
+    assert agent_process.proc is not None
+    crowded = other_agents(data_dir)
+    report = json.loads(run_cli("status", "--json", cwd=elsewhere).stdout)
+    if crowded:
+        assert f"pid {agent_process.proc.pid} with data in {data_dir}" in report["note"]
+    else:
+        assert report["running"] is True and report["data_dir"] == str(data_dir)
+        assert report["note"] == (f"no configuration file: found the agent (pid "
+                                  f"{agent_process.proc.pid}) by its data directory's lock")
+
+
+def test_locate_finds_an_agent_by_its_lock_or_by_the_systemd_unit(
+        agent: Agent, config_file: Path, data_dir: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from agent.config import builtin_default
+    from agent.ops.locate import locate
+
+    wait_until(lambda: (data_dir / "run" / "status.json").exists(), 10, "the status file")
+    monkeypatch.chdir(tmp_path)  # the built-in default's edge-data is here, and empty
+    proc = tmp_path / "proc"  # /proc as it would be with this agent alone on the machine
+    (proc / "4242" / "fd").mkdir(parents=True)
+    (proc / "4242" / "fd" / "3").symlink_to(data_dir / "run" / "agent.lock")
+    (proc / "4243" / "fd").mkdir(parents=True)  # a process holding nothing of ours
+    by_lock = locate(builtin_default(), proc=proc, units=())
+    assert by_lock.layout.root == data_dir
+    assert by_lock.note == ("no configuration file: found the agent (pid 4242) by its data "
+                            "directory's lock")
+    unit = tmp_path / "edge-agent.service"
+    unit.write_text(f"[Service]\nExecStart=/opt/edge-agent/venv/bin/edge-agent run --config "
+                    f"{config_file}\n")
+    by_unit = locate(builtin_default(), proc=tmp_path / "empty", units=(unit,))
+    assert by_unit.layout.root == data_dir
+    assert by_unit.note == f"no configuration file: found the agent by the systemd unit's " \
+                           f"{config_file}"
+    nowhere = locate(builtin_default(), proc=tmp_path / "empty", units=())
+    assert nowhere.layout.root == tmp_path / "edge-data"
+    assert nowhere.note is not None and nowhere.note.endswith(
+        "running processes, no systemd unit installed: use --config")
+
+
+def test_a_c_find_an_unknown_ae_may_not_make_is_logged_once_per_peer(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from agent import config as config_module
+    from agent.net import peerlog
+
+    config = config_module.load_file(write_config(
+        tmp_path / "open.toml", {"ae_title": "EDGE", "port": free_port(), "bind": "127.0.0.1",
+                                 "data_dir": str(tmp_path / "data"),
+                                 "allow_unknown": ["echo", "store"]}, {}))
+    peerlog.LIMITER.flush(everything=True)
+    with Agent(config):
+        for _ in range(2):
+            found = subprocess.run([dcmtk("findscu"), "-S", "-aet", "STRANGER", "-aec", "EDGE",
+                                    "-k", "QueryRetrieveLevel=STUDY", "127.0.0.1",
+                                    str(config.agent.port)], capture_output=True, timeout=30)
+            assert found.returncode != 0  # "no presentation context" at its end
+    refused = [r.getMessage() for r in caplog.records
+               if r.getMessage().startswith("refused C-FIND from STRANGER")]
+    assert refused == ["refused C-FIND from STRANGER (unknown peer) at 127.0.0.1: not allowed "
+                       "(its contexts not accepted)"]  # the second one is counted, not written

@@ -77,6 +77,6 @@ def reload(agent: BoxAgent, args: argparse.Namespace) -> None:
     except ConfigError as exc:
         reason = exc.one_line() if isinstance(exc, ConfigErrors) else str(exc)
         log.error("reload refused, still running the previous configuration: %s", reason)
-        agent.status.error(f"reload refused: {reason}")
+        agent.status.error(f"reload refused: {reason}", part="configuration")
         return
     agent.reload(new)  # it logs what changed and what waits for a restart

@@ -10,16 +10,14 @@ process), the line says "another process".
 from __future__ import annotations
 
 import errno
-import os
 import socket
 from pathlib import Path
 
+from agent import procfs
 from agent.errors import ConfigError
 from agent.status import read_published
 
-PROC = Path("/proc")
 LISTEN = "0A"  # the st column of /proc/net/tcp for a listening socket
-LOCK_FILE = "run/agent.lock"  # agent.archive.lock keeps it open while an agent runs
 
 
 def check_listenable(key: str, host: str, port: int) -> None:
@@ -52,22 +50,22 @@ def _why(exc: OSError, host: str, port: int) -> str:
     return f"cannot listen on {host}:{port}: {exc.strerror or exc}"
 
 
-def holder(port: int, proc: Path = PROC) -> str:
+def holder(port: int, proc: Path = procfs.PROC) -> str:
     """Who listens on TCP ``port``, in words: another edge-agent, a process, or "another
     process" when /proc does not say."""
     inodes = listening_inodes(port, proc)
     pid = _owner(inodes, proc) if inodes else None
     if pid is None:
         return "another process"
-    data_dir = _agent_data_dir(pid, proc)
+    data_dir = procfs.agent_data_dir(pid, proc)
     if data_dir is not None:
         published = read_published(data_dir / "run") or {}
         since = f", {published['state']} since {published['started_at']}" if published else ""
         return f"another edge-agent (pid {pid}, data in {data_dir}{since})"
-    return f"process {pid} ({_command_line(pid, proc)})"
+    return f"process {pid} ({procfs.command_line(pid, proc)})"
 
 
-def listening_inodes(port: int, proc: Path = PROC) -> set[str]:
+def listening_inodes(port: int, proc: Path = procfs.PROC) -> set[str]:
     """The inodes of the sockets listening on TCP ``port`` (IPv4 and IPv6)."""
     found: set[str] = set()
     for table in ("tcp", "tcp6"):
@@ -90,40 +88,7 @@ def _port_of(local_address: str) -> int:
 def _owner(inodes: set[str], proc: Path) -> int | None:
     """The first process with one of these sockets open (None: none we may look into)."""
     wanted = {f"socket:[{inode}]" for inode in inodes}
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        if any(target in wanted for target in _fd_targets(entry)):
-            return int(entry.name)
+    for pid in procfs.pids(proc):
+        if any(target in wanted for target in procfs.fd_targets(pid, proc)):
+            return pid
     return None
-
-
-def _fd_targets(process: Path) -> list[str]:
-    try:
-        names = os.listdir(process / "fd")
-    except OSError:
-        return []  # another user's process, or gone
-    targets = []
-    for name in names:
-        try:
-            targets.append(os.readlink(process / "fd" / name))
-        except OSError:
-            continue
-    return targets
-
-
-def _agent_data_dir(pid: int, proc: Path) -> Path | None:
-    """The data directory whose lock the process holds open: it is an edge-agent."""
-    for target in _fd_targets(proc / str(pid)):
-        if target.endswith("/" + LOCK_FILE):
-            return Path(target[: -len(LOCK_FILE) - 1])
-    return None
-
-
-def _command_line(pid: int, proc: Path) -> str:
-    try:
-        words = (proc / str(pid) / "cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return "command unknown"
-    text = " ".join(" ".join(w.decode(errors="replace") for w in words).split())
-    return text[:80] + ("…" if len(text) > 80 else "") if text else "command unknown"

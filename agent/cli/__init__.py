@@ -69,8 +69,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.verbose = args.verbose or args.debug
     setup_logging(verbose=args.verbose, own_words=args.command != run.NAME)
-    configure_pynetdicom(debug=args.verbose)
     try:
+        configure_pynetdicom(debug=args.verbose)  # once: nothing later mutes it
         return int(args.handler(args))
     except (ConfigError, UsageError) as exc:
         return fail(str(exc), EXIT_CONFIG)

@@ -8,15 +8,15 @@ import os
 import threading
 import time
 
-from agent import reconfigure, threads
+from agent import reconfigure, threads, tls
 from agent.archive import Archive, Layout
 from agent.archive.lock import DataDirLock
 from agent.archive.recovery import recover
 from agent.config import Config
-from agent.errors import AgentError
+from agent.errors import AgentError, ConfigError
 from agent.forward import retention
 from agent.forward.process import ForwardingProcess
-from agent.net import configure_pynetdicom, peerlog
+from agent.net import configure_pynetdicom, peerlog, ports
 from agent.net.commit_scp import CommitmentReporter
 from agent.net.scp import DicomServer
 from agent.pull import Landing
@@ -68,6 +68,7 @@ class Agent:
         self.status = StatusModel()
         self.layout = Layout(config.agent.data_dir)
         self._lock = DataDirLock(self.layout.run_dir)
+        self._locked = False  # this agent holds the data directory (and its status file)
         self.archive: Archive | None = None
         self.server: DicomServer | None = None
         self.commitments: CommitmentReporter | None = None  # storage commitment reports
@@ -80,9 +81,11 @@ class Agent:
         self._summary = ""  # the STATUS= line last sent to systemd
 
     def start(self) -> None:
-        """Lock the data dir, recover the archive, start listening, then report SERVING."""
-        self.layout.create()
+        """Check what start-up needs, lock the data dir, recover the archive, start
+        listening, then report SERVING. A failure of the checks leaves nothing written."""
+        self._preflight()
         self._lock.acquire()
+        self._locked = True
         if self.config.agent.allow_unknown:
             log.warning(
                 "unknown AEs may %s: fine for a first test, not for a hospital network",
@@ -105,11 +108,34 @@ class Agent:
         self.status.set_state(State.SERVING)
         self.reporter.ready(self.status.snapshot().summary())
 
+    def _preflight(self) -> None:
+        """ConfigError naming the key, before anything is written: a port another process
+        holds, TLS files that cannot be used, a data directory that cannot be made."""
+        settings = self.config.agent
+        if settings.plain_listener:
+            ports.check_listenable("agent.port", settings.bind, settings.port)
+        if self.config.tls is not None:
+            ports.check_listenable("tls.port", settings.bind, self.config.tls.port)
+            tls.load(self.config.tls)
+            exposed = tls.key_exposure(self.config.tls)
+            if exposed:
+                log.warning("%s", exposed)
+        try:
+            self.layout.create()
+        except OSError as exc:
+            raise ConfigError(
+                "agent.data_dir", f"cannot create {exc.filename or self.layout.root}: "
+                f"{exc.strerror or exc}"
+            ) from None
+        if not os.access(self.layout.run_dir, os.W_OK):
+            raise ConfigError("agent.data_dir", f"cannot write in {self.layout.run_dir}")
+
     def reload(self, new: Config) -> list[str]:
         """Apply ``new`` where it can change live; return the keys that need a restart."""
         with self._reloading:
             self.reporter.reloading()
             effective, later = reconfigure.split(self.config, new)
+            effective, contexts, refused = reconfigure.reload_tls(self.config, effective)
             changed = reconfigure.changed_keys(self.config, effective)
             if effective.agent.log_level != self.config.agent.log_level:
                 level = effective.agent.log_level.upper()
@@ -119,14 +145,16 @@ class Agent:
             if self.archive is not None:
                 self.archive.min_free_bytes = effective.agent.min_free_mb * 1048576
             if self.server is not None:
-                self.server.reconfigure(effective)
+                self.server.reconfigure(effective, contexts)
             if self.forwarder is not None:
                 self.forwarder.reconfigure(effective)
-            log.warning(
-                "configuration reloaded: %s%s",
-                ", ".join(sorted({".".join(k.split(".")[:2]) for k in changed})) or "no change",
-                f"; wait for a restart: {', '.join(later)}" if later else "",
-            )
+            self.status.recovered("configuration")  # the file was read: a refusal is over
+            line = reconfigure.outcome(changed, later, refused)
+            if refused is not None:
+                log.error("%s", line)
+                self.status.error(f"TLS reload refused: {refused}", part="tls")
+            else:
+                log.warning("%s", line)
             self.reporter.ready(self.status.snapshot().summary())
             return later
 
@@ -152,11 +180,13 @@ class Agent:
         self.status.nudge()  # the housekeeper may be waiting for a change to publish
         threads.join(self._housekeeper, HOUSEKEEPER_STOPS_WITHIN)
         self.status.set_state(State.STOPPED)
-        with contextlib.suppress(OSError):
-            publish(self.status.snapshot(), self.layout.run_dir)
+        if self._locked:  # else another agent's status file may be there: not ours to write
+            with contextlib.suppress(OSError):
+                publish(self.status.snapshot(), self.layout.run_dir)
         if self.archive is not None:
             self.archive.close()
         self._lock.release()
+        self._locked = False
 
     def __enter__(self) -> Agent:
         self.start()
@@ -179,9 +209,10 @@ class Agent:
                 if snapshot.below_floor or unfinished or due:
                     unfinished = self._sweep() >= retention.BATCH
                     last_sweep = time.monotonic()
+                self.status.recovered("housekeeping")
             except Exception as exc:  # housekeeping must outlive any one failure
                 log.exception("housekeeping failed; trying again next tick")
-                self.status.error(f"housekeeping: {exc}")
+                self.status.error(f"housekeeping: {exc}", part="housekeeping")
             self._between_ticks(TICK)
 
     def _between_ticks(self, seconds: float) -> None:
@@ -222,9 +253,10 @@ class Agent:
             if snapshot.state is State.FAILED:
                 log.warning("working again: the listener serves and the index answers")
                 self.status.set_state(State.SERVING)
+                self.status.recovered("health")
         elif snapshot.state is State.SERVING:
             log.error("%s: the systemd watchdog is no longer fed", sick)
-            self.status.error(sick)
+            self.status.error(sick, part="health")
             self.status.set_state(State.FAILED)
 
     def _sickness(self) -> str | None:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from agent import validation as v
-from agent.errors import ConfigError
+from agent.errors import ConfigError, ConfigErrors
 from agent.field.settings import ConsoleSettings, LedSettings, parse_console, parse_leds
 from agent.forward.settings import ForwardSettings, parse_forward
 from agent.tls import VERSIONS, TlsSettings
@@ -137,7 +137,17 @@ def load_file(path: Path) -> Config:
 
 
 def parse(raw: Mapping[str, Any], source: Path | None = None) -> Config:
-    """Validate a decoded TOML document and build the frozen configuration."""
+    """Validate a decoded TOML document and build the frozen configuration; ConfigErrors
+    with every error found (each naming its key), not only the first."""
+    with v.collecting() as errors:
+        config = _build(raw, source)
+    if errors:
+        raise ConfigErrors(errors)
+    return config
+
+
+def _build(raw: Mapping[str, Any], source: Path | None) -> Config:
+    """The configuration, every error reported through ``validation.problem``."""
     v.reject_unknown(raw, {"agent", "peers", "forward", "leds", "console", "tls"}, "")
     base_dir = source.resolve().parent if source else Path.cwd()
     agent = _parse_agent(v.table(raw, "agent", ""), base_dir)
@@ -188,11 +198,11 @@ def _parse_agent(table: Mapping[str, Any], base_dir: Path) -> AgentSettings:
 def _parse_peer(name: str, table: Mapping[str, Any]) -> Peer:
     where = f"peers.{name}"
     if not _PEER_NAME.match(name):
-        raise ConfigError(where, "a peer name is 1-32 letters, digits, '-' or '_'")
+        v.problem(ConfigError(where, "a peer name is 1-32 letters, digits, '-' or '_'"))
     v.reject_unknown(table, set(Peer.__dataclass_fields__) - {"name"}, where)
     for required in ("ae_title", "host", "port"):
         if required not in table:
-            raise ConfigError(f"{where}.{required}", "is required")
+            v.problem(ConfigError(f"{where}.{required}", "is required"))
     return Peer(
         name=name,
         ae_title=v.get(table, f"{where}.ae_title", str, "", v.ae_title),
@@ -236,7 +246,7 @@ def _parse_tls(raw: Any, base_dir: Path) -> TlsSettings:
     """The ``[tls]`` table; its files are checked by loading them (agent.tls.load)."""
     table = v.table({"tls": raw}, "tls", "")
     v.reject_unknown(table, set(TlsSettings.__dataclass_fields__), "tls")
-    certificate, private_key, ca = (_tls_file(table, key, base_dir) for key in _TLS_FILES)
+    certificate, private_key, ca = [_tls_file(table, key, base_dir) for key in _TLS_FILES]
     d = TlsSettings(certificate, private_key, ca)
     timeout = v.get(table, "tls.handshake_timeout", (int, float), d.handshake_timeout,
                     v.between(0.5, 120))
@@ -255,7 +265,7 @@ def _parse_tls(raw: Any, base_dir: Path) -> TlsSettings:
 
 def _tls_file(table: Mapping[str, Any], key: str, base_dir: Path) -> Path:
     if key not in table:
-        raise ConfigError(f"tls.{key}", "is required")
+        v.problem(ConfigError(f"tls.{key}", "is required"))
     path = Path(v.get(table, f"tls.{key}", str, "", v.non_empty))
     return path if path.is_absolute() else (base_dir / path).resolve()
 
@@ -266,33 +276,35 @@ def _check_tls_use(
     """What needs a ``[tls]`` table has one, and something listens."""
     if tls is not None:
         if agent.plain_listener and tls.port != 0 and tls.port == agent.port:
-            raise ConfigError("tls.port", f"is agent.port ({agent.port}): give each its own")
+            v.problem(ConfigError("tls.port", f"is agent.port ({agent.port}): give each its own"))
         return
     if not agent.plain_listener:
-        raise ConfigError("agent.plain_listener", "false needs a [tls] table (else none listens)")
+        v.problem(
+            ConfigError("agent.plain_listener", "false needs a [tls] table (else none listens)")
+        )
     for peer in peers.values():
         if peer.tls:
-            raise ConfigError(f"peers.{peer.name}.tls", "true needs a [tls] table")
+            v.problem(ConfigError(f"peers.{peer.name}.tls", "true needs a [tls] table"))
 
 
 def _check_commit_policies(peers: Mapping[str, Peer], forward: ForwardSettings) -> None:
     """A modality promised commitment once the PACS commits needs a PACS that is asked."""
-    asked = [name for name in forward.to if peers[name].commit]
+    asked = [name for name in forward.to if name in peers and peers[name].commit]
     for peer in peers.values():
         if peer.commit_when == "pacs-committed" and not asked:
-            raise ConfigError(
+            v.problem(ConfigError(
                 f"peers.{peer.name}.commit_when",
                 "'pacs-committed' needs a [forward] destination with commit = true",
-            )
+            ))
 
 
 def _check_unique_ae_titles(agent: AgentSettings, peers: Mapping[str, Peer]) -> None:
     seen: dict[str, str] = {agent.ae_title: "agent"}
     for peer in peers.values():
         other = seen.get(peer.ae_title)
-        if other is not None:
-            raise ConfigError(
+        if other is not None and peer.ae_title:  # an empty one was reported as such
+            v.problem(ConfigError(
                 f"peers.{peer.name}.ae_title",
                 f"AE title {peer.ae_title!r} is already used by {other}",
-            )
+            ))
         seen[peer.ae_title] = f"peers.{peer.name}"

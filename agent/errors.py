@@ -15,6 +15,23 @@ class ConfigError(AgentError, ValueError):
         self.key = key
 
 
+class ConfigErrors(ConfigError):
+    """Every error found in one configuration, each naming its key; one line each."""
+
+    def __init__(self, errors: list[ConfigError]) -> None:
+        self.errors = list(errors)
+        if len(self.errors) == 1:
+            only = self.errors[0]
+            super().__init__(only.key, str(only)[len(only.key) + 2 :] if only.key else str(only))
+        else:
+            lines = "".join(f"\n  {error}" for error in self.errors)
+            super().__init__("", f"{len(self.errors)} errors in the configuration:{lines}")
+
+    def one_line(self) -> str:
+        """The errors joined for a log line."""
+        return "; ".join(str(error) for error in self.errors)
+
+
 class UsageError(AgentError, ValueError):
     """The command line asks for something that cannot be done as written."""
 

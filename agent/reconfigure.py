@@ -12,7 +12,9 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+from agent import tls
 from agent.config import Config
+from agent.errors import ConfigError
 from agent.tls import TlsSettings
 
 RESTART_ONLY = (
@@ -82,3 +84,28 @@ def _tls(running: Config, new: Config) -> TlsSettings | None:
     return dataclasses.replace(
         new.tls, port=running.tls.port, handshake_timeout=running.tls.handshake_timeout
     )
+
+
+def reload_tls(
+    running: Config, effective: Config
+) -> tuple[Config, tls.Contexts | None, str | None]:
+    """Read the TLS files of ``effective`` again (renewed certificates take effect).
+
+    Returns the configuration to run with, the new contexts (None: nothing to reload) and
+    why the files were refused (None: they were not): a refused [tls] is kept as it runs.
+    """
+    if running.tls is None or effective.tls is None:
+        return effective, None, None
+    try:
+        return effective, tls.load(effective.tls), None
+    except ConfigError as exc:
+        return dataclasses.replace(effective, tls=running.tls), None, str(exc)
+
+
+def outcome(changed: list[str], later: list[str], refused: str | None) -> str:
+    """The one line a reload logs: what took effect, what waits, what was refused."""
+    names = ", ".join(sorted({".".join(k.split(".")[:2]) for k in changed}))
+    line = f"configuration reloaded: {names}" if names else "configuration unchanged"
+    if refused:
+        line += f"; the TLS files were refused, still serving the previous certificate: {refused}"
+    return line + (f"; wait for a restart: {', '.join(later)}" if later else "")

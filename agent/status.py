@@ -69,6 +69,16 @@ class Destination:
 
 
 @dataclass(frozen=True)
+class Problem:
+    """Something an operator should see, in one part of the agent, since when. It stays
+    until that part recovers (``StatusModel.recovered``) or has a newer problem."""
+
+    part: str  # receiving, tls, configuration, forwarding, housekeeping, health
+    message: str
+    at: str = field(default_factory=_now)
+
+
+@dataclass(frozen=True)
 class Snapshot:
     """A consistent copy of the status at one moment."""
 
@@ -87,7 +97,8 @@ class Snapshot:
     last_received_at: str | None = None
     disk_free: int | None = None
     below_floor: bool = False
-    last_error: str | None = None
+    last_error: str | None = None  # the newest problem's message (older readers know it)
+    problems: tuple[Problem, ...] = ()  # one per part at most, oldest first
     destinations: tuple[Destination, ...] = ()
     forwarder_pid: int | None = None  # the forwarding process, while one runs
     silent_for: float | None = None  # seconds of silence, once the agent is not answering
@@ -104,6 +115,8 @@ class Snapshot:
         if self.listening:
             parts[0] += f" on {self.listening}"
         parts.append(f"{self.received} received")
+        if self.duplicates:
+            parts.append(f"{self.duplicates} duplicates")
         if self.destinations:
             waiting = sum(d.pending + d.retrying for d in self.destinations)
             parts.append(f"{self.forwarded} forwarded, {waiting} queued")
@@ -207,13 +220,15 @@ class StatusModel:
                 counts = {"duplicates": s.duplicates + 1}
             else:
                 counts = {"conflicts": s.conflicts + 1}
-            return {"last_received_at": _now(), **counts}
+            return {"last_received_at": _now(), **counts, **_without_problem(s, RECEIVING)}
 
         self._apply(change)
 
     def refused(self, reason: str) -> None:
-        """A C-STORE was answered with a failure."""
-        self._apply(lambda s: {"refused": s.refused + 1, "last_error": reason})
+        """A C-STORE was answered with a failure (a problem until one is stored again)."""
+        self._apply(
+            lambda s: {"refused": s.refused + 1, **_with_problem(s, Problem(RECEIVING, reason))}
+        )
 
     def disk(self, free: int, below_floor: bool) -> None:
         """Free space was measured; a change of a few bytes is not news."""
@@ -227,21 +242,31 @@ class StatusModel:
         self._apply(change)
 
     def certificate(self, expires: str | None) -> None:
-        """The TLS certificate in use expires then (ISO 8601; None: no TLS)."""
-        self._apply(
-            lambda s: {"certificate_expires": expires} if s.certificate_expires != expires else {}
-        )
+        """The TLS certificate in use (just loaded) expires then (ISO 8601; None: no TLS);
+        a loaded certificate ends a TLS problem."""
+
+        def change(s: Snapshot) -> dict[str, Any]:
+            new = {"certificate_expires": expires} if s.certificate_expires != expires else {}
+            return {**new, **_without_problem(s, TLS)}
+
+        self._apply(change)
 
     def forwarding_process(self, pid: int | None) -> None:
-        """The forwarding process started (its pid) or ended (None)."""
-        self._apply(lambda s: {"forwarder_pid": pid} if s.forwarder_pid != pid else {})
+        """The forwarding process started (its pid) or ended (None); one that answers ends
+        a forwarding problem."""
+
+        def change(s: Snapshot) -> dict[str, Any]:
+            new = {"forwarder_pid": pid} if s.forwarder_pid != pid else {}
+            return {**new, **(_without_problem(s, FORWARDING) if pid is not None else {})}
+
+        self._apply(change)
 
     def forwarded(self, name: str) -> None:
-        """An instance reached ``name``."""
+        """An instance reached ``name``: its last error is over."""
         self._apply(
             lambda s: {
                 "forwarded": s.forwarded + 1,
-                **_with_destination(s, name, last_success=_now()),
+                **_with_destination(s, name, last_success=_now(), last_error=None),
             }
         )
 
@@ -284,9 +309,31 @@ class StatusModel:
             else {"commit_awaiting": awaiting, "commit_failed": failed}
         )
 
-    def error(self, message: str) -> None:
-        """Something went wrong that an operator should see."""
-        self._apply(lambda s: {"last_error": message})
+    def error(self, message: str, part: str = "agent") -> None:
+        """Something went wrong in ``part`` that an operator should see, until that part
+        recovers (``recovered``) or has a newer problem."""
+        self._apply(lambda s: _with_problem(s, Problem(part, message)))
+
+    def recovered(self, part: str) -> None:
+        """``part`` works again: its problem is over (nothing changes if it had none)."""
+        self._apply(lambda s: _without_problem(s, part))
+
+
+RECEIVING, TLS, FORWARDING = "receiving", "tls", "forwarding"
+
+
+def _with_problem(s: Snapshot, problem: Problem) -> dict[str, Any]:
+    """The fields with ``problem`` replacing any earlier one of its part."""
+    problems = (*(p for p in s.problems if p.part != problem.part), problem)
+    return {"problems": problems, "last_error": problem.message}
+
+
+def _without_problem(s: Snapshot, part: str) -> dict[str, Any]:
+    """The fields without ``part``'s problem; nothing if it had none."""
+    if all(p.part != part for p in s.problems):
+        return {}
+    problems = tuple(p for p in s.problems if p.part != part)
+    return {"problems": problems, "last_error": problems[-1].message if problems else None}
 
 
 def _with_destination(s: Snapshot, name: str, **changes: Any) -> dict[str, Any]:

@@ -85,17 +85,47 @@ def _context(settings: TlsSettings, purpose: ssl.Purpose) -> ssl.SSLContext:
         message = f"{settings.ca} holds no usable PEM certificate ({exc})"
         raise ConfigError("tls.ca", message) from None
     context.minimum_version = VERSIONS[settings.min_version]
+    def no_password() -> str:
+        raise ConfigError(
+            "tls.private_key",
+            f"{settings.private_key} is encrypted with a passphrase; the agent needs an"
+            " unencrypted key (mode 0600)",
+        )
+
     try:
-        context.load_cert_chain(settings.certificate, settings.private_key, password=_no_password)
+        context.load_cert_chain(settings.certificate, settings.private_key, password=no_password)
     except ssl.SSLError as exc:
         raise _chain_error(settings, exc) from None
     return context
 
 
-def _no_password() -> str:
-    raise ConfigError(
-        "tls.private_key",
-        "is encrypted with a passphrase; the agent needs an unencrypted key (mode 0600)",
+def check(settings: TlsSettings) -> list[ConfigError]:
+    """Every error in the TLS files at once (empty: ``load`` will succeed today)."""
+    errors = []
+    for key in ("certificate", "private_key", "ca"):
+        try:
+            _readable(f"tls.{key}", getattr(settings, key))
+        except ConfigError as exc:
+            errors.append(exc)
+    if not errors:
+        try:
+            load(settings)
+        except ConfigError as exc:
+            errors.append(exc)
+    return errors
+
+
+def key_exposure(settings: TlsSettings) -> str | None:
+    """A warning if other users may read the private key (any group or other bit set)."""
+    try:
+        mode = settings.private_key.stat().st_mode & 0o777
+    except OSError:
+        return None  # ``load`` says why it cannot be read
+    if not mode & 0o077:
+        return None
+    return (
+        f"tls.private_key: {settings.private_key} can be read by other users (mode "
+        f"{mode:04o}); chmod 600 it"
     )
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextvars import ContextVar
 from typing import Any, TypeVar, cast
 
 from agent.errors import ConfigError
@@ -14,6 +16,28 @@ _LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?"
 _HOSTNAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*$")
 
 T = TypeVar("T")
+# the errors found so far while a configuration is validated (None: raise the first)
+_found: ContextVar[list[ConfigError] | None] = ContextVar("found", default=None)
+
+
+@contextlib.contextmanager
+def collecting() -> Iterator[list[ConfigError]]:
+    """Within the block, ``problem`` collects errors instead of raising: a configuration
+    is checked whole, and every error in it reported at once."""
+    errors: list[ConfigError] = []
+    token = _found.set(errors)
+    try:
+        yield errors
+    finally:
+        _found.reset(token)
+
+
+def problem(error: ConfigError) -> None:
+    """An error in the configuration: collected inside ``collecting()``, else raised."""
+    errors = _found.get()
+    if errors is None:
+        raise error
+    errors.append(error)
 
 
 def get(
@@ -28,11 +52,15 @@ def get(
         return default
     value = table[leaf]
     kinds = kind if isinstance(kind, tuple) else (kind,)
-    if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
-        names = " or ".join(type_name(k) for k in kinds)
-        raise ConfigError(key, f"must be {names}, not {type_name(type(value))}")
-    if check is not None:
-        check(key, value)
+    try:
+        if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
+            names = " or ".join(type_name(k) for k in kinds)
+            raise ConfigError(key, f"must be {names}, not {type_name(type(value))}")
+        if check is not None:
+            check(key, value)
+    except ConfigError as exc:
+        problem(exc)  # collected: go on with the default, to find the other errors
+        return default
     return cast(T, value)
 
 
@@ -50,7 +78,8 @@ def type_name(kind: type) -> str:
 def table(raw: Mapping[str, Any], key: str, where: str) -> Mapping[str, Any]:
     value = raw.get(key, {})
     if not isinstance(value, dict):
-        raise ConfigError(f"{where}.{key}".lstrip("."), "must be a table")
+        problem(ConfigError(f"{where}.{key}".lstrip("."), "must be a table"))
+        return {}
     return value
 
 
@@ -58,15 +87,15 @@ def reject_unknown(table: Mapping[str, Any], known: set[str], where: str) -> Non
     for key in table:
         if key not in known:
             hint = ", ".join(sorted(known))
-            raise ConfigError(f"{where}.{key}".lstrip("."), f"unknown key (known: {hint})")
+            problem(ConfigError(f"{where}.{key}".lstrip("."), f"unknown key (known: {hint})"))
 
 
 def services(table: Mapping[str, Any], key: str, default: frozenset[str]) -> frozenset[str]:
     values = get(table, key, list, list(default), None)
     for value in values:
         if value not in SERVICES:
-            raise ConfigError(key, f"{value!r} is not one of {', '.join(sorted(SERVICES))}")
-    return frozenset(values)
+            problem(ConfigError(key, f"{value!r} is not one of {', '.join(sorted(SERVICES))}"))
+    return frozenset(value for value in values if value in SERVICES)
 
 
 def ae_title(key: str, value: str) -> None:

@@ -248,7 +248,8 @@ def test_status_of_an_agent_whose_housekeeping_stopped_reads_not_answering(
     status = terminal.command("status")
     assert status[0] == "OK not answering"
     assert any(line.startswith("  agent     not answering on 127.0.0.1:") for line in status)
-    assert any("last error: not answering: nothing heard" in line for line in status)
+    assert any(line.startswith("  error     agent: not answering: nothing heard")
+               for line in status)
 
 
 def test_queue_and_retry(running: Agent, terminal: Terminal) -> None:

@@ -69,8 +69,14 @@ def test_the_process_reports_into_the_agents_status_and_log(
     assert not alive(pid)
 
 
-def test_a_killed_process_is_replaced_and_nothing_is_lost(orthanc: Orthanc,
-                                                          tmp_path: Path) -> None:
+def forwarding_problem(agent: Agent) -> str | None:
+    """The forwarding part's current problem in the status model, if any."""
+    found = [p.message for p in agent.status.snapshot().problems if p.part == "forwarding"]
+    return found[0] if found else None
+
+
+def test_a_killed_process_is_replaced_and_nothing_is_lost(
+        orthanc: Orthanc, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     config = config_module.load_file(forward_config(
         tmp_path, {"PACS": ("ORTHANC", orthanc.port)}, ["PACS"]))
     first = dicomgen.write_series(tmp_path / "first", 10, size=32)
@@ -83,13 +89,17 @@ def test_a_killed_process_is_replaced_and_nothing_is_lost(orthanc: Orthanc,
         assert scu.store(config.agent.port, second) == [0] * 10  # queued while it is down
         wait_until(lambda: orthanc.count() == 20, 60, "the second 10 at the PACS")
         assert child_pid(agent) != killed
-        assert "forwarding process ended" in str(agent.status.snapshot().last_error)
+        assert any("forwarding process ended" in r.getMessage() for r in caplog.records)
+        wait_until(lambda: agent.status.snapshot().forwarder_pid == child_pid(agent), 30,
+                   "the new process to answer")
+        assert forwarding_problem(agent) is None  # it recovered: the problem is over
         wait_until(lambda: link_threads() == 2, 10, "the dead process's pipe threads to end")
     assert set(jobs(tmp_path / "data").values()) == {"done"}
 
 
 def test_a_hung_process_is_killed_and_replaced(orthanc: Orthanc, tmp_path: Path,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+                                               monkeypatch: pytest.MonkeyPatch,
+                                               caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setattr(forward_process, "STUCK_AFTER", 2.0)
     monkeypatch.setattr(forward_process, "RESPAWN_GAP", 0.0)
     config = config_module.load_file(forward_config(
@@ -101,7 +111,7 @@ def test_a_hung_process_is_killed_and_replaced(orthanc: Orthanc, tmp_path: Path,
         assert scu.store(config.agent.port, sent) == [0] * 10
         wait_until(lambda: orthanc.count() == 10, 60, "the PACS to get everything")
         assert not alive(hung)
-        assert "did not answer" in str(agent.status.snapshot().last_error)
+        assert any("did not answer" in r.getMessage() for r in caplog.records)
         wait_until(lambda: link_threads() == 2, 10, "the hung process's pipe threads to end")
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import logging
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -29,9 +31,11 @@ from agent.cli import status as status_cli
 from agent.errors import PeerError
 from agent.field.console import build_table
 from agent.field.console.table import CommandTable, Reply
+from agent.net import peerlog
 from agent.ops.queue import QueueChange, QueueListing
 from agent.ops.status import StatusReport
 from agent.status import read_published
+from tests import rawdicom
 from tests.pacs import Dcmqrscp
 from tests.support import REPO, free_port, peer, run_cli, wait_until, write_config
 
@@ -192,6 +196,29 @@ def test_echo_on_the_console_and_the_cli(console: CommandTable, config_path: Pat
     assert console.run_line("echo GONE").lines() == [f"ERR {refused.value}"]
 
 
+def test_the_agent_still_logs_pynetdicoms_warnings_after_a_console_echo(
+        console: CommandTable, running: Agent, qr: Dcmqrscp,
+        caplog: pytest.LogCaptureFixture) -> None:
+    assert answer(console, "echo QR").ok  # an association of our own, as the console makes
+    peerlog.LIMITER.flush(everything=True)  # no earlier test's line holds this one back
+    caplog.clear()
+    # a peer sends a response where a request belongs: pynetdicom warns in the agent
+    peer = socket.create_connection(("127.0.0.1", AGENT_PORT), timeout=20)
+    try:
+        peer.sendall(rawdicom.associate_rq([(1, rawdicom.VERIFICATION, (rawdicom.IMPLICIT,))],
+                                           calling=qr.ae_title))
+        accepted = rawdicom.read_pdu(peer)
+        assert accepted is not None and accepted[0] == rawdicom.ASSOCIATE_AC
+        peer.sendall(rawdicom.p_data(1, 3, rawdicom.command_set(
+            AffectedSOPClassUID=rawdicom.VERIFICATION, CommandField=0x8030,
+            MessageIDBeingRespondedTo=1, CommandDataSetType=0x0101, Status=0)))
+        wait_until(lambda: any(r.name.startswith("pynetdicom") and r.levelno == logging.WARNING
+                               and "unexpected C-ECHO service" in r.getMessage()
+                               for r in caplog.records), 20, "pynetdicom's warning")
+    finally:
+        peer.close()
+
+
 @pytest.mark.parametrize("options", [["-k", "PatientName=DOE*"],
                                      ["-L", "SERIES", "--json", "-k", "StudyInstanceUID"]])
 def test_find_on_the_console_and_the_cli(console: CommandTable, config_path: Path,
@@ -242,3 +269,20 @@ def test_the_console_and_ops_import_neither_the_agent_class_nor_the_cli(package:
         above = {name for name in imported(path)
                  if name.split(".")[:2] in (["agent", "app"], ["agent", "cli"])}
         assert not above, (path.name, above)
+
+
+def test_retrying_a_job_that_is_not_there_says_so(console: CommandTable, running: Agent,
+                                                   config_path: Path) -> None:
+    first, second = quarantine(running, 2)
+    missing = second + 1000
+    reply = console.run_line(f"queue retry {missing}")
+    assert reply.lines() == [f"ERR no such job: #{missing} (edge-agent queue lists them)"]
+    printed = run_cli("queue", "retry", str(missing), "--config", str(config_path))
+    assert printed.returncode == 1 and printed.stdout == ""
+    assert printed.stderr.strip() == f"edge-agent: no such job: #{missing} (edge-agent queue " \
+                                     "lists them)"
+    both = answer(console, f"queue retry {first} {missing}")  # the one that is there goes
+    assert both.result == QueueChange("retry", 1, unknown=(missing,))
+    assert not both.ok
+    again = answer(console, f"queue retry {first}")  # pending now: nothing to re-arm
+    assert again.lines() == [f"OK re-armed 0 jobs; #{first} is pending, nothing to re-arm"]

@@ -87,7 +87,7 @@ def test_the_live_model_reads_as_not_answering_on_the_console(tmp_path: Path) ->
     assert info["running"] is True and info["answering"] is False
     text = "\n".join(status_ops.status_report(layout, snapshot).lines())
     assert "agent     not answering on" in text
-    assert "last error: not answering: nothing heard from the agent for" in text
+    assert "\nerror     agent: not answering: nothing heard from the agent for" in text
     model.beat()
     assert status_ops.gather(layout, live=model.snapshot())["answering"] is True
 
@@ -165,3 +165,51 @@ def test_status_shows_commitment_both_ways(tmp_path: Path) -> None:
     lines = status_ops.status_report(Layout(tmp_path / "data"), snapshot).lines()
     assert "commit    to modalities: 2 transactions await their report, 5 reported" in lines
     assert "commit    from destinations: 7 instances await commitment, 1 not committed" in lines
+
+
+def test_a_problem_names_its_part_and_time_and_ends_when_that_part_recovers(
+        tmp_path: Path) -> None:
+    model = StatusModel()
+    model.set_state(State.SERVING)
+    model.refused("0xA700 out of space")
+    model.error("reload refused: agent.port: a port is 0-65535", part="configuration")
+    model.forward_failed("PACS", "connection refused")
+    snapshot = model.snapshot()
+    assert [(p.part, p.message) for p in snapshot.problems] == [
+        ("receiving", "0xA700 out of space"),
+        ("configuration", "reload refused: agent.port: a port is 0-65535")]
+    assert all(re.match(r"\d{4}-\d\d-\d\dT", p.at) for p in snapshot.problems)
+    text = status_ops.status_report(Layout(tmp_path), snapshot).lines()
+    at = snapshot.problems[0].at
+    assert text[-2:] == [f"error     receiving: 0xA700 out of space (at {at})",
+                         "error     configuration: reload refused: agent.port: a port is "
+                         f"0-65535 (at {snapshot.problems[1].at})"]
+    assert not any("last error" in line and "0xA700" in line for line in text)
+    model.stored("stored", 10)  # receiving works again
+    model.forwarded("PACS")  # and so does the PACS
+    assert [p.part for p in model.snapshot().problems] == ["configuration"]
+    assert model.snapshot().destinations[0].last_error is None
+    model.recovered("configuration")
+    assert model.snapshot().problems == () and model.snapshot().last_error is None
+    assert not any(line.startswith("error")
+                   for line in status_ops.status_report(Layout(tmp_path), model.snapshot())
+                   .lines())
+
+
+def test_a_re_sent_study_is_counted_as_duplicates(tmp_path: Path) -> None:
+    from tests.support import free_port, peer, write_config
+
+    config = config_module.load_file(write_config(
+        tmp_path / "agent.toml", {"ae_title": "EDGE", "port": free_port(), "bind": "127.0.0.1",
+                                  "data_dir": str(tmp_path / "data"), "min_free_mb": 0},
+        {"CT": peer("MODALITY")}))
+    sent = dicomgen.write_series(tmp_path / "study", 3, size=32)
+    with Agent(config) as agent:
+        assert scu.store(config.agent.port, sent) == [0] * 3
+        assert scu.store(config.agent.port, sent) == [0] * 3  # the modality sends it again
+        snapshot = agent.status.snapshot()
+        lines = status_ops.status_report(agent.layout, snapshot).lines()
+    assert snapshot.received == 3 and snapshot.duplicates == 3
+    assert any(line.startswith("          3 received this run (and 3 duplicates of instances"
+                               " already held), 0 refused") for line in lines)
+    assert "3 received, 3 duplicates" in snapshot.summary()

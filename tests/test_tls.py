@@ -4,6 +4,7 @@ port, pynetdicom as a TLS peer, DCMTK's storescp as a TLS destination."""
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import ssl
 import subprocess
@@ -384,3 +385,27 @@ def test_c_get_over_tls_with_pynetdicom(tmp_path: Path, pki: Pki) -> None:
     assert int(responses[-1].Status) == 0x0000
     assert int(responses[-1].NumberOfCompletedSuboperations) == 5
     assert {dicomgen_uid(path): dicomgen.dataset_bytes(path) for path in sent} == got
+
+
+def test_a_refused_tls_reload_logs_one_truthful_line_and_keeps_serving(
+        tmp_path: Path, pki: Pki, caplog: pytest.LogCaptureFixture) -> None:
+    path = tls_config(tmp_path, pki, PEERS)
+    bad = tmp_path / "bad.toml"  # the same file but for a key that is not the certificate's
+    bad.write_text(path.read_text().replace(str(pki.agent.key), str(pki.client.key)))
+    with Agent(config_module.load_file(path)) as agent:
+        caplog.clear()
+        agent.reload(config_module.load_file(bad))
+        said = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+        assert len(said) == 1, said
+        assert said[0].startswith(
+            "configuration unchanged; the TLS files were refused, still serving the previous "
+            f"certificate: tls.private_key: {pki.client.key} is not the key of")
+        assert agent.config.tls is not None and agent.config.tls.private_key == pki.agent.key
+        [problem] = agent.status.snapshot().problems
+        assert problem.part == "tls" and problem.message.startswith("TLS reload refused")
+        assert echo_ok(agent, pki)  # still served with the previous certificate
+        caplog.clear()
+        agent.reload(config_module.load_file(path))  # fixed: the problem is over
+        assert agent.status.snapshot().problems == ()
+        assert [r.getMessage() for r in caplog.records if r.name == "agent.app"] == [
+            "configuration unchanged"]

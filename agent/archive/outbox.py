@@ -124,6 +124,17 @@ class Outbox:
             marks = ", ".join("?" for _ in job_ids)
             return conn.execute(f"{sql} AND pk IN ({marks})", (now, *job_ids)).rowcount
 
+    def states_of(self, job_ids: Sequence[int]) -> dict[int, str]:
+        """The state of each of these jobs that exists (``queue retry`` names the others)."""
+        if not job_ids:
+            return {}
+        marks = ", ".join("?" for _ in job_ids)
+        with self.index.reading() as conn:
+            rows = conn.execute(
+                f"SELECT pk, state FROM forward_jobs WHERE pk IN ({marks})", tuple(job_ids)
+            ).fetchall()
+        return {int(pk): str(state) for pk, state in rows}
+
     def purge_quarantined(self) -> int:
         """Give up on every quarantined job (the files become eligible for retention)."""
         with self.index.transaction() as conn:

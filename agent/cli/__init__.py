@@ -15,6 +15,7 @@ from agent import __version__
 from agent.cli import check_config, commit, echo, find, leds, queue, reindex, retrieve, run, status
 from agent.cli.common import fail, setup_logging
 from agent.errors import AgentError, ConfigError, UsageError
+from agent.net import configure_pynetdicom
 
 COMMANDS: tuple[ModuleType, ...] = (
     run,
@@ -49,16 +50,27 @@ def build_parser() -> argparse.ArgumentParser:
             "/etc/edge-agent/agent.toml, then the built-in default)",
         )
         sub.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
+        sub.add_argument(
+            "--debug",
+            action="store_true",
+            help="log at debug level, and show the traceback of an unexpected failure",
+        )
         module.add_arguments(sub)
         sub.set_defaults(handler=module.run)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the console script and of ``python -m agent``."""
+    """Entry point of the console script and of ``python -m agent``.
+
+    Every failure ends in one line on stderr and an exit status; a traceback only with
+    ``--debug``.
+    """
     args = build_parser().parse_args(argv)
-    setup_logging(verbose=args.verbose)
+    args.verbose = args.verbose or args.debug
+    setup_logging(verbose=args.verbose, own_words=args.command != run.NAME)
     try:
+        configure_pynetdicom(debug=args.verbose)  # once: nothing later mutes it
         return int(args.handler(args))
     except (ConfigError, UsageError) as exc:
         return fail(str(exc), EXIT_CONFIG)
@@ -66,6 +78,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail(str(exc), EXIT_FAILED)
     except KeyboardInterrupt:
         return fail("interrupted", EXIT_FAILED)
+    except Exception as exc:
+        if args.debug:
+            raise
+        return fail(f"{unexpected(exc)} (--debug shows the traceback)", EXIT_FAILED)
+
+
+def unexpected(exc: Exception) -> str:
+    """An error nobody raised on purpose, in one line."""
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f" {exc.filename}" if exc.filename else ""
+        return f"{exc.strerror}{where}"
+    return f"unexpected {type(exc).__name__}: {exc}"
 
 
 if __name__ == "__main__":

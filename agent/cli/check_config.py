@@ -1,4 +1,8 @@
-"""``edge-agent check-config``: validate the configuration and summarise it."""
+"""``edge-agent check-config``: validate the configuration and summarise it.
+
+Everything is checked before anything is printed: every error of the file at once, then
+the TLS files as the agent will load them. "OK" means the agent would start with it.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,8 @@ import argparse
 from agent import tls
 from agent.cli.common import load_config
 from agent.config import Config
+from agent.errors import ConfigErrors
+from agent.forward.settings import ForwardSettings
 
 NAME = "check-config"
 HELP = "validate the configuration file and print what it sets up"
@@ -18,31 +24,69 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Exit 0 with a summary if the configuration is valid (errors exit 2 in main)."""
-    config = load_config(args)
-    agent = config.agent
+    config = load_config(args)  # ConfigErrors with every error of the file
+    contexts = None
+    if config.tls is not None:
+        errors = tls.check(config.tls)
+        if errors:
+            raise ConfigErrors(errors)
+        contexts = tls.load(config.tls)
     print(f"OK {config.source or 'built-in default'}")
-    plain = f"{agent.bind}:{agent.port}" if agent.plain_listener else "no plain port"
-    print(f"  AE title {agent.ae_title}, listening on {plain}")
-    _print_tls(config)
-    print(f"  data in {agent.data_dir} (refuse new images below {agent.min_free_mb} MB free)")
-    if agent.allow_unknown:
-        print(f"  unknown AEs may: {', '.join(sorted(agent.allow_unknown))}")
-    else:
-        print("  unknown AEs are rejected")
-    for peer in config.peers.values():
-        allowed = ", ".join(sorted(peer.allow)) or "nothing"
-        over = " over TLS" if peer.tls else ""
-        print(f"  peer {peer.name}: {peer.ae_title}@{peer.host}:{peer.port}{over} may {allowed}")
+    print("\n".join(summary(config, contexts)))
+    exposed = tls.key_exposure(config.tls) if config.tls is not None else None
+    if exposed:
+        print(f"WARNING {exposed}")
     return 0
 
 
-def _print_tls(config: Config) -> None:
-    """Load the TLS files as the agent will (ConfigError naming the key if unusable)."""
-    if config.tls is None:
-        return
-    contexts = tls.load(config.tls)
-    print(
-        f"  TLS on {config.agent.bind}:{config.tls.port}, TLS {config.tls.min_version} or later;"
-        f" certificate valid until {contexts.not_after:%Y-%m-%d}"
-        f" ({tls.days_left(contexts.not_after)} days)"
+def summary(config: Config, contexts: tls.Contexts | None = None) -> list[str]:
+    """What the configuration sets up: listeners, data, who may do what, forwarding."""
+    agent = config.agent
+    plain = f"{agent.bind}:{agent.port}" if agent.plain_listener else "no plain port"
+    lines = [f"  AE title {agent.ae_title}, listening on {plain}"]
+    if contexts is not None and config.tls is not None:
+        lines.append(
+            f"  TLS on {agent.bind}:{config.tls.port}, TLS {config.tls.min_version} or later;"
+            f" certificate valid until {contexts.not_after:%Y-%m-%d}"
+            f" ({tls.days_left(contexts.not_after)} days)"
+        )
+    lines.append(
+        f"  data in {agent.data_dir} (refuse new images below {agent.min_free_mb} MB free)"
     )
+    if agent.allow_unknown:
+        lines.append(f"  unknown AEs may: {', '.join(sorted(agent.allow_unknown))}")
+    else:
+        lines.append("  unknown AEs are rejected")
+    for peer in config.peers.values():
+        allowed = ", ".join(sorted(peer.allow)) or "nothing"
+        over = " over TLS" if peer.tls else ""
+        commit = ", asked for storage commitment" if peer.commit else ""
+        lines.append(
+            f"  peer {peer.name}: {peer.ae_title}@{peer.host}:{peer.port}{over} may {allowed}"
+            f"{commit}"
+        )
+    return lines + forwarding(config.forward)
+
+
+def forwarding(forward: ForwardSettings) -> list[str]:
+    """The ``[forward]`` table in words."""
+    if not forward.destinations:
+        return ["  forwarding: none (no [forward] destinations)"]
+    lines = [f"  forward every instance to {', '.join(forward.to)}"] if forward.to else []
+    for number, rule in enumerate(forward.rules, 1):
+        match = ", ".join(f"{key} = {pattern}" for key, pattern in rule.match.items())
+        lines.append(f"  forward rule {number}: where {match or 'anything'}, also to "
+                     f"{', '.join(rule.to)}")
+    keep = "removed once delivered" if forward.keep_days == 0 else (
+        f"kept {forward.keep_days:g} days after delivery"
+    )
+    lines.append(
+        f"  forward retries after {forward.retry_first:g} s, doubling up to "
+        f"{forward.retry_max:g} s; a permanent failure {forward.permanent_tries} times, then "
+        f"quarantined; {forward.associations} associations per destination"
+    )
+    lines.append(
+        f"  forwarded instances {keep}"
+        + (", and not before committed" if forward.retain_until == "committed" else "")
+    )
+    return lines

@@ -34,8 +34,21 @@ class _JournalFormatter(logging.Formatter):
         return f"<{priority}>{record.name}: {super().format(record)}"
 
 
-def setup_logging(*, verbose: bool = False, level: str = "info") -> None:
-    """Log to stderr: journald-style under systemd, timestamped otherwise."""
+class _OwnWords(logging.Filter):
+    """Keeps pynetdicom's lines out of a command's output: the command reports failures
+    in its own words. A filter on this handler only: the loggers are not muted."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Pass everything but pynetdicom's records below CRITICAL."""
+        return not record.name.startswith("pynetdicom") or record.levelno >= logging.CRITICAL
+
+
+def setup_logging(*, verbose: bool = False, own_words: bool = False) -> None:
+    """Log to stderr: journald-style under systemd, timestamped otherwise. Once per process.
+
+    ``own_words``: a command that is not the agent leaves pynetdicom's lines out of its
+    output (unless ``verbose``); the agent (``run``) writes them to the journal.
+    """
     handler = logging.StreamHandler(sys.stderr)
     if os.environ.get("JOURNAL_STREAM"):
         handler.setFormatter(_JournalFormatter("%(message)s"))
@@ -45,16 +58,19 @@ def setup_logging(*, verbose: bool = False, level: str = "info") -> None:
                 "%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S"
             )
         )
+    if own_words and not verbose:
+        handler.addFilter(_OwnWords())
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(logging.DEBUG if verbose else _LEVELS.get(level, logging.INFO))
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
 def load_config(args: argparse.Namespace) -> Config:
-    """The configuration named by ``--config`` or found in the usual places."""
+    """The configuration named by ``--config`` or found in the usual places; its log level
+    takes effect (the handler set up by ``setup_logging`` stays)."""
     config = config_module.load(args.config)
     if not args.verbose:
-        setup_logging(level=config.agent.log_level)
+        logging.getLogger().setLevel(_LEVELS.get(config.agent.log_level, logging.INFO))
     return config
 
 

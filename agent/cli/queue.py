@@ -36,7 +36,10 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "purge" and not args.yes and not _confirmed(Layout(config.agent.data_dir)):
         print("nothing purged")
         return 1
-    print("\n".join(result(args, config).lines()))
+    outcome = result(args, config)
+    if isinstance(outcome, QueueChange) and not outcome.ok and outcome.archive:
+        raise AgentError(outcome.summary)  # exit 1: a job named that is not there
+    print("\n".join(outcome.lines()))
     return 0
 
 

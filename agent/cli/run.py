@@ -10,7 +10,7 @@ from types import FrameType
 
 from agent import config as config_module
 from agent.cli.common import load_config
-from agent.errors import ConfigError
+from agent.errors import ConfigError, ConfigErrors
 from agent.field.box import BoxAgent
 
 NAME = "run"
@@ -75,7 +75,8 @@ def reload(agent: BoxAgent, args: argparse.Namespace) -> None:
     try:
         new = config_module.load(args.config)
     except ConfigError as exc:
-        log.error("reload refused, still running the previous configuration: %s", exc)
-        agent.status.error(f"reload refused: {exc}")
+        reason = exc.one_line() if isinstance(exc, ConfigErrors) else str(exc)
+        log.error("reload refused, still running the previous configuration: %s", reason)
+        agent.status.error(f"reload refused: {reason}", part="configuration")
         return
     agent.reload(new)  # it logs what changed and what waits for a restart

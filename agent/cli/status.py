@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from agent.archive import Layout
 from agent.cli.common import load_config
 from agent.config import Config
+from agent.ops.locate import locate
 from agent.ops.status import StatusReport, status_report
 
 NAME = "status"
@@ -27,5 +27,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def result(args: argparse.Namespace, config: Config) -> StatusReport:
-    """The report this command prints, from the agent's published status."""
-    return status_report(Layout(config.agent.data_dir))
+    """The report this command prints, from the agent's published status (found where it
+    runs when no configuration file says where)."""
+    found = locate(config)
+    return status_report(found.layout, note=found.note)

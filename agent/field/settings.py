@@ -61,7 +61,7 @@ def parse_leds(table: Mapping[str, Any]) -> LedSettings:
         key = f"leds.{name}"
         pin = v.get(table, key, int, None, _bcm_pin) if name in table else None
         if pin is not None and pin in used:
-            raise ConfigError(key, f"pin {pin} is already used by leds.{used[pin]}")
+            v.problem(ConfigError(key, f"pin {pin} is already used by leds.{used[pin]}"))
         if pin is not None:
             used[pin] = name
         pins[name] = pin

@@ -106,7 +106,7 @@ class ForwardingProcess:
     def _lost(self, child: _Child, how: str) -> None:
         child.kill()  # and its pipe's threads end
         log.error("the forwarding process %s; starting another", how)
-        self.status.error(f"the forwarding process {how}")
+        self.status.error(f"the forwarding process {how}", part="forwarding")
         self.status.forwarding_process(None)
         self._child = None
         if self._down_since is None:

@@ -96,7 +96,7 @@ def parse_forward(table: Mapping[str, Any], peers: Mapping[str, object]) -> Forw
         destinations=frozenset(to).union(*(rule.to for rule in rules)),
     )
     if settings.retry_max < settings.retry_first:
-        raise ConfigError("forward.retry_max", "must not be less than forward.retry_first")
+        v.problem(ConfigError("forward.retry_max", "must not be less than forward.retry_first"))
     return settings
 
 
@@ -104,21 +104,24 @@ def _peer_list(table: Mapping[str, Any], key: str, peers: Mapping[str, object]) 
     names = v.get(table, key, list, [], None)
     for name in names:
         if name not in peers:
-            raise ConfigError(key, f"{name!r} is not a configured peer")
-    return tuple(names)
+            v.problem(ConfigError(key, f"{name!r} is not a configured peer"))
+    return tuple(name for name in names if name in peers)
 
 
 def _rule(item: Any, where: str, peers: Mapping[str, object]) -> Rule:
     if not isinstance(item, dict):
-        raise ConfigError(where, "a rule is a table with 'to' and 'match'")
+        v.problem(ConfigError(where, "a rule is a table with 'to' and 'match'"))
+        return Rule(to=(), match={})
     v.reject_unknown(item, {"to", "match"}, where)
     to = _peer_list(item, f"{where}.to", peers)
-    if not to:
-        raise ConfigError(f"{where}.to", "a rule needs at least one destination")
+    if not to and not item.get("to"):
+        v.problem(ConfigError(f"{where}.to", "a rule needs at least one destination"))
     match = v.get(item, f"{where}.match", dict, {}, None)
     for keyword, pattern in match.items():
         if keyword != CALLING_AE and tag_for_keyword(keyword) is None:
-            raise ConfigError(f"{where}.match.{keyword}", "is not a DICOM keyword or calling_ae")
+            v.problem(
+                ConfigError(f"{where}.match.{keyword}", "is not a DICOM keyword or calling_ae")
+            )
         if not isinstance(pattern, str):
-            raise ConfigError(f"{where}.match.{keyword}", "a pattern is a string")
+            v.problem(ConfigError(f"{where}.match.{keyword}", "a pattern is a string"))
     return Rule(to=to, match=dict(match))

@@ -11,9 +11,11 @@ from __future__ import annotations
 import ipaddress
 import logging
 import socket
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 from agent.config import Config, Peer
+from agent.dicom.contexts import service_of
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +26,16 @@ CALLING_AE_NOT_RECOGNISED = 0x03
 CALLED_AE_NOT_RECOGNISED = 0x07
 # the DIMSE status of a request the caller has no right to (PS3.7 Annex C, "Refused: Not
 # Authorized"): C-ECHO, C-STORE, C-FIND, C-MOVE and C-GET alike
+
+
+SERVICE_WORDS = {
+    "echo": "C-ECHO",
+    "store": "C-STORE",
+    "find": "C-FIND",
+    "move": "C-MOVE",
+    "get": "C-GET",
+    "commit": "storage commitment",
+}
 
 
 @dataclass(frozen=True)
@@ -79,6 +91,14 @@ def admit(
             " = true: it may only come in over TLS",
         )
     return Caller(calling_ae, address, peer, peer.allow)
+
+
+def refused_services(abstract_syntaxes: Iterable[str], allowed: frozenset[str]) -> list[str]:
+    """The services, in words, of proposed presentation contexts that are not offered
+    because the caller may not use them (its C-FIND then fails with "no presentation
+    context" at the caller's end: the agent logs the refusal as any other)."""
+    services = {service_of(syntax) for syntax in abstract_syntaxes}
+    return sorted(SERVICE_WORDS[service] for service in services - allowed)
 
 
 def recheck(config: Config, admitted: Caller) -> Caller:

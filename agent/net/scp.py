@@ -30,7 +30,7 @@ from agent.dicom.contexts import (
     preferring,
     service_of,
 )
-from agent.errors import ConfigError, IndexUnavailable
+from agent.errors import IndexUnavailable
 from agent.net import configure_pynetdicom, peerlog
 from agent.net.access import (
     REJECTED_PERMANENT,
@@ -39,6 +39,7 @@ from agent.net.access import (
     Refusal,
     admit,
     recheck,
+    refused_services,
 )
 from agent.net.commit_reports import CommitReports
 from agent.net.commit_scp import CommitmentHandler, offered_commitment
@@ -203,28 +204,19 @@ class DicomServer:
             and all(t.is_alive() for t in self._threads)
         )
 
-    def reconfigure(self, config: Config) -> None:
+    def reconfigure(self, config: Config, contexts: tls.Contexts | None = None) -> None:
         """Take a reloaded configuration: admission and move destinations read it from now on.
 
         The listeners themselves (AE title, ports, PDU size) keep what they were built
-        with; the TLS files are read again, so renewed certificates serve new connections.
+        with; ``contexts``, the TLS files read again by the reload, serve new connections
+        (renewed certificates). The reload decides and says whether the files were usable.
         """
         self.config = config
         self._qr.config = config
-        if self._tls_server is not None and config.tls is not None:
-            self._reload_tls(config)
-
-    def _reload_tls(self, config: Config) -> None:
-        """Load the TLS files again; if they are unusable now, keep serving with the old."""
-        assert config.tls is not None
-        try:
-            self._tls = tls.load(config.tls)
-        except ConfigError as exc:
-            log.error("TLS files not reloaded, still serving the previous certificate: %s", exc)
-            self.status.error(f"TLS reload refused: {exc}")
-            return
-        self.status.certificate(self.certificate_expires)
-        log.info("TLS certificate loaded, valid until %s", self._tls.not_after.date())
+        if self._tls_server is not None and contexts is not None:
+            self._tls = contexts
+            self.status.certificate(self.certificate_expires)
+            log.info("TLS certificate loaded, valid until %s", contexts.not_after.date())
 
     def active_associations(self) -> int:
         """How many associations are open now (connections that never asked do not count)."""
@@ -351,6 +343,10 @@ class DicomServer:
             for cx in assoc.acceptor.supported_contexts
             if service_of(str(cx.abstract_syntax)) in allowed
         ]
+        proposed = (str(cx.abstract_syntax) for cx in assoc.requestor.requested_contexts)
+        for words in refused_services(proposed, frozenset(allowed)):  # limited per peer
+            log.warning("refused %s from %s: not allowed (its contexts not accepted)", words,
+                        decision)
         if decision.may("get"):
             contexts = self._as_stored_for_get(assoc, contexts)
         assoc.acceptor.supported_contexts = contexts

@@ -22,7 +22,7 @@ from agent import tls
 from agent.config import Config, Peer
 from agent.dicom.contexts import UNCOMPRESSED, VERIFICATION
 from agent.errors import ConfigError, PeerError
-from agent.net import configure_pynetdicom
+from agent.net import prepare_pynetdicom
 from agent.net.engine.handshake import describe
 from agent.net.engine.transport import requestor_handlers, unread_rejection
 
@@ -81,7 +81,7 @@ def new_ae(config: Config, *, timeout: float | None = None) -> AE:
 
     ``timeout`` bounds connecting, the association request and each answer awaited.
     """
-    configure_pynetdicom(debug=config.agent.log_level == "debug", quiet=True)
+    prepare_pynetdicom()  # logging is the process owner's: nothing muted here
     ae = AE(ae_title=config.agent.ae_title)
     ae.maximum_pdu_size = config.agent.max_pdu
     ae.network_timeout = config.agent.network_timeout

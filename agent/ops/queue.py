@@ -79,24 +79,39 @@ class QueueListing:
 
 @dataclass(frozen=True)
 class QueueChange:
-    """How many jobs a retry or a purge changed."""
+    """How many jobs a retry or a purge changed, and which named jobs it could not."""
 
     action: str  # "retry" or "purge"
     count: int
     archive: bool = True  # False: there is no archive (index) yet
+    unknown: tuple[int, ...] = ()  # job ids the queue does not hold
+    idle: tuple[tuple[int, str], ...] = ()  # (id, state) of named jobs not waiting to retry
+
+    @property
+    def ok(self) -> bool:
+        """Every job named was there to change."""
+        return self.archive and not self.unknown
 
     @property
     def summary(self) -> str:
-        """One line: what was done to how many jobs."""
+        """One line: what was done to how many jobs, and the jobs named in vain."""
         if not self.archive:
             return NO_ARCHIVE
         if self.action == "purge":
             return f"purged {self.count} quarantined jobs"
-        return f"re-armed {self.count} jobs"
+        if self.unknown:
+            ids = ", ".join(f"#{job}" for job in self.unknown)
+            noun = "no such job" if len(self.unknown) == 1 else "no such jobs"
+            done = f"; re-armed {self.count} jobs" if self.count else ""
+            return f"{noun}: {ids} (edge-agent queue lists them){done}"
+        idle = "".join(f"; #{job} is {state}, nothing to re-arm" for job, state in self.idle)
+        return f"re-armed {self.count} jobs{idle}"
 
     def lines(self) -> list[str]:
         """The change as the CLI prints it."""
-        return [f"OK {self.summary}"] if self.archive else [NO_ARCHIVE]
+        if not self.archive:
+            return [NO_ARCHIVE]
+        return [f"{'OK' if self.ok else 'ERR'} {self.summary}"]
 
 
 def list_queue(layout: Layout, shown: int = SHOWN) -> QueueListing:
@@ -118,8 +133,19 @@ def retry_jobs(layout: Layout, job_ids: Sequence[int] | None) -> QueueChange:
     if not layout.index_path.exists():
         return QueueChange("retry", 0, archive=False)
     with Index(layout.index_path) as index:
-        count = Outbox(index).rearm(time.time(), None if job_ids is None else list(job_ids))
-    return QueueChange("retry", count)
+        outbox = Outbox(index)
+        states = outbox.states_of(list(job_ids)) if job_ids is not None else {}
+        count = outbox.rearm(time.time(), None if job_ids is None else list(job_ids))
+    named = list(dict.fromkeys(job_ids or ()))
+    return QueueChange(
+        "retry",
+        count,
+        unknown=tuple(job for job in named if job not in states),
+        idle=tuple(
+            (job, states[job]) for job in named
+            if states.get(job) not in (None, queue.RETRYING, queue.QUARANTINED)
+        ),
+    )
 
 
 def quarantined(layout: Layout) -> int | None:

@@ -39,7 +39,8 @@ class StatusReport:
         """The report as text, as the CLI prints it and the console shows it."""
         info = self.info
         counts = info["archive"]
-        lines = [
+        lines = [f"note      {info['note']}"] if info.get("note") else []
+        lines += [
             f"archive   {info['data_dir']}",
             f"          {counts['patients']} patients, {counts['studies']} studies, "
             f"{counts['series']} series, {counts['instances']} instances, "
@@ -54,7 +55,7 @@ class StatusReport:
         agent = info["agent"]
         if agent is None:
             return [*lines, "agent     not running"]
-        return lines + _agent_lines(agent, info["answering"])
+        return lines + _agent_lines(agent, info["answering"]) + _problem_lines(agent)
 
 
 def _agent_lines(agent: dict[str, Any], answering: bool) -> list[str]:
@@ -63,7 +64,7 @@ def _agent_lines(agent: dict[str, Any], answering: bool) -> list[str]:
     lines = [
         f"agent     {state} on {agent['listening']} (pid {agent['pid']}, "
         f"since {agent['started_at']})",
-        f"          {agent['received']} received this run, {agent['refused']} refused, "
+        f"          {_received(agent)}, {agent['refused']} refused, "
         f"{agent['associations']} associations open",
     ]
     if agent.get("commit_reports_owed") or agent.get("commit_reports_sent"):
@@ -87,12 +88,29 @@ def _agent_lines(agent: dict[str, Any], answering: bool) -> list[str]:
         if destination["last_error"]:
             lines.append(f"          last error {destination['last_error']}")
     if agent.get("below_floor"):
-        lines.append("          FREE SPACE BELOW THE FLOOR: new images are refused")
+        lines.append("disk      FREE SPACE BELOW THE FLOOR: new images are refused")
     if agent.get("certificate_expires"):
         lines.append(f"tls       {_certificate(agent['certificate_expires'])}")
-    if agent.get("last_error"):
-        lines.append(f"          last error: {agent['last_error']}")
     return lines
+
+
+def _received(agent: dict[str, Any]) -> str:
+    """What came in this run: new instances, and copies of ones already held."""
+    text = f"{agent['received']} received this run"
+    if agent.get("duplicates"):
+        text += f" (and {agent['duplicates']} duplicates of instances already held)"
+    if agent.get("conflicts"):
+        text += f", {agent['conflicts']} conflicting copies kept aside"
+    return text
+
+
+def _problem_lines(agent: dict[str, Any]) -> list[str]:
+    """Each part's current problem, with its time; an agent that went silent says so."""
+    problems = list(agent.get("problems") or [])
+    if agent.get("silent_for") is not None or ("problems" not in agent and agent["last_error"]):
+        problems.append({"part": "agent", "message": agent["last_error"],
+                         "at": agent.get("written_at", "?")})
+    return [f"error     {p['part']}: {p['message']} (at {p['at']})" for p in problems]
 
 
 def _certificate(expires: str) -> str:
@@ -103,13 +121,19 @@ def _certificate(expires: str) -> str:
     return f"{line}; {warning.upper()}: renew it" if warning else line
 
 
-def status_report(layout: Layout, live: Snapshot | None = None) -> StatusReport:
+def status_report(
+    layout: Layout, live: Snapshot | None = None, note: str | None = None
+) -> StatusReport:
     """The status of the archive at ``layout`` and of the agent serving it.
 
     ``live`` is the running agent's own model (the console); otherwise the snapshot that
-    agent last published is read. Either way the report holds plain JSON values.
+    agent last published is read. Either way the report holds plain JSON values. ``note``
+    says how the data directory was found (``agent.ops.locate``).
     """
-    return StatusReport(json.loads(json.dumps(gather(layout, live))))
+    info = gather(layout, live)
+    if note is not None:
+        info["note"] = note
+    return StatusReport(json.loads(json.dumps(info)))
 
 
 def gather(layout: Layout, live: Snapshot | None = None) -> dict[str, Any]:

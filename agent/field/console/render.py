@@ -19,7 +19,7 @@ def status_reply(report: StatusReport, state: str) -> Reply:
 def queue_reply(result: QueueListing | QueueChange) -> Reply:
     """The listing as body lines, or a retry's or purge's summary as the headline."""
     if isinstance(result, QueueChange) and result.archive:
-        return ok(result.summary, result=result)
+        return (ok if result.ok else err)(result.summary, result=result)
     return ok(body=result.lines(), result=result)
 
 

@@ -137,7 +137,8 @@ class CommandTable:
         try:
             return self._dispatch(line)
         except (AgentError, ValueError, OSError) as exc:
-            return err(str(exc) or type(exc).__name__)
+            head, *rest = (str(exc) or type(exc).__name__).splitlines()
+            return err(head, rest)  # several config errors: one a line
         except Exception as exc:  # a console command must never take the agent down
             log.exception("console command %r failed", line.split()[0] if line else "")
             return err(f"internal error: {type(exc).__name__}: {exc}")

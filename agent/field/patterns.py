@@ -112,12 +112,12 @@ def certificate_expired(snapshot: Snapshot) -> bool:
 
 
 def link(snapshot: Snapshot) -> Signal:
-    """Fast with an expired TLS certificate; slow while any destination retries; lit
-    once one was reached; else off."""
+    """Fast with an expired TLS certificate; slow while any destination retries or is
+    down; lit once one was reached; else off."""
     if certificate_expired(snapshot):
         return LINK_CERT_EXPIRED
     destinations = snapshot.destinations
-    if any(d.retrying for d in destinations):
+    if any(d.retrying or d.state == "down" for d in destinations):
         return LINK_RETRYING
     if any(d.last_success for d in destinations):
         return LINK_UP

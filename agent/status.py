@@ -327,7 +327,9 @@ def _iso_seconds(epoch: float) -> str:
 
 
 def duration_words(seconds: float) -> str:
-    """A duration as a person says it: 45 s, 3 min 12 s, 2 h 5 min, 3 d 4 h."""
+    """A duration as a person says it: 0.2 s, 45 s, 3 min 12 s, 2 h 5 min, 3 d 4 h."""
+    if 0 < seconds < 9.95 and round(seconds, 1) != round(seconds):
+        return f"{seconds:.1f} s"
     whole = max(0, round(seconds))
     for unit, size, smaller, small_size in (
         ("d", 86400, "h", 3600), ("h", 3600, "min", 60), ("min", 60, "s", 1)

@@ -378,5 +378,5 @@ def test_the_state_line_says_since_when_why_and_the_next_probe() -> None:
     model.destination_state("PACS", None, None, None)
     [up] = model.snapshot().to_json()["destinations"]
     assert state_line(up, t0) == "up" and up["down_since"] is None and up["down_error"] is None
-    assert [duration_words(s) for s in (0.4, 59, 60, 3599, 3600, 90061)] == [
-        "0 s", "59 s", "1 min", "59 min 59 s", "1 h", "1 d 1 h"]
+    assert [duration_words(s) for s in (0.24, 2, 59, 60, 3599, 3600, 90061)] == [
+        "0.2 s", "2 s", "59 s", "1 min", "59 min 59 s", "1 h", "1 d 1 h"]

@@ -279,6 +279,29 @@ def test_lanes_share_one_probe(tmp_path: Path) -> None:
         archive.close()
 
 
+def test_a_reload_that_fixes_the_peer_probes_at_once(tmp_path: Path) -> None:
+    """The PACS's address was wrong: after the reload it is tried now, not in 10 min."""
+    rejecting = RejectingSCP(free_port())
+    right = RefusingSCP({})  # accepts everything
+    config = backoff_config(tmp_path, rejecting.server.server_address[1])
+    archive, _uids = filled(tmp_path / "data", 5)
+    clock, events = ManualClock(time.time() + 1), Recorder()
+    forwarder = Forwarder(config, archive, events, clock)
+    try:
+        forwarder.start()
+        wait_until(lambda: events.probes(), 30, "the destination to be reported down")
+        fixed = backoff_config(tmp_path, right.port, ae_title="SCRIPTED")
+        forwarder.reconfigure(fixed)  # the clock stands still: only the reload can do it
+        wait_until(lambda: len(right.received) == 5, 30, "delivery to the right address")
+        wait_until(lambda: events.last() == (None, None, None), 10, "the destination up")
+        assert rejecting.count() == 1
+    finally:
+        forwarder.close()
+        rejecting.close()
+        right.close()
+        archive.close()
+
+
 def test_an_instance_refused_by_a_reachable_pacs_fails_alone(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="agent.forward")

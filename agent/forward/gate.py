@@ -165,11 +165,11 @@ class Gate:
             outage = self._outage = Outage(since, error, failures, now + delay)
         if previous is None:
             log.warning(
-                "%s cannot be reached, forwarding to it waits: %s; %d instances queued;"
+                "%s cannot be reached, forwarding to it waits: %s; %s queued;"
                 " next try in %s, then less often (up to every %s)",
                 self.name,
                 error,
-                waiting(),
+                _instances(waiting),
                 duration_words(delay),
                 duration_words(self.settings.retry_max),
             )
@@ -191,10 +191,10 @@ class Gate:
                 self._wake()  # the lanes that waited for the first dial
             return
         log.info(
-            "%s is reachable again after %s down; %d instances waited and are being sent",
+            "%s is reachable again after %s down; %s waited and are being sent",
             self.name,
             duration_words(now - outage.since),
-            waiting(),
+            _instances(waiting),
         )
         self._report(None)
         self._wake()
@@ -206,3 +206,13 @@ class Gate:
             self._events.destination_state(
                 self.name, outage.since, outage.error, outage.next_probe
             )
+
+
+def _instances(waiting: Callable[[], int]) -> str:
+    """``N instances``, counted now; a count that fails must not keep the state from
+    changing (it is only for the log line)."""
+    try:
+        return f"{waiting()} instances"
+    except Exception:  # the index busy or closing: the line goes without the number
+        log.debug("could not count the waiting instances", exc_info=True)
+        return "the instances"

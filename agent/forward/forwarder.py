@@ -115,6 +115,7 @@ class Forwarder:
                     for sender in self.senders.pop(name):
                         sender.close()
                     self.gates.pop(name, None)
+                    self.events.destination_state(name, None, None, None)  # no longer down
                     log.warning("stopped forwarding to %s: no longer a configured peer", name)
             for name, lanes in list(self.senders.items()):
                 if len(lanes) != config.forward.associations:

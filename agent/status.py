@@ -66,6 +66,11 @@ class Destination:
     quarantined: int = 0
     last_success: str | None = None
     last_error: str | None = None
+    # reachability, as the forwarding process last reported it (agent.forward.gate)
+    state: str = "up"  # or "down": no association could be set up; jobs wait for it
+    down_since: str | None = None  # ISO 8601, UTC
+    down_error: str | None = None  # why, in words
+    next_probe: str | None = None  # ISO 8601, UTC: when one association tries again
 
 
 @dataclass(frozen=True)
@@ -123,6 +128,7 @@ class Snapshot:
             quarantined = sum(d.quarantined for d in self.destinations)
             if quarantined:
                 parts.append(f"{quarantined} quarantined")
+        parts += [f"{d.name} down" for d in self.destinations if d.state == "down"]
         if self.commit_awaiting or self.commit_failed:
             parts.append(f"{self.commit_awaiting} awaiting commitment")
         if self.commit_failed:
@@ -274,6 +280,24 @@ class StatusModel:
         """An attempt to deliver to ``name`` failed."""
         self._apply(lambda s: _with_destination(s, name, last_error=f"{_now()} {error}"))
 
+    def destination_state(
+        self, name: str, down_since: float | None, error: str | None, next_probe: float | None
+    ) -> None:
+        """``name`` is up (``down_since`` None), or down since then (epoch seconds), for
+        ``error``, with one association trying again at ``next_probe``."""
+        if down_since is None:
+            fields: dict[str, Any] = {
+                "state": "up", "down_since": None, "down_error": None, "next_probe": None
+            }
+        else:
+            fields = {
+                "state": "down",
+                "down_since": _iso_seconds(down_since),
+                "down_error": error,
+                "next_probe": None if next_probe is None else _iso_seconds(next_probe),
+            }
+        self._apply(lambda s: _with_destination(s, name, **fields))
+
     def queue_depth(self, depth: dict[str, dict[str, int]], names: tuple[str, ...]) -> None:
         """Job counts per destination and state, as the queue holds them now."""
 
@@ -343,6 +367,24 @@ def _with_destination(s: Snapshot, name: str, **changes: Any) -> dict[str, Any]:
     updated = replace(current, **changes)
     others = [d for d in s.destinations if d.name != name]
     return {"destinations": tuple(sorted([*others, updated], key=lambda d: d.name))}
+
+
+def _iso_seconds(epoch: float) -> str:
+    return dt.datetime.fromtimestamp(epoch, dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def duration_words(seconds: float) -> str:
+    """A duration as a person says it: 0.2 s, 45 s, 3 min 12 s, 2 h 5 min, 3 d 4 h."""
+    if 0 < seconds < 9.95 and round(seconds, 1) != round(seconds):
+        return f"{seconds:.1f} s"
+    whole = max(0, round(seconds))
+    for unit, size, smaller, small_size in (
+        ("d", 86400, "h", 3600), ("h", 3600, "min", 60), ("min", 60, "s", 1)
+    ):
+        if whole >= size:
+            rest = (whole % size) // small_size
+            return f"{whole // size} {unit}" + (f" {rest} {smaller}" if rest else "")
+    return f"{whole} s"
 
 
 def certificate_days_left(expires: str | None, now: dt.datetime | None = None) -> int | None:

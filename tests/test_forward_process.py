@@ -19,7 +19,7 @@ from agent.app import Agent
 from agent.forward import process as forward_process
 from tests import scu
 from tests.support import AgentProcess, free_port, peer, wait_until, write_config
-from tests.test_forward import ScriptedSCP, forward_config, jobs
+from tests.test_forward import ScriptedSCP, forward_config, jobs, published_down
 
 
 def alive(pid: int) -> bool:
@@ -124,8 +124,8 @@ def test_sigterm_stops_the_agent_and_a_busy_forwarding_process(tmp_path: Path) -
     try:
         agent.start()
         assert scu.store(port, dicomgen.write_series(tmp_path / "study", 20, size=32)) == [0] * 20
-        wait_until(lambda: set(jobs(tmp_path / "data").values()) == {"retrying"}, 30,
-                   "both senders retrying")
+        wait_until(lambda: published_down(tmp_path / "data", "DEAD", "GONE"), 30,
+                   "both destinations down, their senders waiting to probe")
         wait_until(lambda: json.loads(status.read_text())["forwarder_pid"], 30,
                    "the forwarding process in the published status")
         pid = json.loads(status.read_text())["forwarder_pid"]

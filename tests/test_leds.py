@@ -152,7 +152,8 @@ def test_heartbeat_follows_the_life_cycle(state: State, expected: p.Pattern) -> 
     ((Destination("PACS", pending=3, last_success="t"),), p.STEADY),
     ((Destination("PACS", quarantined=2, last_success="t"),), p.STEADY),
     ((Destination("A", last_success="t"), Destination("B", retrying=1)), p.SLOW),
-    ((Destination("PACS", retrying=1),), p.SLOW)])
+    ((Destination("PACS", retrying=1),), p.SLOW),
+    ((Destination("PACS", pending=9, last_success="t", state="down"),), p.SLOW)])
 def test_link_shows_contact_with_the_destinations(destinations: tuple[Destination, ...],
                                                   expected: p.Pattern) -> None:
     assert p.link(Snapshot(destinations=destinations)).pattern == expected

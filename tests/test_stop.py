@@ -25,7 +25,7 @@ from agent.forward import process
 from agent.net import scp
 from tests import scu
 from tests.support import REPO, AgentProcess, dcmtk, free_port, peer, wait_until, write_config
-from tests.test_forward import forward_config, jobs
+from tests.test_forward import forward_config, published_down
 
 UNIT = (REPO / "systemd" / "edge-agent.service").read_text()
 TIMEOUT_STOP = float(re.search(r"^TimeoutStopSec=(\d+)", UNIT, re.M).group(1))  # type: ignore[union-attr]
@@ -108,8 +108,7 @@ def test_sigterm_with_forwarding_busy_on_two_destinations_stops_in_time(
         sent = dicomgen.write_series(tmp_path / "study", 10, size=32)
         assert scu.store(port, sent) == [0] * 10
         assert silent.received.wait(60), "the silent SCP never got a C-STORE"
-        wait_until(lambda: "retrying" in {s for k, s in jobs(tmp_path / "data").items()
-                                          if k.endswith(" DEAD")}, 30, "DEAD retrying")
+        wait_until(lambda: published_down(tmp_path / "data", "DEAD"), 30, "DEAD down")
         code, took = stop_within_bound(agent)
     finally:
         agent.kill()

@@ -198,6 +198,15 @@ class OutboxReader:
         """When the next waiting job of a destination is due (None: nothing waits)."""
         return _next_due(self._conn, destination, lane)
 
+    def waiting(self, destination: str) -> int:
+        """How many jobs of a destination wait to be sent (pending or retrying)."""
+        row = self._conn.execute(
+            "SELECT count(*) FROM forward_jobs WHERE destination = ?"
+            " AND state IN ('pending', 'retrying')",
+            (destination,),
+        ).fetchone()
+        return int(row[0])
+
     def close(self) -> None:
         """Close the connection."""
         self._conn.close()

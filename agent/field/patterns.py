@@ -63,7 +63,7 @@ HEARTBEAT_SERVING = Signal("heartbeat", SLOW, "alive and serving")
 HEARTBEAT_STOPPING = Signal("heartbeat", FAST, "stopping")
 HEARTBEAT_DOWN = Signal("heartbeat", OFF, "not running")
 LINK_UP = Signal("link", STEADY, "last contact with the PACS succeeded")
-LINK_RETRYING = Signal("link", SLOW, "forwarding is retrying")
+LINK_RETRYING = Signal("link", SLOW, "forwarding is retrying, or a destination is down")
 LINK_NONE = Signal("link", OFF, "no PACS configured, or not contacted yet")
 LINK_CERT_EXPIRED = Signal("link", FAST, "the TLS certificate has expired")
 ACTIVITY_BUSY = Signal("activity", FLICKER, "images are being received or sent")
@@ -112,12 +112,12 @@ def certificate_expired(snapshot: Snapshot) -> bool:
 
 
 def link(snapshot: Snapshot) -> Signal:
-    """Fast with an expired TLS certificate; slow while any destination retries; lit
-    once one was reached; else off."""
+    """Fast with an expired TLS certificate; slow while any destination retries or is
+    down; lit once one was reached; else off."""
     if certificate_expired(snapshot):
         return LINK_CERT_EXPIRED
     destinations = snapshot.destinations
-    if any(d.retrying for d in destinations):
+    if any(d.retrying or d.state == "down" for d in destinations):
         return LINK_RETRYING
     if any(d.last_success for d in destinations):
         return LINK_UP

@@ -1,4 +1,5 @@
-"""The forwarder: one sender per destination, woken when an instance is queued.
+"""The forwarder: one sender per destination and lane, woken when an instance is queued,
+and one gate per destination that its lanes share (whether it can be reached).
 
 It runs in the forwarding process (``agent.forward.worker``), which feeds it the wake-ups
 and queue depths the agent's process sees, and carries its events back to the status model.
@@ -14,7 +15,9 @@ from collections.abc import Mapping, Sequence
 from agent.archive import Archive
 from agent.archive.outbox import Lane, waiting
 from agent.config import Config
+from agent.forward.clock import SYSTEM_CLOCK, Clock
 from agent.forward.committer import Committer
+from agent.forward.gate import Gate
 from agent.forward.sender import ForwardEvents, Sender
 
 log = logging.getLogger(__name__)
@@ -25,10 +28,14 @@ STOP_WITHIN = 10.0  # seconds for every sender to finish the instance in flight
 class Forwarder:
     """Owns the senders: one per configured destination, and one per peer with jobs."""
 
-    def __init__(self, config: Config, archive: Archive, events: ForwardEvents) -> None:
+    def __init__(
+        self, config: Config, archive: Archive, events: ForwardEvents, clock: Clock = SYSTEM_CLOCK
+    ) -> None:
         self.config = config
         self.archive = archive
         self.events = events
+        self.clock = clock
+        self.gates: dict[str, Gate] = {}
         self._senders_lock = threading.Lock()  # adopt and reconfigure come from one thread,
         # close from another
         self.senders = {name: self._lanes(name) for name in sorted(config.forward.destinations)}
@@ -38,10 +45,23 @@ class Forwarder:
         """Senders for one destination, each over its own association and share of jobs."""
         count = self.config.forward.associations
         peer = self.config.peers[name]
+        gate = self._gate(name)
         return [
-            Sender(peer, self.config, self.archive, self.events, Lane(number, count))
+            Sender(peer, self.config, self.archive, self.events, Lane(number, count), gate,
+                   self.clock)
             for number in range(count)
         ]
+
+    def _gate(self, name: str) -> Gate:
+        """The destination's gate, made (and announced up) the first time it is needed."""
+        gate = self.gates.get(name)
+        if gate is None:
+            gate = Gate(
+                name, self.config.forward, self.events, self.clock, lambda: self.wake([name])
+            )
+            self.gates[name] = gate
+            gate.announce()
+        return gate
 
     def _all(self) -> list[Sender]:
         return [sender for lanes in self.senders.values() for sender in lanes]
@@ -89,11 +109,13 @@ class Forwarder:
         A sender whose peer left the configuration stops; its jobs stay queued.
         """
         with self._senders_lock:
-            self.config = config
+            previous, self.config = self.config, config
             for name in sorted(self.senders):
                 if name not in config.peers:
                     for sender in self.senders.pop(name):
                         sender.close()
+                    self.gates.pop(name, None)
+                    self.events.destination_state(name, None, None, None)  # no longer down
                     log.warning("stopped forwarding to %s: no longer a configured peer", name)
             for name, lanes in list(self.senders.items()):
                 if len(lanes) != config.forward.associations:
@@ -102,6 +124,7 @@ class Forwarder:
                     self._start(name)
                 for sender in self.senders[name]:
                     sender.peer, sender.config = config.peers[name], config
+            self._regate(previous, config)
             for name in sorted(set(config.forward.destinations) - set(self.senders)):
                 self._start(name)
                 log.info("forwarding to %s (added by a reload)", name)
@@ -109,6 +132,14 @@ class Forwarder:
                 if name in config.peers:  # commit = false later: it has nothing new to ask
                     committer.peer, committer.config = config.peers[name], config
             self._commit_for(sorted(self.senders))
+
+    def _regate(self, previous: Config, config: Config) -> None:
+        """Gates follow a reload; a down destination whose peer changed is tried at once."""
+        ours = (previous.agent.ae_title, previous.tls) != (config.agent.ae_title, config.tls)
+        for name, gate in self.gates.items():
+            gate.settings = config.forward
+            if ours or previous.peers.get(name) != config.peers.get(name):
+                gate.retry_now()
 
     def _start(self, name: str) -> None:
         self.senders[name] = self._lanes(name)

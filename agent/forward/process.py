@@ -159,6 +159,8 @@ class ForwardingProcess:
             self.status.forwarded(body[0])
         elif kind == "failed":
             self.status.forward_failed(body[0], body[1])
+        elif kind == "destination":  # reachability: up, or down since, why, next probe
+            self.status.destination_state(*body)
         elif kind == "alive":  # the answer to a tick: the status shows it running
             self.senders = tuple(body[0])
             self._down_since = None

@@ -1,6 +1,9 @@
 """One sender per destination: drains that destination's queue over reused associations,
 in its own thread, so a dead or slow destination never holds the others back.
 
+The lanes of a destination dial through its gate (``agent.forward.gate``): while the
+destination cannot be reached they wait for its one probe, and their jobs stay untouched.
+
 Files go as stored: a context with exactly the stored transfer syntax lets pynetdicom
 stream the file without decoding it; an uncompressed file the peer only takes in another
 uncompressed syntax is converted; anything else fails for that instance alone.
@@ -12,14 +15,14 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Sequence
 from typing import Any, Protocol
 
 from agent.archive import Archive
 from agent.archive.outbox import Job, Lane, OutboxReader
 from agent.config import Config, Peer
 from agent.dicom.contexts import sending_contexts
-from agent.errors import PeerError
+from agent.forward.clock import SYSTEM_CLOCK, Clock
+from agent.forward.gate import DestinationEvents, Gate
 from agent.forward.policy import Delivery, classify_status, gives_up, retry_delay
 from agent.net.scu import Target, associate, new_ae
 from agent.net.stored import sendable
@@ -32,7 +35,7 @@ LINGER = 2.0  # seconds an idle association waits for more instances before rele
 IDLE_WAIT = 5.0  # also how soon 'edge-agent queue retry' takes effect
 
 
-class ForwardEvents(Protocol):
+class ForwardEvents(DestinationEvents, Protocol):
     """Where a sender reports each delivery: the status model, or the link to it."""
 
     def forwarded(self, name: str) -> None:
@@ -52,12 +55,16 @@ class Sender:
         archive: Archive,
         events: ForwardEvents,
         lane: Lane,
+        gate: Gate,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.peer = peer
         self.config = config
         self.archive = archive
         self.events = events
         self.lane = lane
+        self.gate = gate  # shared by the destination's lanes
+        self.clock = clock
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._rng = random.Random()
@@ -93,7 +100,7 @@ class Sender:
         with self.archive.outbox.reader() as queue:
             while not self._stop.is_set():
                 try:
-                    jobs = queue.due(self.peer.name, time.time(), BATCH, self.lane)
+                    jobs = queue.due(self.peer.name, self.clock.now(), BATCH, self.lane)
                     if jobs:
                         self._deliver(queue, jobs)
                         continue
@@ -104,8 +111,12 @@ class Sender:
 
     def _sleep(self, queue: OutboxReader) -> None:
         upcoming = queue.next_due(self.peer.name, self.lane)
-        wait = IDLE_WAIT if upcoming is None else max(0.0, min(IDLE_WAIT, upcoming - time.time()))
-        self._wake.wait(wait)
+        idle = self.clock.now() + IDLE_WAIT
+        self._pause(idle if upcoming is None else min(idle, upcoming))
+
+    def _pause(self, until: float) -> None:
+        """Wait for the clock to reach ``until``, a wake-up or stop."""
+        self.clock.wait_until(self._wake, until)
         self._wake.clear()
 
     def _deliver(self, queue: OutboxReader, jobs: list[Job]) -> None:
@@ -115,13 +126,11 @@ class Sender:
         lingers a moment for them instead of being set up again for each instance.
         """
         pairs = sorted({(j.sop_class_uid, j.transfer_syntax) for j in jobs})[:MAX_PAIRS]
-        ae = new_ae(self.config)
-        ae.requested_contexts = sending_contexts(pairs)
-        target = Target(self.peer.ae_title, self.peer.host, self.peer.port, self.peer.name)
-        try:
-            assoc = associate(ae, target)
-        except PeerError as exc:
-            self._fail_all(jobs, str(exc))
+        assoc = self.gate.connect(
+            lambda: self._associate(pairs), lambda: queue.waiting(self.peer.name)
+        )
+        if assoc is None:  # the destination is down: the jobs wait, untouched
+            self._pause(self.gate.resume_at())
             return
         fits = set(pairs)
         try:
@@ -135,11 +144,18 @@ class Sender:
             if assoc.is_established:
                 assoc.release()
 
+    def _associate(self, pairs: list[tuple[str, str]]) -> Any:
+        """An association offering ``pairs``, or PeerError saying why there is none."""
+        ae = new_ae(self.config)
+        ae.requested_contexts = sending_contexts(pairs)
+        target = Target(self.peer.ae_title, self.peer.host, self.peer.port, self.peer.name)
+        return associate(ae, target)
+
     def _more(self, queue: OutboxReader, fits: set[tuple[str, str]]) -> list[Job]:
         """Due jobs this association can carry, waiting up to LINGER for new ones."""
         deadline = time.monotonic() + LINGER
         while True:
-            jobs = queue.due(self.peer.name, time.time(), BATCH, self.lane)
+            jobs = queue.due(self.peer.name, self.clock.now(), BATCH, self.lane)
             usable = [j for j in jobs if (j.sop_class_uid, j.transfer_syntax) in fits]
             if usable or jobs or time.monotonic() >= deadline or self._stop.is_set():
                 return usable
@@ -163,14 +179,8 @@ class Sender:
         code = int(status.Status)
         self._record(job, classify_status(code), f"C-STORE answered 0x{code:04X}")
 
-    def _fail_all(self, jobs: Sequence[Job], reason: str) -> None:
-        """The association failed: every job waits (rejections never quarantine data)."""
-        log.warning("cannot forward to %s: %s", self.peer.name, reason)
-        for job in jobs:
-            self._record(job, Delivery.TRANSIENT, reason)
-
     def _record(self, job: Job, outcome: Delivery, detail: str) -> None:
-        now = time.time()
+        now = self.clock.now()
         if outcome in (Delivery.DELIVERED, Delivery.DELIVERED_WITH_WARNING):
             self.archive.outbox.mark_done(job, now)
             if self.peer.commit:

@@ -51,6 +51,12 @@ class Link:
         """An attempt to deliver to ``name`` failed."""
         self.send("failed", name, error)
 
+    def destination_state(
+        self, name: str, down_since: float | None, error: str | None, next_probe: float | None
+    ) -> None:
+        """``name`` is up (all None), or down since then, for this reason, probed next then."""
+        self.send("destination", name, down_since, error, next_probe)
+
 
 class LinkLogHandler(logging.Handler):
     """Log records go to the agent's process, which writes them where its own go."""

@@ -149,8 +149,8 @@ def associate(
         raise PeerError(f"{target}: {refused}")
     timeout = min(float(ae.acse_timeout or PROBE_TIMEOUT), PROBE_TIMEOUT)
     reason = probe(target, timeout) if secure is None else probe_tls(target, secure, timeout)
-    if secure is not None:
-        log.warning("TLS association to %s failed: %s", target, reason)
+    if secure is not None:  # the caller reports the PeerError (forwarding: once per outage)
+        log.debug("TLS association to %s failed: %s", target, reason)
     raise PeerError(f"{target}: {reason}")
 
 

@@ -8,12 +8,15 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from agent.archive import Layout
 from agent.archive import outbox as queue
 from agent.archive.index import Index
 from agent.archive.outbox import Outbox
 from agent.archive.pacs_commits import STATES, Failure, PacsCommits
+from agent.ops.reachability import reported_destinations, state_line
+from agent.status import Snapshot
 
 SHOWN = 50
 NO_ARCHIVE = "queue empty (no archive yet)"
@@ -30,6 +33,9 @@ class QueueListing:
     # storage commitment per destination and state, and the latest failures
     commitments: dict[str, dict[str, int]] = field(default_factory=dict)
     commit_failures: tuple[Failure, ...] = ()
+    # each destination as the running agent reports it (up or down, next probe), by name;
+    # empty when no agent runs
+    destinations: dict[str, Any] = field(default_factory=dict)
 
     def lines(self) -> list[str]:
         """The listing as text, as the CLI prints it and the console shows it."""
@@ -51,21 +57,30 @@ class QueueListing:
         return lines
 
     def _job_lines(self) -> list[str]:
-        if not self.depth:
-            return ["queue empty: everything was delivered"]
-        lines = []
-        for destination, counts in sorted(self.depth.items()):
+        down = {name for name, d in self.destinations.items() if d.get("state") == "down"}
+        lines = [] if self.depth else ["queue empty: everything was delivered"]
+        for destination in sorted(set(self.depth) | down):
+            counts = self.depth.get(destination, {})
             summary = ", ".join(
                 f"{counts.get(s, 0)} {s}"
                 for s in (queue.PENDING, queue.RETRYING, queue.QUARANTINED)
             )
             lines.append(f"{destination}: {summary}")
-            lines += [self._row(r) for r in self.rows if r.destination == destination]
+            if destination in self.destinations:
+                reported = self.destinations[destination]
+                lines.append(f"  state {state_line(reported, self.taken_at)}")
+            lines += [
+                self._row(r, destination in down)
+                for r in self.rows
+                if r.destination == destination
+            ]
         return lines
 
-    def _row(self, row: queue.QueueRow) -> str:
+    def _row(self, row: queue.QueueRow, down: bool = False) -> str:
         if row.state == queue.QUARANTINED:
             when = "quarantined"
+        elif down:
+            when = "waits (down)"
         elif row.next_attempt <= self.taken_at:
             when = "due now"
         else:
@@ -114,8 +129,9 @@ class QueueChange:
         return [f"{'OK' if self.ok else 'ERR'} {self.summary}"]
 
 
-def list_queue(layout: Layout, shown: int = SHOWN) -> QueueListing:
-    """The queue's depth per destination and its first ``shown`` waiting jobs."""
+def list_queue(layout: Layout, shown: int = SHOWN, live: Snapshot | None = None) -> QueueListing:
+    """The queue's depth per destination and its first ``shown`` waiting jobs, with each
+    destination's state as the running agent reports it (``live``: its own model)."""
     if not layout.index_path.exists():
         return QueueListing({}, (), archive=False)
     with Index(layout.index_path) as index:
@@ -125,6 +141,7 @@ def list_queue(layout: Layout, shown: int = SHOWN) -> QueueListing:
             tuple(outbox.listing(shown)),
             commitments=commits.counts(),
             commit_failures=tuple(commits.failures(shown)),
+            destinations=reported_destinations(layout, live),
         )
 
 

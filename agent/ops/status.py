@@ -5,11 +5,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from agent.archive import Layout
 from agent.archive.index import Counts, counts_at
+from agent.ops.reachability import state_line
 from agent.status import (
     LIVE_STATES,
     Snapshot,
@@ -85,6 +87,7 @@ def _agent_lines(agent: dict[str, Any], answering: bool) -> list[str]:
             f"{destination['retrying']} retrying, {destination['quarantined']} quarantined; "
             f"last success {destination['last_success'] or 'never'}"
         )
+        lines.append(f"          state {state_line(destination, time.time())}")
         if destination["last_error"]:
             lines.append(f"          last error {destination['last_error']}")
     if agent.get("below_floor"):

@@ -79,7 +79,7 @@ class AgentCommands:
     @syntax("queue", "forward jobs per destination: pending, retrying, quarantined")
     def queue(self, args: Args) -> Reply:
         """What ``edge-agent queue`` prints."""
-        return queue_reply(list_queue(self._layout()))
+        return queue_reply(list_queue(self._layout(), live=self.agent.status.snapshot()))
 
     @syntax("queue retry ID...", "re-arm retrying or quarantined jobs: job ids, or 'all'")
     def queue_retry(self, args: Args) -> Reply:

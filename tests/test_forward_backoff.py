@@ -378,6 +378,9 @@ def test_the_pacs_down_shows_in_queue_and_status_then_everything_arrives(
     assert len(lines_with(caplog, DOWN_LINE)) == 1
     [back] = lines_with(caplog, BACK_LINE)
     assert "100 instances waited" in back.getMessage()
+    # the outage is told once, in words: pynetdicom's own lines for each probe stay quiet
+    assert [r.getMessage() for r in caplog.records
+            if r.name.startswith("pynetdicom") and r.levelno >= logging.WARNING] == []
 
 
 def _shows(config_file: Path, command: str, text: str) -> str | None:

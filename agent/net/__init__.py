@@ -47,3 +47,4 @@ def configure_pynetdicom(*, debug: bool = False) -> None:
     logging.getLogger("pynetdicom").setLevel(logging.DEBUG if debug else logging.WARNING)
     pynetdicom_loggers = [n for n in logging.root.manager.loggerDict if n.startswith("pynetdicom")]
     peerlog.install([*pynetdicom_loggers, *PEER_LOGGERS], debug=debug)
+    peerlog.quiet_failed_requests()

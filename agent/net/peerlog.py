@@ -140,3 +140,45 @@ def install(logger_names: Iterable[str], *, debug: bool) -> PeerLogLimiter:
         if LIMITER not in target.filters:
             target.addFilter(LIMITER)
     return LIMITER
+
+
+# What pynetdicom writes at ERROR when an association *we* request is not made. Every
+# caller (forwarding, commitment, echo, find, retrieve, C-MOVE destinations) reports that
+# failure in its own words, once per outage: pynetdicom's lines would repeat it per try.
+_OUR_REQUEST_FAILED = (
+    "Association request failed: unable to connect",
+    "TCP Initialisation Error",
+    "Association Rejected",
+    "Result: ",
+    "Reason: ",
+    "No accepted presentation contexts",
+    "Association Aborted",
+    "ACSE timeout reached while waiting for response to association request",
+)
+
+
+class ReportedByCaller(logging.Filter):
+    """Demote pynetdicom's lines about an association we requested that was not made
+    (refused, rejected, aborted, unanswered) to debug: the caller reports it in words."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Pass anything else; turn these into debug records (dropped above debug)."""
+        if record.levelno < logging.WARNING:
+            return True
+        failed = record.getMessage().startswith(_OUR_REQUEST_FAILED) or (
+            record.name == "pynetdicom.transport" and record.exc_info is not None)
+        if not failed:
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+
+
+REPORTED_BY_CALLER = ReportedByCaller()
+
+
+def quiet_failed_requests() -> None:
+    """Attach ``ReportedByCaller`` to the pynetdicom loggers that write those lines."""
+    for name in ("pynetdicom.transport", "pynetdicom.acse"):
+        target = logging.getLogger(name)
+        if REPORTED_BY_CALLER not in target.filters:
+            target.addFilter(REPORTED_BY_CALLER)

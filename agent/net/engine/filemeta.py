@@ -39,9 +39,9 @@ def decode_msg(self: Any, primitive: Any, assoc: Any = None) -> bool:
         _receiving.reset(token)
 
 
-def create_file_meta(**kwargs: Any) -> FileMetaDataset:
+def create_file_meta(*args: Any, **kwargs: Any) -> FileMetaDataset:
     """pynetdicom's file meta, plus the sending peer's AE title when it is a valid one."""
-    meta = pynetdicom_file_meta(**kwargs)
+    meta = pynetdicom_file_meta(*args, **kwargs)
     title = peer_ae_title(_receiving.get())
     if title:
         meta.SourceApplicationEntityTitle = title

@@ -11,6 +11,7 @@ import signal
 from collections.abc import Iterator
 from copy import deepcopy
 from pathlib import Path
+from typing import Any
 
 import dicomgen
 import pytest
@@ -21,9 +22,16 @@ from pydicom.uid import generate_uid
 from agent import config as config_module
 from agent.archive.index import connect
 from tests import scu
-from tests.commitment_peers import MOD_AE, ReportCatcher, request, store
+from tests.commitment_peers import (
+    MOD_AE,
+    ReportCatcher,
+    ReportingOrthanc,
+    pacs_states,
+    request,
+    store,
+)
 from tests.lazyfs import LazyMount
-from tests.support import AgentProcess, free_port, peer, write_config
+from tests.support import AgentProcess, free_port, peer, wait_until, write_config
 from tests.test_storage import assert_identical
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not Path("/dev/fuse").exists(),
@@ -34,11 +42,11 @@ class Box:
     """An agent on the lazy file system, booted again after each cut (its log kept off
     that disk, which a cut would take)."""
 
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, pacs: dict[str, Any] | None = None) -> None:
         self.state, self.mountpoint = tmp_path / "disk", tmp_path / "mnt"
         self.data_dir = self.mountpoint / "data"
         self.mod_port = free_port()  # where the modality takes its commitment reports
-        self.config = make_config(tmp_path, self.data_dir, self.mod_port)
+        self.config = make_config(tmp_path, self.data_dir, self.mod_port, pacs)
         self.port = config_module.load_file(self.config).agent.port
         self.tmp_path = tmp_path
         self.mount: LazyMount | None = None
@@ -87,14 +95,16 @@ match = { calling_ae = "MOD" }
 """
 
 
-def make_config(tmp_path: Path, data_dir: Path, mod_port: int) -> Path:
-    """The modality (which asks for commitment) and two destinations nobody listens on."""
+def make_config(tmp_path: Path, data_dir: Path, mod_port: int,
+                pacs: dict[str, Any] | None) -> Path:
+    """The modality (which asks for commitment), PACS (nobody listening, unless given)
+    and RESEARCH (nobody listening)."""
     path = write_config(
         tmp_path / "agent.toml",
         {"ae_title": "EDGE", "port": free_port(), "bind": "127.0.0.1",
          "data_dir": str(data_dir), "min_free_mb": 0},
         {"MODALITY": peer(MOD_AE, mod_port, ("echo", "store", "commit")),
-         "PACS": peer("PACS", free_port()), "RESEARCH": peer("RESEARCH", free_port())},
+         "PACS": pacs or peer("PACS", free_port()), "RESEARCH": peer("RESEARCH", free_port())},
     )
     path.write_text(path.read_text() + FORWARD)
     return path
@@ -141,6 +151,31 @@ def test_after_a_power_cut_the_commitment_routes_and_conflict_survive(box: Box) 
     assert read_index(box.data_dir, "SELECT DISTINCT calling_ae FROM instances") == [(MOD_AE,)]
     assert read_index(box.data_dir, "SELECT SOPInstanceUID, calling_ae FROM conflicts") == [
         (pairs[0][1], MOD_AE)]
+
+
+@pytest.mark.slow
+def test_after_a_power_cut_what_the_pacs_committed_stays_committed(tmp_path: Path) -> None:
+    pacs_port = free_port()
+    pacs = peer(ReportingOrthanc.ae_title, pacs_port, ("echo",))
+    pacs.update(commit=True, commit_after_seconds=0.2, commit_report_timeout=2)
+    box = Box(tmp_path, pacs)
+    instances = list(dicomgen.series(3, size=8))
+    uids = {str(ds.SOPInstanceUID) for ds in instances}
+
+    def committed() -> set[str]:
+        states = pacs_states(box.data_dir)
+        return {uid for uid, (state, *_rest) in states.items() if state == "committed"}
+
+    try:
+        with ReportingOrthanc(tmp_path / "orthanc", "EDGE", box.port, port=pacs_port):
+            box.boot()
+            store(box.port, instances)
+            wait_until(lambda: committed() == uids, 60, "Orthanc's report, acknowledged")
+        box.cut()  # with Orthanc gone, nothing could commit them again after the boot
+        box.boot()
+        assert committed() == uids
+    finally:
+        box.close()
 
 
 @pytest.mark.slow

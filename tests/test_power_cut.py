@@ -181,10 +181,10 @@ def test_after_a_power_cut_what_the_pacs_committed_stays_committed(tmp_path: Pat
 @pytest.mark.slow
 def test_power_cuts_during_a_store_lose_no_acknowledged_instance(
         box: Box, tmp_path: Path) -> None:
-    sent = dicomgen.write_series(tmp_path / "sent", 60, size=16)
+    sent = dicomgen.write_series(tmp_path / "sent", 80, size=16)
     chance = random.Random(15)
     acknowledged: list[Path] = []
-    for _ in range(3):
+    for _ in range(5):
         box.boot()
         cut_after = len(acknowledged) + chance.randint(1, 15)
 

@@ -2,15 +2,16 @@
 
 One writer connection shared under a lock (writes serialise in SQLite anyway) and WAL
 so readers never block the writer. The index holds what no file can restore (the
-commitment transactions a modality waits on, what a PACS committed, the forward queue's
-state, conflicts), so every commit is synced to disk before ``transaction()`` returns
+commitment transactions a modality waits on, what a PACS committed, conflicts, queue
+commands), so a commit is synced to disk before ``transaction()`` returns
 (``synchronous=FULL``): what the agent acknowledges after it survives a power cut.
 
-One kind of commit skips its sync: indexing a newly received instance, whose file is
-fsynced (with its directory entry, and its sender's AE title in its meta) before the
-row is written, and which start-up recovery indexes and routes again from that file if
-the row is lost. Its row reaches the disk with the next synced commit (one WAL sync
-covers every frame before it) or checkpoint, which saves an fsync per instance.
+Commits whose loss breaks no promise skip their sync (``synced=False``): indexing a newly
+received instance, whose file is fsynced (with its directory entry, and its sender's AE
+title in its meta) before the row is written, and which start-up recovery indexes and
+routes again from that file if the row is lost; and a sender's per-instance marks
+(outbox.py). They reach the disk with the next synced commit (one WAL sync covers every
+frame before it) or checkpoint, which saves an fsync per instance.
 
 The schema grows by numbered migrations, never by rebuilding; each is synced, and so is
 the directory entry of the index and its WAL.
@@ -222,7 +223,8 @@ class Index:
         """One write transaction: committed on success, rolled back on any error.
 
         Committed to disk (fsynced) before this returns, unless ``synced=False``: only
-        for rows that the archived files restore at start-up if a power cut takes them.
+        for rows whose loss in a power cut breaks no promise (the archived files restore
+        them at start-up, or losing one only repeats work).
         """
         with self._lock:
             if synced is not self._synced:

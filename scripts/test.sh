@@ -15,6 +15,8 @@ need_apt=()
 for tool in /usr/bin/storescu /usr/bin/dcmqrscp; do [ -x "$tool" ] || need_apt+=(dcmtk); done
 [ -x /usr/sbin/Orthanc ] || need_apt+=(orthanc)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
+# tests/lazyfs.py (the power-cut tests' file system) runs on libfuse2 through fusepy
+/sbin/ldconfig -p | grep -q 'libfuse\.so\.2 ' || need_apt+=(libfuse2)
 if [ ${#need_apt[@]} -gt 0 ]; then
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \

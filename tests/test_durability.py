@@ -14,6 +14,7 @@ from pydicom import dcmread
 
 from agent import config as config_module
 from agent.app import Agent
+from agent.archive.index import connect
 from tests import scu
 from tests.support import AgentProcess, free_port, peer, run_cli, wait_until, write_config
 from tests.test_storage import archived_files, assert_identical, indexed_uids
@@ -82,6 +83,63 @@ def test_reindex_rebuilds_the_index_from_the_files_alone(
     assert result.returncode == 0, result.stderr
     assert "5 instances" in result.stdout
     assert indexed_uids(data_dir) == before
+
+
+def test_the_file_meta_names_the_sender_and_restores_its_routes(
+        tmp_path: Path, data_dir: Path) -> None:
+    config_file = write_config(
+        tmp_path / "routed.toml",
+        {"ae_title": "EDGE", "port": free_port(), "bind": "127.0.0.1",
+         "data_dir": str(data_dir), "min_free_mb": 0},
+        {"CT": peer("MODALITY"), "PACS": peer("PACS", free_port()),
+         "RESEARCH": peer("RESEARCH", free_port())},
+    )
+    config_file.write_text(config_file.read_text() + (
+        '[forward]\nto = ["PACS", "CT"]\n'  # never back to the sender: not to CT
+        '[[forward.rules]]\nto = ["RESEARCH"]\nmatch = { calling_ae = "MODALITY" }\n'))
+    sent = dicomgen.write_series(tmp_path / "m", 3)
+    uids = {str(dcmread(path, stop_before_pixels=True).SOPInstanceUID) for path in sent}
+    config = config_module.load_file(config_file)
+    expected = {(uid, d) for uid in uids for d in ("PACS", "RESEARCH")}
+    with Agent(config):
+        assert scu.store(config.agent.port, sent, calling_ae="MODALITY") == [0, 0, 0]
+    assert_identical(sent, data_dir)  # the data set's bytes as sent; the meta names who
+    assert {dcmread(path, stop_before_pixels=True).file_meta.SourceApplicationEntityTitle
+            for path in archived_files(data_dir)} == {"MODALITY"}
+    assert senders_and_routes(data_dir) == ({"MODALITY"}, expected)
+    start_after_losing_the_index(config_file, data_dir)
+    assert senders_and_routes(data_dir) == ({"MODALITY"}, expected)
+    reindex(config_file, data_dir)  # it queues nothing: the forward queue outlives a reindex
+    assert senders_and_routes(data_dir)[0] == {"MODALITY"}
+
+
+def senders_and_routes(data_dir: Path) -> tuple[set[str], set[tuple[str, str]]]:
+    """The calling AEs the index holds, and its forward jobs (instance, destination)."""
+    conn = connect(data_dir / "index.sqlite", readonly=True)
+    try:
+        senders = {row[0] for row in conn.execute("SELECT calling_ae FROM instances")}
+        routes = set(conn.execute("SELECT SOPInstanceUID, destination FROM forward_jobs"))
+        return senders, routes
+    finally:
+        conn.close()
+
+
+def lose_the_index(data_dir: Path) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{data_dir / 'index.sqlite'}{suffix}").unlink(missing_ok=True)
+
+
+def start_after_losing_the_index(config_file: Path, data_dir: Path) -> None:
+    """What a power cut before any synced commit leaves: files, and no index rows."""
+    lose_the_index(data_dir)
+    with Agent(config_module.load_file(config_file)) as agent:
+        assert agent.archive is not None
+
+
+def reindex(config_file: Path, data_dir: Path) -> None:
+    lose_the_index(data_dir)
+    result = run_cli("reindex", "--config", str(config_file))
+    assert result.returncode == 0, result.stderr
 
 
 # -- a real full disk: a small tmpfs as the data directory --------------------------------

@@ -151,7 +151,13 @@ class Archive:
                 )
             _guarded(durable.place, incoming, final, self.layout.archive_dir)
             destinations = self.router(header.dataset, calling_ae)
-            _commit(lambda conn: self.index_new(conn, record, destinations), self.index, undo=final)
+            # unsynced: recovery restores the row, its calling AE and its forwards from the file
+            _commit(
+                lambda conn: self.index_new(conn, record, destinations),
+                self.index,
+                undo=final,
+                synced=False,
+            )
         self.on_queued(destinations)
         return Stored("stored", record.sop_instance_uid, final, size)
 
@@ -189,10 +195,16 @@ class Archive:
         return Stored("conflict", sop_uid, target, size)
 
 
-def _commit(write: Callable[[sqlite3.Connection], object], index: Index, *, undo: Path) -> None:
+def _commit(
+    write: Callable[[sqlite3.Connection], object],
+    index: Index,
+    *,
+    undo: Path,
+    synced: bool = True,
+) -> None:
     """Run ``write`` in one transaction; on failure remove the placed file and answer 0xA700."""
     try:
-        with index.transaction() as conn:
+        with index.transaction(synced=synced) as conn:
             write(conn)
     except (sqlite3.Error, OSError) as exc:
         durable.remove_quietly(undo)

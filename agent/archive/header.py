@@ -34,6 +34,7 @@ class Header:
     charset: str
     levels: Mapping[Level, Mapping[str, str | None]]
     dataset: Dataset = field(compare=False, repr=False, default_factory=Dataset)
+    source_ae: str = ""  # who sent it, from the file meta (0002,0016); "" if not written
 
     def record(self, *, path: str, size: int, calling_ae: str, received_at: str) -> InstanceRecord:
         """The index record for this instance stored at ``path``."""
@@ -78,9 +79,16 @@ def read_header(path: Path, header_end: int | None = None) -> Header:
             charset=as_text(ds.get("SpecificCharacterSet", "")),
             levels=levels,
             dataset=ds,
+            source_ae=source_ae(ds.file_meta),
         )
     except Exception as exc:  # pydicom raises many kinds for bad input
         raise StoreError(CANNOT_UNDERSTAND, f"cannot parse the data set: {exc}") from None
+
+
+def source_ae(meta: Dataset) -> str:
+    """The sender's AE title the agent wrote into a received file's meta (0002,0016):
+    what start-up recovery and a reindex restore as the instance's calling AE."""
+    return as_text(meta.get("SourceApplicationEntityTitle", "")).strip()
 
 
 def timestamp(moment: dt.datetime | None = None) -> str:

@@ -1,12 +1,20 @@
 """The SQLite index: patient -> study -> series -> instance, plus conflicting copies.
 
 One writer connection shared under a lock (writes serialise in SQLite anyway) and WAL
-so readers never block the writer. The durable truth is the archived file: it is
-fsynced and its directory entry too before the row is committed, and start-up recovery
-indexes any archived file the index lacks. So the index can use ``synchronous=NORMAL``
-(WAL stays consistent; a power cut may drop the last commits, which recovery restores
-from the files) and save an fsync per instance. The schema grows by numbered
-migrations, never by rebuilding.
+so readers never block the writer. The index holds what no file can restore (the
+commitment transactions a modality waits on, what a PACS committed, conflicts, queue
+commands), so a commit is synced to disk before ``transaction()`` returns
+(``synchronous=FULL``): what the agent acknowledges after it survives a power cut.
+
+Commits whose loss breaks no promise skip their sync (``synced=False``): indexing a newly
+received instance, whose file is fsynced (with its directory entry, and its sender's AE
+title in its meta) before the row is written, and which start-up recovery indexes and
+routes again from that file if the row is lost; and a sender's per-instance marks
+(outbox.py). They reach the disk with the next synced commit (one WAL sync covers every
+frame before it) or checkpoint, which saves an fsync per instance.
+
+The schema grows by numbered migrations, never by rebuilding; each is synced, and so is
+the directory entry of the index and its WAL.
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.archive import commitments, pacs_commits
+from agent.archive import commitments, durable, pacs_commits
 from agent.archive.keys import KEYS, LEADING_SPACES_PAD, TABLES
 from agent.dicom.models import Level
 from agent.errors import AgentError, IndexUnavailable
@@ -172,7 +180,7 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     else:
         conn = sqlite3.connect(path, timeout=10, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA foreign_keys=ON")
     return conn
 
@@ -184,7 +192,9 @@ class Index:
         self.path = path
         self._lock = threading.RLock()
         self._conn = connect(path)
+        self._synced = True  # the connection's synchronous setting: FULL
         self._migrate()
+        durable.fsync_dir(path.parent)  # the index's and its WAL's entries, made durable
 
     def close(self) -> None:
         """Close the connection (checkpointing the WAL)."""
@@ -209,9 +219,17 @@ class Index:
                 conn.execute(f"PRAGMA user_version={number}")
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction: committed on success, rolled back on any error."""
+    def transaction(self, *, synced: bool = True) -> Iterator[sqlite3.Connection]:
+        """One write transaction: committed on success, rolled back on any error.
+
+        Committed to disk (fsynced) before this returns, unless ``synced=False``: only
+        for rows whose loss in a power cut breaks no promise (the archived files restore
+        them at start-up, or losing one only repeats work).
+        """
         with self._lock:
+            if synced is not self._synced:
+                self._conn.execute(f"PRAGMA synchronous={'FULL' if synced else 'NORMAL'}")
+                self._synced = synced
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 yield self._conn

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path, PurePosixPath
 
+from agent.archive import durable
 from agent.dicom.status import CANNOT_UNDERSTAND
 from agent.errors import StoreError
 
@@ -64,9 +65,10 @@ class Layout:
         return self.root / "index.sqlite"
 
     def create(self) -> None:
-        """Create the directories (not durably: they hold nothing yet)."""
+        """Create the directories, each entry made durable: an instance acknowledged
+        later is only as safe as every directory on its path."""
         for directory in (self.archive_dir, self.tmp_dir, self.conflicts_dir, self.run_dir):
-            directory.mkdir(parents=True, exist_ok=True)
+            durable.make_dirs(directory, Path(directory.anchor))
 
     def instance_path(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:
         """Path of an instance; every UID is validated before it becomes a path part."""

@@ -5,6 +5,11 @@ States: ``pending`` (never tried or re-armed), ``retrying`` (failed, waiting for
 attempt), ``quarantined`` (given up on until an operator re-arms it), ``done``. What to
 retry when, and what retention may remove, is decided in ``agent.forward``; this module
 only keeps the rows.
+
+A sender's per-instance marks (done, failed) skip their own sync: they promise nothing to
+anyone, a power cut that takes them only makes the instance go again (at least once,
+never zero times), and an fsync per forwarded instance would hold the index's write lock
+that every ingest waits for. They reach the disk with the next synced commit.
 """
 
 from __future__ import annotations
@@ -84,7 +89,7 @@ class Outbox:
 
     def mark_done(self, job: Job, now: float) -> None:
         """The destination confirmed the instance."""
-        with self.index.transaction() as conn:
+        with self.index.transaction(synced=False) as conn:
             conn.execute(
                 "UPDATE forward_jobs SET state = 'done', attempts = attempts + 1, done_at = ?,"
                 " last_error = NULL WHERE pk = ?",
@@ -93,7 +98,7 @@ class Outbox:
 
     def mark_failed(self, job: Job, error: str, next_attempt: float, quarantine: bool) -> None:
         """An attempt failed: wait until ``next_attempt``, or quarantine."""
-        with self.index.transaction() as conn:
+        with self.index.transaction(synced=False) as conn:
             conn.execute(
                 "UPDATE forward_jobs SET state = ?, attempts = attempts + 1, next_attempt = ?,"
                 " last_error = ? WHERE pk = ?",

@@ -1,8 +1,10 @@
 """Start-up recovery and rebuilding the index from the files alone.
 
 After a crash the files are the truth for what was durably written: a file that was
-renamed into place but not yet indexed is indexed now (its sender never got Success,
-so keeping it is harmless), and an index row without a file is dropped loudly.
+renamed into place but not yet indexed (or whose row a power cut took: the index syncs
+rows the files can restore only with the next commit that must be durable) is indexed
+now, routed by the calling AE its file meta names, and an index row without a file is
+dropped loudly.
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydicom.filereader import read_file_meta_info
+
 from agent.archive.archive import Archive
-from agent.archive.header import Header, read_header, timestamp
+from agent.archive.header import Header, read_header, source_ae, timestamp
 from agent.archive.index import InstanceRecord, add_conflict, clear, remove_instances
 from agent.archive.layout import INSTANCE_SUFFIX
 from agent.dicom.status import CANNOT_UNDERSTAND
@@ -83,14 +87,14 @@ def _index_files(archive: Archive, relative_paths: list[str]) -> tuple[int, int]
     added = unreadable = 0
     batch = 500
     for start in range(0, len(relative_paths), batch):
-        with archive.index.transaction() as conn:
+        with archive.index.transaction(synced=False) as conn:  # the files restore them again
             for relative in relative_paths[start : start + batch]:
                 found = _record_for(archive, relative)
                 if found is None:
                     unreadable += 1
                     continue
                 header, record = found
-                archive.index_new(conn, record, archive.router(header.dataset, ""))
+                archive.index_new(conn, record, archive.router(header.dataset, record.calling_ae))
                 added += 1
     return added, unreadable
 
@@ -105,7 +109,10 @@ def _record_for(archive: Archive, relative: str) -> tuple[Header, InstanceRecord
         if archive.layout.relative(expected) != relative:
             raise StoreError(CANNOT_UNDERSTAND, "file name does not match its UIDs")
         record = header.record(
-            path=relative, size=path.stat().st_size, calling_ae="", received_at=_mtime(path)
+            path=relative,
+            size=path.stat().st_size,
+            calling_ae=header.source_ae,
+            received_at=_mtime(path),
         )
         return header, record
     except (StoreError, OSError) as exc:
@@ -118,9 +125,16 @@ def _index_conflicts(archive: Archive) -> None:
         for entry in sorted(os.scandir(archive.layout.conflicts_dir), key=lambda e: e.name):
             sop_uid = entry.name.split(".dcm")[0].rsplit(".", 1)[0]
             path = Path(entry.path)
-            add_conflict(
-                conn, sop_uid, archive.layout.relative(path), path.stat().st_size, "", _mtime(path)
-            )
+            relative, size = archive.layout.relative(path), path.stat().st_size
+            add_conflict(conn, sop_uid, relative, size, _sender(path), _mtime(path))
+
+
+def _sender(path: Path) -> str:
+    """The calling AE a received file's meta names ("" if none, or unreadable)."""
+    try:
+        return source_ae(read_file_meta_info(path))
+    except Exception:  # pydicom raises many kinds for a bad file; the copy is kept anyway
+        return ""
 
 
 def _mtime(path: Path) -> str:

@@ -3,8 +3,9 @@
 ``install()`` swaps pynetdicom's polling DUL and association loops for event-driven
 ones (agent/net/engine/dul.py, reactor.py), encodes command sets without pydicom
 (commands.py), sends each DIMSE message in as few PDUs as fit (messages.py),
-decodes plain C-STORE responses without pydicom (responses.py), and copies presentation
-contexts for each accepted association cheaply (copies.py), process-wide, once.
+decodes plain C-STORE responses without pydicom (responses.py), copies presentation
+contexts for each accepted association cheaply (copies.py), and writes the sender's AE
+title into the file meta of each received data set (filemeta.py), process-wide, once.
 Every private name used here is listed in ``PRIVATE_NAMES`` and checked by
 tests/test_engine_contract.py, and
 pynetdicom is pinned to the minor version those tests ran on.
@@ -19,7 +20,7 @@ from pynetdicom import _config, association, dimse, dimse_messages, dimse_primit
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.service_class import QueryRetrieveServiceClass
 
-from agent.net.engine import commands, copies, messages
+from agent.net.engine import commands, copies, filemeta, messages
 from agent.net.engine.dul import EventDrivenDUL
 from agent.net.engine.reactor import run_reactor
 
@@ -34,6 +35,8 @@ PRIVATE_NAMES: tuple[tuple[object, str], ...] = (
     (association.Association, "_serve_request"),
     (association.Association, "_reactor_checkpoint"),  # held by substore.py, a ParkingGate
     (dimse_messages.DIMSEMessage, "encode_msg"),  # wrapped: joins fragments into fewer PDUs
+    (dimse_messages.DIMSEMessage, "decode_msg"),  # wrapped: knows the association (filemeta)
+    (dimse_messages, "create_file_meta"),  # replaced: adds the sender's AE title (filemeta)
     (dimse.DIMSEServiceProvider, "send_msg"),  # replaced: command sets encoded directly
     (dimse_messages, "_MESSAGE_TYPES"),
     (dimse_messages, "_DATASET_KEYWORDS"),
@@ -74,4 +77,5 @@ def install() -> None:
         setattr(dimse_messages.DIMSEMessage, "encode_msg", messages.encode_msg)  # noqa: B010
         setattr(dimse.DIMSEServiceProvider, "send_msg", commands.send_msg)  # noqa: B010
         setattr(PresentationContext, "__deepcopy__", copies.copy_context)  # noqa: B010
+        filemeta.install()
         _done = True

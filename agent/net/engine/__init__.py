@@ -2,7 +2,7 @@
 
 ``install()`` swaps pynetdicom's polling DUL and association loops for event-driven
 ones (agent/net/engine/dul.py, reactor.py), encodes command sets without pydicom
-(commands.py), sends each DIMSE message in as few PDUs as fit (messages.py),
+(commands.py), sends command and data set in separate P-DATA-TF PDUs (messages.py),
 decodes plain C-STORE responses without pydicom (responses.py), and copies presentation
 contexts for each accepted association cheaply (copies.py), process-wide, once.
 Every private name used here is listed in ``PRIVATE_NAMES`` and checked by
@@ -18,7 +18,7 @@ import pynetdicom
 from pynetdicom import _config, association, dimse, dimse_messages, dimse_primitives, dul
 from pynetdicom.presentation import PresentationContext
 
-from agent.net.engine import commands, copies, messages
+from agent.net.engine import commands, copies
 from agent.net.engine.dul import EventDrivenDUL
 from agent.net.engine.reactor import run_reactor
 
@@ -32,7 +32,6 @@ PRIVATE_NAMES: tuple[tuple[object, str], ...] = (
     (association.Association, "_run_reactor"),
     (association.Association, "_serve_request"),
     (association.Association, "_reactor_checkpoint"),  # held by substore.py, a ParkingGate
-    (dimse_messages.DIMSEMessage, "encode_msg"),  # wrapped: joins fragments into fewer PDUs
     (dimse.DIMSEServiceProvider, "send_msg"),  # replaced: command sets encoded directly
     (dimse_messages, "_MESSAGE_TYPES"),
     (dimse_messages, "_DATASET_KEYWORDS"),
@@ -68,7 +67,6 @@ def install() -> None:
         _configure()
         setattr(association, "DULServiceProvider", EventDrivenDUL)  # noqa: B010
         setattr(association.Association, "_run_reactor", run_reactor)  # noqa: B010
-        setattr(dimse_messages.DIMSEMessage, "encode_msg", messages.encode_msg)  # noqa: B010
         setattr(dimse.DIMSEServiceProvider, "send_msg", commands.send_msg)  # noqa: B010
         setattr(PresentationContext, "__deepcopy__", copies.copy_context)  # noqa: B010
         _done = True

@@ -16,6 +16,11 @@ element header, and nothing could ever be answered: such an association is refus
 
 from __future__ import annotations
 
+import logging
+from typing import Any
+
+log = logging.getLogger(__name__)
+
 PDV_ITEM_HEADER = 5  # 4-byte item length + presentation context ID; the value holds the rest
 PDV_HEADER = PDV_ITEM_HEADER + 1  # ... and the message control header byte
 ELEMENT_HEADER = 12  # the smallest whole command element: tag, length, a 4-byte UL value
@@ -25,3 +30,34 @@ MIN_PEER_PDU = PDV_HEADER + ELEMENT_HEADER  # 18 bytes; 0 means unlimited (PS3.8
 def too_small(maximum_length: int | None) -> bool:
     """True if a peer's Maximum Length Received leaves no room for any PDV we must send."""
     return maximum_length is not None and 0 < maximum_length < MIN_PEER_PDU
+
+
+def unanswerable(assoc: Any) -> int | None:
+    """The peer's Maximum Length Received if nothing we send can fit in it, else None."""
+    peer = assoc.requestor if assoc.is_acceptor else assoc.acceptor
+    try:
+        length = peer.maximum_length
+    except Exception:  # no user information to read: pynetdicom decides as before
+        return None
+    return int(length) if too_small(length) else None
+
+
+def abort_if_unanswerable(event: Any) -> None:
+    """EVT_ESTABLISHED on associations we request: abort one the peer could never answer on.
+
+    Sent nothing we could fit, a C-STORE or C-FIND would wait out the DIMSE timeout.
+    """
+    length = unanswerable(event.assoc)
+    if length is None:
+        return
+    peer = event.assoc.acceptor
+    log.warning(
+        "aborted the association with %s at %s:%s: it takes P-DATA of at most %d bytes,"
+        " fewer than the %d any message needs",
+        peer.ae_title,
+        peer.address,
+        peer.port,
+        length,
+        MIN_PEER_PDU,
+    )
+    event.assoc.abort()

@@ -3,8 +3,9 @@
 ``install()`` swaps pynetdicom's polling DUL and association loops for event-driven
 ones (agent/net/engine/dul.py, reactor.py), encodes command sets without pydicom
 (commands.py), sends command and data set in separate P-DATA-TF PDUs (messages.py),
-decodes plain C-STORE responses without pydicom (responses.py), and copies presentation
-contexts for each accepted association cheaply (copies.py), process-wide, once.
+decodes plain C-STORE responses without pydicom (responses.py), copies presentation
+contexts for each accepted association cheaply (copies.py), and keeps a failed write of
+a received data set for the handler to answer (received.py), process-wide, once.
 Every private name used here is listed in ``PRIVATE_NAMES`` and checked by
 tests/test_engine_contract.py, and
 pynetdicom is pinned to the minor version those tests ran on.
@@ -18,7 +19,7 @@ import pynetdicom
 from pynetdicom import _config, association, dimse, dimse_messages, dimse_primitives, dul
 from pynetdicom.presentation import PresentationContext
 
-from agent.net.engine import commands, copies
+from agent.net.engine import commands, copies, received
 from agent.net.engine.dul import EventDrivenDUL
 from agent.net.engine.reactor import run_reactor
 
@@ -41,6 +42,8 @@ PRIVATE_NAMES: tuple[tuple[object, str], ...] = (
     (dul.DULServiceProvider, "_kill_thread"),
     (dimse_primitives.C_STORE, "_dataset_path"),  # a file to stream (commands.py)
     (dimse_primitives.C_STORE, "_context_id"),  # set on responses decoded by responses.py
+    (dimse_primitives.C_STORE, "_dataset_file"),  # a received data set's file (received.py)
+    (dimse_messages, "NamedTemporaryFile"),  # replaced: received.ReceivedFile keeps write errors
 )
 
 
@@ -69,4 +72,5 @@ def install() -> None:
         setattr(association.Association, "_run_reactor", run_reactor)  # noqa: B010
         setattr(dimse.DIMSEServiceProvider, "send_msg", commands.send_msg)  # noqa: B010
         setattr(PresentationContext, "__deepcopy__", copies.copy_context)  # noqa: B010
+        received.install()
         _done = True

@@ -270,7 +270,6 @@ def gone(assoc: Any, sop_instance: str) -> Dataset | None:
         log.debug("instance %s not sent: the association had ended", sop_instance)
     else:
         _ended.add(assoc)
-        assoc.is_established = False  # see no_answer
         log.warning(
             "did not send instance %s to %s: the association had ended"
             " (a failed sub-operation, as are the rest)",

@@ -33,7 +33,7 @@ def test_every_private_name_the_engine_uses_exists(owner: object, name: str) -> 
     holder = owner
     if isinstance(owner, type) and name in {"_idle_timer", "_kill_thread"}:
         holder = dul.DULServiceProvider(_FakeAssociation())  # instance attributes
-    if owner is association.Association and name == "_reactor_checkpoint":
+    if owner is association.Association and name in {"_reactor_checkpoint", "_sent_abort"}:
         holder = association.Association(AE(), "requestor")  # an instance attribute
     assert hasattr(holder, name), (
         f"pynetdicom {pynetdicom.__version__} has no {getattr(owner, '__name__', owner)}.{name}:"

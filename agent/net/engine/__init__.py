@@ -33,6 +33,7 @@ PRIVATE_NAMES: tuple[tuple[object, str], ...] = (
     (association.Association, "_run_reactor"),
     (association.Association, "_serve_request"),
     (association.Association, "_reactor_checkpoint"),  # held by substore.py, a ParkingGate
+    (association.Association, "_sent_abort"),  # substore.py: did we end it, or the peer?
     (dimse.DIMSEServiceProvider, "send_msg"),  # replaced: command sets encoded directly
     (dimse_messages, "_MESSAGE_TYPES"),
     (dimse_messages, "_DATASET_KEYWORDS"),

@@ -293,6 +293,8 @@ def no_answer(assoc: Any, sop_instance: str, *, invalid: bool = False) -> Datase
         )
         assoc.abort()
         what += "; the association was aborted"
+    elif getattr(assoc, "_sent_abort", False):
+        what = "the association was aborted here before it answered"
     else:
         what = "it ended the association before answering"
         # over, whether or not the association thread has seen it yet: no sub-operation

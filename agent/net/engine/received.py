@@ -30,6 +30,7 @@ class ReceivedFile:
         try:
             # closed by close(), as pynetdicom closes the file it made
             self._file = tempfile.NamedTemporaryFile(**options)  # noqa: SIM115
+            self._writer: Any = self._file.file  # the buffered file itself: no delegation
             self.name: str = self._file.name
         except OSError as exc:  # a name that never exists: deleting it later does nothing
             self.error = exc
@@ -45,7 +46,7 @@ class ReceivedFile:
         """Write ``data``; after a failure, discard it (the data set is still read to its end)."""
         if self.error is None:
             try:
-                return int(self._file.write(data))
+                return int(self._writer.write(data))
             except OSError as exc:
                 self._fail(exc)
         return len(data)
@@ -54,7 +55,7 @@ class ReceivedFile:
         """Flush to the file (a full disk may show only here)."""
         if self.error is None:
             try:
-                self._file.flush()
+                self._writer.flush()
             except OSError as exc:
                 self._fail(exc)
 

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
+from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 from pydicom.uid import UID
 
@@ -114,14 +115,14 @@ def open_archive(config: Config) -> Iterator[Archive]:
         yield archive
 
 
-def _keeper(land: Landing, target: Target) -> Callable[[object], int]:
+def _keeper(land: Landing, target: Target) -> Callable[[object], int | Dataset]:
     """The C-STORE handler for a C-GET: the peer we asked may store what we asked for."""
     caller = Caller(target.ae_title, target.host, None, frozenset({"store"}))
     handlers = StorageHandlers(land.archive, land.status, lambda assoc: caller)
 
-    def keep(event: object) -> int:
+    def keep(event: object) -> int | Dataset:
         status = handlers.on_store(event)
-        if status != 0:
+        if status != 0:  # a Dataset (a failure with its comment) is never 0
             discard_unarchived(getattr(event, "assoc", None))
         return status
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -11,6 +13,7 @@ from pathlib import Path
 import dicomgen
 import pytest
 from pydicom import dcmread
+from pynetdicom import AE
 
 from agent import config as config_module
 from agent.app import Agent
@@ -182,7 +185,7 @@ def test_a_really_full_disk_never_acknowledges_what_it_could_not_keep(
         acknowledged = [p for p, s in statuses.items() if s == 0]
         refused = [p for p, s in statuses.items() if s != 0]
         assert acknowledged and refused
-        assert all(s in (0xA700, -1) for s in statuses.values() if s != 0)
+        assert all(s == 0xA700 for s in statuses.values() if s != 0)  # answered, never dropped
         wait_until(lambda: not list((data_dir / "tmp").iterdir()), 30, "temp files cleaned")
         assert_identical(acknowledged, data_dir)
         assert len(archived_files(data_dir)) == len(acknowledged)
@@ -194,3 +197,56 @@ def test_a_really_full_disk_never_acknowledges_what_it_could_not_keep(
             timeout=60)
         assert echo.returncode == 0, "the agent must keep serving on a full disk"
         assert agent.status.snapshot().refused >= 1
+
+
+def _fill(path: Path, leave: int) -> None:
+    """Write a ballast file that leaves about ``leave`` bytes free on its filesystem."""
+    stats = os.statvfs(path.parent)
+    size = stats.f_bavail * stats.f_frsize - leave
+    with path.open("wb") as handle:
+        while size > 0:
+            size -= handle.write(b"\0" * min(size, 1 << 20))
+
+
+@pytest.mark.slow
+def test_a_disk_that_fills_mid_transfer_answers_a700_and_the_association_serves_on(
+        small_filesystem: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    data_dir = small_filesystem / "data"
+    config_file = write_config(
+        tmp_path / "small.toml",
+        {"ae_title": "EDGE", "port": free_port(), "bind": "127.0.0.1",
+         "data_dir": str(data_dir), "min_free_mb": 0},  # no floor: the write itself fails
+        {"CT": peer("MODALITY")},
+    )
+    first, second = dicomgen.write_series(tmp_path / "big", 2, size=512)  # 512 KiB each
+    config = config_module.load_file(config_file)
+    caplog.set_level(logging.WARNING)
+    with Agent(config):
+        ballast = small_filesystem / "ballast"
+        _fill(ballast, leave=128 * 1024)
+        ae = AE(ae_title="MODALITY")
+        for path in (first, second):
+            meta = dcmread(path, stop_before_pixels=True).file_meta
+            ae.add_requested_context(meta.MediaStorageSOPClassUID, meta.TransferSyntaxUID)
+        assoc = ae.associate("127.0.0.1", config.agent.port, ae_title="EDGE")
+        assert assoc.is_established
+        try:
+            refused = [assoc.send_c_store(path) for path in (first, second)]
+            assert [r.Status for r in refused] == [0xA700, 0xA700]
+            assert {r.ErrorComment for r in refused} == {
+                "cannot write the received data set: No space left on device"}
+            assert not list((data_dir / "tmp").iterdir())  # the partial files went at once
+            ballast.unlink()  # space is back: the same association stores the same instance
+            assert assoc.is_established
+            assert assoc.send_c_store(first).Status == 0x0000
+        finally:
+            assoc.release()
+        assert_identical([first], data_dir)
+        assert len(archived_files(data_dir)) == 1
+    messages = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    trouble = [m for m in messages if m.startswith("local trouble")]
+    assert trouble == ["local trouble, C-STORE answered 0xA700: cannot write the received"
+                       " data set: No space left on device"]  # once, the second counted
+    assert any(m.startswith("1 more log lines like 'local trouble") and "from this box" in m
+               for m in messages)
+    assert not any("dropped the connection" in m for m in messages)

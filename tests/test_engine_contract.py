@@ -33,7 +33,7 @@ def test_every_private_name_the_engine_uses_exists(owner: object, name: str) -> 
     holder = owner
     if isinstance(owner, type) and name in {"_idle_timer", "_kill_thread"}:
         holder = dul.DULServiceProvider(_FakeAssociation())  # instance attributes
-    if owner is association.Association and name == "_reactor_checkpoint":
+    if owner is association.Association and name in {"_reactor_checkpoint", "_sent_abort"}:
         holder = association.Association(AE(), "requestor")  # an instance attribute
     assert hasattr(holder, name), (
         f"pynetdicom {pynetdicom.__version__} has no {getattr(owner, '__name__', owner)}.{name}:"
@@ -296,3 +296,19 @@ def test_presentation_contexts_copy_deeply_and_completely(agent: Agent) -> None:
     copies[0].scp_role = not originals[0].scp_role
     assert originals[0].transfer_syntax == before
     assert copies[0].scp_role != originals[0].scp_role
+
+
+def test_received_data_sets_stream_through_the_module_s_named_temporary_file() -> None:
+    """received.ReceivedFile replaces the name decode_msg calls, and offers what it uses."""
+    import inspect
+
+    from pynetdicom import dimse_messages
+
+    from agent.net.engine.received import ReceivedFile
+
+    source = inspect.getsource(dimse_messages.DIMSEMessage.decode_msg)
+    for used in ("NamedTemporaryFile(", "self._data_set_file.write(",
+                 "self._data_set_file.file.flush()", "Path(self._data_set_file.name)"):
+        assert used in source, f"DIMSEMessage.decode_msg no longer does {used}..."
+    engine.install()
+    assert dimse_messages.NamedTemporaryFile is ReceivedFile

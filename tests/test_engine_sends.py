@@ -79,26 +79,28 @@ def test_no_write_leaves_directly_once_the_association_is_ending(
     assert _unread(theirs) == b""
 
 
-def _parsed(stream: bytes, max_pdu: int) -> list[tuple[int, int, bytes]]:
-    """(context ID, control header, fragment) of every PDV in a stream of P-DATA-TF PDUs."""
+def _parsed(stream: bytes, max_pdu: int) -> list[list[tuple[int, int, bytes]]]:
+    """Every P-DATA-TF PDU of a stream, as its PDVs' (context ID, control header, fragment)."""
     import struct
 
-    pdvs, position = [], 0
+    pdus, position = [], 0
     while position < len(stream):
         kind, _, length = struct.unpack_from(">BBI", stream, position)
         assert kind == 0x04 and length <= max_pdu
         end, position = position + 6 + length, position + 6
+        pdvs = []
         while position < end:
             (item,) = struct.unpack_from(">I", stream, position)
             pdvs.append((stream[position + 4], stream[position + 5],
                          stream[position + 6 : position + 4 + item]))
             position += 4 + item
         assert position == end
-    return pdvs
+        pdus.append(pdvs)
+    return pdus
 
 
 @pytest.mark.parametrize("length", [0, 1, 16378 - 200, 16378, 16379, 3 * 16378 + 7, 300_000])
-@pytest.mark.parametrize("max_pdu", [16384, 0])
+@pytest.mark.parametrize("max_pdu", [16384, 0, 18])
 def test_framed_pdus_carry_the_command_then_the_data_with_the_right_flags(
         length: int, max_pdu: int) -> None:
     from agent.net.engine.commands import _fragments, _pdus, _writes
@@ -107,9 +109,12 @@ def test_framed_pdus_carry_the_command_then_the_data_with_the_right_flags(
     data = bytes((n * 7) % 251 for n in range(length))
     stream = b"".join(
         bytes(part)
-        for write in _writes(_pdus(3, _fragments(command, data, None, max_pdu), max_pdu))
+        for write in _writes(_pdus(3, _fragments(command, data, None, max_pdu)))
         for part in write.buffers)
-    pdvs = _parsed(stream, max_pdu or len(stream))
+    pdus = _parsed(stream, max_pdu or len(stream))
+    # one PDV per PDU: GDCM takes a PDU holding command and data for all command
+    assert [len(pdvs) for pdvs in pdus] == [1] * len(pdus)
+    pdvs = [pdv for pdvs in pdus for pdv in pdvs]
     assert {cx for cx, _, _ in pdvs} == {3}
     commands = [(flag, piece) for _, flag, piece in pdvs if flag & 1]
     datas = [(flag, piece) for _, flag, piece in pdvs if not flag & 1]
@@ -119,3 +124,26 @@ def test_framed_pdus_carry_the_command_then_the_data_with_the_right_flags(
     if data:
         assert [flag for flag, _ in datas] == [0x00] * (len(datas) - 1) + [0x02]
     assert pdvs.index((3, 0x03, commands[-1][1])) < len(commands)  # the command comes first
+
+
+def test_messages_pynetdicom_frames_also_carry_one_pdv_per_pdu() -> None:
+    """N-* messages (commitment reports, N-ACTION answers) take pynetdicom's framing."""
+    from io import BytesIO
+
+    from pynetdicom.dimse_messages import N_EVENT_REPORT_RQ
+    from pynetdicom.dimse_primitives import N_EVENT_REPORT
+
+    from agent.net import engine
+
+    engine.install()
+    primitive = N_EVENT_REPORT()
+    primitive.MessageID, primitive.EventTypeID = 5, 1
+    primitive.AffectedSOPClassUID = "1.2.840.10008.1.20.1"
+    primitive.AffectedSOPInstanceUID = "1.2.840.10008.1.20.1.1"
+    primitive.EventInformation = BytesIO(b"\x08\x00\x16\x00" * 3000)
+    message = N_EVENT_REPORT_RQ()
+    message.primitive_to_message(primitive)
+    for max_pdu in (16384, 0):
+        frames = list(message.encode_msg(1, max_pdu))
+        assert len(frames) >= 2
+        assert [len(f.presentation_data_value_list) for f in frames] == [1] * len(frames)

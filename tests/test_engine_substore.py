@@ -195,6 +195,10 @@ def test_each_sub_operation_names_the_next_file_so_it_can_be_read_ahead() -> Non
 class _Aborting:
     """An established association that notes being aborted."""
 
+    is_requestor = True
+    acceptor = SimpleNamespace(ae_title="DEST", address="10.0.0.9", port=104)
+    dimse_timeout = 60.0
+
     def __init__(self) -> None:
         self.is_established, self.aborted = True, False
         self.acse = SimpleNamespace(is_aborted=lambda: False)
@@ -210,25 +214,30 @@ def test_a_response_status_comes_back_as_pynetdicom_gives_it() -> None:
 
     plain = C_STORE()
     plain.MessageIDBeingRespondedTo, plain.Status = 1, 0xB007
-    status = _status_of(_Aborting(), plain)
+    status = _status_of(_Aborting(), plain, "1.2.3")
     assert status.Status == 0xB007 and len(status) == 1
     with pytest.raises(TypeError):
         status.Status = 0  # shared between sub-operations: it must not change
     detailed = C_STORE()
     detailed.MessageIDBeingRespondedTo, detailed.Status = 2, 0xA700
     detailed.ErrorComment = "no space"
-    status = _status_of(_Aborting(), detailed)
+    status = _status_of(_Aborting(), detailed, "1.2.3")
     assert (status.Status, status.ErrorComment) == (0xA700, "no space")
     status.Status = 0  # its own
 
 
 @pytest.mark.parametrize("response", [None, "invalid"])
-def test_no_response_or_an_invalid_one_aborts_with_an_empty_status(response: object) -> None:
+def test_no_response_or_an_invalid_one_aborts_and_fails_in_words(
+        response: object, caplog: pytest.LogCaptureFixture) -> None:
     from pynetdicom.dimse_primitives import C_STORE
 
     from agent.net.engine.substore import _status_of
 
     assoc = _Aborting()
     answer = C_STORE() if response == "invalid" else None  # no Status: not a valid response
-    assert len(_status_of(assoc, answer)) == 0
+    status = _status_of(assoc, answer, "1.2.3.4")
+    assert status.Status == 0x0110  # a failure pynetdicom counts, not an empty data set
     assert assoc.aborted
+    [line] = [r.getMessage() for r in caplog.records]
+    why = "its response was invalid" if response else "no response within the DIMSE timeout"
+    assert line.startswith(f"C-STORE of instance 1.2.3.4 to DEST at 10.0.0.9:104 failed: {why}")

@@ -4,6 +4,7 @@ syntaxes in one proposed context, and instances coming back exactly as they were
 
 from __future__ import annotations
 
+import logging
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -288,7 +289,9 @@ def test_group_length_elements_come_back_as_stored(served: Served) -> None:
     assert raw[:4] == b"\x08\x00\x00\x00"  # (0008,0000) leads, as stored
 
 
-def test_a_compressed_instance_the_peer_cannot_take_fails_alone(served: Served) -> None:
+def test_a_compressed_instance_the_peer_cannot_take_fails_alone(
+        served: Served, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING)
     [jpeg2000] = [p for p in served.samples if _syntax(p) == uid.JPEG2000]
     header = dcmread(jpeg2000, stop_before_pixels=True)
     ae = AE(ae_title="WS")
@@ -305,3 +308,12 @@ def test_a_compressed_instance_the_peer_cannot_take_fails_alone(served: Served) 
     assert int(status.Status) == 0xA702  # every sub-operation failed
     assert int(status.NumberOfFailedSuboperations) == 1
     assert identifier.FailedSOPInstanceUIDList == header.SOPInstanceUID
+    # a documented outcome: one warning in words, no pynetdicom error
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("did not send")]
+    assert len(said) == 1
+    assert said[0].startswith(f"did not send instance {header.SOPInstanceUID} to WS at 127.0.0.1:")
+    assert said[0].endswith(": it is stored as JPEG 2000 Image Compression, which the peer"
+                            " accepted for none of its contexts for"
+                            f" {uid.UID(header.SOPClassUID).name} (a failed sub-operation)")
+    assert not [r for r in caplog.records
+                if r.name.startswith("pynetdicom") and r.levelno >= logging.WARNING]

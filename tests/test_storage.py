@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import subprocess
 from pathlib import Path
@@ -170,15 +171,22 @@ def test_an_unparseable_data_set_gets_c000(agent: Agent, tmp_path: Path, data_di
 
 
 def test_below_the_free_space_floor_stores_are_refused_with_a700(
-        tmp_path: Path, data_dir: Path, config_file: Path) -> None:
+        tmp_path: Path, data_dir: Path, config_file: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
     from agent import config as config_module
 
     raw = config_file.read_text().replace("min_free_mb = 0", "min_free_mb = 100000000")
     config_file.write_text(raw)
+    caplog.set_level(logging.WARNING)
     with Agent(config_module.load_file(config_file)) as agent:
         sent = dicomgen.write_series(tmp_path / "f", 2)
         assert scu.store(agent.server.port, sent) == [0xA700, 0xA700]  # type: ignore[union-attr]
         assert agent.status.snapshot().refused == 2
+    # the box's own trouble: said once, the second counted, whoever sent them
+    said = "local trouble, C-STORE answered 0xA700: free disk space is below the floor"
+    first, counted = [r.getMessage() for r in caplog.records if "local trouble" in r.getMessage()]
+    assert first == said
+    assert counted.startswith(f"1 more log lines like '{said}' from this box in the last ")
     assert archived_files(data_dir) == []
     assert not list((data_dir / "tmp").iterdir())
 

@@ -43,7 +43,7 @@ from agent.net.access import (
 )
 from agent.net.commit_reports import CommitReports
 from agent.net.commit_scp import CommitmentHandler, offered_commitment
-from agent.net.engine import guards, transport
+from agent.net.engine import guards, messages, transport
 from agent.net.engine.moves import ListenerAE
 from agent.net.qr import QueryRetrieveHandlers
 from agent.net.storage import StorageHandlers
@@ -56,6 +56,7 @@ DIMSE_TIMEOUT = 60.0
 # A-ASSOCIATE-RJ "local limit exceeded": transient, service provider (presentation), reason 2
 REJECTED_TRANSIENT, SERVICE_PROVIDER_PRESENTATION, LOCAL_LIMIT_EXCEEDED = 2, 3, 2
 NO_REASON_GIVEN = 1  # with transient and service user: our own failure to decide
+SERVICE_PROVIDER_ACSE = 2  # with permanent and no reason given: a parameter we cannot serve
 GRACE = 10.0  # seconds for running associations to finish when the agent stops
 LISTENER_STOPS_WITHIN = 5.0
 ABORTED_END_WITHIN = 2.0  # for aborted associations' threads to end, once the listener has
@@ -308,6 +309,8 @@ class DicomServer:
     def _admit_or_reject(self, assoc: Any) -> None:
         """Admit the association (offering only the allowed contexts) or reject it."""
         request = assoc.requestor.primitive
+        if self._unanswerable(assoc):
+            return
         decision = admit(
             self.config,
             calling_ae=str(request.calling_ae_title),
@@ -350,6 +353,24 @@ class DicomServer:
         if decision.may("get"):
             contexts = self._as_stored_for_get(assoc, contexts)
         assoc.acceptor.supported_contexts = contexts
+
+    def _unanswerable(self, assoc: Any) -> bool:
+        """Reject (and say so) a peer whose Maximum Length Received no PDU we send fits."""
+        length = messages.unanswerable(assoc)
+        if length is None:
+            return False
+        request = assoc.requestor.primitive
+        log.warning(
+            "rejected association from %s at %s: it takes P-DATA of at most %d bytes,"
+            " fewer than the %d any answer needs",
+            str(request.calling_ae_title).strip(),
+            assoc.requestor.address,
+            length,
+            messages.MIN_PEER_PDU,
+        )
+        assoc.acse.send_reject(REJECTED_PERMANENT, SERVICE_PROVIDER_ACSE, NO_REASON_GIVEN)
+        assoc.kill()
+        return True
 
     def _as_stored_for_get(self, assoc: Any, contexts: list[Any]) -> list[Any]:
         """For the SOP classes a C-GET peer will receive, prefer the syntaxes they are stored in.

@@ -20,6 +20,7 @@ from typing import Any
 from pydicom import dcmread
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
+from pydicom.uid import UID
 
 from agent.dicom.contexts import UNCOMPRESSED
 from agent.net.engine import substore
@@ -69,35 +70,50 @@ def sendable(assoc: Any, sop_class_uid: str, transfer_syntax: str, path: Path) -
     file the peer does not take as stored raises ValueError: that instance alone fails.
     """
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is gone")
+        raise FileNotFoundError("its file is gone from the archive")
     if accepts_as_stored(assoc, sop_class_uid, transfer_syntax):
         return path
     if transfer_syntax not in UNCOMPRESSED:
         raise ValueError(
-            f"stored in {transfer_syntax}, which the peer did not accept for {sop_class_uid}"
+            f"it is stored as {UID(transfer_syntax).name}, which the peer accepted for"
+            f" none of its contexts for {UID(sop_class_uid).name}"
         )
     return dcmread(path, defer_size="256 KB")
 
 
 def send_as_stored(assoc: Any) -> None:
-    """Let ``assoc.send_c_store`` take a ``StoredFile`` (idempotent, per association)."""
+    """Let ``assoc.send_c_store`` take a ``StoredFile`` (idempotent, per association).
+
+    Every outcome is a status pynetdicom's C-MOVE and C-GET loops can count: an instance
+    that cannot be sent, or that got no response, is a failure with one line in words
+    (who, which instance, why); once the association has ended, the rest fail quietly.
+    """
     if getattr(assoc, _WRAPPED, False):
         return
     original: Callable[..., Any] = assoc.send_c_store
 
     def send_c_store(dataset: Any, *args: Any, **kwargs: Any) -> Any:
-        if isinstance(dataset, StoredFile):
-            try:
-                sent = sendable(
-                    assoc, dataset.SOPClassUID, dataset.stored_syntax, dataset.stored_path
-                )
-            except (OSError, ValueError) as exc:
-                log.warning("cannot send %s: %s", dataset.stored_path.name, exc)
-                raise
-            if isinstance(sent, Path) and not args and substore.can_send(assoc):
-                return substore.send_file(assoc, sent, read_ahead=dataset.following, **kwargs)
-            dataset = sent
-        return original(dataset, *args, **kwargs)
+        if not isinstance(dataset, StoredFile):
+            return original(dataset, *args, **kwargs)
+        instance = str(dataset.SOPInstanceUID)
+        over = substore.gone(assoc, instance)
+        if over is not None:
+            return over
+        try:
+            sent = sendable(assoc, dataset.SOPClassUID, dataset.stored_syntax, dataset.stored_path)
+        except (OSError, ValueError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            log.warning(
+                "did not send instance %s to %s: %s (a failed sub-operation)",
+                instance,
+                substore.peer_of(assoc),
+                reason,
+            )
+            return substore.failure(f"not sent: {reason}")
+        if isinstance(sent, Path) and not args and substore.can_send(assoc):
+            return substore.send_file(assoc, sent, read_ahead=dataset.following, **kwargs)
+        status = original(sent, *args, **kwargs)
+        return status if "Status" in status else substore.no_answer(assoc, instance)
 
     assoc.send_c_store = send_c_store
     setattr(assoc, _WRAPPED, True)

@@ -28,7 +28,7 @@ from agent.qr.outcome import FinalStatus, no_final_status, outcome_of
 log = logging.getLogger(__name__)
 
 Method = Literal["move", "get"]
-StoreHandler = Callable[[Any], int]
+StoreHandler = Callable[[Any], int | Dataset]  # a status, or one with its Error Comment
 MAX_STORAGE_CONTEXTS = 127  # 128 presentation contexts at most, one is the C-GET's own
 DEFAULT_STORAGE_CLASSES = tuple(str(cx.abstract_syntax) for cx in StoragePresentationContexts)
 

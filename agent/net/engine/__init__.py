@@ -2,9 +2,10 @@
 
 ``install()`` swaps pynetdicom's polling DUL and association loops for event-driven
 ones (agent/net/engine/dul.py, reactor.py), encodes command sets without pydicom
-(commands.py), sends each DIMSE message in as few PDUs as fit (messages.py),
+(commands.py), sends command and data set in separate P-DATA-TF PDUs (messages.py),
 decodes plain C-STORE responses without pydicom (responses.py), copies presentation
-contexts for each accepted association cheaply (copies.py), and writes the sender's AE
+contexts for each accepted association cheaply (copies.py), keeps a failed write of a
+received data set for the handler to answer (received.py), and writes the sender's AE
 title into the file meta of each received data set (filemeta.py), process-wide, once.
 Every private name used here is listed in ``PRIVATE_NAMES`` and checked by
 tests/test_engine_contract.py, and
@@ -20,7 +21,7 @@ from pynetdicom import _config, association, dimse, dimse_messages, dimse_primit
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.service_class import QueryRetrieveServiceClass
 
-from agent.net.engine import commands, copies, filemeta, messages
+from agent.net.engine import commands, copies, filemeta, received
 from agent.net.engine.dul import EventDrivenDUL
 from agent.net.engine.reactor import run_reactor
 
@@ -34,9 +35,9 @@ PRIVATE_NAMES: tuple[tuple[object, str], ...] = (
     (association.Association, "_run_reactor"),
     (association.Association, "_serve_request"),
     (association.Association, "_reactor_checkpoint"),  # held by substore.py, a ParkingGate
-    (dimse_messages.DIMSEMessage, "encode_msg"),  # wrapped: joins fragments into fewer PDUs
     (dimse_messages.DIMSEMessage, "decode_msg"),  # wrapped: knows the association (filemeta)
     (dimse_messages, "create_file_meta"),  # replaced: adds the sender's AE title (filemeta)
+    (association.Association, "_sent_abort"),  # substore.py: did we end it, or the peer?
     (dimse.DIMSEServiceProvider, "send_msg"),  # replaced: command sets encoded directly
     (dimse_messages, "_MESSAGE_TYPES"),
     (dimse_messages, "_DATASET_KEYWORDS"),
@@ -48,6 +49,8 @@ PRIVATE_NAMES: tuple[tuple[object, str], ...] = (
     (dimse_primitives.C_STORE, "_context_id"),  # set on responses decoded by responses.py
     # opens the move destination through self.ae.associate: moves.py's ListenerAE
     (QueryRetrieveServiceClass, "_move_scp"),
+    (dimse_primitives.C_STORE, "_dataset_file"),  # a received data set's file (received.py)
+    (dimse_messages, "NamedTemporaryFile"),  # replaced: received.ReceivedFile keeps write errors
 )
 
 
@@ -74,8 +77,8 @@ def install() -> None:
         _configure()
         setattr(association, "DULServiceProvider", EventDrivenDUL)  # noqa: B010
         setattr(association.Association, "_run_reactor", run_reactor)  # noqa: B010
-        setattr(dimse_messages.DIMSEMessage, "encode_msg", messages.encode_msg)  # noqa: B010
         setattr(dimse.DIMSEServiceProvider, "send_msg", commands.send_msg)  # noqa: B010
         setattr(PresentationContext, "__deepcopy__", copies.copy_context)  # noqa: B010
         filemeta.install()
+        received.install()
         _done = True

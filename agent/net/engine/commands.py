@@ -30,14 +30,13 @@ from pynetdicom.dimse_primitives import (
 )
 
 from agent.net.engine.dul import EncodedPData, EventDrivenDUL
-from agent.net.engine.messages import PDV_ITEM_HEADER
+from agent.net.engine.messages import PDV_HEADER
 
 _original_send: Callable[..., None] = DIMSEServiceProvider.send_msg
 _FAST = (C_ECHO, C_FIND, C_GET, C_MOVE, C_STORE)
 _HEADER = struct.Struct("<HHI")
-_PDU_HEADER = struct.Struct(">BBI")  # P-DATA-TF: type, reserved, length
-_ITEM_HEADER = struct.Struct(">IBB")  # PDV item: length, context ID, control header
-_ONE_PDV_HEADER = struct.Struct(">BBIIBB")  # both, for a PDU that carries one PDV
+# a P-DATA-TF (type, reserved, length) carrying one PDV item (length, context ID, control)
+_ONE_PDV_HEADER = struct.Struct(">BBIIBB")
 _COMMAND_FIELD = {name: code for code, (name, _) in _MESSAGE_TYPES.items()}
 
 
@@ -129,7 +128,7 @@ def _chunks(data: bytes | BytesIO | None, path: Any, size: int) -> Iterator[Buff
 
 def _fragments(command: bytes, data: Any, path: Any, max_pdu: int) -> Iterator[tuple[int, Buffer]]:
     """(control header, fragment) for the command, then for the data set."""
-    size = max_pdu - 6 if max_pdu else max(len(command), 1 << 30)
+    size = max_pdu - PDV_HEADER if max_pdu else max(len(command), 1 << 30)
     pieces = [command[i : i + size] for i in range(0, len(command), size)]
     for index, piece in enumerate(pieces):
         yield (0x03 if index == len(pieces) - 1 else 0x01), piece
@@ -143,32 +142,16 @@ def _fragments(command: bytes, data: Any, path: Any, max_pdu: int) -> Iterator[t
 
 
 def _pdus(
-    context_id: int, fragments: Iterator[tuple[int, Buffer]], max_pdu: int
+    context_id: int, fragments: Iterator[tuple[int, Buffer]]
 ) -> Iterator[tuple[list[Buffer], int]]:
-    """P-DATA-TF PDUs (buffers, byte count), each carrying as many consecutive PDVs as fit."""
-    held: list[tuple[int, Buffer]] = []
-    used = 0
+    """P-DATA-TF PDUs (buffers, byte count), one PDV each: never command and data together.
+
+    GDCM reads a PDU that carries both as all command (messages.py says why).
+    """
     for control, piece in fragments:
-        size = PDV_ITEM_HEADER + 1 + len(piece)
-        if held and max_pdu and used + size > max_pdu:
-            yield _pdu(context_id, held, used)
-            held, used = [], 0
-        held.append((control, piece))
-        used += size
-    if held:
-        yield _pdu(context_id, held, used)
-
-
-def _pdu(context_id: int, items: list[tuple[int, Buffer]], used: int) -> tuple[list[Buffer], int]:
-    """One PDU's buffers; a PDU of one PDV (each of a data set's) gets one 12-byte header."""
-    if len(items) == 1:
-        control, piece = items[0]
+        used = PDV_HEADER + len(piece)
         header = _ONE_PDV_HEADER.pack(0x04, 0, used, len(piece) + 2, context_id, control)
-        return [header, piece], used + 6
-    parts: list[Buffer] = [_PDU_HEADER.pack(0x04, 0, used)]
-    for control, piece in items:
-        parts += (_ITEM_HEADER.pack(len(piece) + 2, context_id, control), piece)
-    return parts, used + 6
+        yield [header, piece], used + 6
 
 
 def _writes(pdus: Iterator[tuple[list[Buffer], int]]) -> Iterator[EncodedPData]:
@@ -210,5 +193,5 @@ def send_msg(self: Any, primitive: Any, context_id: int) -> None:
         return
     max_pdu = self.maximum_pdu_size
     fragments = _fragments(command, data, path, max_pdu)
-    for write in _writes(_pdus(context_id, fragments, max_pdu)):
+    for write in _writes(_pdus(context_id, fragments)):
         self.dul.send_pdu(write)

@@ -1,39 +1,63 @@
-"""DIMSE messages in fewer PDUs: a command and its data set share one P-DATA-TF.
+"""How the engine frames what it sends: one PDV per P-DATA-TF, and the smallest PDU it needs.
 
-pynetdicom sends every message as at least two PDUs, the command set and then the data
-set, even when both together are a few hundred bytes (each C-FIND answer). PS3.8
-lets one P-DATA-TF carry several PDVs; joining consecutive fragments while they fit
-the peer's maximum PDU length halves the PDUs, system calls and wake-ups per answer.
+PS3.8 Annex E lets one P-DATA-TF carry a message's last command fragment and its first
+data set fragment as two PDVs, and the engine once joined them (half the PDUs per C-FIND
+answer). GDCM 3.0.21 reads the whole PDU as the command and the next PDU as the data
+set, so it lost every other answer. DCMTK and Orthanc send command and data set in
+separate P-DATA-TF PDUs; so do we, for every message, on every path (the engine's own
+framing in commands.py and pynetdicom's, which sends one P-DATA-TF per fragment). The
+PDUs of one message still leave in one gathered write, so the cost is six header bytes
+per PDU, not a system call.
+
+A peer's Maximum Length Received bounds each P-DATA-TF's variable field (PS3.8 9.3.5
+and D.1). Below ``MIN_PEER_PDU`` no PDV can carry its item header and a whole command
+element header, and nothing could ever be answered: such an association is refused.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import logging
 from typing import Any
 
-from pynetdicom.dimse_messages import DIMSEMessage
+log = logging.getLogger(__name__)
 
 PDV_ITEM_HEADER = 5  # 4-byte item length + presentation context ID; the value holds the rest
-
-_original_encode: Callable[..., Iterator[Any]] = DIMSEMessage.encode_msg
-
-
-def _size(pdata: Any) -> int:
-    return sum(PDV_ITEM_HEADER + len(value) for _, value in pdata.presentation_data_value_list)
+PDV_HEADER = PDV_ITEM_HEADER + 1  # ... and the message control header byte
+ELEMENT_HEADER = 12  # the smallest whole command element: tag, length, a 4-byte UL value
+MIN_PEER_PDU = PDV_HEADER + ELEMENT_HEADER  # 18 bytes; 0 means unlimited (PS3.8 D.1)
 
 
-def encode_msg(self: Any, context_id: int, max_pdu_length: int) -> Iterator[Any]:
-    """pynetdicom's fragments, joined into as few P-DATA primitives as the peer allows."""
-    held: Any = None
-    held_size = 0
-    for pdata in _original_encode(self, context_id, max_pdu_length):
-        size = _size(pdata)
-        if held is not None and (max_pdu_length == 0 or held_size + size <= max_pdu_length):
-            held.presentation_data_value_list.extend(pdata.presentation_data_value_list)
-            held_size += size
-            continue
-        if held is not None:
-            yield held
-        held, held_size = pdata, size
-    if held is not None:
-        yield held
+def too_small(maximum_length: int | None) -> bool:
+    """True if a peer's Maximum Length Received leaves no room for any PDV we must send."""
+    return maximum_length is not None and 0 < maximum_length < MIN_PEER_PDU
+
+
+def unanswerable(assoc: Any) -> int | None:
+    """The peer's Maximum Length Received if nothing we send can fit in it, else None."""
+    peer = assoc.requestor if assoc.is_acceptor else assoc.acceptor
+    try:
+        length = peer.maximum_length
+    except Exception:  # no user information to read: pynetdicom decides as before
+        return None
+    return int(length) if too_small(length) else None
+
+
+def abort_if_unanswerable(event: Any) -> None:
+    """EVT_ESTABLISHED on associations we request: abort one the peer could never answer on.
+
+    Sent nothing we could fit, a C-STORE or C-FIND would wait out the DIMSE timeout.
+    """
+    length = unanswerable(event.assoc)
+    if length is None:
+        return
+    peer = event.assoc.acceptor
+    log.warning(
+        "aborted the association with %s at %s:%s: it takes P-DATA of at most %d bytes,"
+        " fewer than the %d any message needs",
+        peer.ae_title,
+        peer.address,
+        peer.port,
+        length,
+        MIN_PEER_PDU,
+    )
+    event.assoc.abort()

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import struct
 import threading
+import time
 import weakref
 from functools import cache
 from pathlib import Path
@@ -26,6 +28,7 @@ from pydicom.dataset import Dataset
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import split_dataset
 
+from agent.dicom.status import PROCESSING_FAILURE
 from agent.net.engine.reactor import ParkingGate
 
 log = logging.getLogger(__name__)
@@ -33,6 +36,7 @@ log = logging.getLogger(__name__)
 STATUS = 0x00000900  # (0000,0900) Status
 HEAD = 4096  # bytes read to find the file meta; a larger group goes through pydicom
 WHOLE = 1 << 20  # a file up to this size is read at once, and its bytes sent from memory
+LOOK = 1.0  # seconds between looks at whether the association died while we wait
 PREAMBLE = 128
 _SHORT = struct.Struct("<HH2sH")  # group, element, VR, 2-byte length
 _LONG = struct.Struct("<I")
@@ -41,6 +45,7 @@ LONG_VRS = frozenset(b"OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())
 _META_UIDS = {0x0002: "sop_class", 0x0003: "sop_instance", 0x0010: "syntax"}
 _ahead: weakref.WeakKeyDictionary[Any, tuple[Path, FileMeta]] = weakref.WeakKeyDictionary()
 _contexts: weakref.WeakKeyDictionary[Any, dict[tuple[str, str], int]] = weakref.WeakKeyDictionary()
+_ended: weakref.WeakSet[Any] = weakref.WeakSet()  # associations a C-STORE found over (said once)
 
 
 class FileMeta:
@@ -172,9 +177,10 @@ def send_file(
 
     ``read_ahead``, the file to be sent next, is read while the peer stores this one.
     """
-    if not assoc.is_established:
-        raise RuntimeError("the association must be established to send a C-STORE")
     meta = _taken_ahead(assoc, path) or file_meta(path)
+    over = gone(assoc, meta.sop_instance)
+    if over is not None:
+        return over
     request = C_STORE()
     request.MessageID = msg_id
     request.Priority = priority
@@ -193,11 +199,29 @@ def send_file(
         assoc.dimse.send_msg(request, cx_id)
         if read_ahead is not None:
             _read_ahead(assoc, read_ahead)
-        _, response = assoc.dimse.get_msg(block=True)
+        response = _response(assoc)
     finally:
         if gate is not None:
             gate.set()
-    return _status_of(assoc, response)
+    return _status_of(assoc, response, meta.sop_instance)
+
+
+def _response(assoc: Any) -> Any:
+    """The next message for us, or None after the DIMSE timeout or once the DUL has died.
+
+    pynetdicom's wait (``get_msg(block=True)``) sees an abort only through the None the
+    state machine queues, which the association thread may have taken between two
+    sub-operations: then it waited out the whole DIMSE timeout.
+    """
+    timeout = assoc.dimse.dimse_timeout
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        wait = LOOK if deadline is None else min(LOOK, deadline - time.monotonic())
+        try:
+            return assoc.dimse.msg_queue.get(timeout=max(wait, 0.0))[1]
+        except queue.Empty:
+            if not assoc.dul.is_alive() or (deadline is not None and time.monotonic() >= deadline):
+                return None
 
 
 def _read_ahead(assoc: Any, path: Path) -> None:
@@ -214,17 +238,12 @@ def _taken_ahead(assoc: Any, path: Path) -> FileMeta | None:
     return entry[1] if entry is not None and entry[0] == path else None
 
 
-def _status_of(assoc: Any, response: Any) -> Dataset:
-    """The Status (and its optional elements) of a response; aborts on none or a bad one."""
+def _status_of(assoc: Any, response: Any, sop_instance: str) -> Dataset:
+    """The Status (and its optional elements) of a response; a failure if none or a bad one."""
     if response is None:
-        if assoc.is_established and not assoc.acse.is_aborted():
-            log.error("no C-STORE response within the DIMSE timeout: aborting")
-            assoc.abort()
-        return Dataset()
+        return no_answer(assoc, sop_instance)
     if not response.is_valid_response:
-        log.error("received an invalid C-STORE response: aborting")
-        assoc.abort()
-        return Dataset()
+        return no_answer(assoc, sop_instance, invalid=True)
     details = {
         keyword: value
         for keyword in response.STATUS_OPTIONAL_KEYWORDS
@@ -237,6 +256,73 @@ def _status_of(assoc: Any, response: Any) -> Dataset:
     for keyword, value in details.items():
         setattr(status, keyword, value)
     return status
+
+
+def gone(assoc: Any, sop_instance: str) -> Dataset | None:
+    """None if ``assoc`` can carry a C-STORE; else a failure, said once per association.
+
+    A peer that ends the association between two sub-operations is noticed by the next
+    one: that instance is named; the rest of the C-MOVE or C-GET fail without a line.
+    """
+    if assoc.is_established and assoc not in _ended:
+        return None
+    if assoc in _ended:
+        log.debug("instance %s not sent: the association had ended", sop_instance)
+    else:
+        _ended.add(assoc)
+        log.warning(
+            "did not send instance %s to %s: the association had ended"
+            " (a failed sub-operation, as are the rest)",
+            sop_instance,
+            peer_of(assoc),
+        )
+    return failure("not sent: the association had ended")
+
+
+def no_answer(assoc: Any, sop_instance: str, *, invalid: bool = False) -> Dataset:
+    """A C-STORE that got no (valid) response: one line saying so, and a failure status.
+
+    pynetdicom's own answer, an empty data set, made its C-MOVE and C-GET loops log
+    "'Dataset' object has no attribute 'Status'" and nothing about who or what.
+    """
+    if invalid or (assoc.is_established and not assoc.acse.is_aborted()):
+        what = (
+            "its response was invalid"
+            if invalid
+            else f"no response within the DIMSE timeout ({assoc.dimse_timeout} s)"
+        )
+        assoc.abort()
+        what += "; the association was aborted"
+    elif getattr(assoc, "_sent_abort", False):
+        what = "the association was aborted here before it answered"
+    else:
+        what = "it ended the association before answering"
+        # over, whether or not the association thread has seen it yet: no sub-operation
+        # may wait for an answer, nor pynetdicom release it (an invalid event in Sta1)
+        assoc.is_established = False
+    _ended.add(assoc)
+    log.warning(
+        "C-STORE of instance %s to %s failed: %s (a failed sub-operation)",
+        sop_instance,
+        peer_of(assoc),
+        what,
+    )
+    return failure(f"no C-STORE response: {what}")
+
+
+def failure(comment: str) -> Dataset:
+    """A C-STORE failure status (0x0110 Processing Failure) with an Error Comment."""
+    status = Dataset()
+    status.add_new(STATUS, "US", PROCESSING_FAILURE)
+    status.ErrorComment = comment[:64]  # LO
+    return status
+
+
+def peer_of(assoc: Any) -> str:
+    """The peer of an association, for a log line: AE title at address:port."""
+    peer = assoc.acceptor if assoc.is_requestor else assoc.requestor
+    title = str(getattr(peer, "ae_title", "") or "").strip() or "the peer"
+    return f"{title} at {peer.address}:{peer.port}"
 
 
 class SharedStatus(Dataset):

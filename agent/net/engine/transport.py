@@ -27,7 +27,7 @@ from pynetdicom.pdu_primitives import A_ASSOCIATE
 from pynetdicom.transport import AssociationSocket, RequestHandler
 
 from agent.net import peerlog
-from agent.net.engine import guards
+from agent.net.engine import guards, messages
 from agent.net.engine.handshake import HandshakeRefused, accept_tls, peer_subject
 
 log = logging.getLogger(__name__)
@@ -230,7 +230,10 @@ def end_if_never_requested(event: Any) -> None:
 
 def requestor_handlers() -> list[Any]:
     """Event handlers for the associations the agent requests (to send, find or retrieve)."""
-    return [(evt.EVT_CONN_OPEN, on_connection_open)]
+    return [
+        (evt.EVT_CONN_OPEN, on_connection_open),
+        (evt.EVT_ESTABLISHED, messages.abort_if_unanswerable),
+    ]
 
 
 def unread_rejection(assoc: Any) -> Any | None:

@@ -25,6 +25,7 @@ from typing import Any
 from pynetdicom import evt
 from pynetdicom.ae import ApplicationEntity
 from pynetdicom.association import Association
+from pynetdicom.events import Event
 from pynetdicom.pdu_primitives import A_ASSOCIATE
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
@@ -204,7 +205,7 @@ def request_handler(
     return type("BoundRequestHandler", (TunedRequestHandler,), attributes)
 
 
-def on_connection_open(event: Any) -> None:
+def on_connection_open(event: Event) -> None:
     """EVT_CONN_OPEN handler for associations we request: the same tuning as accepted ones.
 
     QUICKACK matters here too: a peer that leaves Nagle on holds each small response

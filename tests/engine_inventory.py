@@ -20,6 +20,9 @@ parameter or variable annotated with a pynetdicom class); otherwise the one clas
 module whose source defines the name (``def``, a class attribute, a ``self.`` assignment,
 a module-level name). In a class hierarchy the topmost definer is the owner. A name that
 nothing in pynetdicom defines, or several unrelated classes do, is a problem.
+
+Not seen: a name the engine builds at run time (``getattr(x, variable)``), and pynetdicom
+behaviour it relies on without naming it (``engine.RELIED_ON`` lists that by hand).
 """
 
 from __future__ import annotations
@@ -63,9 +66,10 @@ def _module_level(body: list[ast.stmt]) -> Iterator[ast.stmt]:
     """Statements at module level, those inside if/try/with blocks too."""
     for node in body:
         yield node
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            continue
         for block in ("body", "orelse", "finalbody"):
-            yield from _module_level(getattr(node, block, []) if not isinstance(
-                node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) else [])
+            yield from _module_level(getattr(node, block, []))
         for handler in getattr(node, "handlers", []):
             yield from _module_level(handler.body)
 
@@ -104,7 +108,7 @@ def pynetdicom_definitions(root: Path = PYNETDICOM) -> Definitions:
     found = Definitions()
     for path in sorted(root.rglob("*.py")):
         parts = path.relative_to(root.parent).with_suffix("").parts
-        if NOT_LIBRARY & set(parts):
+        if NOT_LIBRARY & set(parts) or parts[-1] == "__main__":  # the CLI: not to be imported
             continue
         module = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
         names = found.by_module.setdefault(module, set())
@@ -123,11 +127,16 @@ def pynetdicom_definitions(root: Path = PYNETDICOM) -> Definitions:
 
 @dataclass(frozen=True)
 class Use:
-    """One place the engine uses a pynetdicom name: on ``owner`` if its source says so."""
+    """One place the engine uses a pynetdicom name, and on what, if its source says so.
+
+    ``owner``: a pynetdicom module or class; ("used", base) for a name used on ``self`` of
+    an engine subclass of ``base``, ("defined", base) for one such a class introduces; None:
+    look for it in pynetdicom's definitions.
+    """
 
     name: str
     where: str  # file:line
-    owner: Owner | None = None  # None: find it from pynetdicom's definitions
+    owner: Owner | tuple[str, type] | None = None
 
 
 def _pynetdicom_object(value: Any) -> bool:
@@ -230,8 +239,10 @@ class _Reader(ast.NodeVisitor):
 
     def visit_FunctionDef(self, node: ast.FunctionDef | ast.AsyncFunctionDef) -> None:
         arguments = [*node.args.posonlyargs, *node.args.args, *node.args.kwonlyargs]
-        scope = {a.arg: self.classes(a.annotation) for a in arguments}
-        self.scopes.append({name: classes for name, classes in scope.items() if classes})
+        scope = {a.arg: self.classes(a.annotation) or None for a in arguments}
+        # a parameter hides an outer name; an unannotated self stays the method's own
+        self.scopes.append({name: classes for name, classes in scope.items()
+                            if classes or name not in ("self", "cls")})
         self.generic_visit(node)
         self.scopes.pop()
 
@@ -306,8 +317,9 @@ def _definers(name: str, known: Definitions) -> list[Owner]:
         c is not o and issubclass(o, c) for c in classes))]
 
 
-def inventory(engine: Path = ENGINE, known: Definitions | None = None,
-              ) -> tuple[dict[tuple[Owner, str], list[str]], list[str]]:
+def inventory(
+    engine: Path = ENGINE, known: Definitions | None = None
+) -> tuple[dict[tuple[Owner, str], list[str]], list[str]]:
     """(owner, name) -> where the engine uses it, and the problems: names pynetdicom lacks."""
     known = known or pynetdicom_definitions()
     found: dict[tuple[Owner, str], list[str]] = {}
@@ -351,8 +363,8 @@ def _label(owner: Owner) -> str:
 
 
 def exists(owner: Owner, name: str, known: Definitions) -> bool:
-    """True if the installed ``owner`` has ``name``, or its source (or a base's) defines it
-    (an instance attribute is only assigned in ``__init__``)."""
+    """True if the installed ``owner`` has ``name``, or its source (or a base's) defines it:
+    an instance attribute exists only once an instance's ``__init__`` assigns it."""
     if hasattr(owner, name):
         return True
     bases = owner.__mro__ if isinstance(owner, type) else (owner,)

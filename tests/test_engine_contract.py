@@ -1,4 +1,5 @@
-"""The engine's contract with pynetdicom: every private name it relies on still exists,
+"""The engine's contract with pynetdicom: every private name it relies on (read from its
+source by tests/engine_inventory.py, and listed in ``engine.PRIVATE_NAMES``) still exists,
 the pin in pyproject.toml matches the version the engine was tested with, and the
 event-driven loops really serve the associations of this process.
 """
@@ -6,12 +7,14 @@ event-driven loops really serve the associations of this process.
 from __future__ import annotations
 
 import re
+import shutil
 import sys
 from pathlib import Path
 
 import pynetdicom
 import pytest
-from pynetdicom import AE, association, dul
+from pynetdicom import AE, association
+from pynetdicom.dul import DULServiceProvider
 
 from agent.app import Agent
 
@@ -22,29 +25,101 @@ else:
 from agent.net import engine
 from agent.net.engine.dul import EventDrivenDUL
 from agent.net.engine.reactor import ParkingGate, run_reactor
+from tests.engine_inventory import (
+    ENGINE,
+    PYNETDICOM,
+    Definitions,
+    exists,
+    inventory,
+    label,
+    pynetdicom_definitions,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 VERIFICATION = "1.2.840.10008.1.1"
 
 
-@pytest.mark.parametrize(("owner", "name"), engine.PRIVATE_NAMES,
-                         ids=[name for _, name in engine.PRIVATE_NAMES])
+KNOWN = pynetdicom_definitions()
+
+
+@pytest.mark.parametrize(("owner", "name"), engine.PRIVATE_NAMES + engine.RELIED_ON,
+                         ids=map(label, engine.PRIVATE_NAMES + engine.RELIED_ON))
 def test_every_private_name_the_engine_uses_exists(owner: object, name: str) -> None:
-    holder = owner
-    if isinstance(owner, type) and name in {"_idle_timer", "_kill_thread"}:
-        holder = dul.DULServiceProvider(_FakeAssociation())  # instance attributes
-    if owner is association.Association and name in {"_reactor_checkpoint", "_sent_abort"}:
-        holder = association.Association(AE(), "requestor")  # an instance attribute
-    assert hasattr(holder, name), (
-        f"pynetdicom {pynetdicom.__version__} has no {getattr(owner, '__name__', owner)}.{name}:"
+    assert exists(owner, name, KNOWN), (
+        f"pynetdicom {pynetdicom.__version__} has no {label((owner, name))}:"
         " the engine (agent/net/engine/) must be adapted before this pynetdicom is used")
 
 
-class _FakeAssociation:
-    """Just enough of an Association for a DULServiceProvider to be built."""
+def _differences(found: dict[tuple[object, str], list[str]]) -> list[str]:
+    """What the inventory read from the source and ``engine.PRIVATE_NAMES`` disagree on."""
+    listed = set(engine.PRIVATE_NAMES)
+    return [f"used by the engine ({', '.join(found[pair])}), not in PRIVATE_NAMES: {label(pair)}"
+            for pair in sorted(found.keys() - listed, key=label)] + [
+            f"in PRIVATE_NAMES, not used as pynetdicom's by the engine: {label(pair)}"
+            for pair in sorted(listed - found.keys(), key=label)]
 
-    network_timeout = None
-    acse_timeout = None
+
+def test_private_names_are_exactly_what_the_engine_source_uses() -> None:
+    found, problems = inventory(known=KNOWN)
+    assert problems == []
+    assert _differences(found) == []
+    assert len(engine.PRIVATE_NAMES) == len(set(engine.PRIVATE_NAMES))
+
+
+def _engine_copy(tmp_path: Path, module: str, old: str, new: str) -> Path:
+    """A copy of agent/net/engine/ with ``old`` replaced by ``new`` in ``module``."""
+    copied = tmp_path / "engine"
+    shutil.copytree(ENGINE, copied, ignore=shutil.ignore_patterns("__pycache__"))
+    source = (copied / module).read_text()
+    assert old in source
+    (copied / module).write_text(source.replace(old, new))
+    return copied
+
+
+def test_a_private_name_renamed_in_the_engine_is_reported(tmp_path: Path) -> None:
+    engine_dir = _engine_copy(tmp_path, "reactor.py", "_is_paused", "_is_paused_gone")
+    found, problems = inventory(engine_dir, KNOWN)
+    assert problems and all(re.fullmatch(
+        r"reactor\.py:\d+: pynetdicom\.association\.Association has no _is_paused_gone", p)
+        for p in problems)
+    assert (association.Association, "_is_paused") not in found
+
+
+def test_a_private_name_used_on_an_untyped_receiver_is_found_too(tmp_path: Path) -> None:
+    engine_dir = _engine_copy(tmp_path, "dul.py", "self.assoc._dul_ready", "self.assoc._dul_gone")
+    _, problems = inventory(engine_dir, KNOWN)
+    [problem] = problems
+    assert re.fullmatch(r"dul\.py:\d+: _dul_gone is defined by nothing in pynetdicom", problem)
+
+
+def _pynetdicom_copy(tmp_path: Path, module: str, old: str, new: str) -> Definitions:
+    """What a pynetdicom whose ``module`` says ``new`` for ``old`` defines."""
+    copied = tmp_path / "pynetdicom"
+    shutil.copytree(PYNETDICOM, copied, ignore=shutil.ignore_patterns(
+        "__pycache__", "tests", "apps", "benchmarks"))
+    source = (copied / module).read_text()
+    assert old in source
+    (copied / module).write_text(source.replace(old, new))
+    return pynetdicom_definitions(copied)
+
+
+def test_a_name_the_next_pynetdicom_renames_is_reported(tmp_path: Path) -> None:
+    renamed = _pynetdicom_copy(tmp_path, "association.py", "_is_paused", "_paused")
+    found, problems = inventory(known=renamed)
+    assert problems and all("Association has no _is_paused" in p for p in problems)
+    assert _differences(found) == ["in PRIVATE_NAMES, not used as pynetdicom's by the engine:"
+                                   " pynetdicom.association.Association._is_paused"]
+
+
+def test_an_override_of_a_name_the_next_pynetdicom_renames_is_reported(tmp_path: Path) -> None:
+    """The engine's DUL overrides _read_pdu_data: renamed upstream, the override is dead."""
+    renamed = _pynetdicom_copy(tmp_path, "dul.py", "_read_pdu_data", "_read_pdu")
+    found, problems = inventory(known=renamed)
+    assert problems == []  # the override now looks like a method of the engine's own...
+    assert _differences(found) == [  # ... but PRIVATE_NAMES remembers it was pynetdicom's
+        "in PRIVATE_NAMES, not used as pynetdicom's by the engine:"
+        " pynetdicom.dul.DULServiceProvider._read_pdu_data"]
+    assert not renamed.defines(DULServiceProvider, "_read_pdu_data")
 
 
 def test_pynetdicom_is_pinned_to_the_tested_minor_version() -> None:

@@ -7,9 +7,9 @@ decodes plain C-STORE responses without pydicom (responses.py), copies presentat
 contexts for each accepted association cheaply (copies.py), keeps a failed write of a
 received data set for the handler to answer (received.py), and writes the sender's AE
 title into the file meta of each received data set (filemeta.py), process-wide, once.
-Every private name used here is listed in ``PRIVATE_NAMES`` and checked by
-tests/test_engine_contract.py, and
-pynetdicom is pinned to the minor version those tests ran on.
+Every private pynetdicom name used here is listed in ``PRIVATE_NAMES``, which
+tests/test_engine_contract.py holds equal to what it reads from this package's source,
+and pynetdicom is pinned to the minor version those tests ran on.
 """
 
 from __future__ import annotations
@@ -17,9 +17,12 @@ from __future__ import annotations
 import threading
 
 import pynetdicom
-from pynetdicom import _config, association, dimse, dimse_messages, dimse_primitives, dul
+from pynetdicom import _config, association, dimse, dimse_messages, dimse_primitives
+from pynetdicom.ae import ApplicationEntity
+from pynetdicom.dul import DULServiceProvider
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.service_class import QueryRetrieveServiceClass
+from pynetdicom.transport import RequestHandler
 
 from agent.net.engine import commands, copies, filemeta, received
 from agent.net.engine.dul import EventDrivenDUL
@@ -29,29 +32,52 @@ TESTED_VERSION = "3.0"
 _installed = threading.Lock()
 _done = False
 
-# (object, attribute) pairs of pynetdicom that the engine reads, overrides or replaces
+# What the engine relies on beyond pynetdicom's public API, as (owner, name): every name
+# with one leading underscore it uses on pynetdicom's objects, and every attribute it
+# writes on pynetdicom's modules and classes. The owner is the module or class whose
+# source defines the name (the topmost, in a class hierarchy). tests/test_engine_contract.py
+# derives this from the engine's source (tests/engine_inventory.py says the rule) and
+# holds the two equal, and checks that each name exists in the installed pynetdicom.
 PRIVATE_NAMES: tuple[tuple[object, str], ...] = (
+    (pynetdicom, "_config"),  # the process-wide settings (_configure)
+    (_config, "LOG_HANDLER_LEVEL"),
+    (_config, "LOG_REQUEST_IDENTIFIERS"),
+    (_config, "LOG_RESPONSE_IDENTIFIERS"),
+    (_config, "STORE_RECV_CHUNKED_DATASET"),
+    (_config, "STORE_SEND_CHUNKED_DATASET"),
+    (ApplicationEntity, "_servers"),  # transport.register_server: AE.shutdown stops ours
     (association, "DULServiceProvider"),  # the class an Association builds its DUL from
-    (association.Association, "_run_reactor"),
+    (association.Association, "_run_reactor"),  # replaced by reactor.run_reactor
     (association.Association, "_serve_request"),
-    (association.Association, "_reactor_checkpoint"),  # held by substore.py, a ParkingGate
-    (dimse_messages.DIMSEMessage, "decode_msg"),  # wrapped: knows the association (filemeta)
-    (dimse_messages, "create_file_meta"),  # replaced: adds the sender's AE title (filemeta)
+    (association.Association, "_is_paused"),  # the reactor's side of the send handshake
+    (association.Association, "_kill"),
+    (association.Association, "_dul_ready"),  # set by dul.EventDrivenDUL.run_reactor
+    (association.Association, "_reactor_checkpoint"),  # made a ParkingGate (reactor.py)
     (association.Association, "_sent_abort"),  # substore.py: did we end it, or the peer?
     (dimse.DIMSEServiceProvider, "send_msg"),  # replaced: command sets encoded directly
+    (dimse_messages.DIMSEMessage, "decode_msg"),  # wrapped: knows the association (filemeta)
+    (dimse_messages.DIMSEMessage, "_data_set_path"),  # guards.py: a received data set's file
+    (dimse_messages.DIMSEMessage, "_data_set_file"),
+    (dimse_messages, "create_file_meta"),  # replaced: adds the sender's AE title (filemeta)
+    (dimse_messages, "NamedTemporaryFile"),  # replaced: received.ReceivedFile keeps write errors
     (dimse_messages, "_MESSAGE_TYPES"),
     (dimse_messages, "_DATASET_KEYWORDS"),
-    (dul.DULServiceProvider, "_is_transport_event"),
-    (dul.DULServiceProvider, "_process_recv_primitive"),
-    (dul.DULServiceProvider, "_idle_timer"),
-    (dul.DULServiceProvider, "_kill_thread"),
-    (dimse_primitives.C_STORE, "_dataset_path"),  # a file to stream (commands.py)
-    (dimse_primitives.C_STORE, "_context_id"),  # set on responses decoded by responses.py
-    # opens the move destination through self.ae.associate: moves.py's ListenerAE
-    (QueryRetrieveServiceClass, "_move_scp"),
-    (dimse_primitives.C_STORE, "_dataset_file"),  # a received data set's file (received.py)
-    (dimse_messages, "NamedTemporaryFile"),  # replaced: received.ReceivedFile keeps write errors
+    (dimse_primitives.DIMSEPrimitive, "_dataset_path"),  # a file to stream (commands.py)
+    (dimse_primitives.C_CANCEL, "_dataset_path"),  # read on any primitive sent (commands.py)
+    (dimse_primitives.DIMSEPrimitive, "_dataset_file"),  # a received data set's file (received.py)
+    (dimse_primitives.DIMSEPrimitive, "_context_id"),  # set on responses decoded by responses.py
+    (DULServiceProvider, "_decode_pdu"),  # dul.py reads PDUs itself, decodes with these
+    (DULServiceProvider, "_recv_pdu"),
+    (DULServiceProvider, "_read_pdu_data"),  # overridden: P-DATA straight to DIMSE
+    (DULServiceProvider, "_is_transport_event"),
+    (DULServiceProvider, "_process_recv_primitive"),
+    (DULServiceProvider, "_idle_timer"),
+    (DULServiceProvider, "_kill_thread"),  # overridden: a property that wakes the loop
+    (RequestHandler, "_create_association"),  # overridden: our socket and guards
 )
+# pynetdicom behaviour the engine relies on without naming it: QueryRetrieveServiceClass's
+# _move_scp opens the move destination through self.ae.associate (moves.py's ListenerAE)
+RELIED_ON: tuple[tuple[object, str], ...] = ((QueryRetrieveServiceClass, "_move_scp"),)
 
 
 def _configure() -> None:

@@ -16,17 +16,19 @@ import struct
 from collections.abc import Callable, Iterator
 from functools import cache
 from io import BytesIO
-from typing import Any
+from typing import Any, cast
 
 from pynetdicom import evt
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_messages import _DATASET_KEYWORDS, _MESSAGE_TYPES
 from pynetdicom.dimse_primitives import (
+    C_CANCEL,
     C_ECHO,
     C_FIND,
     C_GET,
     C_MOVE,
     C_STORE,
+    DIMSEPrimitive,
 )
 
 from agent.net.engine.dul import EncodedPData, EventDrivenDUL
@@ -168,7 +170,7 @@ def _writes(pdus: Iterator[tuple[list[Buffer], int]]) -> Iterator[EncodedPData]:
         yield EncodedPData(batch)
 
 
-def _fast_lane(dimse: Any, primitive: Any) -> bool:
+def _fast_lane(dimse: DIMSEServiceProvider, primitive: DIMSEPrimitive | C_CANCEL) -> bool:
     """True if nobody wants pynetdicom's objects for this message, its PDUs or its bytes."""
     if not isinstance(primitive, _FAST) or not isinstance(dimse.dul, EventDrivenDUL):
         return False
@@ -176,7 +178,9 @@ def _fast_lane(dimse: Any, primitive: Any) -> bool:
     return not any(dimse.assoc.get_handlers(event) for event in watched)
 
 
-def send_msg(self: Any, primitive: Any, context_id: int) -> None:
+def send_msg(
+    self: DIMSEServiceProvider, primitive: DIMSEPrimitive | C_CANCEL, context_id: int
+) -> None:
     """DIMSEServiceProvider.send_msg with the command set encoded directly."""
     if not _fast_lane(self, primitive):
         _original_send(self, primitive, context_id)
@@ -193,5 +197,6 @@ def send_msg(self: Any, primitive: Any, context_id: int) -> None:
         return
     max_pdu = self.maximum_pdu_size
     fragments = _fragments(command, data, path, max_pdu)
+    dul = cast(EventDrivenDUL, self.dul)  # as _fast_lane made sure
     for write in _writes(_pdus(context_id, fragments)):
-        self.dul.send_pdu(write)
+        dul.send_pdu(write)

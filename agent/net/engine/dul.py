@@ -23,6 +23,7 @@ import threading
 from typing import Any
 
 from pynetdicom import evt
+from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu_primitives import P_DATA
 
@@ -81,7 +82,7 @@ def send_buffers(sock: socket.socket, buffers: list[bytes | memoryview]) -> None
         done = sent
 
 
-def _held(assoc: Any) -> bool:
+def _held(assoc: Association) -> bool:
     """True if a sender has closed the association's gate: the reactor takes no message."""
     gate = getattr(assoc, "_reactor_checkpoint", None)
     return isinstance(gate, ParkingGate) and not gate.is_set()
@@ -90,7 +91,7 @@ def _held(assoc: Any) -> bool:
 class EventDrivenDUL(DULServiceProvider):
     """pynetdicom's DUL service provider with a blocking, fair reactor loop."""
 
-    def __init__(self, assoc: Any) -> None:
+    def __init__(self, assoc: Association) -> None:
         super().__init__(assoc)
         self.wake_association = threading.Event()  # set whenever the state machine acted
         self._wake_in, self._wake_out = socket.socketpair()

@@ -29,7 +29,9 @@ from pathlib import Path
 from typing import Any
 
 from pydicom.datadict import tag_for_keyword
+from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.events import Event
 from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import uid_to_service_class
 from pynetdicom.transport import ThreadedAssociationServer
@@ -116,12 +118,12 @@ class GuardedAssociationServer(ThreadedAssociationServer):
             log.debug("the error was", exc_info=True)
 
 
-def requested(assoc: Any) -> bool:
+def requested(assoc: Association) -> bool:
     """True once the peer's A-ASSOCIATE-RQ has arrived and decoded."""
     return getattr(getattr(assoc, "requestor", None), "primitive", None) is not None
 
 
-def open_associations(assoc_list: list[Any]) -> int:
+def open_associations(assoc_list: list[Association]) -> int:
     """Acceptor associations that asked and are not over: what max_associations limits."""
     return sum(
         1
@@ -168,7 +170,7 @@ def _drop(assoc: Any, peer: str, exc: Exception) -> None:
     dul.to_user_queue.put(None)  # an acceptor still waiting for the request stops waiting
 
 
-def remember_received(event: Any) -> None:
+def remember_received(event: Event) -> None:
     """EVT_DIMSE_RECV: note a received data set's temp file; drop it now if unservable.
 
     pynetdicom ignores a C-STORE without Message ID (and others without a required
@@ -220,7 +222,7 @@ def _is_storage(sop_class: str) -> bool:
     return issubclass(uid_to_service_class(sop_class), StorageServiceClass)
 
 
-def discard_unarchived(assoc: Any) -> tuple[bool, int]:
+def discard_unarchived(assoc: Association | None) -> tuple[bool, int]:
     """Delete what an association received and did not archive: (partial?, complete count)."""
     if assoc is None:
         return False, 0

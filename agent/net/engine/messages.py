@@ -19,6 +19,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from pynetdicom.events import Event
+
 log = logging.getLogger(__name__)
 
 PDV_ITEM_HEADER = 5  # 4-byte item length + presentation context ID; the value holds the rest
@@ -42,7 +44,7 @@ def unanswerable(assoc: Any) -> int | None:
     return int(length) if too_small(length) else None
 
 
-def abort_if_unanswerable(event: Any) -> None:
+def abort_if_unanswerable(event: Event) -> None:
     """EVT_ESTABLISHED on associations we request: abort one the peer could never answer on.
 
     Sent nothing we could fit, a C-STORE or C-FIND would wait out the DIMSE timeout.

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
+from typing import Any, cast
 
 from pynetdicom import evt
+from pynetdicom.association import Association
 
 log = logging.getLogger(__name__)
 
@@ -44,16 +45,16 @@ class ParkingGate(threading.Event):
             super().clear()
 
 
-def _gate_of(assoc: Any, wake: threading.Event) -> ParkingGate:
+def _gate_of(assoc: Association, wake: threading.Event) -> ParkingGate:
     """Turn the association's checkpoint into a ParkingGate, keeping the same object."""
-    gate = assoc._reactor_checkpoint
+    gate: Any = assoc._reactor_checkpoint  # pynetdicom's Event, made a ParkingGate in place
     gate.lock = threading.Lock()
     gate.wake = wake
     gate.__class__ = ParkingGate
     return gate  # type: ignore[no-any-return]
 
 
-def run_reactor(assoc: Any) -> None:
+def run_reactor(assoc: Association) -> None:
     """Serve requests until the association ends (replaces ``Association._run_reactor``)."""
     wake = getattr(assoc.dul, "wake_association", None) or threading.Event()
     gate = _gate_of(assoc, wake)
@@ -68,14 +69,14 @@ def run_reactor(assoc: Any) -> None:
         with gate.lock:
             context_id, msg = assoc.dimse.get_msg(block=False) if gate.is_set() else (None, None)
         if msg:
-            assoc._serve_request(msg, context_id)
+            assoc._serve_request(msg, cast(int, context_id))  # set with msg
             continue
         if _ended(assoc, gate):
             return
         wake.wait(IDLE_CHECK)
 
 
-def _ended(assoc: Any, gate: ParkingGate) -> bool:
+def _ended(assoc: Association, gate: ParkingGate) -> bool:
     """pynetdicom's checks after each turn: release, abort, a dead DUL, the idle timer."""
     if assoc.is_established and assoc.acse.is_release_requested():
         assoc.acse.send_release(is_response=True)

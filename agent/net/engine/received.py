@@ -19,6 +19,7 @@ import tempfile
 from typing import Any
 
 from pynetdicom import dimse_messages
+from pynetdicom.dimse_primitives import C_STORE
 
 
 class ReceivedFile:
@@ -85,7 +86,7 @@ def install() -> None:
     setattr(dimse_messages, "NamedTemporaryFile", ReceivedFile)  # noqa: B010
 
 
-def write_failure(request: Any) -> OSError | None:
+def write_failure(request: C_STORE) -> OSError | None:
     """The local error that cost a C-STORE request its data set, if one did."""
     received = getattr(request, "_dataset_file", None)
     return received.error if isinstance(received, ReceivedFile) else None

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pynetdicom import evt
+from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 
 _ELEMENT = struct.Struct("<HHI")
@@ -87,7 +88,7 @@ def plain_store_response(command: bytes) -> C_STORE | None:
 BLIND_TO_COMMANDS: set[Callable[..., Any]] = set()
 
 
-def _watched(assoc: Any) -> bool:
+def _watched(assoc: Association) -> bool:
     """True if an EVT_DIMSE_RECV handler may want to see a command-only message."""
     for entry in assoc.get_handlers(evt.EVT_DIMSE_RECV):
         handler = entry[0] if isinstance(entry, tuple) else entry
@@ -96,7 +97,7 @@ def _watched(assoc: Any) -> bool:
     return False
 
 
-def deliver_store_response(assoc: Any, values: list[tuple[int, bytes]]) -> bool:
+def deliver_store_response(assoc: Association, values: list[tuple[int, bytes]]) -> bool:
     """Queue a plain C-STORE-RSP for the association at once; False if pynetdicom must.
 
     Only a whole command in one PDV, with no message half-received and no handler that

@@ -22,9 +22,10 @@ import time
 import weakref
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from pydicom.dataset import Dataset
+from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import split_dataset
 
@@ -130,7 +131,7 @@ def file_meta(path: Path) -> FileMeta:
     )
 
 
-def has_context(assoc: Any, sop_class: str, syntax: str) -> bool:
+def has_context(assoc: Association, sop_class: str, syntax: str) -> bool:
     """True if ``assoc`` accepted a context to send this SOP class in this syntax on."""
     try:
         context_id(assoc, sop_class, syntax)
@@ -139,7 +140,7 @@ def has_context(assoc: Any, sop_class: str, syntax: str) -> bool:
     return True
 
 
-def context_id(assoc: Any, sop_class: str, syntax: str) -> int:
+def context_id(assoc: Association, sop_class: str, syntax: str) -> int:
     """The accepted context to send this SOP class in this syntax on (as SCU).
 
     The table is built on first use: an association's accepted contexts never change.
@@ -149,8 +150,8 @@ def context_id(assoc: Any, sop_class: str, syntax: str) -> int:
         table = {}
         for cx in assoc.accepted_contexts:
             key = (str(cx.abstract_syntax), str(cx.transfer_syntax[0]))
-            if cx.as_scu and key not in table:
-                table[key] = int(cx.context_id)
+            if cx.as_scu and key not in table and cx.context_id is not None:
+                table[key] = cx.context_id
         _contexts[assoc] = table
     try:
         return table[(sop_class, syntax)]
@@ -158,13 +159,13 @@ def context_id(assoc: Any, sop_class: str, syntax: str) -> int:
         raise ValueError(f"no accepted context for {sop_class} in {syntax}") from None
 
 
-def can_send(assoc: Any) -> bool:
+def can_send(assoc: Association) -> bool:
     """True if ``send_file`` may serve this association (else use pynetdicom's path)."""
     return threading.current_thread() is assoc or isinstance(assoc._reactor_checkpoint, ParkingGate)
 
 
 def send_file(
-    assoc: Any,
+    assoc: Association,
     path: Path,
     *,
     msg_id: int = 1,
@@ -192,7 +193,9 @@ def send_file(
     where.contents = meta.contents
     request._dataset_path = where
     cx_id = context_id(assoc, meta.sop_class, meta.syntax)
-    gate = None if threading.current_thread() is assoc else assoc._reactor_checkpoint
+    gate = None  # the association's own thread sends without parking itself
+    if threading.current_thread() is not assoc:
+        gate = cast(ParkingGate, assoc._reactor_checkpoint)  # as can_send made sure
     if gate is not None:
         gate.hold()
     try:
@@ -206,7 +209,7 @@ def send_file(
     return _status_of(assoc, response, meta.sop_instance)
 
 
-def _response(assoc: Any) -> Any:
+def _response(assoc: Association) -> Any:
     """The next message for us, or None after the DIMSE timeout or once the DUL has died.
 
     pynetdicom's wait (``get_msg(block=True)``) sees an abort only through the None the
@@ -224,7 +227,7 @@ def _response(assoc: Any) -> Any:
                 return None
 
 
-def _read_ahead(assoc: Any, path: Path) -> None:
+def _read_ahead(assoc: Association, path: Path) -> None:
     """Read the next file to send now, while the peer is busy; a failure waits its turn."""
     try:
         _ahead[assoc] = (path, file_meta(path))
@@ -232,13 +235,13 @@ def _read_ahead(assoc: Any, path: Path) -> None:
         _ahead.pop(assoc, None)  # read (and fail) again when it is this file's turn
 
 
-def _taken_ahead(assoc: Any, path: Path) -> FileMeta | None:
+def _taken_ahead(assoc: Association, path: Path) -> FileMeta | None:
     """The file meta (and bytes) of ``path`` if they were read ahead for this association."""
     entry = _ahead.pop(assoc, None)
     return entry[1] if entry is not None and entry[0] == path else None
 
 
-def _status_of(assoc: Any, response: Any, sop_instance: str) -> Dataset:
+def _status_of(assoc: Association, response: Any, sop_instance: str) -> Dataset:
     """The Status (and its optional elements) of a response; a failure if none or a bad one."""
     if response is None:
         return no_answer(assoc, sop_instance)
@@ -258,7 +261,7 @@ def _status_of(assoc: Any, response: Any, sop_instance: str) -> Dataset:
     return status
 
 
-def gone(assoc: Any, sop_instance: str) -> Dataset | None:
+def gone(assoc: Association, sop_instance: str) -> Dataset | None:
     """None if ``assoc`` can carry a C-STORE; else a failure, said once per association.
 
     A peer that ends the association between two sub-operations is noticed by the next
@@ -279,7 +282,7 @@ def gone(assoc: Any, sop_instance: str) -> Dataset | None:
     return failure("not sent: the association had ended")
 
 
-def no_answer(assoc: Any, sop_instance: str, *, invalid: bool = False) -> Dataset:
+def no_answer(assoc: Association, sop_instance: str, *, invalid: bool = False) -> Dataset:
     """A C-STORE that got no (valid) response: one line saying so, and a failure status.
 
     pynetdicom's own answer, an empty data set, made its C-MOVE and C-GET loops log
@@ -318,7 +321,7 @@ def failure(comment: str) -> Dataset:
     return status
 
 
-def peer_of(assoc: Any) -> str:
+def peer_of(assoc: Association) -> str:
     """The peer of an association, for a log line: AE title at address:port."""
     peer = assoc.acceptor if assoc.is_requestor else assoc.requestor
     title = str(getattr(peer, "ae_title", "") or "").strip() or "the peer"

@@ -23,8 +23,11 @@ from collections.abc import Callable
 from typing import Any
 
 from pynetdicom import evt
+from pynetdicom.ae import ApplicationEntity
+from pynetdicom.association import Association
+from pynetdicom.events import Event
 from pynetdicom.pdu_primitives import A_ASSOCIATE
-from pynetdicom.transport import AssociationSocket, RequestHandler
+from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
 from agent.net import peerlog
 from agent.net.engine import guards, messages
@@ -114,7 +117,7 @@ class TunedRequestHandler(RequestHandler):
     tls_context: Callable[[], ssl.SSLContext] | None = None
     tls_timeout: float = 5.0
 
-    def _create_association(self) -> Any:
+    def _create_association(self) -> Association:
         """pynetdicom's acceptor, with our socket, timeouts, log tags and thread guards."""
         sock = self.request
         assert isinstance(sock, socket.socket)
@@ -202,7 +205,7 @@ def request_handler(
     return type("BoundRequestHandler", (TunedRequestHandler,), attributes)
 
 
-def on_connection_open(event: Any) -> None:
+def on_connection_open(event: Event) -> None:
     """EVT_CONN_OPEN handler for associations we request: the same tuning as accepted ones.
 
     QUICKACK matters here too: a peer that leaves Nagle on holds each small response
@@ -236,7 +239,7 @@ def requestor_handlers() -> list[Any]:
     ]
 
 
-def unread_rejection(assoc: Any) -> Any | None:
+def unread_rejection(assoc: Association) -> A_ASSOCIATE | None:
     """An A-ASSOCIATE-RJ the requesting thread never read from the DUL's queue, if any."""
     waiting = getattr(assoc.dul, "to_user_queue", None)
     while waiting is not None and not waiting.empty():
@@ -246,12 +249,12 @@ def unread_rejection(assoc: Any) -> Any | None:
     return None
 
 
-def over_tls(assoc: Any) -> bool:
+def over_tls(assoc: Association) -> bool:
     """True if this association's connection is a TLS one."""
     wrapper = getattr(assoc.dul, "socket", None)
     return isinstance(getattr(wrapper, "socket", None), ssl.SSLSocket)
 
 
-def register_server(ae: Any, server: Any) -> None:
+def register_server(ae: ApplicationEntity, server: ThreadedAssociationServer) -> None:
     """Let ``AE.shutdown()`` stop a server we built ourselves, as it stops its own."""
     ae._servers.append(server)

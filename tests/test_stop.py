@@ -117,8 +117,8 @@ def test_sigterm_with_forwarding_busy_on_two_destinations_stops_in_time(
     assert code == 0, log
     assert took < TIMEOUT_STOP
     # the sender to SILENT waits for an answer (DIMSE timeout 60 s) beyond its deadline
-    assert "the sender to SILENT (association 0) did not stop within 10 s" in log
-    assert "the sender to DEAD" not in log  # it was only waiting to retry
+    assert "thread 'forward-SILENT-0' did not stop within 10.0 s" in log
+    assert "thread 'forward-DEAD" not in log  # it was only waiting to retry
     assert log.count("forwarding process started") == 1  # none started while stopping
     assert "killing it" not in log  # it left by itself, its stuck thread behind
     assert "Traceback" not in log

@@ -92,7 +92,7 @@ def close_leds(leds: Mapping[str, Any]) -> None:
             led.close()
 
 
-class StatusLeds:
+class StatusLeds(threads.Worker):
     """The fitted status LEDs, kept in step with the status model by a thread."""
 
     def __init__(
@@ -102,18 +102,16 @@ class StatusLeds:
         *,
         pin_factory: Any = None,
     ) -> None:
+        super().__init__("status-leds", JOIN_TIMEOUT)
         self._status = status
         self._lock = threading.Lock()
-        self._stop = threading.Event()
         self._shown: dict[str, Pattern] = {}
         self._activity = ActivityWatch()
         self._failing = False
         self._leds = _open_quietly(settings, pin_factory)
-        self._thread: threading.Thread | None = None
         if self._leds:
             self._refresh()
-            self._thread = threading.Thread(target=self._run, name="status-leds", daemon=True)
-            self._thread.start()
+            self.start()
 
     @property
     def leds(self) -> Mapping[str, Any]:
@@ -126,30 +124,26 @@ class StatusLeds:
         with self._lock:
             return dict(self._shown)
 
-    def close(self) -> None:
+    def close(self, timeout: float | None = None) -> None:
         """Stop the thread, turn the LEDs off and release their pins."""
-        self._stop.set()
-        self._status.nudge()
-        threads.join(self._thread, JOIN_TIMEOUT)
+        super().close(timeout)
         with self._lock:
             close_leds(self._leds)
             self._leds = {}
 
-    def __enter__(self) -> StatusLeds:
-        return self
+    def _interrupt(self) -> None:
+        """The thread waits for a change of the model: make one."""
+        self._status.nudge()
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _run(self) -> None:
+    def run(self) -> None:
         """Follow the model until closed: woken by its changes, not by polling."""
-        while not self._stop.is_set():
+        while not self.stopping:
             version = self._refresh()
             now = time.monotonic()
             flicker_left = self._activity.busy_until - now
             wait = min(IDLE_WAKE, flicker_left) if flicker_left > 0 else IDLE_WAKE
             self._status.wait_for_change(version, wait)
-            self._stop.wait(MIN_GAP)
+            self.rest(MIN_GAP)
 
     def _refresh(self) -> int:
         """Show the current snapshot, changing only LEDs whose pattern changed; its version."""

@@ -11,9 +11,9 @@ listener; both settle the same archive rows.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 
+from agent import threads
 from agent.archive import Archive
 from agent.config import Config, Peer
 from agent.errors import PeerError
@@ -25,22 +25,20 @@ log = logging.getLogger(__name__)
 LOOK_EVERY = 0.5  # seconds between looks at what waits
 MAX_BATCH = 10000  # instances in one request, whatever commit_after_instances says
 RETRY_AFTER_FAILURE = 10.0  # seconds before asking again after a failed request
+STOPS_WITHIN = 10.0  # close(): seconds for the request in flight
 
 
-class Committer:
-    """Requests storage commitment from one destination."""
+class Committer(threads.Worker):
+    """Requests storage commitment from one destination; a stop is honoured after the
+    request in flight."""
 
     def __init__(self, peer: Peer, config: Config, archive: Archive, events: ForwardEvents) -> None:
+        super().__init__(f"commit-{peer.name}", STOPS_WITHIN)
         self.peer = peer
         self.config = config
         self.archive = archive
         self.events = events
-        self._stop = threading.Event()
-        self._wake = threading.Event()
         self._not_before = 0.0
-        self._thread = threading.Thread(
-            target=self._run, name=f"commit-{peer.name}", daemon=True
-        )
 
     def start(self) -> None:
         """Take in what was delivered before commitment was asked of this peer, then
@@ -49,31 +47,17 @@ class Committer:
         if adopted:
             log.info("%d instances delivered to %s earlier will be asked about too",
                      adopted, self.peer.name)
-        self._thread.start()
+        super().start()
 
-    def wake(self) -> None:
-        """An instance was delivered: look now."""
-        self._wake.set()
-
-    def stop(self) -> None:
-        """Stop after the request in flight."""
-        self._stop.set()
-        self._wake.set()
-
-    def join(self, timeout: float) -> bool:
-        """Wait for the thread to end; False if it is still running."""
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
+    def run(self) -> None:
+        """Look at what waits every LOOK_EVERY s, or when woken by a delivery."""
+        while not self.stopping:
             try:
                 self.step(time.time())
             except Exception:  # the committer must outlive any one failure
                 log.exception("storage commitment with %s failed; trying again", self.peer.name)
                 self._not_before = time.monotonic() + RETRY_AFTER_FAILURE
-            self._wake.wait(LOOK_EVERY)
-            self._wake.clear()
+            self.wait(LOOK_EVERY)
 
     def step(self, now: float) -> bool:
         """Re-arm overdue requests, then ask for one batch if one is due; True if asked."""

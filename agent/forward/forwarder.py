@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Mapping, Sequence
 
+from agent import threads
 from agent.archive import Archive
 from agent.archive.outbox import Lane, waiting
 from agent.config import Config
@@ -150,19 +150,4 @@ class Forwarder:
     def close(self, timeout: float = STOP_WITHIN) -> None:
         """Stop every sender at once, then wait for them within one deadline."""
         with self._senders_lock:
-            for sender in self._all():
-                sender.stop()
-            for committer in self.committers.values():
-                committer.stop()
-            deadline = time.monotonic() + timeout
-            for name, committer in self.committers.items():
-                if not committer.join(max(0.0, deadline - time.monotonic())):
-                    log.error("the committer for %s did not stop within %.0f s", name, timeout)
-            for sender in self._all():
-                if not sender.join(max(0.0, deadline - time.monotonic())):
-                    log.error(
-                        "the sender to %s (association %d) did not stop within %.0f s",
-                        sender.peer.name,
-                        sender.lane.number,
-                        timeout,
-                    )
+            threads.stop_all([*self.committers.values(), *self._all()], timeout)

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import logging
 import random
-import threading
 import time
 from typing import Any, Protocol
 
+from agent import threads
 from agent.archive import Archive
 from agent.archive.outbox import Job, Lane, OutboxReader
 from agent.config import Config, Peer
@@ -33,6 +33,7 @@ BATCH = 200
 MAX_PAIRS = 64  # two contexts per (SOP class, syntax) pair, 128 at most
 LINGER = 2.0  # seconds an idle association waits for more instances before release
 IDLE_WAIT = 5.0  # also how soon 'edge-agent queue retry' takes effect
+STOPS_WITHIN = 10.0  # close(): seconds for the instance in flight
 
 
 class ForwardEvents(DestinationEvents, Protocol):
@@ -45,8 +46,11 @@ class ForwardEvents(DestinationEvents, Protocol):
         """An attempt to deliver to ``name`` failed."""
 
 
-class Sender:
-    """Delivers the queue of one destination peer."""
+class Sender(threads.Worker):
+    """Delivers the queue of one destination peer.
+
+    A stop is honoured after the instance in flight; jobs not marked done are resent later.
+    """
 
     def __init__(
         self,
@@ -58,6 +62,7 @@ class Sender:
         gate: Gate,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
+        super().__init__(f"forward-{peer.name}-{lane.number}", STOPS_WITHIN)
         self.peer = peer
         self.config = config
         self.archive = archive
@@ -65,40 +70,12 @@ class Sender:
         self.lane = lane
         self.gate = gate  # shared by the destination's lanes
         self.clock = clock
-        self._wake = threading.Event()
-        self._stop = threading.Event()
         self._rng = random.Random()
-        self._thread = threading.Thread(
-            target=self._run, name=f"forward-{peer.name}-{lane.number}", daemon=True
-        )
 
-    def start(self) -> None:
-        """Start draining."""
-        self._thread.start()
-
-    def wake(self) -> None:
-        """New jobs were queued: look now rather than at the next timeout."""
-        self._wake.set()
-
-    def stop(self) -> None:
-        """Ask to stop after the instance in flight; jobs not marked done are resent later."""
-        self._stop.set()
-        self._wake.set()
-
-    def join(self, timeout: float) -> bool:
-        """Wait for the thread to end; False if it is still running."""
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
-
-    def close(self, timeout: float = 10.0) -> None:
-        """Stop and wait, saying so if the thread does not end in time."""
-        self.stop()
-        if not self.join(timeout):
-            log.error("the sender to %s did not stop within %.0f s", self.peer.name, timeout)
-
-    def _run(self) -> None:
+    def run(self) -> None:
+        """Drain due jobs until stopped."""
         with self.archive.outbox.reader() as queue:
-            while not self._stop.is_set():
+            while not self.stopping:
                 try:
                     jobs = queue.due(self.peer.name, self.clock.now(), BATCH, self.lane)
                     if jobs:
@@ -107,7 +84,7 @@ class Sender:
                     self._sleep(queue)
                 except Exception:  # the sender must outlive any one failure
                     log.exception("forwarding to %s failed; trying again shortly", self.peer.name)
-                    self._stop.wait(5)
+                    self.rest(5)
 
     def _sleep(self, queue: OutboxReader) -> None:
         upcoming = queue.next_due(self.peer.name, self.lane)
@@ -134,9 +111,9 @@ class Sender:
             return
         fits = set(pairs)
         try:
-            while jobs and not self._stop.is_set() and assoc.is_established:
+            while jobs and not self.stopping and assoc.is_established:
                 for job in jobs:
-                    if self._stop.is_set() or not assoc.is_established:
+                    if self.stopping or not assoc.is_established:
                         return
                     self._send_one(assoc, job)
                 jobs = self._more(queue, fits)
@@ -157,10 +134,9 @@ class Sender:
         while True:
             jobs = queue.due(self.peer.name, self.clock.now(), BATCH, self.lane)
             usable = [j for j in jobs if (j.sop_class_uid, j.transfer_syntax) in fits]
-            if usable or jobs or time.monotonic() >= deadline or self._stop.is_set():
+            if usable or jobs or time.monotonic() >= deadline or self.stopping:
                 return usable
-            self._wake.wait(max(0.0, deadline - time.monotonic()))
-            self._wake.clear()
+            self.wait(deadline - time.monotonic())
 
     def _send_one(self, assoc: Any, job: Job) -> None:
         path = self.archive.layout.absolute(job.path)

@@ -6,7 +6,6 @@ a new association to the peer, as the association's requestor in the SCP role (J
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -150,8 +149,12 @@ def _ref(sop_class: str, sop_uid: str) -> Dataset:
     return item
 
 
-class CommitmentReporter:
-    """Sends each settled transaction's report; retries with back-off, durably, forever."""
+class CommitmentReporter(threads.Worker):
+    """Sends each settled transaction's report; retries with back-off, durably, forever.
+
+    ``close()`` leaves a report being sent to its daemon thread (it is sent again later):
+    a silent peer holds no stop.
+    """
 
     def __init__(
         self,
@@ -160,46 +163,32 @@ class CommitmentReporter:
         status: StatusModel,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        super().__init__("commitment-reporter", STOPS_WITHIN)
         self.config = config  # the live configuration
         self.archive = archive
         self.status = status
         self.clock = clock
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def start(self) -> None:
         """Report what waited across a restart now, then keep going in a thread."""
         waited = commitments.rearm(self.archive.index, self.clock())
         if waited:
             log.info("%d commitment transactions from before the start await their report", waited)
-        self._thread = threading.Thread(target=self._run, name="commitment-reporter", daemon=True)
-        self._thread.start()
+        super().start()
 
-    def wake(self) -> None:
-        """Look at due transactions now, not at the next poll."""
-        self._wake.set()
-
-    def close(self) -> None:
-        """Stop; a report being sent is left to its daemon thread (it is sent again later)."""
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            threads.join(self._thread, STOPS_WITHIN)  # a daemon: a silent peer holds no stop
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
+    def run(self) -> None:
+        """Look at due transactions every POLL s, or when woken."""
+        while not self.stopping:
             try:
                 self.run_once()
             except Exception:
                 log.exception("commitment reporting failed; trying again")
-            self._wake.wait(POLL)
-            self._wake.clear()
+            self.wait(POLL)
 
     def run_once(self) -> None:
         """Decide every due transaction; report the settled ones."""
         for tx in commitments.due(self.archive.index, self.clock()):
-            if self._stop.is_set():
+            if self.stopping:
                 break
             self._attend(tx)
         self.status.owed_reports(**_counts(self.archive))

@@ -32,7 +32,7 @@ def open_port(device: str, baud: int) -> Any:
     return serial.Serial(device, baud, timeout=READ_TIMEOUT, write_timeout=WRITE_TIMEOUT)
 
 
-class SerialTransport:
+class SerialTransport(threads.Worker):
     """A serial port kept open by a reader thread; ``on_data`` runs in that thread."""
 
     def __init__(
@@ -45,6 +45,7 @@ class SerialTransport:
         retry_every: float = RETRY_EVERY,
         opener: Opener = open_port,
     ) -> None:
+        super().__init__("serial-console", JOIN_TIMEOUT)
         self.device = device
         self.baud = baud
         self._on_connect = on_connect
@@ -53,39 +54,32 @@ class SerialTransport:
         self._opener = opener
         self._port: Any = None
         self._lock = threading.Lock()
-        self._stop = threading.Event()
         self._connected = threading.Event()
         self._heard = True  # data arrived since the last loss was logged
-        self._thread: threading.Thread | None = None
 
     @property
     def connected(self) -> bool:
         """True while the port is open."""
         return self._connected.is_set()
 
-    def start(self) -> None:
-        """Start the reader thread (it opens the port as soon as the device exists)."""
-        self._thread = threading.Thread(target=self._run, name="serial-console", daemon=True)
-        self._thread.start()
-
-    def close(self) -> None:
+    def close(self, timeout: float | None = None) -> None:
         """Stop the reader thread and close the port."""
-        self._stop.set()
+        super().close(timeout)
+        self._drop()
+
+    def _interrupt(self) -> None:
+        """The reader may be in a read: cancel it."""
         port = self._port
         if port is not None:
             try:
                 port.cancel_read()
             except Exception:  # the port may already be half-closed; closing follows anyway
                 log.debug("cancel_read failed", exc_info=True)
-        threads.join(self._thread, JOIN_TIMEOUT)
-        self._drop()
 
     def __enter__(self) -> SerialTransport:
+        """Start the reader thread (it opens the port as soon as the device exists)."""
         self.start()
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def write(self, data: bytes) -> None:
         """Send bytes; a failure closes the port (the reader then reconnects)."""
@@ -99,16 +93,16 @@ class SerialTransport:
                 log.debug("console write failed: %s", exc)
                 self._close_port()
 
-    def _run(self) -> None:
+    def run(self) -> None:
         """Open, read until the port fails, repeat until closed."""
-        while not self._stop.is_set():
+        while not self.stopping:
             if not self._open():
                 return
             try:
                 self._on_connect()
                 self._read_until_lost()
             except (serial.SerialException, OSError) as exc:
-                if not self._stop.is_set():
+                if not self.stopping:
                     self._log_loss(exc)
             finally:
                 self._drop()
@@ -122,14 +116,14 @@ class SerialTransport:
     def _open(self) -> bool:
         """Open the port, retrying every few seconds; False once closed."""
         logged = False
-        while not self._stop.is_set():
+        while not self.stopping:
             try:
                 port = self._opener(self.device, self.baud)
             except (serial.SerialException, OSError, ValueError) as exc:
                 if not logged:
                     log.warning("console %s not available (%s); waiting for it", self.device, exc)
                     logged = True
-                self._stop.wait(self._retry_every)
+                self.rest(self._retry_every)
                 continue
             with self._lock:
                 self._port = port
@@ -139,7 +133,7 @@ class SerialTransport:
         return False
 
     def _read_until_lost(self) -> None:
-        while not self._stop.is_set():
+        while not self.stopping:
             port = self._port
             if port is None:
                 raise serial.SerialException("closed after a failed write")

@@ -2,7 +2,8 @@
 and one gate per destination that its lanes share (whether it can be reached).
 
 It runs in the forwarding process (``agent.forward.worker``), which feeds it the wake-ups
-and queue depths the agent's process sees, and carries its events back to the status model.
+the agent's process sends and the queue depths it reads itself, and carries its events
+back to the status model.
 """
 
 from __future__ import annotations

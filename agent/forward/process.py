@@ -6,10 +6,11 @@ Why a process: receiving and forwarding in one interpreter take turns at its loc
 through the agent 500 instances reached the PACS in 2.1x the time they take straight
 (the agent at one core's worth of CPU); with the senders on their own core the two
 pipelines overlap. The queue is the archive's SQLite table either way: the process
-boundary adds a pipe for wake-ups and events, nothing that could lose a job.
+boundary adds a pipe for wake-ups and events, nothing that could lose a job. Its messages
+are typed, both ways, in ``agent.forward.messages``.
 
-A forwarding process that dies or stops answering is replaced on the next housekeeping
-tick; jobs it had not marked done are simply sent again.
+A forwarding process that dies or stops answering (it says "alive" every second) is
+replaced on the next housekeeping tick; jobs it had not marked done are simply sent again.
 """
 
 from __future__ import annotations
@@ -25,15 +26,29 @@ from collections import deque
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import assert_never
 
 import agent
 from agent import threads
 from agent.archive import Archive
 from agent.archive.outbox import waiting
 from agent.config import Config
-from agent.forward import retention, worker
+from agent.forward import messages, retention, worker
 from agent.forward.forwarder import STOP_WITHIN
+from agent.forward.messages import (
+    Alive,
+    DestinationState,
+    Failed,
+    Forwarded,
+    LogRecord,
+    Reconfigure,
+    Stop,
+    Stopped,
+    ToAgent,
+    ToWorker,
+    Unreadable,
+    Wake,
+)
 from agent.forward.rules import router_for
 from agent.status import STUCK_AFTER, StatusModel
 
@@ -82,8 +97,6 @@ class ForwardingProcess:
         """Publish queue depth per destination; keep the forwarding process alive and fed."""
         depth = self.archive.outbox.depth()
         self._keep_alive(depth)
-        if self._child is not None:
-            self._child.post("tick", depth)
         names = tuple(sorted(set(self.senders) | set(self.config.forward.destinations)))
         if names:
             self.status.queue_depth(depth, names)
@@ -95,13 +108,26 @@ class ForwardingProcess:
         child = self._child
         if self._closing:
             return  # one that ends now was told to
-        if child is not None and not child.alive():
+        if child is not None and child.stopped_at is not None:
+            self._after_stopped(child)
+        elif child is not None and not child.alive():
             self._lost(child, f"ended (exit code {child.process.returncode})")
         elif child is not None and child.silent_for() > STUCK_AFTER:
             self._lost(child, f"did not answer for {STUCK_AFTER:.0f} s and was killed")
         needed = self.config.forward.destinations or _waiting(depth, self.config)
         if self._child is None and needed and time.monotonic() - self._spawned > RESPAWN_GAP:
             self._spawn()
+
+    def _after_stopped(self, child: _Child) -> None:
+        """A process that said "stopped" is silent on purpose (it is no hang): once it has
+        exited, the next one starts when needed; one that overstays its exit is killed."""
+        assert child.stopped_at is not None
+        if not child.alive():
+            log.info("the forwarding process stopped (exit code %s)", child.process.returncode)
+            self.status.forwarding_process(None)
+            self._child = None
+        elif time.monotonic() - child.stopped_at > STOPS_WITHIN:
+            self._lost(child, f"said it stopped but did not exit within {STOPS_WITHIN:.0f} s")
 
     def _lost(self, child: _Child, how: str) -> None:
         child.kill()  # and its pipe's threads end
@@ -123,7 +149,7 @@ class ForwardingProcess:
         self.config = config
         self.archive.router = router_for(config.forward, config.peers)
         if self._child is not None:
-            self._child.post("config", config)
+            self._child.post(Reconfigure(config))
         elif config.forward.destinations and not self._closing:
             self._spawn()
 
@@ -153,20 +179,29 @@ class ForwardingProcess:
         self._spawned = time.monotonic()
         self._child = _Child(self, self.config)
 
-    def on_message(self, kind: str, body: list[Any]) -> None:
+    def on_message(self, child: _Child, message: ToAgent | Unreadable) -> None:
         """What the forwarding process reports, applied to the one status model."""
-        if kind == "forwarded":
-            self.status.forwarded(body[0])
-        elif kind == "failed":
-            self.status.forward_failed(body[0], body[1])
-        elif kind == "destination":  # reachability: up, or down since, why, next probe
-            self.status.destination_state(*body)
-        elif kind == "alive":  # the answer to a tick: the status shows it running
-            self.senders = tuple(body[0])
-            self._down_since = None
-            self.status.forwarding_process(self.pid())
-        elif kind == "log":
-            logging.getLogger().handle(logging.makeLogRecord(body[0]))
+        match message:
+            case Forwarded(name):
+                self.status.forwarded(name)
+            case Failed(name, error):
+                self.status.forward_failed(name, error)
+            case DestinationState(name, down_since, error, next_probe):
+                self.status.destination_state(name, down_since, error, next_probe)
+            case Alive(senders):  # its heartbeat: the status shows it running
+                if child is self._child:  # not one replaced meanwhile
+                    self.senders = senders
+                    self._down_since = None
+                    self.status.forwarding_process(child.process.pid)
+            case LogRecord(fields):
+                logging.getLogger().handle(logging.makeLogRecord(fields))
+            case Stopped():
+                child.stopped_at = time.monotonic()
+                log.debug("the forwarding process (pid %s) stopped", child.process.pid)
+            case Unreadable(why):
+                log.warning("ignored %s from the forwarding process", why)
+            case _:
+                assert_never(message)
 
 
 def _child_environment() -> dict[str, str]:
@@ -195,10 +230,11 @@ class _Child:
         self.owner = owner
         self._cond = threading.Condition()
         self._woken: set[str] = set()
-        self._outgoing: deque[tuple[Any, ...]] = deque()
+        self._outgoing: deque[ToWorker] = deque()
         self._closed = False
         self._heard = time.monotonic()
         self._stop_asked: float | None = None  # monotonic time "stop" was posted
+        self.stopped_at: float | None = None  # monotonic time it said "stopped"
         ours, theirs = socket.socketpair()
         with theirs:
             self.process = subprocess.Popen(
@@ -208,7 +244,7 @@ class _Child:
             )
         self.conn = Connection(ours.detach())
         level = logging.getLogger().getEffectiveLevel()
-        self.post("start", config, owner.archive.layout.root, level)
+        self.post(messages.Start(config, owner.archive.layout.root, level))
         self._writer = threading.Thread(target=self._write, name="forward-link-out", daemon=True)
         self._reader = threading.Thread(target=self._read, name="forward-link-in", daemon=True)
         self._writer.start()
@@ -229,7 +265,7 @@ class _Child:
             self._woken.update(destinations)
             self._cond.notify()
 
-    def post(self, *message: Any) -> None:
+    def post(self, message: ToWorker) -> None:
         """Queue a message for the process, in order."""
         with self._cond:
             self._outgoing.append(message)
@@ -239,7 +275,7 @@ class _Child:
         """Post "stop" (once); the deadline of ``stop`` counts from now."""
         if self._stop_asked is None:
             self._stop_asked = time.monotonic()
-            self.post("stop")
+            self.post(Stop())
 
     def stop(self, timeout: float) -> None:
         """Ask the process to stop unless asked already, wait until ``timeout`` s after it
@@ -274,25 +310,25 @@ class _Child:
                 woken, self._woken = self._woken, set()
                 batch = list(self._outgoing)
                 self._outgoing.clear()
+            if woken:
+                batch.insert(0, Wake(tuple(sorted(woken))))
             try:
-                if woken:
-                    self.conn.send(("wake", sorted(woken)))
                 for message in batch:
-                    self.conn.send(message)
+                    self.conn.send_bytes(messages.encode(message))
             except (OSError, ValueError):
                 return  # the process is gone: the next tick replaces it
-            if any(message[0] == "stop" for message in batch):
+            if any(isinstance(message, Stop) for message in batch):
                 return
 
     def _read(self) -> None:
         """Apply what the process reports until its end of the pipe closes."""
         while True:
             try:
-                kind, *body = self.conn.recv()
+                frame = self.conn.recv_bytes()
             except (EOFError, OSError, ValueError):
                 return
             self._heard = time.monotonic()
             try:
-                self.owner.on_message(kind, body)
+                self.owner.on_message(self, messages.decode_to_agent(frame))
             except Exception:  # a bad message must not end the link
                 log.exception("could not apply a message from the forwarding process")

@@ -3,8 +3,10 @@
 Receiving and forwarding in one Python process take turns at one interpreter lock, so a
 busy forwarder slows every modality down. Here the senders run in a child process; it
 shares nothing with the agent's process but the archive on disk (SQLite serialises the
-writers) and one pipe. The agent's process sends wake-ups, queue depths, configurations
-and "stop"; this process sends back deliveries, failures, log records and "alive".
+writers) and one pipe, whose messages are in ``agent.forward.messages``. The agent's
+process sends the start, wake-ups, configurations and "stop"; this process sends back
+deliveries, failures, destination states, log records, "stopped", and every HEARTBEAT
+seconds "alive" (after reading the queue itself, to adopt peers that jobs wait for).
 
 It ignores SIGTERM and SIGINT (systemd and a terminal signal the whole group): the
 agent's process stops it in order, and it stops by itself when that process is gone.
@@ -18,17 +20,28 @@ import os
 import signal
 import sys
 import threading
+import time
 import traceback
 from multiprocessing.connection import Connection
-from pathlib import Path
-from typing import Any
+from typing import assert_never
 
 from agent.archive import Archive
 from agent.config import Config
+from agent.forward import messages
 from agent.forward.forwarder import Forwarder
+from agent.forward.messages import (
+    Reconfigure,
+    Start,
+    Stop,
+    ToAgent,
+    Unreadable,
+    Wake,
+)
 from agent.net import configure_pynetdicom, peerlog
 
 log = logging.getLogger(__name__)
+
+HEARTBEAT = 1.0  # seconds between "alive"s; the agent replaces a process silent for 15 s
 
 
 class Link:
@@ -38,24 +51,25 @@ class Link:
         self.conn = conn
         self._lock = threading.Lock()
 
-    def send(self, *message: Any) -> None:
+    def send(self, message: ToAgent) -> None:
         """Send one message; a closed pipe means the agent's process is gone: drop it."""
+        frame = messages.encode(message)
         with self._lock, contextlib.suppress(OSError, ValueError):
-            self.conn.send(message)
+            self.conn.send_bytes(frame)
 
     def forwarded(self, name: str) -> None:
         """An instance reached ``name``."""
-        self.send("forwarded", name)
+        self.send(messages.Forwarded(name))
 
     def forward_failed(self, name: str, error: str) -> None:
         """An attempt to deliver to ``name`` failed."""
-        self.send("failed", name, error)
+        self.send(messages.Failed(name, error))
 
     def destination_state(
         self, name: str, down_since: float | None, error: str | None, next_probe: float | None
     ) -> None:
         """``name`` is up (all None), or down since then, for this reason, probed next then."""
-        self.send("destination", name, down_since, error, next_probe)
+        self.send(messages.DestinationState(name, down_since, error, next_probe))
 
 
 class LinkLogHandler(logging.Handler):
@@ -73,7 +87,7 @@ class LinkLogHandler(logging.Handler):
         if record.exc_info:
             fields["exc_text"] = "".join(traceback.format_exception(*record.exc_info)).rstrip()
         fields["exc_info"] = None
-        self.link.send("log", fields)
+        self.link.send(messages.LogRecord(fields))
 
 
 def main(argv: list[str]) -> int:
@@ -83,12 +97,12 @@ def main(argv: list[str]) -> int:
         signal.signal(signum, signal.SIG_IGN)
     conn = Connection(int(argv[1]))
     try:
-        kind, config, root, level = conn.recv()
-    except (EOFError, OSError, ValueError):
+        start = messages.decode_to_worker(conn.recv_bytes())
+    except (EOFError, OSError):
         return 1  # the agent's process went away before it said anything
-    if kind != "start":
+    if not isinstance(start, Start):
         return 2
-    serve(conn, config, root, level)
+    serve(conn, start)
     _leave_stuck_threads()
     return 0
 
@@ -103,19 +117,19 @@ def _leave_stuck_threads() -> None:
         os._exit(0)  # everything was said: the pipe carries each message as it is sent
 
 
-def serve(conn: Connection, config: Config, root: Path, level: int) -> None:
+def serve(conn: Connection, start: Start) -> None:
     """Run the senders until told to stop or the agent's process is gone."""
     link = Link(conn)
-    _log_through(link, level)
-    configure_pynetdicom(debug=level <= logging.DEBUG)
-    with Archive(root) as archive:
-        forwarder = Forwarder(config, archive, link)
+    _log_through(link, start.log_level)
+    configure_pynetdicom(debug=start.log_level <= logging.DEBUG)
+    with Archive(start.root) as archive:
+        forwarder = Forwarder(start.config, archive, link)
         forwarder.start()
         try:
             _obey(conn, forwarder, link)
         finally:
             forwarder.close()
-    link.send("stopped")
+    link.send(messages.Stopped())
 
 
 def _log_through(link: Link, level: int) -> None:
@@ -127,27 +141,58 @@ def _log_through(link: Link, level: int) -> None:
 
 
 def _obey(conn: Connection, forwarder: Forwarder, link: Link) -> None:
-    """Act on the agent's messages until "stop" or the end of the pipe."""
+    """Act on the agent's messages until "stop" or the end of the pipe, and beat between
+    them: the agent's process hears "alive" every HEARTBEAT seconds while this loop runs."""
+    beat_due = time.monotonic()
     while True:
+        if time.monotonic() >= beat_due:
+            _beat(forwarder, link)
+            beat_due = time.monotonic() + HEARTBEAT
         try:
-            kind, *body = conn.recv()
+            if not conn.poll(max(0.0, beat_due - time.monotonic())):
+                continue
+            message = messages.decode_to_worker(conn.recv_bytes())
         except (EOFError, OSError):
             log.warning("the agent's process is gone; the forwarder stops")
             return
-        if kind == "wake":
-            forwarder.wake(body[0])
-        elif kind == "tick":
-            forwarder.adopt(body[0])
-            peerlog.LIMITER.flush()
-            link.send("alive", forwarder.names())
-        elif kind == "config":
-            config: Config = body[0]
-            level = config.agent.log_level.upper()
-            logging.getLogger().setLevel(level)
-            configure_pynetdicom(debug=level == "DEBUG")
-            forwarder.reconfigure(config)
-        elif kind == "stop":
+        if not _apply(message, forwarder):
             return
+
+
+def _beat(forwarder: Forwarder, link: Link) -> None:
+    """Adopt the peers jobs wait for (by this process's own look at the queue), write what
+    repeated failures held back, and say "alive" with the destinations served."""
+    try:
+        forwarder.adopt(forwarder.archive.outbox.depth())
+    except Exception:  # the beat goes on: the senders say what is wrong with the index
+        log.exception("could not look at the queue for peers that jobs wait for")
+    peerlog.LIMITER.flush()
+    link.send(messages.Alive(forwarder.names()))
+
+
+def _apply(message: messages.ToWorker | Unreadable, forwarder: Forwarder) -> bool:
+    """Act on one message; False once told to stop."""
+    match message:
+        case Wake(destinations):
+            forwarder.wake(destinations)
+        case Reconfigure(config):
+            _reconfigure(forwarder, config)
+        case Stop():
+            return False
+        case Start():
+            log.warning("ignored a second start message from the agent's process")
+        case Unreadable(why):
+            log.warning("ignored %s from the agent's process", why)
+        case _:
+            assert_never(message)
+    return True
+
+
+def _reconfigure(forwarder: Forwarder, config: Config) -> None:
+    level = config.agent.log_level.upper()
+    logging.getLogger().setLevel(level)
+    configure_pynetdicom(debug=level == "DEBUG")
+    forwarder.reconfigure(config)
 
 
 if __name__ == "__main__":

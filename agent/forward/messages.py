@@ -16,9 +16,16 @@ from __future__ import annotations
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from agent.config import Config
+
+
+def assert_never(message: NoReturn) -> NoReturn:
+    """The end of a ``match`` over a union: mypy fails if a kind is left unhandled there.
+    (``typing.assert_never`` is Python 3.11's; the box may run 3.10.)"""
+    raise AssertionError(f"message not handled: {message!r}")
+
 
 # -- to the forwarding process -------------------------------------------------------------
 

@@ -36,11 +36,6 @@ def classify_status(status: int) -> Delivery:
     return Delivery.TRANSIENT  # unknown statuses: keep the data and try again
 
 
-def classify_rejection(result: int) -> Delivery:
-    """An A-ASSOCIATE-RJ: result 1 is permanent, 2 transient."""
-    return Delivery.PERMANENT if result == 1 else Delivery.TRANSIENT
-
-
 def retry_delay(attempts: int, settings: ForwardSettings, rng: random.Random) -> float:
     """Exponential backoff with ±20 % jitter: first delay, doubling, capped."""
     base = min(settings.retry_max, settings.retry_first * 2 ** max(0, attempts - 1))

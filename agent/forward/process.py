@@ -26,7 +26,6 @@ from collections import deque
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import assert_never
 
 import agent
 from agent import threads
@@ -48,6 +47,7 @@ from agent.forward.messages import (
     ToWorker,
     Unreadable,
     Wake,
+    assert_never,
 )
 from agent.forward.rules import router_for
 from agent.status import STUCK_AFTER, StatusModel

@@ -23,7 +23,6 @@ import threading
 import time
 import traceback
 from multiprocessing.connection import Connection
-from typing import assert_never
 
 from agent.archive import Archive
 from agent.config import Config
@@ -36,6 +35,7 @@ from agent.forward.messages import (
     ToAgent,
     Unreadable,
     Wake,
+    assert_never,
 )
 from agent.net import configure_pynetdicom, peerlog
 

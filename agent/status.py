@@ -20,6 +20,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from agent.tls import certificate_warning
+
 STATUS_FILE = "status.json"
 # Seconds of silence from the housekeeping loop after which the agent reads as "not
 # answering": no passed health check (the live model), or no fresh run/status.json (another
@@ -30,7 +32,6 @@ STATUS_FILE = "status.json"
 STUCK_AFTER = 15.0
 # states in which a process is (or should be) there to write the file
 LIVE_STATES = ("starting", "serving", "stopping", "failed")
-CERTIFICATE_WARN_DAYS = 30  # status, console and LEDs warn this long before expiry
 
 
 class State(str, Enum):
@@ -385,24 +386,6 @@ def duration_words(seconds: float) -> str:
             rest = (whole % size) // small_size
             return f"{whole // size} {unit}" + (f" {rest} {smaller}" if rest else "")
     return f"{whole} s"
-
-
-def certificate_days_left(expires: str | None, now: dt.datetime | None = None) -> int | None:
-    """Whole days until the TLS certificate expires (None without TLS; negative: expired)."""
-    if not expires:
-        return None
-    moment = dt.datetime.fromisoformat(expires)
-    return (moment - (now or dt.datetime.now(dt.timezone.utc))).days
-
-
-def certificate_warning(expires: str | None, now: dt.datetime | None = None) -> str | None:
-    """A warning from CERTIFICATE_WARN_DAYS before the TLS certificate expires, else None."""
-    left = certificate_days_left(expires, now)
-    if left is None or left >= CERTIFICATE_WARN_DAYS:
-        return None
-    if left < 0:
-        return "TLS certificate EXPIRED"
-    return f"TLS certificate expires in {left} days"
 
 
 def publish(snapshot: Snapshot, run_dir: Path, now: float | None = None) -> None:

@@ -221,3 +221,26 @@ def _signature(path: Path) -> tuple[int, int, int]:
 
 
 CACHE = ContextCache()
+
+
+# -- expiry, as the status, the console and the LEDs tell it ----------------------------
+
+CERTIFICATE_WARN_DAYS = 30  # status, console and LEDs warn this long before expiry
+
+
+def certificate_days_left(expires: str | None, now: dt.datetime | None = None) -> int | None:
+    """Whole days until the TLS certificate expires (None without TLS; negative: expired)."""
+    if not expires:
+        return None
+    moment = dt.datetime.fromisoformat(expires)
+    return (moment - (now or dt.datetime.now(dt.timezone.utc))).days
+
+
+def certificate_warning(expires: str | None, now: dt.datetime | None = None) -> str | None:
+    """A warning from CERTIFICATE_WARN_DAYS before the TLS certificate expires, else None."""
+    left = certificate_days_left(expires, now)
+    if left is None or left >= CERTIFICATE_WARN_DAYS:
+        return None
+    if left < 0:
+        return "TLS certificate EXPIRED"
+    return f"TLS certificate expires in {left} days"

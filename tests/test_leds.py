@@ -24,13 +24,13 @@ from agent.field.box import BoxAgent
 from agent.field.leds import StatusLeds, walk_patterns
 from agent.field.settings import LedSettings
 from agent.status import (
-    CERTIFICATE_WARN_DAYS,
     STUCK_AFTER,
     Destination,
     Snapshot,
     State,
     StatusModel,
 )
+from agent.tls import CERTIFICATE_WARN_DAYS
 from tests import scu
 from tests.support import (
     REPO,

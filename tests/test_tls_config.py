@@ -13,7 +13,7 @@ import pytest
 from agent import config as config_module
 from agent import tls
 from agent.errors import ConfigError
-from agent.status import certificate_days_left, certificate_warning
+from agent.tls import certificate_days_left, certificate_warning
 from tests.certs import Pki, make_pki
 
 

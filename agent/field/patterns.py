@@ -11,13 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from agent.status import (
-    CERTIFICATE_WARN_DAYS,
-    Snapshot,
-    State,
-    certificate_days_left,
-    certificate_warning,
-)
+from agent.status import Snapshot, State
+from agent.tls import CERTIFICATE_WARN_DAYS, certificate_days_left, certificate_warning
 
 ACTIVITY_HOLD = 0.5  # seconds the activity LED keeps flickering after the last image
 

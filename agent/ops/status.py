@@ -12,14 +12,8 @@ from typing import Any
 from agent.archive import Layout
 from agent.archive.index import Counts, counts_at
 from agent.ops.reachability import state_line
-from agent.status import (
-    LIVE_STATES,
-    Snapshot,
-    certificate_days_left,
-    certificate_warning,
-    process_alive,
-    read_published,
-)
+from agent.status import LIVE_STATES, Snapshot, process_alive, read_published
+from agent.tls import certificate_days_left, certificate_warning
 
 
 @dataclass(frozen=True)

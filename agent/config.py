@@ -12,12 +12,13 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from agent import validation as v
 from agent.errors import ConfigError, ConfigErrors
 from agent.field.settings import ConsoleSettings, LedSettings, parse_console, parse_leds
 from agent.forward.settings import ForwardSettings, parse_forward
+from agent.reloading import LIVE, RESTART
 from agent.tls import VERSIONS, TlsSettings
 
 if sys.version_info >= (3, 11):
@@ -38,18 +39,19 @@ _TLS_FILES = ("certificate", "private_key", "ca")
 class AgentSettings:
     """The ``[agent]`` table: who we are and where we keep data."""
 
-    ae_title: str = "EDGE"
-    port: int = 11112
-    bind: str = "0.0.0.0"
-    data_dir: Path = Path("edge-data")
-    min_free_mb: int = 1024
-    max_pdu: int = 1048576
-    network_timeout: float = 60.0
-    handshake_timeout: float = 5.0
-    max_associations: int = 16
-    allow_unknown: frozenset[str] = frozenset()
-    log_level: str = "info"
-    plain_listener: bool = True  # false: only the TLS listener ([tls].port) serves
+    ae_title: Annotated[str, RESTART] = "EDGE"
+    port: Annotated[int, RESTART] = 11112
+    bind: Annotated[str, RESTART] = "0.0.0.0"
+    data_dir: Annotated[Path, RESTART] = Path("edge-data")
+    min_free_mb: Annotated[int, LIVE] = 1024
+    max_pdu: Annotated[int, RESTART] = 1048576
+    network_timeout: Annotated[float, RESTART] = 60.0
+    handshake_timeout: Annotated[float, RESTART] = 5.0
+    max_associations: Annotated[int, RESTART] = 16
+    allow_unknown: Annotated[frozenset[str], LIVE] = frozenset()
+    log_level: Annotated[str, LIVE] = "info"
+    # false: only the TLS listener ([tls].port) serves
+    plain_listener: Annotated[bool, RESTART] = True
 
 
 COMMIT_WHEN = ("stored", "forwarded", "pacs-committed")
@@ -59,33 +61,37 @@ COMMIT_WHEN = ("stored", "forwarded", "pacs-committed")
 class Peer:
     """A remote AE we know, by a short name, and what it may ask of us."""
 
-    name: str
-    ae_title: str
-    host: str
-    port: int
-    allow: frozenset[str] = frozenset({"echo"})
-    verify_host: bool = True
-    tls: bool = False  # every association to it uses TLS; it may only come in over TLS
-    verify_name: bool = True  # outgoing TLS: its certificate must name ``host``
-    commit: bool = False  # after delivering to it, ask it for storage commitment
-    commit_after_instances: int = 500  # ask once this many delivered instances wait...
-    commit_after_seconds: float = 30.0  # ...or this long after the last delivery
-    commit_report_timeout: float = 600.0  # no report within this: ask again
-    commit_when: str = "stored"  # our commitment to it: "stored", "forwarded", "pacs-committed"
-    commit_give_up_hours: float = 24.0  # unsettled this long: reported failed (0x0110)
+    name: Annotated[str, LIVE]
+    ae_title: Annotated[str, LIVE]
+    host: Annotated[str, LIVE]
+    port: Annotated[int, LIVE]
+    allow: Annotated[frozenset[str], LIVE] = frozenset({"echo"})
+    verify_host: Annotated[bool, LIVE] = True
+    # every association to it uses TLS; it may only come in over TLS
+    tls: Annotated[bool, LIVE] = False
+    verify_name: Annotated[bool, LIVE] = True  # outgoing TLS: its certificate must name ``host``
+    commit: Annotated[bool, LIVE] = False  # after delivering to it, ask it for storage commitment
+    # ask once this many delivered instances wait...
+    commit_after_instances: Annotated[int, LIVE] = 500
+    commit_after_seconds: Annotated[float, LIVE] = 30.0  # ...or this long after the last delivery
+    commit_report_timeout: Annotated[float, LIVE] = 600.0  # no report within this: ask again
+    # our commitment to it: "stored", "forwarded", "pacs-committed"
+    commit_when: Annotated[str, LIVE] = "stored"
+    # unsettled this long: reported failed (0x0110)
+    commit_give_up_hours: Annotated[float, LIVE] = 24.0
 
 
 @dataclass(frozen=True)
 class Config:
     """The whole validated configuration; ``source`` is None for the built-in default."""
 
-    agent: AgentSettings
-    peers: Mapping[str, Peer] = field(default_factory=dict)
-    forward: ForwardSettings = field(default_factory=ForwardSettings)
-    leds: LedSettings = field(default_factory=LedSettings)
-    console: ConsoleSettings = field(default_factory=ConsoleSettings)
-    tls: TlsSettings | None = None
-    source: Path | None = None
+    agent: Annotated[AgentSettings, LIVE]
+    peers: Annotated[Mapping[str, Peer], LIVE] = field(default_factory=dict)
+    forward: Annotated[ForwardSettings, LIVE] = field(default_factory=ForwardSettings)
+    leds: Annotated[LedSettings, RESTART] = field(default_factory=LedSettings)
+    console: Annotated[ConsoleSettings, RESTART] = field(default_factory=ConsoleSettings)
+    tls: Annotated[TlsSettings | None, LIVE] = None
+    source: Annotated[Path | None, LIVE] = None
 
     def peer_by_ae(self, ae_title: str) -> Peer | None:
         """Return the peer whose AE title is ``ae_title``, if any."""

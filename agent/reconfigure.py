@@ -9,29 +9,36 @@ agent restarts: the running configuration stays coherent, and the operator is to
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections.abc import Mapping
 from typing import Any
 
-from agent import tls
+from agent import reloading, tls
 from agent.config import Config
 from agent.errors import ConfigError
-from agent.tls import TlsSettings
 
-RESTART_ONLY = (
-    "agent.ae_title",
-    "agent.port",
-    "agent.bind",
-    "agent.data_dir",
-    "agent.max_pdu",
-    "agent.network_timeout",
-    "agent.handshake_timeout",
-    "agent.max_associations",
-    "agent.plain_listener",
-    "tls.port",
-    "tls.handshake_timeout",
-    "leds",
-    "console",
-)
+
+class LiveConfig:
+    """The configuration in force, shared by every long-lived part of one process.
+
+    Each part is given ``current`` (this object's bound method) when it is built and
+    calls it whenever it acts, so a reload, which ``replace``s the configuration once
+    here, reaches every part at once and none keeps a stale copy.
+    """
+
+    def __init__(self, config: Config) -> None:
+        self._config = config
+        self._lock = threading.Lock()
+
+    def current(self) -> Config:
+        """The configuration in force now."""
+        return self._config
+
+    def replace(self, config: Config) -> Config:
+        """Put ``config`` in force; return the one it replaces."""
+        with self._lock:
+            previous, self._config = self._config, config
+        return previous
 
 
 def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
@@ -56,34 +63,19 @@ def changed_keys(old: Config, new: Config) -> list[str]:
     return sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
 
 
-def needs_restart(key: str) -> bool:
-    """True if ``key`` is only read when the agent starts."""
-    return any(key == r or key.startswith(r + ".") for r in RESTART_ONLY)
-
-
 def split(running: Config, new: Config) -> tuple[Config, list[str]]:
     """The configuration to run with now, and the changed keys that wait for a restart.
 
-    The first is ``new`` with every restart-only setting kept as it runs.
+    The first is ``new`` with every setting marked ``RESTART`` kept as it runs
+    (``agent.reloading``); a [tls] table added or removed also waits, since a TLS
+    listener is started or stopped only with the agent.
     """
-    later = [k for k in changed_keys(running, new) if needs_restart(k)]
-    kept = {k.split(".", 1)[1] for k in RESTART_ONLY if k.startswith("agent.")}
-    agent = dataclasses.replace(new.agent, **{k: getattr(running.agent, k) for k in kept})
-    effective = dataclasses.replace(
-        new, agent=agent, leds=running.leds, console=running.console, tls=_tls(running, new)
-    )
+    later = reloading.restart_keys(running, new)
+    effective: Config = reloading.keep_restart_only(running, new)
     if (running.tls is None) != (new.tls is None):
-        later.append("tls")  # a TLS listener is started or stopped only with the agent
+        effective = dataclasses.replace(effective, tls=running.tls)
+        later.append("tls")
     return effective, sorted(set(later))
-
-
-def _tls(running: Config, new: Config) -> TlsSettings | None:
-    """The [tls] to run with: the new files and checks, the running listener's port."""
-    if running.tls is None or new.tls is None:
-        return running.tls
-    return dataclasses.replace(
-        new.tls, port=running.tls.port, handshake_timeout=running.tls.handshake_timeout
-    )
 
 
 def reload_tls(

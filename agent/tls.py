@@ -18,8 +18,10 @@ import ssl
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 from agent.errors import ConfigError
+from agent.reloading import LIVE, RESTART
 
 VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 _PEM = re.compile(rb"-----BEGIN CERTIFICATE-----(.+?)-----END CERTIFICATE-----", re.S)
@@ -29,13 +31,13 @@ _PEM = re.compile(rb"-----BEGIN CERTIFICATE-----(.+?)-----END CERTIFICATE-----",
 class TlsSettings:
     """The ``[tls]`` table: our certificate and key, the CAs we trust, the TLS listener."""
 
-    certificate: Path
-    private_key: Path
-    ca: Path
-    port: int = 2762
-    require_client_certificate: bool = True
-    min_version: str = "1.2"
-    handshake_timeout: float = 5.0
+    certificate: Annotated[Path, LIVE]
+    private_key: Annotated[Path, LIVE]
+    ca: Annotated[Path, LIVE]
+    port: Annotated[int, RESTART] = 2762
+    require_client_certificate: Annotated[bool, LIVE] = True
+    min_version: Annotated[str, LIVE] = "1.2"
+    handshake_timeout: Annotated[float, RESTART] = 5.0
 
 
 @dataclass(frozen=True)

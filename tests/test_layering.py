@@ -22,7 +22,7 @@ PACKAGE = ROOT / "agent"
 # lowest first; a module belongs to the first layer with a prefix of its name
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("foundations", ("agent.errors", "agent.validation", "agent.dicom", "agent.threads",
-                     "agent.tls", "agent.procfs")),
+                     "agent.tls", "agent.procfs", "agent.reloading")),
     ("configuration", ("agent.config", "agent.forward.settings", "agent.field.settings",
                        "agent.reconfigure")),
     ("archive", ("agent.archive",)),

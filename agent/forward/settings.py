@@ -20,12 +20,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 from pydicom.datadict import tag_for_keyword
 
 from agent import validation as v
 from agent.errors import ConfigError
+from agent.reloading import LIVE
 
 CALLING_AE = "calling_ae"
 MAX_ASSOCIATIONS = 8
@@ -36,23 +37,23 @@ RETAIN_UNTIL = ("delivered", "committed")
 class Rule:
     """Send instances whose header matches every pattern to more destinations."""
 
-    to: tuple[str, ...]
-    match: Mapping[str, str]
+    to: Annotated[tuple[str, ...], LIVE]
+    match: Annotated[Mapping[str, str], LIVE]
 
 
 @dataclass(frozen=True)
 class ForwardSettings:
     """Validated ``[forward]`` settings."""
 
-    to: tuple[str, ...] = ()
-    rules: tuple[Rule, ...] = ()
-    retry_first: float = 30.0
-    retry_max: float = 600.0
-    permanent_tries: int = 3
-    keep_days: float = 7.0
-    associations: int = 2
-    retain_until: str = "delivered"
-    destinations: frozenset[str] = field(default_factory=frozenset)
+    to: Annotated[tuple[str, ...], LIVE] = ()
+    rules: Annotated[tuple[Rule, ...], LIVE] = ()
+    retry_first: Annotated[float, LIVE] = 30.0
+    retry_max: Annotated[float, LIVE] = 600.0
+    permanent_tries: Annotated[int, LIVE] = 3
+    keep_days: Annotated[float, LIVE] = 7.0
+    associations: Annotated[int, LIVE] = 2
+    retain_until: Annotated[str, LIVE] = "delivered"
+    destinations: Annotated[frozenset[str], LIVE] = field(default_factory=frozenset)
 
 
 def parse_forward(table: Mapping[str, Any], peers: Mapping[str, object]) -> ForwardSettings:

@@ -16,10 +16,12 @@ from agent.config import Config
 from agent.errors import AgentError, ConfigError
 from agent.forward import retention
 from agent.forward.process import ForwardingProcess
+from agent.forward.rules import ConfiguredRouting
 from agent.net import configure_pynetdicom, peerlog, ports
 from agent.net.commit_scp import CommitmentReporter
 from agent.net.scp import DicomServer
 from agent.pull import Landing
+from agent.reconfigure import LiveConfig
 from agent.status import Snapshot, State, StatusModel, publish
 
 log = logging.getLogger(__name__)
@@ -63,7 +65,8 @@ class Agent:
     (``agent.field.box``)."""
 
     def __init__(self, config: Config, *, reporter: Reporter | None = None) -> None:
-        self.config = config
+        # the configuration in force: every long-lived part is given ``live.current``
+        self.live = LiveConfig(config)
         self.reporter = reporter if reporter is not None else Reporter()
         self.status = StatusModel()
         self.layout = Layout(config.agent.data_dir)
@@ -80,6 +83,11 @@ class Agent:
         self._published_at = 0.0  # and when (monotonic)
         self._summary = ""  # the STATUS= line last sent to systemd
 
+    @property
+    def config(self) -> Config:
+        """The configuration in force."""
+        return self.live.current()
+
     def start(self) -> None:
         """Check what start-up needs, lock the data dir, recover the archive, start
         listening, then report SERVING. A failure of the checks leaves nothing written."""
@@ -91,16 +99,20 @@ class Agent:
                 "unknown AEs may %s: fine for a first test, not for a hospital network",
                 " and ".join(sorted(self.config.agent.allow_unknown)),
             )
-        floor = self.config.agent.min_free_mb * 1048576
-        self.archive = Archive(self.layout.root, min_free_bytes=floor)
-        self.forwarder = ForwardingProcess(self.config, self.archive, self.status)
+        current = self.live.current
+        self.forwarder = ForwardingProcess(current, self.status)
+        self.archive = Archive(
+            self.layout.root,
+            floor=lambda: current().agent.min_free_mb * 1048576,
+            routing=ConfiguredRouting(current, self.forwarder.wake),
+        )
         found = recover(self.archive)
         log.info("archive ready: %s", found)
-        self.commitments = CommitmentReporter(lambda: self.config, self.archive, self.status)
-        self.server = DicomServer(self.config, self.archive, self.status, self.commitments.wake)
+        self.commitments = CommitmentReporter(current, self.archive, self.status)
+        self.server = DicomServer(current, self.archive, self.status, self.commitments.wake)
         self.server.start()
         self.commitments.start()
-        self.forwarder.start()
+        self.forwarder.start(self.archive)
         self._housekeeper = threading.Thread(
             target=self._housekeep, name="housekeeping", daemon=True
         )
@@ -141,13 +153,11 @@ class Agent:
                 level = effective.agent.log_level.upper()
                 logging.getLogger().setLevel(level)
                 configure_pynetdicom(debug=level == "DEBUG")
-            self.config = effective
-            if self.archive is not None:
-                self.archive.min_free_bytes = effective.agent.min_free_mb * 1048576
-            if self.server is not None:
-                self.server.reconfigure(effective, contexts)
+            self.live.replace(effective)  # every part reads it from now on
+            if self.server is not None and contexts is not None:
+                self.server.renew_tls(contexts)
             if self.forwarder is not None:
-                self.forwarder.reconfigure(effective)
+                self.forwarder.reconfigured()  # its process holds a copy: send it
             self.status.recovered("configuration")  # the file was read: a refusal is over
             line = reconfigure.outcome(changed, later, refused)
             if refused is not None:

@@ -21,7 +21,7 @@ from pydicom.uid import UID
 from agent.archive import Archive
 from agent.config import Config
 from agent.errors import ConfigError
-from agent.forward.rules import router_for
+from agent.forward.rules import ConfiguredRouting
 from agent.net.access import Caller
 from agent.net.engine.guards import discard_unarchived
 from agent.net.scu import Target
@@ -107,11 +107,12 @@ def check_pull(config: Config, target: Target, method: Method, send_to: str | No
 def open_archive(config: Config) -> Iterator[Archive]:
     """The archive, opened beside whoever else uses it (SQLite serialises the writers).
 
-    Its router sends what lands to the configured destinations, as the agent's would.
+    Its routing queues what lands for the configured destinations, as the agent's would
+    (the running agent's forwarder finds the jobs on its next look at the queue).
     """
     floor = config.agent.min_free_mb * 1048576
-    with Archive(config.agent.data_dir, min_free_bytes=floor) as archive:
-        archive.router = router_for(config.forward, config.peers)
+    routing = ConfiguredRouting(lambda: config)
+    with Archive(config.agent.data_dir, floor=lambda: floor, routing=routing) as archive:
         yield archive
 
 

@@ -56,6 +56,20 @@ def toml_value(value: Any) -> str:
     return json.dumps(str(value))
 
 
+class FixedRouting:
+    """An archive's routing that sends every instance to ``names`` (a test may change
+    them as it goes) and wakes nobody: the test's senders or workers look themselves."""
+
+    def __init__(self, *names: str) -> None:
+        self.names = names
+
+    def destinations(self, header: object, calling_ae: str) -> tuple[str, ...]:
+        return self.names
+
+    def queued(self, destinations: object) -> None:
+        """Nobody to wake."""
+
+
 def write_config(path: Path, agent: dict[str, Any], peers: dict[str, dict[str, Any]]) -> Path:
     """Write a config file with an [agent] table and [peers.NAME] tables."""
     lines = ["[agent]"] + [f"{k} = {toml_value(v)}" for k, v in agent.items()]

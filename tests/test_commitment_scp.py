@@ -30,7 +30,7 @@ from agent.dicom.status import (
 from agent.errors import ConfigError
 from agent.net import commit_scp as commitment
 from tests.commitment_peers import MOD_AE, ReportCatcher, reference, request, store
-from tests.support import free_port, wait_until, write_config
+from tests.support import FixedRouting, free_port, wait_until, write_config
 
 
 def make_config(tmp_path: Path, mod_port: int, allow: tuple[str, ...], **extra: Any) -> Path:
@@ -130,7 +130,7 @@ def test_forwarded_waits_for_every_destination(tmp_path: Path, instances: list[D
     path = make_config(tmp_path, free_port(), ("echo", "store", "commit"))
     path.write_text(path.read_text() + _pacs(free_port(), commit=True))
     config = config_module.load_file(path)
-    archive = Archive(config.agent.data_dir, router=lambda header, calling_ae: ["PACS"])
+    archive = Archive(config.agent.data_dir, routing=FixedRouting("PACS"))
     try:
         for n, ds in enumerate(instances):
             source = tmp_path / f"{n}.dcm"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import subprocess
@@ -162,7 +163,8 @@ def test_retain_until_committed_keeps_the_uncommitted_under_the_floor(
         assert agent.archive is not None
         assert scu.store(agent_port, sent) == [0] * 4
         wait_until(lambda: all_in(data_dir, {gone, *kept}, "awaiting"), 30, "deliveries")
-        agent.archive.min_free_bytes = 1 << 62  # free space under the floor
+        agent.reload(dataclasses.replace(  # free space under the floor, by a reload
+            config, agent=dataclasses.replace(config.agent, min_free_mb=1 << 42)))
         assert retention.sweep(agent.archive, config.forward, commit_enabled=["PACS"]) == 0
         delete_in_orthanc(pacs, gone)
         result = commit_study(config, "PACS", study, timeout=30,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 from pathlib import Path
@@ -235,7 +236,8 @@ def test_retention_removes_only_what_every_destination_has(
                              [(uid,) for uid in undelivered])
         kept_days = retention.sweep(agent.archive, config.forward)
         assert kept_days == 0  # delivered today: still within keep_days
-        agent.archive.min_free_bytes = 1 << 62  # free space under the floor
+        agent.reload(dataclasses.replace(  # free space under the floor, by a reload
+            config, agent=dataclasses.replace(config.agent, min_free_mb=1 << 42)))
         monkeypatch.setattr(retention, "BATCH", 2)
         # out of time after the first batch: a sweep never starves the watchdog's loop
         assert retention.sweep(agent.archive, config.forward, budget=0.0) == 2

@@ -31,7 +31,7 @@ from agent.forward.forwarder import Forwarder
 from agent.ops.reachability import state_line
 from agent.status import StatusModel, duration_words
 from tests import scu
-from tests.support import free_port, peer, run_cli, wait_until, write_config
+from tests.support import FixedRouting, free_port, peer, run_cli, wait_until, write_config
 from tests.test_forward import FAST_RETRY, forward_config, jobs
 
 RETRY_FIRST, RETRY_MAX = 30.0, 600.0
@@ -176,7 +176,7 @@ def backoff_config(root: Path, port: int, ae_title: str = "ORTHANC",
 
 def filled(root: Path, count: int) -> tuple[Archive, list[str]]:
     """An archive holding ``count`` instances, each queued for PACS (as ingest queues)."""
-    archive = Archive(root, router=lambda header, calling_ae: ("PACS",))
+    archive = Archive(root, routing=FixedRouting("PACS"))
     uids = []
     for ds in dicomgen.series(count, size=8):
         path = archive.layout.tmp_dir / f"{ds.SOPInstanceUID}.dcm"

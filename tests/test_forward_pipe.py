@@ -38,12 +38,12 @@ from agent.forward.messages import (
     Wake,
 )
 from agent.status import StatusModel
-from tests.support import free_port, wait_until
+from tests.support import FixedRouting, free_port, wait_until
 from tests.test_forward import ScriptedSCP, forward_config
 
 
 def fill(archive: Archive, count: int) -> list[str]:
-    """Ingest ``count`` instances (the archive's router queues their jobs)."""
+    """Ingest ``count`` instances (the archive's routing queues their jobs)."""
     uids = []
     for ds in dicomgen.series(count, size=8):
         path = archive.layout.tmp_dir / f"{ds.SOPInstanceUID}.dcm"
@@ -116,7 +116,8 @@ def configs(tmp_path: Path, port: int) -> tuple[Config, Config]:
 def test_every_message_kind_crosses_the_pipe_to_a_real_worker(tmp_path: Path) -> None:
     pacs = ScriptedSCP([0xA700])  # the first store refused for now: one "failed"
     config, reloaded = configs(tmp_path, pacs.port)
-    archive = Archive(tmp_path / "data", router=lambda header, ae: ("PACS", "DEAD", "LATE"))
+    routing = FixedRouting("PACS", "DEAD", "LATE")
+    archive = Archive(tmp_path / "data", routing=routing)
     end = AgentEnd()
     try:
         first = fill(archive, 2)
@@ -132,7 +133,7 @@ def test_every_message_kind_crosses_the_pipe_to_a_real_worker(tmp_path: Path) ->
         # what it cannot read is skipped, said, and the link goes on
         end.conn.send_bytes(b"\x80\x05 no pickle")
         end.conn.send_bytes(pickle.dumps(("tick", {})))  # the untyped kind of before
-        archive.router = lambda header, ae: ("PACS",)
+        routing.names = ("PACS",)
         later = fill(archive, 1)
         end.send(Wake(("PACS",)))
         wait_until(lambda: end.logged("ignored not a message (UnpicklingError)"), 10, "garbage")
@@ -160,8 +161,8 @@ def test_an_unreadable_message_does_not_end_the_agents_side_of_the_link(
     config, _ = configs(tmp_path, free_port())
     status = StatusModel()
     with Archive(tmp_path / "data") as archive:
-        supervisor = forward_process.ForwardingProcess(config, archive, status)
-        supervisor.start()
+        supervisor = forward_process.ForwardingProcess(lambda: config, status)
+        supervisor.start(archive)
         try:
             child = supervisor._child
             assert child is not None
@@ -187,8 +188,8 @@ def test_a_process_that_says_it_stopped_is_not_taken_for_a_hung_one(
     status = StatusModel()
     try:
         with Archive(tmp_path / "data") as archive:
-            supervisor = forward_process.ForwardingProcess(config, archive, status)
-            supervisor.start()
+            supervisor = forward_process.ForwardingProcess(lambda: config, status)
+            supervisor.start(archive)
             try:
                 child = supervisor._child
                 assert child is not None

@@ -12,11 +12,12 @@ from agent.archive import Archive, Layout
 from agent.archive.outbox import DONE, PENDING, QUARANTINED, RETRYING, Lane
 from agent.archive.retrieval import Reader
 from agent.errors import IndexUnavailable
+from tests.support import FixedRouting
 
 
 def filled(root: Path, count: int, destinations: tuple[str, ...] = ("PACS",)) -> Archive:
     """An archive holding ``count`` instances, each queued for ``destinations``."""
-    archive = Archive(root, router=lambda header, calling_ae: destinations)
+    archive = Archive(root, routing=FixedRouting(*destinations))
     for ds in dicomgen.series(count, size=8):
         path = archive.layout.tmp_dir / f"{ds.SOPInstanceUID}.dcm"
         ds.save_as(path, enforce_file_format=True)

@@ -22,7 +22,7 @@ from agent.archive import Layout
 from agent.archive.index import connect
 from agent.dicom.contexts import VERIFICATION
 from agent.errors import PeerError
-from agent.net.scu import Target, associate, new_ae
+from agent.net.scu import Requestor, Target
 from tests.pacs import Dcmqrscp
 from tests.support import (
     AgentProcess,
@@ -311,13 +311,14 @@ def test_a_rejection_that_beats_pynetdicom_to_its_socket_check_is_still_named(
     # dcmqrscp's reject and hang-up arrive first, as a loaded machine does by chance
     config = config_module.load_file(config_file)
     target = Target("NOTDCMQR", "127.0.0.1", pacs.qr.port, "NOTDCMQR")
-    ae = new_ae(config, timeout=10)
+    requestor = Requestor(config, 10)
+    ae = requestor.ae()
     ae.add_requested_context(VERIFICATION)
     closed = threading.Event()
     slow = [(evt.EVT_REQUESTED, lambda event: closed.wait(2)),
             (evt.EVT_CONN_CLOSE, lambda event: closed.set())]
     with pytest.raises(PeerError, match="rejected permanently: called AE title not recog"):
-        associate(ae, target, extra_handlers=slow)
+        requestor.associate(ae, target, extra_handlers=slow)
     assert closed.is_set()
 
 

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol, TypeVar
 
 from pydicom.dataset import Dataset
 
@@ -42,7 +42,37 @@ from agent.errors import StoreError
 log = logging.getLogger(__name__)
 
 StoreOutcome = Literal["stored", "duplicate", "conflict"]
-Router = Callable[[Dataset, str], Sequence[str]]
+T = TypeVar("T")
+
+
+class Routing(Protocol):
+    """Where an archived instance is to be forwarded, decided once, when it is indexed, and
+    who hears that jobs were queued. The archive is given one when it is made (the forwarding
+    configuration's, ``agent.forward.rules.ConfiguredRouting``), so that every way in
+    (ingest, start-up recovery) routes alike, whatever order the agent builds its parts in.
+    """
+
+    def destinations(self, header: Dataset, calling_ae: str) -> Sequence[str]:
+        """The peers the instance goes to."""
+
+    def queued(self, destinations: Sequence[str]) -> None:
+        """Jobs were committed for these peers (never blocks: called while receiving)."""
+
+
+class NoRouting:
+    """An archive that forwards nothing (a reindex, the forwarding process's own handle)."""
+
+    def destinations(self, header: Dataset, calling_ae: str) -> Sequence[str]:
+        """Nowhere."""
+        return ()
+
+    def queued(self, destinations: Sequence[str]) -> None:
+        """Nobody to tell."""
+
+
+def no_floor() -> int:
+    """No free-space floor."""
+    return 0
 
 
 @dataclass(frozen=True)
@@ -59,24 +89,30 @@ class Archive:
     """Files under ``root/archive`` and the SQLite index that describes them."""
 
     def __init__(
-        self, root: Path, *, min_free_bytes: int = 0, router: Router | None = None
+        self,
+        root: Path,
+        *,
+        floor: Callable[[], int] = no_floor,
+        routing: Routing | None = None,
     ) -> None:
         self.layout = Layout(root)
         self.layout.create()
-        self.min_free_bytes = min_free_bytes
+        self.floor = floor  # free bytes to keep, as the configuration in force says
+        self.routing: Routing = routing or NoRouting()
         self.index = Index(self.layout.index_path)
         self.outbox = Outbox(self.index)
         self.pacs_commits = PacsCommits(self.index)
-        self.router: Router = router or (lambda header, calling_ae: ())
-        self.on_queued: Callable[[Sequence[str]], None] = lambda destinations: None
         self._placing = threading.Lock()
 
     def index_new(
-        self, conn: sqlite3.Connection, record: InstanceRecord, destinations: Sequence[str]
-    ) -> None:
-        """Index an instance and queue its forwards, in the caller's transaction."""
+        self, conn: sqlite3.Connection, record: InstanceRecord, header: Dataset
+    ) -> Sequence[str]:
+        """Index an instance and queue its forwards, in the caller's transaction; return
+        the destinations it was queued for."""
+        destinations = self.routing.destinations(header, record.calling_ae)
         add_instance(conn, record)
         add_jobs(conn, record.sop_instance_uid, destinations, time.time())
+        return destinations
 
     def resolve(self, model: Model, identifier: Dataset) -> list[StoredInstance]:
         """The archived instances a retrieve identifier names (its unique keys only)."""
@@ -109,6 +145,11 @@ class Archive:
     def free_bytes(self) -> int:
         """Free space on the archive's filesystem."""
         return durable.free_bytes(self.layout.root)
+
+    @property
+    def min_free_bytes(self) -> int:
+        """The free-space floor in force."""
+        return self.floor()
 
     def below_floor(self) -> bool:
         """True when free space is under the configured floor."""
@@ -150,15 +191,14 @@ class Archive:
                     incoming, known, record.sop_instance_uid, size, calling_ae
                 )
             _guarded(durable.place, incoming, final, self.layout.archive_dir)
-            destinations = self.router(header.dataset, calling_ae)
             # unsynced: recovery restores the row, its calling AE and its forwards from the file
-            _commit(
-                lambda conn: self.index_new(conn, record, destinations),
+            destinations = _commit(
+                lambda conn: self.index_new(conn, record, header.dataset),
                 self.index,
                 undo=final,
                 synced=False,
             )
-        self.on_queued(destinations)
+        self.routing.queued(destinations)
         return Stored("stored", record.sop_instance_uid, final, size)
 
     def _known_copy(self, sop_uid: str) -> Path | None:
@@ -196,16 +236,17 @@ class Archive:
 
 
 def _commit(
-    write: Callable[[sqlite3.Connection], object],
+    write: Callable[[sqlite3.Connection], T],
     index: Index,
     *,
     undo: Path,
     synced: bool = True,
-) -> None:
-    """Run ``write`` in one transaction; on failure remove the placed file and answer 0xA700."""
+) -> T:
+    """Run ``write`` in one transaction and return what it returns; on failure remove the
+    placed file and answer 0xA700."""
     try:
         with index.transaction(synced=synced) as conn:
-            write(conn)
+            return write(conn)
     except (sqlite3.Error, OSError) as exc:
         durable.remove_quietly(undo)
         raise StoreError(OUT_OF_RESOURCES, f"cannot index the instance: {exc}") from None

@@ -94,7 +94,7 @@ def _index_files(archive: Archive, relative_paths: list[str]) -> tuple[int, int]
                     unreadable += 1
                     continue
                 header, record = found
-                archive.index_new(conn, record, archive.router(header.dataset, record.calling_ae))
+                archive.index_new(conn, record, header.dataset)
                 added += 1
     return added, unreadable
 

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from agent import threads
 from agent.archive import Archive
 from agent.config import Config, Peer
 from agent.errors import PeerError
-from agent.forward.sender import ForwardEvents
+from agent.forward.sender import ForwardEvents, peer_in_force
 from agent.net import commit_scu as commitment
 
 log = logging.getLogger(__name__)
@@ -32,13 +33,21 @@ class Committer(threads.Worker):
     """Requests storage commitment from one destination; a stop is honoured after the
     request in flight."""
 
-    def __init__(self, peer: Peer, config: Config, archive: Archive, events: ForwardEvents) -> None:
-        super().__init__(f"commit-{peer.name}", STOPS_WITHIN)
-        self.peer = peer
-        self.config = config
+    def __init__(
+        self, name: str, current: Callable[[], Config], archive: Archive, events: ForwardEvents
+    ) -> None:
+        super().__init__(f"commit-{name}", STOPS_WITHIN)
+        self.current = current  # the configuration in force: a reload reaches the committer
+        self._peer = current().peers[name]
         self.archive = archive
         self.events = events
         self._not_before = 0.0
+
+    @property
+    def peer(self) -> Peer:
+        """The destination, as configured now."""
+        self._peer = peer_in_force(self.current, self._peer.name, self._peer)
+        return self._peer
 
     def start(self) -> None:
         """Take in what was delivered before commitment was asked of this peer, then
@@ -90,7 +99,7 @@ class Committer(threads.Worker):
         transaction = commitment.new_transaction_uid()
         commits.requested((uid for _, uid in refs), self.peer.name, transaction, now)
         try:
-            same = commitment.request(self.config, self.peer, transaction, refs, commits)
+            same = commitment.request(self.current(), self.peer, transaction, refs, commits)
         except PeerError as exc:
             commits.withdraw(transaction)
             self._not_before = time.monotonic() + RETRY_AFTER_FAILURE

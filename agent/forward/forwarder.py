@@ -20,6 +20,7 @@ from agent.forward.clock import SYSTEM_CLOCK, Clock
 from agent.forward.committer import Committer
 from agent.forward.gate import Gate
 from agent.forward.sender import ForwardEvents, Sender
+from agent.reconfigure import LiveConfig
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ class Forwarder:
     def __init__(
         self, config: Config, archive: Archive, events: ForwardEvents, clock: Clock = SYSTEM_CLOCK
     ) -> None:
-        self.config = config
+        self.live = LiveConfig(config)  # this process's configuration in force
         self.archive = archive
         self.events = events
         self.clock = clock
@@ -44,11 +45,10 @@ class Forwarder:
 
     def _lanes(self, name: str) -> list[Sender]:
         """Senders for one destination, each over its own association and share of jobs."""
-        count = self.config.forward.associations
-        peer = self.config.peers[name]
+        count = self.live.current().forward.associations
         gate = self._gate(name)
         return [
-            Sender(peer, self.config, self.archive, self.events, Lane(number, count), gate,
+            Sender(name, self.live.current, self.archive, self.events, Lane(number, count), gate,
                    self.clock)
             for number in range(count)
         ]
@@ -58,7 +58,8 @@ class Forwarder:
         gate = self.gates.get(name)
         if gate is None:
             gate = Gate(
-                name, self.config.forward, self.events, self.clock, lambda: self.wake([name])
+                name, lambda: self.live.current().forward, self.events, self.clock,
+                lambda: self.wake([name]),
             )
             self.gates[name] = gate
             gate.announce()
@@ -70,9 +71,9 @@ class Forwarder:
     def _commit_for(self, names: Sequence[str]) -> None:
         """A committer beside the senders of each commit-enabled destination (once)."""
         for name in names:
-            peer = self.config.peers.get(name)
+            peer = self.live.current().peers.get(name)
             if peer is not None and peer.commit and name not in self.committers:
-                committer = Committer(peer, self.config, self.archive, self.events)
+                committer = Committer(name, self.live.current, self.archive, self.events)
                 self.committers[name] = committer
                 committer.start()
 
@@ -98,19 +99,21 @@ class Forwarder:
     def adopt(self, depth: Mapping[str, Mapping[str, int]]) -> None:
         """A sender for every configured peer with jobs (``retrieve --send-to`` queues some)."""
         with self._senders_lock:
+            peers = self.live.current().peers
             for name, counts in depth.items():
-                if name in self.senders or name not in self.config.peers or not waiting(counts):
+                if name in self.senders or name not in peers or not waiting(counts):
                     continue
                 self._start(name)
                 log.info("forwarding to %s (jobs were queued for it)", name)
 
     def reconfigure(self, config: Config) -> None:
-        """Deliver by a reloaded configuration; start senders for new destinations.
-
-        A sender whose peer left the configuration stops; its jobs stay queued.
+        """Put a reloaded configuration in force: every sender, gate and committer reads it
+        from then on. Start senders for new destinations, and restart a destination's lanes
+        when their number changed; a sender whose peer left the configuration stops (its
+        jobs stay queued).
         """
         with self._senders_lock:
-            previous, self.config = self.config, config
+            previous = self.live.replace(config)
             for name in sorted(self.senders):
                 if name not in config.peers:
                     for sender in self.senders.pop(name):
@@ -123,22 +126,16 @@ class Forwarder:
                     for sender in lanes:
                         sender.close()
                     self._start(name)
-                for sender in self.senders[name]:
-                    sender.peer, sender.config = config.peers[name], config
             self._regate(previous, config)
             for name in sorted(set(config.forward.destinations) - set(self.senders)):
                 self._start(name)
                 log.info("forwarding to %s (added by a reload)", name)
-            for name, committer in self.committers.items():
-                if name in config.peers:  # commit = false later: it has nothing new to ask
-                    committer.peer, committer.config = config.peers[name], config
             self._commit_for(sorted(self.senders))
 
     def _regate(self, previous: Config, config: Config) -> None:
         """Gates follow a reload; a down destination whose peer changed is tried at once."""
         ours = (previous.agent.ae_title, previous.tls) != (config.agent.ae_title, config.tls)
         for name, gate in self.gates.items():
-            gate.settings = config.forward
             if ours or previous.peers.get(name) != config.peers.get(name):
                 gate.retry_now()
 

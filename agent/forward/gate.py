@@ -61,14 +61,14 @@ class Gate:
     def __init__(
         self,
         name: str,
-        settings: ForwardSettings,
+        settings: Callable[[], ForwardSettings],
         events: DestinationEvents,
         clock: Clock,
         wake: Callable[[], None],
         rng: random.Random | None = None,
     ) -> None:
         self.name = name
-        self.settings = settings  # replaced by a reload
+        self.settings = settings  # the [forward] settings in force
         self._events = events
         self._clock = clock
         self._wake = wake  # wakes every lane of the destination
@@ -160,7 +160,7 @@ class Gate:
             if previous is not None and not probe:
                 return  # dialled while it was up; another lane already took it down
             failures = 1 if previous is None else previous.failures + 1
-            delay = retry_delay(failures, self.settings, self._rng)
+            delay = retry_delay(failures, self.settings(), self._rng)
             since = now if previous is None else previous.since
             outage = self._outage = Outage(since, error, failures, now + delay)
         if previous is None:
@@ -171,7 +171,7 @@ class Gate:
                 error,
                 _instances(waiting),
                 duration_words(delay),
-                duration_words(self.settings.retry_max),
+                duration_words(self.settings().retry_max),
             )
         else:
             log.debug("%s still cannot be reached (try %d): %s", self.name, failures, error)

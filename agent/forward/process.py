@@ -1,6 +1,7 @@
-"""The agent's side of forwarding: routes each stored instance into the queue, and runs
-the senders in a process of their own (``agent.forward.worker``) while there is
-somewhere to forward to.
+"""The agent's side of forwarding: runs the senders in a process of their own
+(``agent.forward.worker``) while there is somewhere to forward to. Which instances are
+queued for whom is the archive's routing's business (``agent.forward.rules``); it wakes
+this side, which passes the wake-up on.
 
 Why a process: receiving and forwarding in one interpreter take turns at its lock, so
 through the agent 500 instances reached the PACS in 2.1x the time they take straight
@@ -23,7 +24,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
 from pathlib import Path
 
@@ -49,7 +50,6 @@ from agent.forward.messages import (
     Wake,
     assert_never,
 )
-from agent.forward.rules import router_for
 from agent.status import STUCK_AFTER, StatusModel
 
 log = logging.getLogger(__name__)
@@ -60,23 +60,24 @@ STOPS_WITHIN = STOP_WITHIN + 5.0
 
 
 class ForwardingProcess:
-    """Starts, feeds, watches and stops the forwarding process; the archive calls ``wake``."""
+    """Starts, feeds, watches and stops the forwarding process; the archive's routing
+    (``agent.forward.rules.ConfiguredRouting``) calls ``wake``."""
 
-    def __init__(self, config: Config, archive: Archive, status: StatusModel) -> None:
-        self.config = config
-        self.archive = archive
+    def __init__(self, current: Callable[[], Config], status: StatusModel) -> None:
+        self.current = current  # the configuration in force
+        self.archive: Archive | None = None  # the one it forwards from, once started
         self.status = status
         self.senders: tuple[str, ...] = ()  # as the forwarding process last reported them
         self._child: _Child | None = None
         self._spawned = -RESPAWN_GAP  # monotonic time of the last start
         self._down_since: float | None = None  # lost, and no process has answered since
         self._closing = False  # the agent stops: no process is started or replaced again
-        archive.router = router_for(config.forward, config.peers)
-        archive.on_queued = self.wake
 
-    def start(self) -> None:
-        """Start the forwarding process if any destination is configured."""
-        if self.config.forward.destinations:
+    def start(self, archive: Archive) -> None:
+        """Forward what ``archive`` queues: start the forwarding process now if any
+        destination is configured (else once jobs wait for a configured peer)."""
+        self.archive = archive
+        if self.current().forward.destinations:
             self._spawn()
 
     def running(self) -> bool:
@@ -95,15 +96,18 @@ class ForwardingProcess:
 
     def refresh_status(self) -> None:
         """Publish queue depth per destination; keep the forwarding process alive and fed."""
+        if self.archive is None:
+            return  # not started
+        config = self.current()
         depth = self.archive.outbox.depth()
-        self._keep_alive(depth)
-        names = tuple(sorted(set(self.senders) | set(self.config.forward.destinations)))
+        self._keep_alive(depth, config)
+        names = tuple(sorted(set(self.senders) | set(config.forward.destinations)))
         if names:
             self.status.queue_depth(depth, names)
-        if any(peer.commit for peer in self.config.peers.values()):
+        if any(peer.commit for peer in config.peers.values()):
             self.status.destination_commitments(self.archive.pacs_commits.counts())
 
-    def _keep_alive(self, depth: dict[str, dict[str, int]]) -> None:
+    def _keep_alive(self, depth: dict[str, dict[str, int]], config: Config) -> None:
         """Replace a process that died or stopped answering; start one when jobs appear."""
         child = self._child
         if self._closing:
@@ -114,7 +118,7 @@ class ForwardingProcess:
             self._lost(child, f"ended (exit code {child.process.returncode})")
         elif child is not None and child.silent_for() > STUCK_AFTER:
             self._lost(child, f"did not answer for {STUCK_AFTER:.0f} s and was killed")
-        needed = self.config.forward.destinations or _waiting(depth, self.config)
+        needed = config.forward.destinations or _waiting(depth, config)
         if self._child is None and needed and time.monotonic() - self._spawned > RESPAWN_GAP:
             self._spawn()
 
@@ -144,21 +148,22 @@ class ForwardingProcess:
             return "the forwarding process keeps failing"
         return None
 
-    def reconfigure(self, config: Config) -> None:
-        """Route and deliver by a reloaded configuration."""
-        self.config = config
-        self.archive.router = router_for(config.forward, config.peers)
+    def reconfigured(self) -> None:
+        """A reload put a new configuration in force: the forwarding process, which holds
+        its own copy, is sent it (routing already reads it, through the same ``current``)."""
+        config = self.current()
         if self._child is not None:
             self._child.post(Reconfigure(config))
-        elif config.forward.destinations and not self._closing:
+        elif config.forward.destinations and not self._closing and self.archive is not None:
             self._spawn()
 
     def sweep(self) -> int:
         """Apply retention (only where forwarding happens)."""
-        if not self.config.forward.destinations and not self.senders:
+        config = self.current()
+        if self.archive is None or (not config.forward.destinations and not self.senders):
             return 0
-        enabled = [name for name, peer in self.config.peers.items() if peer.commit]
-        return retention.sweep(self.archive, self.config.forward, commit_enabled=enabled)
+        enabled = [name for name, peer in config.peers.items() if peer.commit]
+        return retention.sweep(self.archive, config.forward, commit_enabled=enabled)
 
     def stop_soon(self) -> None:
         """Ask the forwarding process to stop now (its senders finish what is in flight)
@@ -176,8 +181,9 @@ class ForwardingProcess:
             self.status.forwarding_process(None)
 
     def _spawn(self) -> None:
+        assert self.archive is not None
         self._spawned = time.monotonic()
-        self._child = _Child(self, self.config)
+        self._child = _Child(self, self.current(), self.archive.layout.root)
 
     def on_message(self, child: _Child, message: ToAgent | Unreadable) -> None:
         """What the forwarding process reports, applied to the one status model."""
@@ -226,7 +232,7 @@ class _Child:
     it re-import whatever script started the agent, as multiprocessing's spawn would.
     """
 
-    def __init__(self, owner: ForwardingProcess, config: Config) -> None:
+    def __init__(self, owner: ForwardingProcess, config: Config, root: Path) -> None:
         self.owner = owner
         self._cond = threading.Condition()
         self._woken: set[str] = set()
@@ -244,7 +250,7 @@ class _Child:
             )
         self.conn = Connection(ours.detach())
         level = logging.getLogger().getEffectiveLevel()
-        self.post(messages.Start(config, owner.archive.layout.root, level))
+        self.post(messages.Start(config, root, level))
         self._writer = threading.Thread(target=self._write, name="forward-link-out", daemon=True)
         self._reader = threading.Thread(target=self._read, name="forward-link-in", daemon=True)
         self._writer.start()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from agent import threads
@@ -24,7 +25,7 @@ from agent.dicom.contexts import sending_contexts
 from agent.forward.clock import SYSTEM_CLOCK, Clock
 from agent.forward.gate import DestinationEvents, Gate
 from agent.forward.policy import Delivery, classify_status, gives_up, retry_delay
-from agent.net.scu import Target, associate, new_ae
+from agent.net.scu import Requestor, Target
 from agent.net.stored import sendable
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,12 @@ class ForwardEvents(DestinationEvents, Protocol):
         """An attempt to deliver to ``name`` failed."""
 
 
+def peer_in_force(current: Callable[[], Config], name: str, last: Peer) -> Peer:
+    """Peer ``name`` as the configuration in force has it; ``last`` once a reload removed
+    it (the part working for it is then being stopped)."""
+    return current().peers.get(name, last)
+
+
 class Sender(threads.Worker):
     """Delivers the queue of one destination peer.
 
@@ -54,23 +61,29 @@ class Sender(threads.Worker):
 
     def __init__(
         self,
-        peer: Peer,
-        config: Config,
+        name: str,
+        current: Callable[[], Config],
         archive: Archive,
         events: ForwardEvents,
         lane: Lane,
         gate: Gate,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
-        super().__init__(f"forward-{peer.name}-{lane.number}", STOPS_WITHIN)
-        self.peer = peer
-        self.config = config
+        super().__init__(f"forward-{name}-{lane.number}", STOPS_WITHIN)
+        self.current = current  # the configuration in force: a reload reaches the sender
+        self._peer = current().peers[name]
         self.archive = archive
         self.events = events
         self.lane = lane
         self.gate = gate  # shared by the destination's lanes
         self.clock = clock
         self._rng = random.Random()
+
+    @property
+    def peer(self) -> Peer:
+        """The destination, as configured now."""
+        self._peer = peer_in_force(self.current, self._peer.name, self._peer)
+        return self._peer
 
     def run(self) -> None:
         """Drain due jobs until stopped."""
@@ -123,10 +136,11 @@ class Sender(threads.Worker):
 
     def _associate(self, pairs: list[tuple[str, str]]) -> Any:
         """An association offering ``pairs``, or PeerError saying why there is none."""
-        ae = new_ae(self.config)
+        requestor = Requestor(self.current())
+        ae = requestor.ae()
         ae.requested_contexts = sending_contexts(pairs)
-        target = Target(self.peer.ae_title, self.peer.host, self.peer.port, self.peer.name)
-        return associate(ae, target)
+        peer = self.peer
+        return requestor.associate(ae, Target(peer.ae_title, peer.host, peer.port, peer.name))
 
     def _more(self, queue: OutboxReader, fits: set[tuple[str, str]]) -> list[Job]:
         """Due jobs this association can carry, waiting up to LINGER for new ones."""
@@ -165,8 +179,9 @@ class Sender(threads.Worker):
                 )
         else:
             tries = job.attempts + 1
-            quarantine = gives_up(outcome, tries, self.config.forward)
-            delay = retry_delay(tries, self.config.forward, self._rng)
+            settings = self.current().forward
+            quarantine = gives_up(outcome, tries, settings)
+            delay = retry_delay(tries, settings, self._rng)
             self.archive.outbox.mark_failed(job, detail, now + delay, quarantine)
         if outcome is Delivery.DELIVERED_WITH_WARNING:
             log.warning("forwarded to %s with a warning: %s", self.peer.name, detail)

@@ -158,13 +158,13 @@ class CommitmentReporter(threads.Worker):
 
     def __init__(
         self,
-        config: Callable[[], Config],
+        current: Callable[[], Config],
         archive: Archive,
         status: StatusModel,
         clock: Callable[[], float] = time.time,
     ) -> None:
         super().__init__("commitment-reporter", STOPS_WITHIN)
-        self.config = config  # the live configuration
+        self.current = current  # the configuration in force
         self.archive = archive
         self.status = status
         self.clock = clock
@@ -194,7 +194,7 @@ class CommitmentReporter(threads.Worker):
         self.status.owed_reports(**_counts(self.archive))
 
     def _attend(self, tx: commitments.Transaction) -> None:
-        config = self.config()
+        config = self.current()
         peer = config.peers.get(tx.peer)
         now = self.clock()
         if peer is None:
@@ -233,11 +233,12 @@ def _counts(archive: Archive) -> dict[str, int]:
 def send_report(config: Config, peer: Peer, uid: str, decision: commitments.Decision) -> None:
     """Open a new association to ``peer`` in the SCP role and send the N-EVENT-REPORT;
     PeerError unless the peer answers it with success."""
-    ae = scu.new_ae(config, timeout=REPORT_TIMEOUT)
+    requestor = scu.Requestor(config, REPORT_TIMEOUT)
+    ae = requestor.ae()
     ae.add_requested_context(STORAGE_COMMITMENT, list(UNCOMPRESSED))
     role = build_role(STORAGE_COMMITMENT, scu_role=False, scp_role=True)
     target = scu.Target(peer.ae_title, peer.host, peer.port, peer.name)
-    assoc = scu.associate(ae, target, ext_neg=[role])
+    assoc = requestor.associate(ae, target, ext_neg=[role])
     try:
         event_type, info = report_dataset(uid, decision)
         answer = assoc.send_n_event_report(

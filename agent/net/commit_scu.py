@@ -29,7 +29,7 @@ from agent.dicom.contexts import (
     UNCOMPRESSED,
 )
 from agent.errors import PeerError
-from agent.net.scu import Target, associate, new_ae
+from agent.net.scu import Requestor, Target
 
 log = logging.getLogger(__name__)
 
@@ -141,11 +141,12 @@ def request(
         reported.set()
         return code, None
 
-    ae = new_ae(config)
+    requestor = Requestor(config)
+    ae = requestor.ae()
     ae.add_requested_context(STORAGE_COMMITMENT, list(UNCOMPRESSED))
     target = Target(peer.ae_title, peer.host, peer.port, peer.name)
     handlers: list[tuple[Any, Callable[..., Any]]] = [(evt.EVT_N_EVENT_REPORT, on_report)]
-    assoc = associate(ae, target, extra_handlers=handlers)
+    assoc = requestor.associate(ae, target, extra_handlers=handlers)
     try:
         if STORAGE_COMMITMENT not in {str(cx.abstract_syntax) for cx in assoc.accepted_contexts}:
             raise PeerError(f"{target}: the peer does not offer Storage Commitment to us")

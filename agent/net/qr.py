@@ -77,8 +77,10 @@ def model_of(event: Any) -> Model:
 class QueryRetrieveHandlers:
     """C-FIND, C-MOVE and C-GET for admitted callers."""
 
-    def __init__(self, config: Config, reader: Reader, caller_of: CallerLookup) -> None:
-        self.config = config
+    def __init__(
+        self, current: Callable[[], Config], reader: Reader, caller_of: CallerLookup
+    ) -> None:
+        self.current = current  # the configuration in force (move destinations)
         self.reader = reader
         self.caller_of = caller_of
         self._combined: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
@@ -140,7 +142,7 @@ class QueryRetrieveHandlers:
     def on_move(self, event: Any) -> Iterator[Any]:
         """Send matches to a configured peer: destination, count, then data sets."""
         caller = self.caller_of(event.assoc)
-        destination = self.config.peer_by_ae(str(event.move_destination).strip())
+        destination = self.current().peer_by_ae(str(event.move_destination).strip())
         if destination is None:
             log.warning(
                 "C-MOVE from %s to unknown destination %r refused (0xA801)",
@@ -150,7 +152,7 @@ class QueryRetrieveHandlers:
             yield None, None
             return
         try:
-            secure = tls_args(self.config, destination)  # None unless its tls = true
+            secure = tls_args(self.current(), destination)  # None unless its tls = true
         except PeerError as exc:
             log.warning("C-MOVE from %s refused (0xA801): %s", caller, exc)
             yield None, None

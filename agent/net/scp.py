@@ -67,18 +67,19 @@ class DicomServer:
 
     def __init__(
         self,
-        config: Config,
+        current: Callable[[], Config],
         archive: Archive,
         status: StatusModel,
         on_commitment: Callable[[], None] = lambda: None,
     ) -> None:
-        self.config = config
+        self.current = current  # the configuration in force: admission reads it per request
+        config = current()  # the listeners are built from the configuration at start
         self.archive = archive
         self.status = status
         self._callers: weakref.WeakKeyDictionary[Any, Caller] = weakref.WeakKeyDictionary()
         self._storage = StorageHandlers(archive, status, self.caller_now)
         self._reader = Reader(archive.layout, config.agent.ae_title)
-        self._qr = QueryRetrieveHandlers(config, self._reader, self.caller_now)
+        self._qr = QueryRetrieveHandlers(current, self._reader, self.caller_now)
         self._reports = CommitReports(archive.pacs_commits, self.caller_now)
         self._commitment = CommitmentHandler(archive, self.caller_now, on_commitment)
         self._ae = self._build_ae()
@@ -91,7 +92,7 @@ class DicomServer:
         self._ended_count = 0
 
     def _build_ae(self) -> AE:
-        settings = self.config.agent
+        settings = self.current().agent
         configure_pynetdicom(debug=settings.log_level == "debug")
         ae = ListenerAE(ae_title=settings.ae_title)  # a C-MOVE's unreachable destination: 0xA702
         ae.maximum_pdu_size = settings.max_pdu
@@ -135,14 +136,15 @@ class DicomServer:
 
     def start(self) -> None:
         """Bind the listeners (plain, TLS, or both) and serve each in a background thread."""
-        settings = self.config.agent
+        settings = self.current().agent
         # pynetdicom streams incoming data sets to NamedTemporaryFile: keep those on the
         # archive's filesystem so that ingest is a rename, never a copy.
         tempfile.tempdir = str(self.archive.layout.tmp_dir)
         if settings.plain_listener:
             self._server = self._serve(settings.port, None)
-        if self.config.tls is not None:
-            self._tls_server = self._serve(self.config.tls.port, self.config.tls.handshake_timeout)
+        secured = self.current().tls
+        if secured is not None:
+            self._tls_server = self._serve(secured.port, secured.handshake_timeout)
         plain = self.port if self._server is not None else None
         secure = self.tls_port if self._tls_server is not None else None
         self.status.set_listening(settings.bind, plain, secure)
@@ -151,7 +153,7 @@ class DicomServer:
 
     def _serve(self, port: int, tls_timeout: float | None) -> ThreadedAssociationServer:
         """One listener on ``port``, TLS if ``tls_timeout`` is given, in its own thread."""
-        settings = self.config.agent
+        settings = self.current().agent
         handlers: list[Any] = [
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_CONN_CLOSE, transport.end_if_never_requested),
@@ -205,16 +207,15 @@ class DicomServer:
             and all(t.is_alive() for t in self._threads)
         )
 
-    def reconfigure(self, config: Config, contexts: tls.Contexts | None = None) -> None:
-        """Take a reloaded configuration: admission and move destinations read it from now on.
+    def renew_tls(self, contexts: tls.Contexts) -> None:
+        """Serve new connections with ``contexts``, the TLS files read again by a reload
+        (renewed certificates); the reload decides and says whether they were usable.
 
-        The listeners themselves (AE title, ports, PDU size) keep what they were built
-        with; ``contexts``, the TLS files read again by the reload, serve new connections
-        (renewed certificates). The reload decides and says whether the files were usable.
+        Everything else a reload changes (admission, move destinations) is read per
+        request through ``current``; the listeners themselves (AE title, ports, PDU size)
+        keep what they were built with.
         """
-        self.config = config
-        self._qr.config = config
-        if self._tls_server is not None and contexts is not None:
+        if self._tls_server is not None:
             self._tls = contexts
             self.status.certificate(self.certificate_expires)
             log.info("TLS certificate loaded, valid until %s", contexts.not_after.date())
@@ -283,7 +284,7 @@ class DicomServer:
         if admitted is None:
             return None
         try:
-            return recheck(self.config, admitted)
+            return recheck(self.current(), admitted)
         except Exception:  # fail closed
             log.exception("could not check the rights of %s; refusing its request", admitted)
             return Caller(admitted.ae_title, admitted.address, admitted.peer, frozenset())
@@ -312,7 +313,7 @@ class DicomServer:
         if self._unanswerable(assoc):
             return
         decision = admit(
-            self.config,
+            self.current(),
             calling_ae=str(request.calling_ae_title),
             called_ae=str(request.called_ae_title),
             address=str(assoc.requestor.address),
@@ -323,7 +324,7 @@ class DicomServer:
             assoc.acse.send_reject(REJECTED_PERMANENT, SERVICE_USER, decision.reason)
             assoc.kill()  # as pynetdicom does for its own rejections: waits until it is sent
             return
-        limit = self.config.agent.max_associations
+        limit = self.current().agent.max_associations
         if guards.open_associations(self._ae.active_associations) > limit:
             log.warning(
                 "rejected association from %s: max_associations (%d) are open", decision, limit

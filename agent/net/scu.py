@@ -11,7 +11,6 @@ import re
 import socket
 import ssl
 import time
-import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -33,8 +32,6 @@ _TARGET = re.compile(r"^(?P<ae>[^@]{1,16})@(?P<host>[^:@]+|\[[0-9A-Fa-f:.]+\]):(
 ACSE_TIMEOUT = 30.0
 DIMSE_TIMEOUT = 60.0
 PROBE_TIMEOUT = 5.0
-# the configuration each AE from new_ae() was made from: associate() finds TLS peers in it
-_CONFIG_OF: weakref.WeakKeyDictionary[AE, Config] = weakref.WeakKeyDictionary()
 _REJECT_REASONS = {
     (1, 1): "no reason given",
     (1, 2): "application context name not supported",
@@ -76,20 +73,54 @@ def resolve_target(config: Config, spec: str) -> Target:
     return Target(match["ae"], match["host"].strip("[]"), port, spec)
 
 
-def new_ae(config: Config, *, timeout: float | None = None) -> AE:
-    """An AE for requesting associations, with our AE title and speed settings.
+@dataclass(frozen=True)
+class Requestor:
+    """Our side of the associations we request, from one configuration in plain sight:
+    the AE title and speed settings its AEs get, and which targets need TLS.
 
     ``timeout`` bounds connecting, the association request and each answer awaited.
     """
-    prepare_pynetdicom()  # logging is the process owner's: nothing muted here
-    ae = AE(ae_title=config.agent.ae_title)
-    ae.maximum_pdu_size = config.agent.max_pdu
-    ae.network_timeout = config.agent.network_timeout
-    ae.connection_timeout = timeout or ACSE_TIMEOUT
-    ae.acse_timeout = timeout or ACSE_TIMEOUT
-    ae.dimse_timeout = timeout or DIMSE_TIMEOUT
-    _CONFIG_OF[ae] = config
-    return ae
+
+    config: Config
+    timeout: float | None = None
+
+    def ae(self) -> AE:
+        """An AE for requesting associations, with our AE title and speed settings."""
+        prepare_pynetdicom()  # logging is the process owner's: nothing muted here
+        ae = AE(ae_title=self.config.agent.ae_title)
+        ae.maximum_pdu_size = self.config.agent.max_pdu
+        ae.network_timeout = self.config.agent.network_timeout
+        ae.connection_timeout = self.timeout or ACSE_TIMEOUT
+        ae.acse_timeout = self.timeout or ACSE_TIMEOUT
+        ae.dimse_timeout = self.timeout or DIMSE_TIMEOUT
+        return ae
+
+    def associate(
+        self,
+        ae: AE,
+        target: Target,
+        *,
+        ext_neg: list[Any] | None = None,
+        extra_handlers: Sequence[Any] = (),
+    ) -> Any:
+        """Open an association with Nagle off, or raise PeerError with the reason in words.
+
+        A target that is a peer with ``tls = true`` is reached over TLS, whoever asks:
+        forwarding, echo, find or retrieve.
+        """
+        secure = tls_args(self.config, peer_of(self.config, target))
+        assoc = ae.associate(
+            target.host,
+            target.port,
+            ae_title=target.ae_title,
+            ext_neg=ext_neg or None,
+            evt_handlers=[*requestor_handlers(), *extra_handlers],
+            tls_args=secure,
+        )
+        if assoc.is_established:
+            return assoc
+        timeout = min(float(ae.acse_timeout or PROBE_TIMEOUT), PROBE_TIMEOUT)
+        raise PeerError(f"{target}: {why_not_established(assoc, target, secure, timeout)}")
 
 
 def peer_of(config: Config, target: Target) -> Peer | None:
@@ -121,37 +152,21 @@ def tls_args(config: Config, peer: Peer | None) -> tuple[ssl.SSLContext, str] | 
     return context, peer.host
 
 
-def associate(
-    ae: AE, target: Target, *, ext_neg: list[Any] | None = None, extra_handlers: Sequence[Any] = ()
-) -> Any:
-    """Open an association with Nagle off, or raise PeerError with the reason in words.
-
-    A target that is a peer with ``tls = true`` (in the config ``ae`` came from) is
-    reached over TLS, whoever asks: forwarding, echo, find or retrieve.
-    """
-    config = _CONFIG_OF.get(ae)
-    secure = tls_args(config, peer_of(config, target)) if config is not None else None
-    assoc = ae.associate(
-        target.host,
-        target.port,
-        ae_title=target.ae_title,
-        ext_neg=ext_neg or None,
-        evt_handlers=[*requestor_handlers(), *extra_handlers],
-        tls_args=secure,
-    )
-    if assoc.is_established:
-        return assoc
+def why_not_established(
+    assoc: Any, target: Target, secure: tuple[ssl.SSLContext, str] | None, timeout: float
+) -> str:
+    """In words, why an association we asked for did not come up (a connection that
+    failed is probed, for at most ``timeout`` seconds, to say why)."""
     rejection = rejection_of(assoc)
     if rejection is not None:
-        raise PeerError(f"{target}: {describe_rejection(rejection)}")
+        return describe_rejection(rejection)
     refused = refused_contexts(assoc)
     if refused is not None:
-        raise PeerError(f"{target}: {refused}")
-    timeout = min(float(ae.acse_timeout or PROBE_TIMEOUT), PROBE_TIMEOUT)
+        return refused
     reason = probe(target, timeout) if secure is None else probe_tls(target, secure, timeout)
     if secure is not None:  # the caller reports the PeerError (forwarding: once per outage)
         log.debug("TLS association to %s failed: %s", target, reason)
-    raise PeerError(f"{target}: {reason}")
+    return reason
 
 
 def rejection_of(assoc: Any) -> Any | None:
@@ -232,10 +247,11 @@ def describe_rejection(primitive: Any) -> str:
 
 def echo(config: Config, target: Target) -> float:
     """C-ECHO the target; return the round trip in seconds or raise PeerError."""
-    ae = new_ae(config)
+    requestor = Requestor(config)
+    ae = requestor.ae()
     ae.add_requested_context(VERIFICATION, list(UNCOMPRESSED))
     started = time.monotonic()
-    assoc = associate(ae, target)
+    assoc = requestor.associate(ae, target)
     try:
         status = assoc.send_c_echo()
     finally:

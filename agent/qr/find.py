@@ -13,7 +13,7 @@ from agent.config import Config
 from agent.dicom.contexts import UNCOMPRESSED, qr_sop_class
 from agent.dicom.status import PENDING_STATUSES
 from agent.errors import PeerError
-from agent.net.scu import Target, associate, new_ae
+from agent.net.scu import Requestor, Target
 from agent.qr.identifiers import FindRequest
 from agent.qr.outcome import FinalStatus, no_final_status, outcome_of
 
@@ -37,9 +37,10 @@ def find(
     """Run one C-FIND; PeerError if no association or no final answer, else the result."""
     identifier = request.identifier()
     sop_class = UID(qr_sop_class(request.model.value, "find"))
-    ae = new_ae(config, timeout=timeout)
+    requestor = Requestor(config, timeout)
+    ae = requestor.ae()
     ae.add_requested_context(sop_class, list(UNCOMPRESSED))
-    assoc = associate(ae, target)
+    assoc = requestor.associate(ae, target)
     matches: list[Dataset] = []
     try:
         _require_accepted(assoc, sop_class, target)

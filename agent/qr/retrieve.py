@@ -21,7 +21,7 @@ from agent.config import Config
 from agent.dicom.contexts import STORAGE_TRANSFER_SYNTAXES, UNCOMPRESSED, qr_sop_class
 from agent.dicom.status import PENDING_STATUSES
 from agent.errors import PeerError, UsageError
-from agent.net.scu import Target, associate, new_ae
+from agent.net.scu import Requestor, Target
 from agent.qr.identifiers import RetrieveRequest
 from agent.qr.outcome import FinalStatus, no_final_status, outcome_of
 
@@ -82,7 +82,8 @@ def retrieve(
     ``clock`` tells a peer that ended the association from one silent too long."""
     identifier = request.identifier()
     sop_class = UID(qr_sop_class(request.model.value, method))
-    ae = new_ae(config, timeout=timeout)
+    requestor = Requestor(config, timeout)
+    ae = requestor.ae()
     ae.add_requested_context(sop_class, list(UNCOMPRESSED))
     handlers: list[Any] = []
     roles: list[Any] = []
@@ -93,7 +94,7 @@ def retrieve(
             ae.add_requested_context(storage_class, list(STORAGE_TRANSFER_SYNTAXES))
             roles.append(build_role(storage_class, scp_role=True))
         handlers.append((evt.EVT_C_STORE, on_store))
-    assoc = associate(ae, target, ext_neg=roles, extra_handlers=handlers)
+    assoc = requestor.associate(ae, target, ext_neg=roles, extra_handlers=handlers)
     try:
         if sop_class not in {cx.abstract_syntax for cx in assoc.accepted_contexts}:
             raise PeerError(f"{target}: the peer does not offer {sop_class.name}")

@@ -18,6 +18,7 @@ from agent.forward import retention
 from agent.forward.process import ForwardingProcess
 from agent.net import configure_pynetdicom, peerlog, ports
 from agent.net.commit_scp import CommitmentReporter
+from agent.net.mpps_scp import FinalCallback
 from agent.net.scp import DicomServer
 from agent.pull import Landing
 from agent.status import Snapshot, State, StatusModel, publish
@@ -73,6 +74,8 @@ class Agent:
         self.server: DicomServer | None = None
         self.commitments: CommitmentReporter | None = None  # storage commitment reports
         self.forwarder: ForwardingProcess | None = None
+        # told of each MPPS step that becomes COMPLETED or DISCONTINUED (replaceable)
+        self.on_mpps_final: FinalCallback = _log_mpps_final
         self._stop = threading.Event()
         self._housekeeper: threading.Thread | None = None
         self._reloading = threading.Lock()
@@ -97,7 +100,13 @@ class Agent:
         found = recover(self.archive)
         log.info("archive ready: %s", found)
         self.commitments = CommitmentReporter(lambda: self.config, self.archive, self.status)
-        self.server = DicomServer(self.config, self.archive, self.status, self.commitments.wake)
+        self.server = DicomServer(
+            self.config,
+            self.archive,
+            self.status,
+            self.commitments.wake,
+            on_mpps_final=lambda *final: self.on_mpps_final(*final),
+        )
         self.server.start()
         self.commitments.start()
         self.forwarder.start()
@@ -292,3 +301,16 @@ class Agent:
                 if entry.stat().st_mtime < horizon:
                     os.unlink(entry.path)
                     log.info("removed a stale temp file left by a failed receive")
+
+
+def _log_mpps_final(
+    uid: str, studies: tuple[str, ...], instances: frozenset[str], discontinued: bool
+) -> None:
+    """Until study completeness listens: a debug line per step that became final."""
+    log.debug(
+        "MPPS step %s %s: %d studies, %d instances referenced",
+        uid,
+        "discontinued" if discontinued else "completed",
+        len(studies),
+        len(instances),
+    )

@@ -15,6 +15,7 @@ from agent.archive.recovery import recover
 from agent.config import Config
 from agent.errors import AgentError, ConfigError
 from agent.forward import retention
+from agent.forward.mpps import MppsForwarder
 from agent.forward.process import ForwardingProcess
 from agent.net import configure_pynetdicom, peerlog, ports
 from agent.net.commit_scp import CommitmentReporter
@@ -74,6 +75,7 @@ class Agent:
         self.server: DicomServer | None = None
         self.commitments: CommitmentReporter | None = None  # storage commitment reports
         self.forwarder: ForwardingProcess | None = None
+        self.mpps_forwarder: MppsForwarder | None = None  # passes MPPS on (forward.mpps_to)
         # told of each MPPS step that becomes COMPLETED or DISCONTINUED (replaceable)
         self.on_mpps_final: FinalCallback = _log_mpps_final
         self._stop = threading.Event()
@@ -100,15 +102,18 @@ class Agent:
         found = recover(self.archive)
         log.info("archive ready: %s", found)
         self.commitments = CommitmentReporter(lambda: self.config, self.archive, self.status)
+        self.mpps_forwarder = MppsForwarder(lambda: self.config, self.archive)
         self.server = DicomServer(
             self.config,
             self.archive,
             self.status,
             self.commitments.wake,
             on_mpps_final=lambda *final: self.on_mpps_final(*final),
+            on_mpps_queued=self.mpps_forwarder.wake,
         )
         self.server.start()
         self.commitments.start()
+        self.mpps_forwarder.start()
         self.forwarder.start()
         self._housekeeper = threading.Thread(
             target=self._housekeep, name="housekeeping", daemon=True
@@ -183,6 +188,8 @@ class Agent:
             self.server.close()
         if self.commitments is not None:
             self.commitments.close()
+        if self.mpps_forwarder is not None:
+            self.mpps_forwarder.close()
         if self.forwarder is not None:
             self.forwarder.close()
         self._stop.set()

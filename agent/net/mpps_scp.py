@@ -4,7 +4,9 @@ procedure starts and its N-SETs until it is COMPLETED or DISCONTINUED.
 Each request is judged by the rules of agent/dicom/mpps.py, recorded in the index
 (synced) before it is answered, and a refused one records nothing. When a step becomes
 final, ``on_final`` hears of it with the studies and instances it names (study
-completeness listens there). The handlers never raise: any failure is a status.
+completeness listens there). Each request taken is queued, in the same transaction, for
+the ``forward.mpps_to`` peers (agent/forward/mpps.py passes it on). The handlers never
+raise: any failure is a status.
 """
 
 from __future__ import annotations
@@ -46,7 +48,11 @@ def _nobody(uid: str, studies: tuple[str, ...], instances: frozenset[str], stop:
 
 
 class MppsHandler:
-    """EVT_N_CREATE and EVT_N_SET of the MPPS SOP Class, for callers allowed "mpps"."""
+    """EVT_N_CREATE and EVT_N_SET of the MPPS SOP Class, for callers allowed "mpps".
+
+    ``mpps_to`` names the peers each request taken is queued for (read per request: a
+    reload takes effect at once); ``wake`` tells their sender that one was queued.
+    """
 
     def __init__(
         self,
@@ -54,11 +60,16 @@ class MppsHandler:
         caller_now: Callable[[Any], Caller | None],
         on_final: FinalCallback | None = None,
         clock: Callable[[], float] = time.time,
+        *,
+        mpps_to: Callable[[], tuple[str, ...]] = tuple,
+        wake: Callable[[], None] = lambda: None,
     ) -> None:
         self.archive = archive
         self.caller_now = caller_now
         self.on_final = on_final or _nobody
         self.clock = clock
+        self.mpps_to = mpps_to
+        self.wake = wake
 
     def on_n_create(self, event: Any) -> Answer:
         """N-CREATE: a new step, IN PROGRESS; the SCP names it if the SCU did not."""
@@ -101,6 +112,7 @@ class MppsHandler:
         given = request.AffectedSOPInstanceUID
         uid = str(given) if given else generate_uid()
         now = self.clock()
+        received = _dump(_as_json(ds))
         step = mpps.Step(
             uid=uid,
             status=rules.IN_PROGRESS,
@@ -110,12 +122,14 @@ class MppsHandler:
             created_at=now,
             updated_at=now,
             final_at=None,
-            attributes=_dump(_as_json(ds)),
+            attributes=received,
         )
-        if not mpps.create(self.archive.index, step):
+        forward = mpps.Forward(self.mpps_to(), received)
+        if not mpps.create(self.archive.index, step, forward):
             duplicate = rules.Refusal(DUPLICATE_SOP_INSTANCE, "step exists already")
             return _refused("N-CREATE", caller, duplicate), None
         log.info("MPPS step %s IN PROGRESS, from %s", uid, caller)
+        self._queued(forward)
         if given:
             return SUCCESS, None
         named = Dataset()  # pynetdicom moves it into the response's command set
@@ -133,20 +147,27 @@ class MppsHandler:
         changes = event.modification_list
         refusal = rules.check_set(changes)
         now = self.clock()
+        received = _as_json(changes)
+        forward = mpps.Forward(self.mpps_to(), _dump(received))
 
         def change(step: mpps.Step) -> mpps.Step | rules.Refusal:
-            return refusal or _merged(step, _as_json(changes), now)
+            return refusal or _merged(step, received, now)
 
-        outcome = mpps.update(self.archive.index, uid, change)
+        outcome = mpps.update(self.archive.index, uid, change, forward)
         if outcome is None:
             unknown = rules.Refusal(NO_SUCH_OBJECT_INSTANCE, "no such step")
             return _refused("N-SET", caller, unknown), None
         if isinstance(outcome, rules.Refusal):
             return _refused("N-SET", caller, outcome), None
         log.info("MPPS step %s %s, from %s", uid, outcome.status, caller)
+        self._queued(forward)
         if outcome.status in rules.FINAL:
             self._tell_final(outcome)
         return SUCCESS, None
+
+    def _queued(self, forward: mpps.Forward) -> None:
+        if forward.destinations:
+            self.wake()
 
     def _tell_final(self, step: mpps.Step) -> None:
         """Call ``on_final``; its failure is logged, the step stays recorded and answered."""

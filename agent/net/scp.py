@@ -75,6 +75,7 @@ class DicomServer:
         status: StatusModel,
         on_commitment: Callable[[], None] = lambda: None,
         on_mpps_final: FinalCallback | None = None,
+        on_mpps_queued: Callable[[], None] = lambda: None,
     ) -> None:
         self.config = config
         self.archive = archive
@@ -85,7 +86,13 @@ class DicomServer:
         self._qr = QueryRetrieveHandlers(config, self._reader, self.caller_now)
         self._reports = CommitReports(archive.pacs_commits, self.caller_now)
         self._commitment = CommitmentHandler(archive, self.caller_now, on_commitment)
-        self._mpps = MppsHandler(archive, self.caller_now, on_mpps_final)
+        self._mpps = MppsHandler(
+            archive,
+            self.caller_now,
+            on_mpps_final,
+            mpps_to=lambda: self.config.forward.mpps_to,
+            wake=on_mpps_queued,
+        )
         self._ae = self._build_ae()
         # ConfigError (naming the key) here stops start-up: unusable certificate or key
         self._tls = tls.load(config.tls) if config.tls is not None else None

@@ -15,10 +15,12 @@ from agent.archive.recovery import recover
 from agent.config import Config
 from agent.errors import AgentError, ConfigError
 from agent.forward import retention
+from agent.forward.mpps import MppsForwarder
 from agent.forward.process import ForwardingProcess
 from agent.forward.rules import ConfiguredRouting
 from agent.net import configure_pynetdicom, peerlog, ports
 from agent.net.commit_scp import CommitmentReporter
+from agent.net.mpps_scp import FinalCallback
 from agent.net.scp import DicomServer
 from agent.pull import Landing
 from agent.reconfigure import LiveConfig
@@ -76,6 +78,9 @@ class Agent:
         self.server: DicomServer | None = None
         self.commitments: CommitmentReporter | None = None  # storage commitment reports
         self.forwarder: ForwardingProcess | None = None
+        self.mpps_forwarder: MppsForwarder | None = None  # passes MPPS on (forward.mpps_to)
+        # told of each MPPS step that becomes COMPLETED or DISCONTINUED (replaceable)
+        self.on_mpps_final: FinalCallback = _log_mpps_final
         self._stop = threading.Event()
         self._housekeeper: threading.Thread | None = None
         self._reloading = threading.Lock()
@@ -109,9 +114,18 @@ class Agent:
         found = recover(self.archive)
         log.info("archive ready: %s", found)
         self.commitments = CommitmentReporter(current, self.archive, self.status)
-        self.server = DicomServer(current, self.archive, self.status, self.commitments.wake)
+        self.mpps_forwarder = MppsForwarder(current, self.archive)
+        self.server = DicomServer(
+            current,
+            self.archive,
+            self.status,
+            self.commitments.wake,
+            on_mpps_final=lambda *final: self.on_mpps_final(*final),
+            on_mpps_queued=self.mpps_forwarder.wake,
+        )
         self.server.start()
         self.commitments.start()
+        self.mpps_forwarder.start()
         self.forwarder.start(self.archive)
         self._housekeeper = threading.Thread(
             target=self._housekeep, name="housekeeping", daemon=True
@@ -184,6 +198,8 @@ class Agent:
             self.server.close()
         if self.commitments is not None:
             self.commitments.close()
+        if self.mpps_forwarder is not None:
+            self.mpps_forwarder.close()
         if self.forwarder is not None:
             self.forwarder.close()
         self._stop.set()
@@ -302,3 +318,16 @@ class Agent:
                 if entry.stat().st_mtime < horizon:
                     os.unlink(entry.path)
                     log.info("removed a stale temp file left by a failed receive")
+
+
+def _log_mpps_final(
+    uid: str, studies: tuple[str, ...], instances: frozenset[str], discontinued: bool
+) -> None:
+    """Until study completeness listens: a debug line per step that became final."""
+    log.debug(
+        "MPPS step %s %s: %d studies, %d instances referenced",
+        uid,
+        "discontinued" if discontinued else "completed",
+        len(studies),
+        len(instances),
+    )

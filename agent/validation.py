@@ -11,7 +11,7 @@ from typing import Any, TypeVar, cast
 
 from agent.errors import ConfigError
 
-SERVICES = frozenset({"echo", "store", "find", "move", "get", "commit"})
+SERVICES = frozenset({"echo", "store", "find", "move", "get", "commit", "mpps"})
 _LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?"
 _HOSTNAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*$")
 

@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.archive import commitments, durable, pacs_commits
+from agent.archive import commitments, durable, mpps, pacs_commits
 from agent.archive.keys import KEYS, LEADING_SPACES_PAD, TABLES
 from agent.dicom.models import Level
 from agent.errors import AgentError, IndexUnavailable
@@ -170,6 +170,7 @@ MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _migrate_to_4,
     pacs_commits.migrate,  # 5: commitment we ask of destinations
     commitments.migrate,  # 6: commitment modalities ask of us
+    mpps.migrate,  # 7: performed procedure steps modalities tell us of
 ]
 
 

@@ -52,6 +52,8 @@ VERIFICATION = "1.2.840.10008.1.1"
 # Storage Commitment Push Model (PS3.4 Annex J): the SOP class and its well-known instance
 STORAGE_COMMITMENT = "1.2.840.10008.1.20.1"
 STORAGE_COMMITMENT_INSTANCE = "1.2.840.10008.1.20.1.1"
+# Modality Performed Procedure Step (PS3.4 Annex F): N-CREATE and N-SET
+MPPS = "1.2.840.10008.3.1.2.3.3"
 COMMITMENT_REQUEST = 1  # N-ACTION Action Type ID: request storage commitment
 ALL_COMMITTED, SOME_FAILED = 1, 2  # N-EVENT-REPORT Event Type IDs
 
@@ -66,11 +68,13 @@ QR_SOP_CLASSES: dict[str, tuple[Model, str]] = {
 
 
 def service_of(abstract_syntax: str) -> str:
-    """Which permission (echo, store, find, move, get, commit) a presentation context needs."""
+    """Which permission (echo, store, find, move, get, commit, mpps) a context needs."""
     if abstract_syntax == VERIFICATION:
         return "echo"
     if abstract_syntax == STORAGE_COMMITMENT:
         return "commit"
+    if abstract_syntax == MPPS:
+        return "mpps"
     if abstract_syntax in QR_SOP_CLASSES:
         return QR_SOP_CLASSES[abstract_syntax][1]
     return "store"

@@ -33,6 +33,17 @@ PROCESSING_FAILURE = 0x0110
 NO_SUCH_OBJECT_INSTANCE = 0x0112
 CLASS_INSTANCE_CONFLICT = 0x0119
 DUPLICATE_TRANSACTION_UID = 0x0131
+# N-CREATE and N-SET failures (PS3.7 C.4.2 and C.4.3), as the MPPS SCP answers them
+# (PS3.4 F.7.2); each with an Error Comment naming what is wrong
+NO_SUCH_ATTRIBUTE = 0x0105  # N-SET: an attribute the SCU may not set (Table F.7.2-1)
+INVALID_ATTRIBUTE_VALUE = 0x0106  # N-CREATE status not IN PROGRESS; N-SET an unknown status
+DUPLICATE_SOP_INSTANCE = 0x0111  # N-CREATE: that SOP Instance UID exists already
+MISSING_ATTRIBUTE = 0x0120  # a Type 1 attribute absent
+MISSING_ATTRIBUTE_VALUE = 0x0121  # a Type 1 attribute present but empty
+# N-SET of a step no longer IN PROGRESS: 0x0110 with this Error ID (0000,0903) and
+# Error Comment (PS3.4 F.7.2.2.4)
+MAY_NO_LONGER_BE_UPDATED = 0xA710
+MAY_NO_LONGER_BE_UPDATED_COMMENT = "Performed Procedure Step Object may no longer be updated"
 # failures, service-specific (PS3.4 Annex B and C)
 OUT_OF_RESOURCES = 0xA700
 # C-MOVE/C-GET (PS3.4 C.4.2.1.4, C.4.3.1.4): no sub-operation could be performed (a move

@@ -9,6 +9,7 @@ permanent_tries = 3      # a permanent failure is tried this often, then quarant
 keep_days = 7            # keep delivered instances this long (0: remove once delivered)
 associations = 2         # associations per destination at once (1 to 8)
 retain_until = "delivered"  # or "committed": retention also waits for storage commitment
+mpps_to = ["RIS"]        # every MPPS N-CREATE and N-SET taken is passed on to these peers
 
 [[forward.rules]]        # ordered; every rule that matches adds its destinations
 to = ["RESEARCH"]
@@ -54,6 +55,7 @@ class ForwardSettings:
     associations: Annotated[int, LIVE] = 2
     retain_until: Annotated[str, LIVE] = "delivered"
     destinations: Annotated[frozenset[str], LIVE] = field(default_factory=frozenset)
+    mpps_to: Annotated[tuple[str, ...], LIVE] = ()
 
 
 def parse_forward(table: Mapping[str, Any], peers: Mapping[str, object]) -> ForwardSettings:
@@ -68,6 +70,7 @@ def parse_forward(table: Mapping[str, Any], peers: Mapping[str, object]) -> Forw
         "keep_days",
         "associations",
         "retain_until",
+        "mpps_to",
     }
     v.reject_unknown(table, known, "forward")
     to = _peer_list(table, "forward.to", peers)
@@ -95,6 +98,7 @@ def parse_forward(table: Mapping[str, Any], peers: Mapping[str, object]) -> Forw
             table, "forward.retain_until", str, d.retain_until, v.one_of(RETAIN_UNTIL)
         ),
         destinations=frozenset(to).union(*(rule.to for rule in rules)),
+        mpps_to=_peer_list(table, "forward.mpps_to", peers),
     )
     if settings.retry_max < settings.retry_first:
         v.problem(ConfigError("forward.retry_max", "must not be less than forward.retry_first"))

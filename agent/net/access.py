@@ -35,6 +35,7 @@ SERVICE_WORDS = {
     "move": "C-MOVE",
     "get": "C-GET",
     "commit": "storage commitment",
+    "mpps": "MPPS (N-CREATE/N-SET)",
 }
 
 
@@ -48,7 +49,7 @@ class Caller:
     allowed: frozenset[str]
 
     def may(self, service: str) -> bool:
-        """True if this caller may use ``service`` (echo, store, find, move, get)."""
+        """True if this caller may use ``service`` (echo, store, find, move, get, commit, mpps)."""
         return service in self.allowed
 
     def __str__(self) -> str:

@@ -21,6 +21,7 @@ from agent.archive import Archive
 from agent.archive.retrieval import Reader
 from agent.config import Config
 from agent.dicom.contexts import (
+    MPPS,
     QR_SOP_CLASSES,
     STORAGE_COMMITMENT,
     STORAGE_SOP_CLASSES,
@@ -45,6 +46,7 @@ from agent.net.commit_reports import CommitReports
 from agent.net.commit_scp import CommitmentHandler, offered_commitment
 from agent.net.engine import guards, messages, transport
 from agent.net.engine.moves import ListenerAE
+from agent.net.mpps_scp import FinalCallback, MppsHandler
 from agent.net.qr import QueryRetrieveHandlers
 from agent.net.storage import StorageHandlers
 from agent.status import StatusModel
@@ -63,7 +65,8 @@ ABORTED_END_WITHIN = 2.0  # for aborted associations' threads to end, once the l
 
 
 class DicomServer:
-    """Listens for associations; serves Verification, Storage and Query/Retrieve."""
+    """Listens for associations; serves Verification, Storage, Query/Retrieve, Storage
+    Commitment and MPPS (``on_mpps_final`` hears of each step that becomes final)."""
 
     def __init__(
         self,
@@ -71,6 +74,8 @@ class DicomServer:
         archive: Archive,
         status: StatusModel,
         on_commitment: Callable[[], None] = lambda: None,
+        on_mpps_final: FinalCallback | None = None,
+        on_mpps_queued: Callable[[], None] = lambda: None,
     ) -> None:
         self.current = current  # the configuration in force: admission reads it per request
         config = current()  # the listeners are built from the configuration at start
@@ -82,6 +87,13 @@ class DicomServer:
         self._qr = QueryRetrieveHandlers(current, self._reader, self.caller_now)
         self._reports = CommitReports(archive.pacs_commits, self.caller_now)
         self._commitment = CommitmentHandler(archive, self.caller_now, on_commitment)
+        self._mpps = MppsHandler(
+            archive,
+            self.caller_now,
+            on_mpps_final,
+            mpps_to=lambda: self.current().forward.mpps_to,
+            wake=on_mpps_queued,
+        )
         self._ae = self._build_ae()
         # ConfigError (naming the key) here stops start-up: unusable certificate or key
         self._tls = tls.load(config.tls) if config.tls is not None else None
@@ -113,6 +125,7 @@ class DicomServer:
         ae.add_supported_context(
             STORAGE_COMMITMENT, list(UNCOMPRESSED), scu_role=True, scp_role=True
         )
+        ae.add_supported_context(MPPS, list(UNCOMPRESSED))  # offered to peers allowed "mpps"
         return ae
 
     @property
@@ -166,6 +179,8 @@ class DicomServer:
             (evt.EVT_SOP_EXTENDED, self._qr.on_sop_extended),
             (evt.EVT_N_EVENT_REPORT, self._reports.on_event_report),
             (evt.EVT_N_ACTION, self._commitment.on_n_action),
+            (evt.EVT_N_CREATE, self._mpps.on_n_create),
+            (evt.EVT_N_SET, self._mpps.on_n_set),
         ]
         tls_args = None if tls_timeout is None else (self._server_context, tls_timeout)
         server = self._ae.make_server(

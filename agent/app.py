@@ -21,6 +21,7 @@ from agent.net.commit_scp import CommitmentReporter
 from agent.net.scp import DicomServer
 from agent.pull import Landing
 from agent.status import Snapshot, State, StatusModel, publish
+from agent.studies.judge import Clock, StudyJudge
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,8 @@ class Agent:
         self.server: DicomServer | None = None
         self.commitments: CommitmentReporter | None = None  # storage commitment reports
         self.forwarder: ForwardingProcess | None = None
+        self.study_clock: Clock = time.monotonic  # the quiet and give-up timers' (tests')
+        self.studies: StudyJudge | None = None  # judges quiet studies, each tick
         self._stop = threading.Event()
         self._housekeeper: threading.Thread | None = None
         self._reloading = threading.Lock()
@@ -96,6 +99,7 @@ class Agent:
         self.forwarder = ForwardingProcess(self.config, self.archive, self.status)
         found = recover(self.archive)
         log.info("archive ready: %s", found)
+        self.studies = StudyJudge(self.archive.studies, lambda: self.config, self.study_clock)
         self.commitments = CommitmentReporter(lambda: self.config, self.archive, self.status)
         self.server = DicomServer(self.config, self.archive, self.status, self.commitments.wake)
         self.server.start()
@@ -202,6 +206,8 @@ class Agent:
         while not self._stop.is_set():
             try:
                 self._measure()
+                if self.studies is not None:
+                    self.studies.tick()
                 peerlog.LIMITER.flush()  # report what peers' repeated failures did not write
                 snapshot = self.status.snapshot()
                 self._report(snapshot)

@@ -35,7 +35,8 @@ from agent.archive.outbox import Outbox, add_jobs, drop_jobs
 from agent.archive.pacs_commits import PacsCommits
 from agent.archive.query import StoredInstance, resolve
 from agent.archive.structure import check_file
-from agent.dicom.models import Model
+from agent.archive.studies import StudyBook, note_instance
+from agent.dicom.models import Level, Model
 from agent.dicom.status import DOES_NOT_MATCH, OUT_OF_RESOURCES
 from agent.errors import StoreError
 
@@ -67,6 +68,7 @@ class Archive:
         self.index = Index(self.layout.index_path)
         self.outbox = Outbox(self.index)
         self.pacs_commits = PacsCommits(self.index)
+        self.studies = StudyBook(self.index)  # study completeness: the evidence API
         self.router: Router = router or (lambda header, calling_ae: ())
         self.on_queued: Callable[[Sequence[str]], None] = lambda destinations: None
         self._placing = threading.Lock()
@@ -74,8 +76,13 @@ class Archive:
     def index_new(
         self, conn: sqlite3.Connection, record: InstanceRecord, destinations: Sequence[str]
     ) -> None:
-        """Index an instance and queue its forwards, in the caller's transaction."""
+        """Index an instance, count it in its study and queue its forwards, in the
+        caller's transaction."""
         add_instance(conn, record)
+        study_uid = str(record.levels[Level.STUDY]["StudyInstanceUID"])
+        note_instance(
+            conn, study_uid, record.sop_instance_uid, record.calling_ae, record.received_at
+        )
         add_jobs(conn, record.sop_instance_uid, destinations, time.time())
 
     def resolve(self, model: Model, identifier: Dataset) -> list[StoredInstance]:

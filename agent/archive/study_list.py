@@ -7,7 +7,7 @@ import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent.archive.index import connect
+from agent.archive.index import Index, connect
 from agent.archive.studies import OPEN, missing, state_counts
 
 
@@ -27,6 +27,12 @@ class StudyRow:
     accession_number: str | None = None
     patient_name: str | None = None
     forwarding: dict[str, dict[str, int]] = field(default_factory=dict)  # destination: state: n
+
+
+def studies_at(path: Path, since: float | None, limit: int) -> list[StudyRow]:
+    """``list_studies`` from the index at ``path`` (upgraded first, as any opening does)."""
+    with Index(path) as index, index.reading() as conn:
+        return list_studies(conn, since, limit)
 
 
 def list_studies(conn: sqlite3.Connection, since: float | None, limit: int) -> list[StudyRow]:

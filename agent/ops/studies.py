@@ -12,8 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.archive import Layout
-from agent.archive.index import Index
-from agent.archive.study_list import StudyRow, list_studies
+from agent.archive.study_list import StudyRow, studies_at
 
 RECENT_HOURS = 24.0  # complete studies are listed this long after they completed
 LIMIT = 500
@@ -87,8 +86,7 @@ def studies(
     if not layout.index_path.exists():
         return StudiesListing((), phi, archive=False)
     since = None if every else time.time() - RECENT_HOURS * 3600.0
-    with Index(layout.index_path) as index, index.reading() as conn:
-        return StudiesListing(tuple(list_studies(conn, since, limit)), phi)
+    return StudiesListing(tuple(studies_at(layout.index_path, since, limit)), phi)
 
 
 def _iso(epoch: float) -> str:

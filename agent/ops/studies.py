@@ -7,6 +7,7 @@ beside the box, always): otherwise a study is named by its accession number and 
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -90,4 +91,5 @@ def studies(
 
 
 def _iso(epoch: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+    """A time as the index writes arrival times: ISO 8601, UTC, to the second."""
+    return dt.datetime.fromtimestamp(epoch, dt.timezone.utc).isoformat(timespec="seconds")

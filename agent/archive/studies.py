@@ -51,12 +51,17 @@ def migrate(conn: sqlite3.Connection) -> None:
         "CREATE INDEX IF NOT EXISTS study_state_open ON study_state (state, changed_at)",
         "CREATE TABLE IF NOT EXISTS study_evidence (step_uid TEXT PRIMARY KEY,"
         " state TEXT NOT NULL, discontinued INTEGER NOT NULL, recorded_at REAL NOT NULL)",
+        "CREATE INDEX IF NOT EXISTS study_evidence_state ON study_evidence (state)",
         "CREATE TABLE IF NOT EXISTS study_evidence_studies (step_uid TEXT NOT NULL,"
         " StudyInstanceUID TEXT NOT NULL, PRIMARY KEY (step_uid, StudyInstanceUID))",
         "CREATE INDEX IF NOT EXISTS study_evidence_by_study"
         " ON study_evidence_studies (StudyInstanceUID)",
+        # held: the instance was received (set as it is indexed): a step's missing ones
+        # are found without looking each one up in the instances
         "CREATE TABLE IF NOT EXISTS study_expected (step_uid TEXT NOT NULL,"
-        " SOPInstanceUID TEXT NOT NULL, PRIMARY KEY (step_uid, SOPInstanceUID))",
+        " SOPInstanceUID TEXT NOT NULL, held INTEGER NOT NULL DEFAULT 0,"
+        " PRIMARY KEY (step_uid, SOPInstanceUID))",
+        "CREATE INDEX IF NOT EXISTS study_expected_held ON study_expected (step_uid, held)",
         "CREATE INDEX IF NOT EXISTS study_expected_sop ON study_expected (SOPInstanceUID)",
     ):
         conn.execute(statement)
@@ -104,17 +109,22 @@ def note_instance(
             " last_arrival = ? WHERE StudyInstanceUID = ?",
             (calling_ae, received_at, study_uid),
         )
+    if not conn.execute(
+        "UPDATE study_expected SET held = 1 WHERE SOPInstanceUID = ?", (sop_uid,)
+    ).rowcount:
+        return  # no MPPS step names it (the usual case: one indexed look-up)
     for (step,) in conn.execute(
         "SELECT e.step_uid FROM study_expected x JOIN study_evidence e USING (step_uid)"
         " WHERE x.SOPInstanceUID = ? AND e.state = ?",
         (sop_uid, WAITING),
     ).fetchall():
-        _judge_step(conn, step, now)
+        _judge_step(conn, step, now, refresh=False)
 
 
-def _judge_step(conn: sqlite3.Connection, step: str, now: float) -> None:
+def _judge_step(conn: sqlite3.Connection, step: str, now: float, *, refresh: bool) -> None:
     """Complete a waiting step's studies (``mpps``) once every instance it names is held;
-    else bring their expected counts up to date."""
+    else bring their expected counts up to date: with ``refresh``, or when it names
+    several studies (an instance that came shows which of them it is in)."""
     studies = _step_studies(conn, step)
     if not _missing(conn, step):
         conn.execute("UPDATE study_evidence SET state = ? WHERE step_uid = ?", (SETTLED, step))
@@ -122,8 +132,9 @@ def _judge_step(conn: sqlite3.Connection, step: str, now: float) -> None:
             _set_expected(conn, study, step)
             _complete(conn, study, MPPS, now, also_complete=True)
         return
-    for study in studies:
-        _set_expected(conn, study, step)
+    if refresh or len(studies) > 1:
+        for study in studies:
+            _set_expected(conn, study, step)
 
 
 # -- evidence ---------------------------------------------------------------------------
@@ -160,12 +171,13 @@ class StudyBook:
                 [(step_uid, study) for study in dict.fromkeys(study_uids)],
             )
             conn.executemany(
-                "INSERT INTO study_expected VALUES (?, ?)",
-                [(step_uid, sop) for sop in sorted(sop_instance_uids)],
+                "INSERT INTO study_expected VALUES (?, ?,"
+                " EXISTS (SELECT 1 FROM instances WHERE SOPInstanceUID = ?))",
+                [(step_uid, sop, sop) for sop in sorted(sop_instance_uids)],
             )
             for study in dict.fromkeys(study_uids):
                 _await_evidence(conn, study, now, bool(sop_instance_uids))
-            _judge_step(conn, step_uid, now)
+            _judge_step(conn, step_uid, now, refresh=True)
 
     def commitment_requested(self, conn: sqlite3.Connection, sop_uids: Sequence[str]) -> None:
         """Within the transaction recording a modality's commitment request: if every
@@ -245,8 +257,7 @@ def missing(conn: sqlite3.Connection, study_uid: str) -> list[str]:
     rows = conn.execute(
         "SELECT DISTINCT x.SOPInstanceUID FROM study_evidence_studies l"
         " JOIN study_evidence e USING (step_uid) JOIN study_expected x USING (step_uid)"
-        " WHERE l.StudyInstanceUID = ? AND e.state != ? AND NOT EXISTS"
-        " (SELECT 1 FROM instances i WHERE i.SOPInstanceUID = x.SOPInstanceUID)"
+        " WHERE l.StudyInstanceUID = ? AND e.state != ? AND x.held = 0"
         " ORDER BY x.SOPInstanceUID",
         (study_uid, SETTLED),
     ).fetchall()
@@ -341,8 +352,7 @@ def _step_studies(conn: sqlite3.Connection, step: str) -> list[str]:
 def _missing(conn: sqlite3.Connection, step: str) -> int:
     """How many instances the step names that the archive does not hold."""
     return int(conn.execute(
-        "SELECT count(*) FROM study_expected x WHERE x.step_uid = ? AND NOT EXISTS"
-        " (SELECT 1 FROM instances i WHERE i.SOPInstanceUID = x.SOPInstanceUID)", (step,)
+        "SELECT count(*) FROM study_expected WHERE step_uid = ? AND held = 0", (step,)
     ).fetchone()[0])
 
 

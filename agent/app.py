@@ -206,11 +206,11 @@ class Agent:
         while not self._stop.is_set():
             try:
                 self._measure()
-                if self.studies is not None:
-                    self.studies.tick()
                 peerlog.LIMITER.flush()  # report what peers' repeated failures did not write
                 snapshot = self.status.snapshot()
                 self._report(snapshot)
+                if self.studies is not None:  # after the report: its failure never stops that
+                    self.studies.tick()
                 due = time.monotonic() - last_sweep > SWEEP_EVERY
                 if snapshot.below_floor or unfinished or due:
                     unfinished = self._sweep() >= retention.BATCH

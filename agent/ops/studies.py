@@ -26,6 +26,7 @@ class StudiesListing:
 
     rows: tuple[StudyRow, ...]
     phi: bool = False  # the patient's name is shown
+    every: bool = False  # every study, not only open and recently complete ones
     archive: bool = True  # False: there is no archive (index) yet
     taken_at: float = field(default_factory=time.time, compare=False)
 
@@ -56,7 +57,8 @@ class StudiesListing:
         if not self.archive:
             return [NO_ARCHIVE]
         if not self.rows:
-            return [f"no studies arriving or complete in the last {RECENT_HOURS:g} hours"]
+            recent = "" if self.every else f" in the last {RECENT_HOURS:g} hours"
+            return [f"no studies arriving or complete{recent}"]
         lines = [f"{'state':9} {'reason':10} {'received':>9}  {'accession':16} study"]
         for row in self.rows:
             lines += self._row_lines(row)
@@ -85,9 +87,9 @@ def studies(
     """The studies arriving, re-opened or complete in the last ``RECENT_HOURS`` (every
     study with ``every``), at most ``limit``."""
     if not layout.index_path.exists():
-        return StudiesListing((), phi, archive=False)
+        return StudiesListing((), phi, every, archive=False)
     since = None if every else time.time() - RECENT_HOURS * 3600.0
-    return StudiesListing(tuple(studies_at(layout.index_path, since, limit)), phi)
+    return StudiesListing(tuple(studies_at(layout.index_path, since, limit)), phi, every)
 
 
 def _iso(epoch: float) -> str:

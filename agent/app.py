@@ -20,11 +20,11 @@ from agent.forward.process import ForwardingProcess
 from agent.forward.rules import ConfiguredRouting
 from agent.net import configure_pynetdicom, peerlog, ports
 from agent.net.commit_scp import CommitmentReporter
-from agent.net.mpps_scp import FinalCallback
 from agent.net.scp import DicomServer
 from agent.pull import Landing
 from agent.reconfigure import LiveConfig
 from agent.status import Snapshot, State, StatusModel, publish
+from agent.studies.judge import Clock, StudyJudge
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +79,8 @@ class Agent:
         self.commitments: CommitmentReporter | None = None  # storage commitment reports
         self.forwarder: ForwardingProcess | None = None
         self.mpps_forwarder: MppsForwarder | None = None  # passes MPPS on (forward.mpps_to)
-        # told of each MPPS step that becomes COMPLETED or DISCONTINUED (replaceable)
-        self.on_mpps_final: FinalCallback = _log_mpps_final
+        self.study_clock: Clock = time.monotonic  # the quiet and give-up timers' (tests')
+        self.studies: StudyJudge | None = None  # judges quiet studies, each tick
         self._stop = threading.Event()
         self._housekeeper: threading.Thread | None = None
         self._reloading = threading.Lock()
@@ -113,6 +113,7 @@ class Agent:
         )
         found = recover(self.archive)
         log.info("archive ready: %s", found)
+        self.studies = StudyJudge(self.archive.studies, current, self.study_clock)
         self.commitments = CommitmentReporter(current, self.archive, self.status)
         self.mpps_forwarder = MppsForwarder(current, self.archive)
         self.server = DicomServer(
@@ -120,7 +121,7 @@ class Agent:
             self.archive,
             self.status,
             self.commitments.wake,
-            on_mpps_final=lambda *final: self.on_mpps_final(*final),
+            on_mpps_final=self.archive.studies.mpps_final,
             on_mpps_queued=self.mpps_forwarder.wake,
         )
         self.server.start()
@@ -231,6 +232,8 @@ class Agent:
                 peerlog.LIMITER.flush()  # report what peers' repeated failures did not write
                 snapshot = self.status.snapshot()
                 self._report(snapshot)
+                if self.studies is not None:  # after the report: its failure never stops that
+                    self.studies.tick()
                 due = time.monotonic() - last_sweep > SWEEP_EVERY
                 if snapshot.below_floor or unfinished or due:
                     unfinished = self._sweep() >= retention.BATCH
@@ -318,16 +321,3 @@ class Agent:
                 if entry.stat().st_mtime < horizon:
                     os.unlink(entry.path)
                     log.info("removed a stale temp file left by a failed receive")
-
-
-def _log_mpps_final(
-    uid: str, studies: tuple[str, ...], instances: frozenset[str], discontinued: bool
-) -> None:
-    """Until study completeness listens: a debug line per step that became final."""
-    log.debug(
-        "MPPS step %s %s: %d studies, %d instances referenced",
-        uid,
-        "discontinued" if discontinued else "completed",
-        len(studies),
-        len(instances),
-    )

@@ -79,6 +79,18 @@ class Peer:
     commit_when: Annotated[str, LIVE] = "stored"
     # unsettled this long: reported failed (0x0110)
     commit_give_up_hours: Annotated[float, LIVE] = 24.0
+    # its studies' quiet period ([study] when None; 0: off)
+    quiet_seconds: Annotated[float | None, LIVE] = None
+
+
+@dataclass(frozen=True)
+class StudySettings:
+    """The ``[study]`` table: when a study no better evidence covers counts as complete."""
+
+    # this long after its last instance (0: never by quiet)
+    quiet_seconds: Annotated[float, LIVE] = 60.0
+    # an MPPS still missing instances: complete, missing listed
+    give_up_hours: Annotated[float, LIVE] = 24.0
 
 
 @dataclass(frozen=True)
@@ -92,6 +104,14 @@ class Config:
     console: Annotated[ConsoleSettings, RESTART] = field(default_factory=ConsoleSettings)
     tls: Annotated[TlsSettings | None, LIVE] = None
     source: Annotated[Path | None, LIVE] = None
+    study: Annotated[StudySettings, LIVE] = field(default_factory=StudySettings)
+
+    def quiet_seconds(self, ae_title: str) -> float:
+        """The quiet period for studies sent by ``ae_title`` (its peer's, else ``[study]``'s)."""
+        peer = self.peer_by_ae(ae_title)
+        if peer is not None and peer.quiet_seconds is not None:
+            return peer.quiet_seconds
+        return self.study.quiet_seconds
 
     def peer_by_ae(self, ae_title: str) -> Peer | None:
         """Return the peer whose AE title is ``ae_title``, if any."""
@@ -154,7 +174,7 @@ def parse(raw: Mapping[str, Any], source: Path | None = None) -> Config:
 
 def _build(raw: Mapping[str, Any], source: Path | None) -> Config:
     """The configuration, every error reported through ``validation.problem``."""
-    v.reject_unknown(raw, {"agent", "peers", "forward", "leds", "console", "tls"}, "")
+    v.reject_unknown(raw, {"agent", "peers", "forward", "leds", "console", "tls", "study"}, "")
     base_dir = source.resolve().parent if source else Path.cwd()
     agent = _parse_agent(v.table(raw, "agent", ""), base_dir)
     peers_raw = v.table(raw, "peers", "")
@@ -166,7 +186,22 @@ def _build(raw: Mapping[str, Any], source: Path | None) -> Config:
     tls = _parse_tls(raw["tls"], base_dir) if "tls" in raw else None
     _check_tls_use(agent, peers, tls)
     _check_commit_policies(peers, forward)
-    return Config(agent, peers, forward, leds, console, tls, source)
+    study = _parse_study(v.table(raw, "study", ""))
+    return Config(agent, peers, forward, leds, console, tls, source, study=study)
+
+
+def _parse_study(table: Mapping[str, Any]) -> StudySettings:
+    """The ``[study]`` table: the quiet period (0 switches it off) and the give-up time."""
+    d = StudySettings()
+    v.reject_unknown(table, set(StudySettings.__dataclass_fields__), "study")
+    return StudySettings(
+        quiet_seconds=float(
+            v.get(table, "study.quiet_seconds", (int, float), d.quiet_seconds, v.not_negative)
+        ),
+        give_up_hours=float(
+            v.get(table, "study.give_up_hours", (int, float), d.give_up_hours, v.positive)
+        ),
+    )
 
 
 def _parse_agent(table: Mapping[str, Any], base_dir: Path) -> AgentSettings:
@@ -225,7 +260,15 @@ def _parse_peer(name: str, table: Mapping[str, Any]) -> Peer:
         commit_give_up_hours=float(
             v.get(table, f"{where}.commit_give_up_hours", (int, float), 24.0, v.positive)
         ),
+        quiet_seconds=_peer_quiet(table, where),
     )
+
+
+def _peer_quiet(table: Mapping[str, Any], where: str) -> float | None:
+    """A peer's own quiet period, if it sets one (0: its studies never complete by quiet)."""
+    if "quiet_seconds" not in table:
+        return None
+    return float(v.get(table, f"{where}.quiet_seconds", (int, float), 0.0, v.not_negative))
 
 
 def _commit_settings(table: Mapping[str, Any], where: str) -> dict[str, Any]:

@@ -140,6 +140,11 @@ def positive(key: str, value: float) -> None:
         raise ConfigError(key, "must be greater than 0")
 
 
+def not_negative(key: str, value: float) -> None:
+    if value < 0:
+        raise ConfigError(key, "must be 0 or more")
+
+
 def between(low: float, high: float) -> Callable[[str, float], None]:
     def check(key: str, value: float) -> None:
         if not low <= value <= high:

@@ -1,11 +1,13 @@
 """Real peers for the MPPS tests: pynetdicom as the modality sending N-CREATE and N-SET,
-its data sets as a CT sends them, and an in-process agent that records on_mpps_final."""
+its data sets as a CT sends them, and an in-process agent whose MPPS handler's calls to
+the study book are recorded."""
 
 from __future__ import annotations
 
 import threading
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
@@ -13,6 +15,7 @@ from pynetdicom import AE, evt
 
 from agent import config as config_module
 from agent.app import Agent
+from agent.archive.studies import StudyBook
 from agent.dicom.contexts import MPPS, VERIFICATION
 
 MOD_AE, OTHER_AE = "MOD", "OTHER"
@@ -21,7 +24,7 @@ SR = "1.2.840.10008.5.1.4.1.1.88.22"
 
 
 class Finals:
-    """The agent's on_mpps_final, recording each call."""
+    """Each step that became final, as the MPPS handler told the study book."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, tuple[str, ...], frozenset[str], bool]] = []
@@ -34,10 +37,20 @@ class Finals:
 
 
 def start(path: Path, agents: list[Agent], finals: Finals | None = None) -> Agent:
+    """An agent whose MPPS handler's calls to the study book are also told to ``finals``
+    (the handler is given the book's ``mpps_final`` as it starts)."""
     agent = Agent(config_module.load_file(path))
-    if finals is not None:
-        agent.on_mpps_final = finals
-    agent.start()
+    if finals is None:
+        agent.start()
+    else:
+        original = StudyBook.mpps_final
+
+        def recording(book: StudyBook, *final: Any) -> None:
+            finals(*final)
+            original(book, *final)
+
+        with mock.patch.object(StudyBook, "mpps_final", recording):
+            agent.start()
     agents.append(agent)
     return agent
 

@@ -13,6 +13,7 @@ import tty
 from collections.abc import Iterator
 from pathlib import Path
 
+import dicomgen
 import pytest
 from pynetdicom import AE
 
@@ -24,6 +25,7 @@ from agent.field.console import netinfo as netinfo_module
 from agent.field.console.lineeditor import Cancel, Echo, LineEditor, Submit
 from agent.field.settings import ConsoleSettings
 from agent.status import STUCK_AFTER
+from tests.commitment_peers import store
 from tests.support import AgentProcess, free_port, peer, wait_until, write_config
 
 VERIFICATION = "1.2.840.10008.1.1"
@@ -186,7 +188,8 @@ def test_ctrl_u_ctrl_c_and_empty_lines(
 
 EVERY_COMMAND = [
     "help", "help config", "status", "peers", "echo CT", "queue", "queue retry all",
-    "queue purge", "net", "logs 5", "leds test", "version", "restart", "config show",
+    "queue purge", "studies", "studies all", "net", "logs 5", "leds test", "version",
+    "restart", "config show",
     "config get agent.port", "config set agent.max_pdu 65536", "config unset agent.max_pdu",
     "config diff", "config revert", "config apply", "find", "retrieve", "commit",
     "commit NOPE --study 1.2", "bogus", "config",
@@ -256,6 +259,16 @@ def test_queue_and_retry(running: Agent, terminal: Terminal) -> None:
     assert terminal.command("queue") == ["OK", "  queue empty: everything was delivered"]
     assert terminal.command("queue retry all") == ["OK re-armed 0 jobs"]
     assert terminal.command("queue retry x")[0].startswith("ERR usage")
+
+
+def test_studies_names_the_patient_at_the_console(running: Agent, terminal: Terminal) -> None:
+    exam = dicomgen.Study()
+    store(agent_port(running), list(dicomgen.series(2, study=exam, size=8)), "MODALITY")
+    listing = terminal.command("studies")
+    assert listing[0] == "OK"
+    assert any(exam.study_uid in line and "DOE^JOHN" in line and line.strip().startswith(
+        "arriving") for line in listing), listing
+    assert terminal.command("studies now")[0].startswith("ERR usage")
 
 
 def test_echo_the_running_agent_itself(running: Agent, terminal: Terminal) -> None:

@@ -28,7 +28,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("archive", ("agent.archive",)),
     ("status", ("agent.status",)),
     ("network", ("agent.net",)),
-    ("services", ("agent.qr", "agent.forward", "agent.pull")),
+    ("services", ("agent.qr", "agent.forward", "agent.pull", "agent.studies")),
     ("operations", ("agent.ops",)),
     ("agent", ("agent.app",)),
     ("field", ("agent.field",)),

@@ -201,3 +201,5 @@ def test_power_cuts_during_a_store_lose_no_acknowledged_instance(
     assert {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in acknowledged} <= (
         set(indexed))
     assert set(indexed.values()) == {MOD_AE}  # routed by its sender, even if the row was lost
+    # its study's count was written with each row: exact after every cut (issue 21)
+    assert read_index(box.data_dir, "SELECT received FROM study_state") == [(len(indexed),)]

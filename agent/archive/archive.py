@@ -35,7 +35,8 @@ from agent.archive.outbox import Outbox, add_jobs, drop_jobs
 from agent.archive.pacs_commits import PacsCommits
 from agent.archive.query import StoredInstance, resolve
 from agent.archive.structure import check_file
-from agent.dicom.models import Model
+from agent.archive.studies import StudyBook, note_instance
+from agent.dicom.models import Level, Model
 from agent.dicom.status import DOES_NOT_MATCH, OUT_OF_RESOURCES
 from agent.errors import StoreError
 
@@ -102,15 +103,20 @@ class Archive:
         self.index = Index(self.layout.index_path)
         self.outbox = Outbox(self.index)
         self.pacs_commits = PacsCommits(self.index)
+        self.studies = StudyBook(self.index)  # study completeness: the evidence API
         self._placing = threading.Lock()
 
     def index_new(
         self, conn: sqlite3.Connection, record: InstanceRecord, header: Dataset
     ) -> Sequence[str]:
-        """Index an instance and queue its forwards, in the caller's transaction; return
-        the destinations it was queued for."""
+        """Index an instance, count it in its study and queue its forwards, in the
+        caller's transaction; return the destinations it was queued for."""
         destinations = self.routing.destinations(header, record.calling_ae)
         add_instance(conn, record)
+        study_uid = str(record.levels[Level.STUDY]["StudyInstanceUID"])
+        note_instance(
+            conn, study_uid, record.sop_instance_uid, record.calling_ae, record.received_at
+        )
         add_jobs(conn, record.sop_instance_uid, destinations, time.time())
         return destinations
 

@@ -14,6 +14,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from agent.archive import studies
 from agent.dicom.status import (
     CLASS_INSTANCE_CONFLICT,
     NO_SUCH_OBJECT_INSTANCE,
@@ -97,6 +98,7 @@ def record(
             "INSERT INTO commitment_items VALUES (?, ?, ?, ?)",
             [(uid, n, sop_class, sop_uid) for n, (sop_class, sop_uid) in enumerate(items)],
         )
+        studies.commitment_requested(conn, [sop_uid for _cls, sop_uid in items])
     return NEW
 
 

@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.archive import commitments, durable, mpps, pacs_commits
+from agent.archive import commitments, durable, mpps, pacs_commits, studies
 from agent.archive.keys import KEYS, LEADING_SPACES_PAD, TABLES
 from agent.dicom.models import Level
 from agent.errors import AgentError, IndexUnavailable
@@ -171,6 +171,7 @@ MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     pacs_commits.migrate,  # 5: commitment we ask of destinations
     commitments.migrate,  # 6: commitment modalities ask of us
     mpps.migrate,  # 7: performed procedure steps modalities tell us of
+    studies.migrate,  # 8: study states and the evidence that completes them
 ]
 
 
@@ -371,9 +372,11 @@ def remove_instances(conn: sqlite3.Connection, paths: set[str]) -> None:
         DELETE FROM patients WHERE pk NOT IN (SELECT patient_pk FROM studies);
     """,
     )
+    studies.forget_emptied(conn)
 
 
 def clear(conn: sqlite3.Connection) -> None:
-    """Empty the hierarchy and the conflict list (for a rebuild from the files)."""
-    for table in ("instances", "series", "studies", "patients", "conflicts"):
+    """Empty the hierarchy, the conflict list and the study states counted from it (for a
+    rebuild from the files, which counts every study again as arriving)."""
+    for table in ("instances", "series", "studies", "patients", "conflicts", "study_state"):
         conn.execute(f"DELETE FROM {table}")

@@ -12,7 +12,19 @@ from collections.abc import Sequence
 from types import ModuleType
 
 from agent import __version__
-from agent.cli import check_config, commit, echo, find, leds, queue, reindex, retrieve, run, status
+from agent.cli import (
+    check_config,
+    commit,
+    echo,
+    find,
+    leds,
+    queue,
+    reindex,
+    retrieve,
+    run,
+    status,
+    studies,
+)
 from agent.cli.common import fail, setup_logging
 from agent.errors import AgentError, ConfigError, UsageError
 from agent.net import configure_pynetdicom
@@ -24,6 +36,7 @@ COMMANDS: tuple[ModuleType, ...] = (
     status,
     reindex,
     queue,
+    studies,
     find,
     retrieve,
     leds,

@@ -11,6 +11,7 @@ from typing import Any
 
 from agent.archive import Layout
 from agent.archive.index import Counts, counts_at
+from agent.archive.study_list import state_counts_at
 from agent.ops.reachability import state_line
 from agent.status import LIVE_STATES, Snapshot, process_alive, read_published
 from agent.tls import certificate_days_left, certificate_warning
@@ -42,6 +43,8 @@ class StatusReport:
             f"{counts['series']} series, {counts['instances']} instances, "
             f"{size(counts['bytes'])}",
         ]
+        if info.get("studies"):
+            lines.append(_studies_line(info["studies"]))
         if counts["conflicts"]:
             lines.append(
                 f"          {counts['conflicts']} conflicting copies kept aside (see conflicts/)"
@@ -52,6 +55,13 @@ class StatusReport:
         if agent is None:
             return [*lines, "agent     not running"]
         return lines + _agent_lines(agent, info["answering"]) + _problem_lines(agent)
+
+
+def _studies_line(studies: dict[str, int]) -> str:
+    """How many studies are arriving (re-opened ones among them) and complete."""
+    open_now = studies["arriving"] + studies["reopened"]
+    again = f" ({studies['reopened']} re-opened)" if studies["reopened"] else ""
+    return f"studies   {open_now} arriving{again}, {studies['complete']} complete"
 
 
 def _agent_lines(agent: dict[str, Any], answering: bool) -> list[str]:
@@ -144,6 +154,7 @@ def gather(layout: Layout, live: Snapshot | None = None) -> dict[str, Any]:
     return {
         "data_dir": str(layout.root),
         "archive": dataclasses.asdict(_counts(layout)),
+        "studies": _study_counts(layout),
         "disk_free": shutil.disk_usage(layout.root).free if layout.root.exists() else None,
         "running": running,
         "answering": running and published is not None and published.get("silent_for") is None,
@@ -160,6 +171,13 @@ def _counts(layout: Layout) -> Counts:
     if not layout.index_path.exists():
         return Counts(0, 0, 0, 0, 0, 0)
     return counts_at(layout.index_path)
+
+
+def _study_counts(layout: Layout) -> dict[str, int]:
+    """Studies arriving, re-opened and complete (``agent.archive.studies``)."""
+    if not layout.index_path.exists():
+        return {"arriving": 0, "reopened": 0, "complete": 0}
+    return state_counts_at(layout.index_path)
 
 
 def size(count: int) -> str:

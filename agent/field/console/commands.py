@@ -12,13 +12,14 @@ from agent import __version__
 from agent.archive import Layout
 from agent.field import logbuffer
 from agent.field.console import netinfo
-from agent.field.console.render import echo_reply, queue_reply, status_reply
+from agent.field.console.render import echo_reply, queue_reply, status_reply, studies_reply
 from agent.field.console.table import Args, CommandTable, Reply, err, ok, syntax
 from agent.field.leds import walk_patterns
 from agent.ops.echo import echo_peer
 from agent.ops.queue import list_queue, purge_jobs, retry_jobs
 from agent.ops.running import RunningAgent
 from agent.ops.status import status_report
+from agent.ops.studies import studies
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,14 @@ class AgentCommands:
         if args.get("yes", "").lower() != "yes":
             return err("type 'queue purge yes' to drop every quarantined job for good")
         return queue_reply(purge_jobs(self._layout()))
+
+    @syntax("studies [all]", "arriving and recently complete studies, with the patient's name")
+    def studies(self, args: Args) -> Reply:
+        """What ``edge-agent studies --phi`` prints (every study with 'all')."""
+        word = args.get("all", "")
+        if word and word.lower() != "all":
+            return err("usage: studies [all]")
+        return studies_reply(studies(self._layout(), phi=True, every=bool(word)))
 
     @syntax("net", "network interfaces: link, addresses, default gateway")
     def net(self, args: Args) -> Reply:

@@ -9,6 +9,7 @@ from agent.ops.find import FindReport
 from agent.ops.queue import QueueChange, QueueListing
 from agent.ops.retrieve import RetrieveReport
 from agent.ops.status import StatusReport
+from agent.ops.studies import StudiesListing
 
 
 def status_reply(report: StatusReport, state: str) -> Reply:
@@ -21,6 +22,11 @@ def queue_reply(result: QueueListing | QueueChange) -> Reply:
     if isinstance(result, QueueChange) and result.archive:
         return (ok if result.ok else err)(result.summary, result=result)
     return ok(body=result.lines(), result=result)
+
+
+def studies_reply(listing: StudiesListing) -> Reply:
+    """The studies as body lines."""
+    return ok(body=listing.lines(), result=listing)
 
 
 def echo_reply(result: EchoResult) -> Reply:

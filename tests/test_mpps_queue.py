@@ -145,7 +145,7 @@ def test_a_quarantined_step_is_shown_and_a_retry_sends_it_in_order(
     assert patterns.fault(agent.status.snapshot()) == patterns.FAULT_NONE
 
 
-def test_retry_by_job_id_leaves_mpps_alone_and_a_wrong_name_is_refused(
+def test_retry_all_and_purge_take_mpps_job_ids_do_not(
         tmp_path: Path, running: list[Agent], ris: FixableRis) -> None:
     path = make_config(tmp_path, ris.port)
     agent = start(path, running)
@@ -162,10 +162,13 @@ def test_retry_by_job_id_leaves_mpps_alone_and_a_wrong_name_is_refused(
     console = build_table(agent)
     assert console.run_line("queue retry NOWHERE").lines()[0].startswith("ERR usage")
     assert held(agent) == [("N-CREATE", mpps.QUARANTINED)]
-    ris.refusal = None
     assert console.run_line("queue retry all").lines() == [
         "OK re-armed 0 jobs and 1 MPPS messages"]
-    wait_until(lambda: held(agent) == [], 20, "the N-CREATE passed on")
+    wait_until(lambda: len(ris.received) == 4 and held(agent) == [("N-CREATE", mpps.QUARANTINED)],
+               20, "tried twice more, quarantined again")
+    assert console.run_line("queue purge yes").lines() == [
+        "OK purged 0 quarantined jobs and 1 MPPS messages"]
+    assert held(agent) == []
 
 
 def test_check_config_names_mpps_forwarding_and_the_study_rules(tmp_path: Path) -> None:

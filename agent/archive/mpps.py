@@ -293,6 +293,12 @@ def rearm(index: Index, now: float, destinations: Sequence[str] | None = None) -
         return int(conn.execute(sql, values).rowcount)
 
 
+def purge_quarantined(index: Index) -> int:
+    """Give up on every quarantined message for good (the steps stay recorded); how many."""
+    with index.transaction() as conn:
+        return int(conn.execute("DELETE FROM mpps_jobs WHERE state = ?", (QUARANTINED,)).rowcount)
+
+
 _JOB_COLUMNS = (
     "seq, step_uid, destination, kind, message, state, attempts, next_attempt, last_error"
 )

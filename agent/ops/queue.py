@@ -161,7 +161,7 @@ class QueueChange:
     archive: bool = True  # False: there is no archive (index) yet
     unknown: tuple[int, ...] = ()  # job ids the queue does not hold
     idle: tuple[tuple[int, str], ...] = ()  # (id, state) of named jobs not waiting to retry
-    mpps: int = 0  # MPPS messages a retry re-armed
+    mpps: int = 0  # MPPS messages a retry re-armed or a purge dropped
 
     @property
     def ok(self) -> bool:
@@ -173,15 +173,15 @@ class QueueChange:
         """One line: what was done to how many jobs, and the jobs named in vain."""
         if not self.archive:
             return NO_ARCHIVE
+        messages = f" and {self.mpps} MPPS messages" if self.mpps else ""
         if self.action == "purge":
-            return f"purged {self.count} quarantined jobs"
+            return f"purged {self.count} quarantined jobs{messages}"
         if self.unknown:
             ids = ", ".join(f"#{job}" for job in self.unknown)
             noun = "no such job" if len(self.unknown) == 1 else "no such jobs"
             done = f"; re-armed {self.count} jobs" if self.count else ""
             return f"{noun}: {ids} (edge-agent queue lists them){done}"
         idle = "".join(f"; #{job} is {state}, nothing to re-arm" for job, state in self.idle)
-        messages = f" and {self.mpps} MPPS messages" if self.mpps else ""
         return f"re-armed {self.count} jobs{messages}{idle}"
 
     def lines(self) -> list[str]:
@@ -257,16 +257,19 @@ def split_targets(
 
 
 def quarantined(layout: Layout) -> int | None:
-    """How many jobs a purge would drop (None: there is no archive yet)."""
+    """How many jobs (and MPPS messages) a purge would drop (None: there is no archive yet)."""
     if not layout.index_path.exists():
         return None
     with Index(layout.index_path) as index:
-        return sum(d.get(queue.QUARANTINED, 0) for d in Outbox(index).depth().values())
+        depths = [*Outbox(index).depth().values(), *mpps.depth(index).values()]
+        return sum(d.get(queue.QUARANTINED, 0) for d in depths)
 
 
 def purge_jobs(layout: Layout) -> QueueChange:
-    """Give up on every quarantined job for good (retention may then remove its file)."""
+    """Give up on every quarantined job for good (retention may then remove its file),
+    and on every quarantined MPPS message."""
     if not layout.index_path.exists():
         return QueueChange("purge", 0, archive=False)
     with Index(layout.index_path) as index:
-        return QueueChange("purge", Outbox(index).purge_quarantined())
+        count = Outbox(index).purge_quarantined()
+        return QueueChange("purge", count, mpps=mpps.purge_quarantined(index))

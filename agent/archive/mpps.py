@@ -255,7 +255,7 @@ WAITING, RETRYING = "waiting", "retrying"  # pending, never tried / tried and fa
 def depth(index: Index, done: bool = False) -> dict[str, dict[str, int]]:
     """Messages per destination: waiting (never tried), retrying, quarantined, and with
     ``done`` those passed on (left out by default: read every second, and ever growing)."""
-    where = "" if done else f" WHERE state <> '{DONE}'"
+    where = "" if done else f" WHERE state IN ('{PENDING}', '{QUARANTINED}')"
     counts: dict[str, dict[str, int]] = {}
     with index.reading() as conn:
         for destination, shown, count in conn.execute(

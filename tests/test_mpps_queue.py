@@ -6,6 +6,7 @@ permanently until it is fixed; the agent runs in this process."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -17,12 +18,13 @@ from pydicom.uid import generate_uid
 from agent import cli
 from agent import config as config_module
 from agent.app import Agent
-from agent.archive import mpps
+from agent.archive import Layout, mpps
+from agent.archive.index import Index
 from agent.cli import queue as queue_cli
 from agent.cli import status as status_cli
 from agent.field import patterns
 from agent.field.console import build_table
-from agent.ops.queue import QueueChange, QueueListing
+from agent.ops.queue import QueueChange, QueueListing, list_queue, retry_jobs
 from agent.ops.status import StatusReport
 from tests.mpps_peers import Modality, creation, ending, start
 from tests.support import free_port, run_cli, wait_until
@@ -179,3 +181,28 @@ def test_check_config_names_mpps_forwarding_and_the_study_rules(tmp_path: Path) 
     assert "  pass every MPPS N-CREATE and N-SET on to RIS, in order" in result.stdout
     assert "else 45 s after its last instance" in result.stdout
     assert "after 12 h completes it" in result.stdout
+
+
+def test_retry_by_destination_rearms_only_that_destinations_jobs(tmp_path: Path) -> None:
+    layout = Layout(tmp_path / "data")
+    layout.create()
+    with Index(layout.index_path) as index, index.transaction() as conn:
+        conn.executemany(
+            "INSERT INTO forward_jobs (SOPInstanceUID, destination, state, attempts,"
+            " next_attempt, last_error, created_at) VALUES (?, ?, 'quarantined', 3, 0,"
+            " 'refused: 0xA900', 0)", [("1.2.3.1", "A"), ("1.2.3.2", "B")])
+        conn.executemany(
+            "INSERT INTO mpps_jobs (step_uid, destination, kind, message, state, attempts,"
+            " next_attempt, last_error, created_at) VALUES ('1.2.4', ?, ?, '{}', ?, ?, 0,"
+            " 'refused', 0)",
+            [("A", "N-CREATE", "quarantined", 2), ("A", "N-SET", "quarantined", 0),
+             ("B", "N-CREATE", "pending", 1), ("B", "N-SET", "pending", 0)])
+    assert retry_jobs(layout, None, ["A"]) == QueueChange("retry", 1, mpps=2)
+    listing = list_queue(layout)
+    assert listing.depth == {"A": {"pending": 1}, "B": {"quarantined": 1}}
+    assert listing.mpps == {"A": {"waiting": 2}, "B": {"retrying": 1, "waiting": 1}}
+    assert [(r.destination, r.kind, r.state) for r in listing.mpps_rows] == [
+        ("B", "N-CREATE", "retrying")]
+    with Index(layout.index_path) as index:
+        due = mpps.due(index, "A", now=time.time())
+    assert [job.kind for job in due] == ["N-CREATE"]  # its N-SET waits for it

@@ -133,6 +133,7 @@ def test_a_header_read_at_a_position_and_before_an_end(vr: str, name: str) -> No
         assert read_header(data[:cut], 0, encoding) is None, cut
         assert read_header(padded, 5, encoding, end=5 + cut) is None, cut
     assert read_header(data[:size], 0, encoding, end=len(data) + 100) is not None
+    assert read_header(data[: size - 1], 0, encoding, end=len(data) + 100) is None
 
 
 @pytest.mark.parametrize("name", ENCODINGS)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 from pydicom import dcmread
@@ -22,7 +22,6 @@ from agent.dicom.wire import (
     LONG_LENGTH_VRS,
     SHORT_LENGTH_VRS,
     UNDEFINED_LENGTH,
-    ElementHeader,
     Encoding,
     encode_header,
     read_header,
@@ -69,13 +68,22 @@ def _written(encoding: Encoding, element: DataElement | None = None, ds: Any = N
     return bytes(fp.getvalue())
 
 
-def _header(data: bytes, position: int, encoding: Encoding) -> ElementHeader:
+class Header(NamedTuple):
+    """read_header's tuple, its fields named for the tests."""
+
+    tag: int
+    vr: bytes | None
+    length: int
+    size: int
+
+
+def _header(data: bytes, position: int, encoding: Encoding) -> Header:
     header = read_header(data, position, encoding)
     assert header is not None, f"no header at {position}"
-    return header
+    return Header(*header)
 
 
-def _passed(data: bytes, position: int, encoding: Encoding) -> tuple[ElementHeader, int]:
+def _passed(data: bytes, position: int, encoding: Encoding) -> tuple[Header, int]:
     """An element's header and where the element ends, passing undefined lengths the way
     PS3.5 7.5 says: items up to the sequence delimiter, each item's elements up to its own."""
     header = _header(data, position, encoding)

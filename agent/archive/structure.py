@@ -100,7 +100,7 @@ class _Walker:
     def _file_meta(self) -> str:
         syntax = ""
         while self._tell() < self.size:
-            if self._peek(EXPLICIT_LE, self.size).tag >> 16 != 0x0002:
+            if self._peek(EXPLICIT_LE, self.size)[0] >> 16 != 0x0002:
                 break
             tag, _vr, length, _size = self._header(EXPLICIT_LE, self.size)
             if tag == TRANSFER_SYNTAX and length != UNDEFINED_LENGTH:
@@ -179,14 +179,15 @@ class _Walker:
     def _header(self, enc: Encoding, end: int, delimiter: bool = False) -> ElementHeader:
         """The element header at the position, passed; items and delimiters have no VR."""
         header = self._peek(enc, end)
-        if header.tag >> 16 != ITEM_GROUP:
+        tag, vr, _length, size = header
+        if tag >> 16 != ITEM_GROUP:
             if delimiter:
-                raise Malformed(f"{_name(header.tag)} where a sequence item was expected")
-            if enc.explicit and header.vr not in VRS:
+                raise Malformed(f"{_name(tag)} where a sequence item was expected")
+            if enc.explicit and vr not in VRS:
                 raise Malformed(
-                    f"{_name(header.tag)} has no valid VR: not encoded as its transfer syntax says"
+                    f"{_name(tag)} has no valid VR: not encoded as its transfer syntax says"
                 )
-        self.position += header.size
+        self.position += size
         return header
 
     def _peek(self, enc: Encoding, end: int) -> ElementHeader:

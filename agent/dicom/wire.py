@@ -47,18 +47,12 @@ IMPLICIT_LE = Encoding(explicit=False, little=True)  # also every command set (P
 EXPLICIT_BE = Encoding(explicit=True, little=False)
 
 
-class ElementHeader(NamedTuple):
-    """One element header: tag as group << 16 | element, VR, value length, header bytes.
-
-    ``vr`` is None in Implicit VR and for items and delimiters; in Explicit VR it is the
-    two bytes found, which the caller may check against ``VRS`` (an unknown VR is read
-    with a 2-byte length). ``length`` may be ``UNDEFINED_LENGTH``.
-    """
-
-    tag: int
-    vr: bytes | None
-    length: int
-    size: int
+# One element header: (tag, vr, length, size). The tag is group << 16 | element; ``vr`` is
+# None in Implicit VR and for items and delimiters, else the two bytes found, which the
+# caller may check against ``VRS`` (an unknown VR is read with a 2-byte length); ``length``
+# may be ``UNDEFINED_LENGTH``; ``size`` is the header's own bytes (8 or 12). A plain
+# tuple: a NamedTuple cost more to build than reading the header (a walk reads hundreds).
+ElementHeader = tuple[int, bytes | None, int, int]
 
 
 class _Codec:
@@ -79,25 +73,27 @@ _BIG = _Codec(">")
 def read_header(
     data: Buffer, position: int, encoding: Encoding, end: int | None = None
 ) -> ElementHeader | None:
-    """The element header at ``data[position:]``; None if it does not fit before ``end``.
+    """The (tag, vr, length, size) at ``data[position:]``; None if it does not fit before ``end``.
 
-    ``end`` defaults to the length of ``data``. Nothing is copied but the VR's two bytes.
+    ``end`` defaults to (and is capped at) the length of ``data``. Nothing is copied but
+    the VR's two bytes.
     """
-    limit = len(data) if end is None else min(end, len(data))
-    if position + 8 > limit:
+    if end is None or end > len(data):
+        end = len(data)
+    if position + 8 > end:
         return None
     codec = _LITTLE if encoding.little else _BIG
     if encoding.explicit:
         group, element, vr, length = codec.explicit.unpack_from(data, position)
         if group != ITEM_GROUP:
             if vr not in LONG_LENGTH_VRS:
-                return ElementHeader(group << 16 | element, vr, length, 8)
-            if position + 12 > limit:
+                return group << 16 | element, vr, length, 8
+            if position + 12 > end:
                 return None
             (length,) = codec.long_length.unpack_from(data, position + 8)
-            return ElementHeader(group << 16 | element, vr, length, 12)
+            return group << 16 | element, vr, length, 12
     group, element, length = codec.implicit.unpack_from(data, position)
-    return ElementHeader(group << 16 | element, None, length, 8)
+    return group << 16 | element, None, length, 8
 
 
 def encode_header(
@@ -107,8 +103,10 @@ def encode_header(
 
     ValueError for an explicit header without a VR, or a length its VR cannot hold.
     """
-    codec = _LITTLE if encoding.little else _BIG
     group, element = tag >> 16, tag & 0xFFFF
+    if encoding is IMPLICIT_LE:  # every command element: the short way
+        return _LITTLE.implicit.pack(group, element, length)
+    codec = _LITTLE if encoding.little else _BIG
     if not encoding.explicit or group == ITEM_GROUP:
         return codec.implicit.pack(group, element, length)
     if vr is None or len(vr) != 2:

@@ -56,12 +56,13 @@ def raw_charset(data: bytes, implicit: bool, little: bool) -> bytes | None:
     encoding = Encoding(explicit=not implicit, little=little)
     position = 0
     while (header := read_header(data, position, encoding)) is not None:
-        if header.tag > _CHARSET_TAG or header.length == UNDEFINED_LENGTH:
+        tag, _vr, length, size = header
+        if tag > _CHARSET_TAG or length == UNDEFINED_LENGTH:
             return None
-        start = position + header.size
-        if header.tag == _CHARSET_TAG:
-            return data[start : start + header.length]
-        position = start + header.length
+        start = position + size
+        if tag == _CHARSET_TAG:
+            return data[start : start + length]
+        position = start + length
     return None
 
 

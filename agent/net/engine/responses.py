@@ -47,9 +47,9 @@ def _elements(command: bytes) -> tuple[dict[str, int], dict[str, str]] | None:
         header = read_header(command, position, IMPLICIT_LE)
         if header is None:
             return None
-        position += header.size
-        length = header.length
-        known = _PLAIN.get(header.tag)
+        tag, _vr, length, size = header
+        position += size
+        known = _PLAIN.get(tag)
         if known is None or position + length > len(command):
             return None
         keyword, vr = known

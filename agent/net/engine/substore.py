@@ -78,17 +78,18 @@ def _parse_meta(head: bytes) -> FileMeta | None:
         header = read_header(head, position, EXPLICIT_LE)
         if header is None:
             return None  # the group may go on past what we read
-        if header.tag >> 16 != 2:
+        tag, vr, length, size = header
+        if tag >> 16 != 2:
             break
-        start = position + header.size
-        end = start + header.length
+        start = position + size
+        end = start + length
         if end > len(head):
             return None
-        if header.tag in _META_UIDS:
+        if tag in _META_UIDS:
             raw = head[start:end]
-            if header.vr != b"UI" or not raw.isascii():
+            if vr != b"UI" or not raw.isascii():
                 return None
-            found[_META_UIDS[header.tag]] = raw.rstrip(b"\0 ").decode("ascii")
+            found[_META_UIDS[tag]] = raw.rstrip(b"\0 ").decode("ascii")
         position = end
     if len(found) != len(_META_UIDS):
         return None

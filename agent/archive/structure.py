@@ -10,52 +10,33 @@ read: the walk seeks past them, so a 1 GB instance costs a few hundred small rea
 from __future__ import annotations
 
 import os
-import struct
-from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom.datadict import dictionary_VR
 
 from agent.dicom.status import CANNOT_UNDERSTAND, OUT_OF_RESOURCES
+from agent.dicom.wire import (
+    EXPLICIT_LE,
+    IMPLICIT_LE,
+    ITEM_GROUP,
+    MAX_HEADER,
+    UNDEFINED_LENGTH,
+    VRS,
+    ElementHeader,
+    Encoding,
+    read_header,
+)
 from agent.errors import StoreError
 
-UNDEFINED = 0xFFFFFFFF
 MAX_DEPTH = 32  # nested sequences; real data sets rarely pass 5
 PREAMBLE = 132  # 128 bytes of preamble, then "DICM"
 
-ITEM = (0xFFFE, 0xE000)
-ITEM_END = (0xFFFE, 0xE00D)
-SEQUENCE_END = (0xFFFE, 0xE0DD)
-PIXEL_DATA = (0x7FE0, 0x0010)
+ITEM = 0xFFFEE000
+ITEM_END = 0xFFFEE00D
+SEQUENCE_END = 0xFFFEE0DD
+PIXEL_DATA = 0x7FE00010
+TRANSFER_SYNTAX = 0x00020010
 
-_LONG_VRS = frozenset(
-    {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
-)
-_SHORT_VRS = frozenset(
-    {
-        b"AE",
-        b"AS",
-        b"AT",
-        b"CS",
-        b"DA",
-        b"DS",
-        b"DT",
-        b"FD",
-        b"FL",
-        b"IS",
-        b"LO",
-        b"LT",
-        b"PN",
-        b"SH",
-        b"SL",
-        b"SS",
-        b"ST",
-        b"TM",
-        b"UI",
-        b"UL",
-        b"US",
-    }
-)
 _IMPLICIT = "1.2.840.10008.1.2"
 _BIG_ENDIAN = "1.2.840.10008.1.2.2"
 _DEFLATED = frozenset({"1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.8.1"})
@@ -63,23 +44,6 @@ _DEFLATED = frozenset({"1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.8.1"})
 
 class Malformed(Exception):
     """The bytes do not form a data set; the message says where and why."""
-
-
-@dataclass(frozen=True)
-class Encoding:
-    """How element headers are written: VR explicit or not, byte order."""
-
-    explicit: bool
-    little: bool
-
-    @property
-    def order(self) -> str:
-        """The struct byte-order prefix."""
-        return "<" if self.little else ">"
-
-
-EXPLICIT_LE = Encoding(explicit=True, little=True)
-IMPLICIT_LE = Encoding(explicit=False, little=True)
 
 
 def check_file(path: Path) -> int:
@@ -136,14 +100,10 @@ class _Walker:
     def _file_meta(self) -> str:
         syntax = ""
         while self._tell() < self.size:
-            start = self._tell()
-            group = struct.unpack("<H", self._read(2, self.size))[0]
-            if group != 0x0002:
-                self.position = start
+            if self._peek(EXPLICIT_LE, self.size)[0] >> 16 != 0x0002:
                 break
-            self.position = start
-            tag, length, _vr = self._header(EXPLICIT_LE, self.size)
-            if tag == (0x0002, 0x0010) and length != UNDEFINED:
+            tag, _vr, length, _size = self._header(EXPLICIT_LE, self.size)
+            if tag == TRANSFER_SYNTAX and length != UNDEFINED_LENGTH:
                 syntax = self._read(length, self.size).rstrip(b"\0 ").decode("ascii", "replace")
             else:
                 self._skip(length, self.size, tag)
@@ -157,7 +117,7 @@ class _Walker:
             raise Malformed(f"sequences nested deeper than {MAX_DEPTH}")
         while self._tell() < end:
             start = self._tell()
-            tag, length, vr = self._header(enc, end)
+            tag, vr, length, _size = self._header(enc, end)
             if depth == 0 and tag >= PIXEL_DATA and self.header_end is None:
                 self.header_end = start  # where the image begins: what read_header needs
             if tag == ITEM_END:
@@ -165,15 +125,15 @@ class _Walker:
                     return
                 raise Malformed("item delimiter outside an item")
             if tag in (ITEM, SEQUENCE_END):
-                raise Malformed(f"unexpected delimiter ({tag[0]:04X},{tag[1]:04X})")
+                raise Malformed(f"unexpected delimiter {_name(tag)}")
             self._value(enc, tag, vr, length, end, depth)
         if in_item and end == self.size:
             raise Malformed("the data set ends inside an item of undefined length")
 
     def _value(
-        self, enc: Encoding, tag: tuple[int, int], vr: bytes, length: int, end: int, depth: int
+        self, enc: Encoding, tag: int, vr: bytes | None, length: int, end: int, depth: int
     ) -> None:
-        if length != UNDEFINED:
+        if length != UNDEFINED_LENGTH:
             if vr == b"SQ" or (not enc.explicit and _dictionary_vr(tag) == "SQ"):
                 self._sequence(enc, self._tell() + self._bounded(length, end, tag), depth)
             else:
@@ -185,17 +145,18 @@ class _Walker:
         elif vr == b"SQ" or not enc.explicit:
             self._sequence(enc, end, depth, undefined=True)
         else:
-            raise Malformed(f"undefined length for VR {vr.decode('latin-1')} at {_name(tag)}")
+            vr_name = (vr or b"").decode("latin-1")
+            raise Malformed(f"undefined length for VR {vr_name} at {_name(tag)}")
 
     def _sequence(self, enc: Encoding, end: int, depth: int, undefined: bool = False) -> None:
         """Items until ``end`` (defined length) or until the sequence delimiter."""
         while self._tell() < end:
-            tag, length, _vr = self._header(enc, end, delimiter=True)
+            tag, _vr, length, _size = self._header(enc, end, delimiter=True)
             if tag == SEQUENCE_END and undefined:
                 return
             if tag != ITEM:
                 raise Malformed(f"{_name(tag)} where a sequence item was expected")
-            if length == UNDEFINED:
+            if length == UNDEFINED_LENGTH:
                 self._dataset(enc, end, depth + 1, in_item=True)
             else:
                 self._dataset(
@@ -207,66 +168,77 @@ class _Walker:
     def _fragments(self, enc: Encoding, end: int) -> None:
         """Encapsulated pixel data: the offset table and fragments, then the delimiter."""
         while self._tell() < end:
-            tag, length, _vr = self._header(enc, end, delimiter=True)
+            tag, _vr, length, _size = self._header(enc, end, delimiter=True)
             if tag == SEQUENCE_END:
                 return
-            if tag != ITEM or length == UNDEFINED:
+            if tag != ITEM or length == UNDEFINED_LENGTH:
                 raise Malformed("encapsulated pixel data holds something other than fragments")
             self._skip(length, end, tag)
         raise Malformed("encapsulated pixel data has no sequence delimiter")
 
-    def _header(
-        self, enc: Encoding, end: int, delimiter: bool = False
-    ) -> tuple[tuple[int, int], int, bytes]:
-        """One element header: (tag, length, VR); delimiters and items have no VR."""
-        group, element = struct.unpack(enc.order + "HH", self._read(4, end))
-        tag = (group, element)
-        if group == 0xFFFE:
-            return tag, struct.unpack(enc.order + "L", self._read(4, end))[0], b""
-        if delimiter:
-            raise Malformed(f"{_name(tag)} where a sequence item was expected")
-        if not enc.explicit:
-            return tag, struct.unpack(enc.order + "L", self._read(4, end))[0], b""
-        vr = self._read(2, end)
-        if vr in _SHORT_VRS:
-            return tag, struct.unpack(enc.order + "H", self._read(2, end))[0], vr
-        if vr in _LONG_VRS:
-            return tag, struct.unpack(enc.order + "2xL", self._read(6, end))[0], vr
-        raise Malformed(f"{_name(tag)} has no valid VR: not encoded as its transfer syntax says")
+    def _header(self, enc: Encoding, end: int, delimiter: bool = False) -> ElementHeader:
+        """The element header at the position, passed; items and delimiters have no VR."""
+        header = self._peek(enc, end)
+        tag, vr, _length, size = header
+        if tag >> 16 != ITEM_GROUP:
+            if delimiter:
+                raise Malformed(f"{_name(tag)} where a sequence item was expected")
+            if enc.explicit and vr not in VRS:
+                raise Malformed(
+                    f"{_name(tag)} has no valid VR: not encoded as its transfer syntax says"
+                )
+        self.position += size
+        return header
 
-    def _bounded(self, length: int, end: int, tag: tuple[int, int]) -> int:
+    def _peek(self, enc: Encoding, end: int) -> ElementHeader:
+        """The element header at the position, not passed; Malformed if cut off before ``end``."""
+        block, offset, limit = self._window(MAX_HEADER, end)
+        header = read_header(block, offset, enc, limit)
+        if header is None:
+            raise Malformed(
+                f"cut off at byte {self._tell()} (an element header, {limit - offset} bytes left)"
+            )
+        return header
+
+    def _bounded(self, length: int, end: int, tag: int) -> int:
         if length > end - self._tell():
             raise Malformed(
                 f"{_name(tag)} claims {length} bytes but only {end - self._tell()} remain"
             )
         return length
 
-    def _skip(self, length: int, end: int, tag: tuple[int, int]) -> None:
+    def _skip(self, length: int, end: int, tag: int) -> None:
         self.position += self._bounded(length, end, tag)
 
     def _read(self, count: int, end: int) -> bytes:
         if count > end - self._tell():
             raise Malformed(f"cut off at byte {self._tell()} (needed {count} more)")
+        block, offset, limit = self._window(count, end)
+        self.position += limit - offset
+        if limit - offset != count:
+            raise Malformed(f"cut off at byte {self._tell()}")
+        return block[offset:limit]
+
+    def _window(self, count: int, end: int) -> tuple[bytes, int, int]:
+        """The block holding the next ``count`` bytes (fewer at ``end`` or at the end of the
+        file), where they start in it and where they stop: one pread for many headers."""
+        count = max(0, min(count, end - self.position))
         offset = self.position - self._block_start
         if offset < 0 or offset + count > len(self._block):
             self._block = os.pread(self.fd, max(count, BLOCK), self.position)
             self._block_start, offset = self.position, 0
-        data = self._block[offset : offset + count]
-        self.position += len(data)
-        if len(data) != count:
-            raise Malformed(f"cut off at byte {self._tell()}")
-        return data
+        return self._block, offset, min(offset + count, len(self._block))
 
     def _tell(self) -> int:
         return self.position
 
 
-def _dictionary_vr(tag: tuple[int, int]) -> str:
+def _dictionary_vr(tag: int) -> str:
     try:
-        return str(dictionary_VR((tag[0] << 16) | tag[1]))
+        return str(dictionary_VR(tag))
     except KeyError:
         return ""
 
 
-def _name(tag: tuple[int, int]) -> str:
-    return f"({tag[0]:04X},{tag[1]:04X})"
+def _name(tag: int) -> str:
+    return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"

@@ -10,7 +10,6 @@ refusal is a QueryError, answered with its status and an Error Comment.
 from __future__ import annotations
 
 import re
-import struct
 from typing import Any
 
 from pydicom.charset import python_encoding
@@ -18,6 +17,7 @@ from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
 
 from agent.dicom.status import CANNOT_UNDERSTAND
+from agent.dicom.wire import UNDEFINED_LENGTH, Encoding, read_header
 from agent.errors import QueryError
 
 MAX_IDENTIFIER_BYTES = 256 * 1024  # a list of about 3,900 UIDs
@@ -48,35 +48,21 @@ def identifier_of(event: Any) -> Dataset:
     return identifier
 
 
-_LONG_VRS = frozenset(
-    {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
-)
-
-
 def raw_charset(data: bytes, implicit: bool, little: bool) -> bytes | None:
     """The undecoded Specific Character Set value: tags ascend, so it comes first or not at all.
 
     pydicom converts the character set while it decodes, warning for each unknown term.
     """
-    order = "<" if little else ">"
+    encoding = Encoding(explicit=not implicit, little=little)
     position = 0
-    while position + 8 <= len(data):
-        group, element = struct.unpack_from(order + "HH", data, position)
-        tag = group << 16 | element
-        if tag > _CHARSET_TAG:
+    while (header := read_header(data, position, encoding)) is not None:
+        tag, _vr, length, size = header
+        if tag > _CHARSET_TAG or length == UNDEFINED_LENGTH:
             return None
-        if implicit or data[position + 4 : position + 6] not in _LONG_VRS:
-            length_format, head = (order + "I", 4) if implicit else (order + "H", 6)
-            (length,) = struct.unpack_from(length_format, data, position + head)
-            head = 8
-        else:
-            (length,) = struct.unpack_from(order + "I", data, position + 8)
-            head = 12
-        if length == 0xFFFFFFFF:
-            return None
+        start = position + size
         if tag == _CHARSET_TAG:
-            return data[position + head : position + head + length]
-        position += head + length
+            return data[start : start + length]
+        position = start + length
     return None
 
 

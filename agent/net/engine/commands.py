@@ -31,14 +31,15 @@ from pynetdicom.dimse_primitives import (
     DIMSEPrimitive,
 )
 
+from agent.dicom.wire import encode_header
 from agent.net.engine.dul import EncodedPData, EventDrivenDUL
 from agent.net.engine.messages import PDV_HEADER
 
 _original_send: Callable[..., None] = DIMSEServiceProvider.send_msg
 _FAST = (C_ECHO, C_FIND, C_GET, C_MOVE, C_STORE)
-_HEADER = struct.Struct("<HHI")
 # a P-DATA-TF (type, reserved, length) carrying one PDV item (length, context ID, control)
 _ONE_PDV_HEADER = struct.Struct(">BBIIBB")
+_GROUP_LENGTH = 0x00000000  # (0000,0000) Command Group Length
 _COMMAND_FIELD = {name: code for code, (name, _) in _MESSAGE_TYPES.items()}
 
 
@@ -87,9 +88,10 @@ def encode_command(message_name: str, primitive: Any, has_data: bool) -> bytes:
         else:
             raise NotFast(keyword)
         encoded = _value_bytes(vr, value)
-        parts.append(_HEADER.pack(tag >> 16, tag & 0xFFFF, len(encoded)) + encoded)
+        parts.append(encode_header(tag, len(encoded)) + encoded)
     body = b"".join(parts)
-    return _HEADER.pack(0, 0, 4) + struct.pack("<I", len(body)) + body
+    group_length = _value_bytes("UL", len(body))
+    return encode_header(_GROUP_LENGTH, len(group_length)) + group_length + body
 
 
 def _message_name(primitive: Any) -> str:

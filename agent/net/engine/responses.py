@@ -19,20 +19,21 @@ from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 
-_ELEMENT = struct.Struct("<HHI")
+from agent.dicom.wire import IMPLICIT_LE, read_header
+
 C_STORE_RSP = 0x8001
 NO_DATA_SET = 0x0101
 LAST_COMMAND_FRAGMENT = 0x03  # PS3.8 E.2: command information, last fragment
 _US = struct.Struct("<H")
-# element number in group 0000 -> (keyword, VR) of what a plain C-STORE-RSP holds
+# tag (group 0000) -> (keyword, VR) of what a plain C-STORE-RSP holds
 _PLAIN: dict[int, tuple[str, str]] = {
-    0x0000: ("CommandGroupLength", "UL"),
-    0x0002: ("AffectedSOPClassUID", "UI"),
-    0x0100: ("CommandField", "US"),
-    0x0120: ("MessageIDBeingRespondedTo", "US"),
-    0x0800: ("CommandDataSetType", "US"),
-    0x0900: ("Status", "US"),
-    0x1000: ("AffectedSOPInstanceUID", "UI"),
+    0x00000000: ("CommandGroupLength", "UL"),
+    0x00000002: ("AffectedSOPClassUID", "UI"),
+    0x00000100: ("CommandField", "US"),
+    0x00000120: ("MessageIDBeingRespondedTo", "US"),
+    0x00000800: ("CommandDataSetType", "US"),
+    0x00000900: ("Status", "US"),
+    0x00001000: ("AffectedSOPInstanceUID", "UI"),
 }
 _REQUIRED = frozenset({"CommandField", "MessageIDBeingRespondedTo", "CommandDataSetType", "Status"})
 
@@ -43,11 +44,12 @@ def _elements(command: bytes) -> tuple[dict[str, int], dict[str, str]] | None:
     uids: dict[str, str] = {}
     position = 0
     while position < len(command):
-        if position + 8 > len(command):
+        header = read_header(command, position, IMPLICIT_LE)
+        if header is None:
             return None
-        group, element, length = _ELEMENT.unpack_from(command, position)
-        position += 8
-        known = _PLAIN.get(element) if group == 0 else None
+        tag, _vr, length, size = header
+        position += size
+        known = _PLAIN.get(tag)
         if known is None or position + length > len(command):
             return None
         keyword, vr = known

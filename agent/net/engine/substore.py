@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import os
 import queue
-import struct
 import threading
 import time
 import weakref
@@ -30,6 +29,7 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import split_dataset
 
 from agent.dicom.status import PROCESSING_FAILURE
+from agent.dicom.wire import EXPLICIT_LE, read_header
 from agent.net.engine.reactor import ParkingGate
 
 log = logging.getLogger(__name__)
@@ -39,11 +39,7 @@ HEAD = 4096  # bytes read to find the file meta; a larger group goes through pyd
 WHOLE = 1 << 20  # a file up to this size is read at once, and its bytes sent from memory
 LOOK = 1.0  # seconds between looks at whether the association died while we wait
 PREAMBLE = 128
-_SHORT = struct.Struct("<HH2sH")  # group, element, VR, 2-byte length
-_LONG = struct.Struct("<I")
-# explicit VRs with a reserved field and a 4-byte length (PS3.5 7.1.2)
-LONG_VRS = frozenset(b"OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())
-_META_UIDS = {0x0002: "sop_class", 0x0003: "sop_instance", 0x0010: "syntax"}
+_META_UIDS = {0x00020002: "sop_class", 0x00020003: "sop_instance", 0x00020010: "syntax"}
 _ahead: weakref.WeakKeyDictionary[Any, tuple[Path, FileMeta]] = weakref.WeakKeyDictionary()
 _contexts: weakref.WeakKeyDictionary[Any, dict[tuple[str, str], int]] = weakref.WeakKeyDictionary()
 _ended: weakref.WeakSet[Any] = weakref.WeakSet()  # associations a C-STORE found over (said once)
@@ -78,27 +74,23 @@ def _parse_meta(head: bytes) -> FileMeta | None:
         return None
     found: dict[str, str] = {}
     position = PREAMBLE + 4
-    while position + 8 <= len(head):
-        group, element, vr, length = _SHORT.unpack_from(head, position)
-        if group != 2:
+    while True:
+        header = read_header(head, position, EXPLICIT_LE)
+        if header is None:
+            return None  # the group may go on past what we read
+        tag, vr, length, size = header
+        if tag >> 16 != 2:
             break
-        start = position + 8
-        if vr in LONG_VRS:
-            if start + 4 > len(head):
-                return None
-            (length,) = _LONG.unpack_from(head, start)
-            start += 4
+        start = position + size
         end = start + length
         if end > len(head):
             return None
-        if element in _META_UIDS:
+        if tag in _META_UIDS:
             raw = head[start:end]
             if vr != b"UI" or not raw.isascii():
                 return None
-            found[_META_UIDS[element]] = raw.rstrip(b"\0 ").decode("ascii")
+            found[_META_UIDS[tag]] = raw.rstrip(b"\0 ").decode("ascii")
         position = end
-    else:
-        return None  # the group may go on past what we read
     if len(found) != len(_META_UIDS):
         return None
     return FileMeta(position, found["sop_class"], found["sop_instance"], found["syntax"])

@@ -172,11 +172,11 @@ class Sender(threads.Worker):
     def _record(self, job: Job, outcome: Delivery, detail: str) -> None:
         now = self.clock.now()
         if outcome in (Delivery.DELIVERED, Delivery.DELIVERED_WITH_WARNING):
-            self.archive.outbox.mark_done(job, now)
-            if self.peer.commit:
+            if self.peer.commit:  # first: a study is never seen delivered without it
                 self.archive.pacs_commits.delivered(
                     job.sop_instance_uid, job.sop_class_uid, self.peer.name, now
                 )
+            self.archive.outbox.mark_done(job, now)
         else:
             tries = job.attempts + 1
             settings = self.current().forward

@@ -107,21 +107,26 @@ def pacs() -> Iterator[PACS]:
     scp.close()
 
 
-def make_config(tmp_path: Path, pacs: PACS, when: str = "complete", commit: bool = False) -> Path:
-    """An agent whose modality may store and send MPPS, forwarding to PACS ``when``."""
+def make_config(tmp_path: Path, pacs: PACS, when: str = "complete", commit: bool = False,
+                dead: bool = False) -> Path:
+    """An agent whose modality may store and send MPPS, forwarding to PACS ``when`` (and,
+    with ``dead``, to DEAD too, where nothing listens)."""
     destination: dict[str, Any] = {"ae_title": "PACS", "host": "127.0.0.1",
                                    "port": pacs.port, "allow": ["echo"]}
     if commit:  # per instance, it would ask every 2 instances
         destination.update(commit=True, commit_after_instances=2, commit_after_seconds=0.2)
+    peers = {"MODALITY": {"ae_title": MOD_AE, "host": "127.0.0.1", "port": 104,
+                          "allow": ["echo", "store", "mpps"]},
+             "PACS": destination}
+    if dead:
+        peers["DEAD"] = {"ae_title": "DEAD", "host": "127.0.0.1", "port": free_port(),
+                         "allow": ["echo"]}
     path = write_config(
         tmp_path / "agent.toml",
         {"ae_title": "EDGE", "port": free_port(), "bind": "127.0.0.1",
-         "data_dir": str(tmp_path / "data"), "min_free_mb": 0},
-        {"MODALITY": {"ae_title": MOD_AE, "host": "127.0.0.1", "port": 104,
-                      "allow": ["echo", "store", "mpps"]},
-         "PACS": destination},
-    )
-    path.write_text(path.read_text() + f'\n[forward]\nto = ["PACS"]\nwhen = "{when}"\n'
+         "data_dir": str(tmp_path / "data"), "min_free_mb": 0}, peers)
+    to = '["PACS", "DEAD"]' if dead else '["PACS"]'
+    path.write_text(path.read_text() + f'\n[forward]\nto = {to}\nwhen = "{when}"\n'
                     "retry_first = 0.2\nretry_max = 0.5\n"
                     f"\n[study]\nquiet_seconds = {QUIET}\ngive_up_hours = 1\n")
     return path
@@ -253,6 +258,24 @@ def test_commitment_is_asked_once_per_complete_study(
                and {s for s, _, _ in pacs_states(data).values()} == {"committed"},
                30, "the study committed")
     assert len(pacs.actions) == 1 and sorted(pacs.actions[0]) == sorted(wanted)
+
+
+def test_a_destination_that_is_down_delays_only_its_own_copy_of_the_study(
+        tmp_path: Path, running: list[Agent], pacs: PACS) -> None:
+    clock = FakeClock(1000.0)
+    agent = start(make_config(tmp_path, pacs, dead=True), clock, running)
+    exam = dicomgen.Study()
+    images = two_series(exam, 3, 2)
+    store(agent.config.agent.port, images)
+    tick(agent)
+    clock.now += QUIET
+    tick(agent)
+    wait_until(lambda: len(pacs.uids()) == 5, 30, "the study at the live PACS")
+    assert pacs.accepted == 1 and in_order(pacs)
+    by_destination = jobs(agent.config.agent.data_dir)
+    assert {state for key, state in by_destination.items() if key.endswith(" PACS")} == {"done"}
+    assert {state for key, state in by_destination.items() if key.endswith(" DEAD")} <= {
+        "pending", "retrying"}  # released, waiting for DEAD to come up
 
 
 def test_when_instance_stays_the_default_and_sends_at_once(

@@ -171,6 +171,7 @@ def test_an_mpps_study_goes_after_completion_over_one_association_in_order(
         wait_until(lambda: [(d.held, d.quarantined) for d in agent.status.snapshot()
                             .destinations] == [(7, 0)], 20, "status shows 7 held")
         assert "7 held for their study" in agent.status.snapshot().summary()
+        assert study(agent, exam.study_uid)["forwarding"] == {"PACS": {"held": 7}}
         assert pacs.uids() == []
         assert modality.set(ending("COMPLETED", uids, []), step).Status == 0x0000
     finally:
@@ -181,6 +182,26 @@ def test_an_mpps_study_goes_after_completion_over_one_association_in_order(
     assert pacs.accepted == 1 and len(set(pacs.carried_by)) == 1  # one association
     assert in_order(pacs)
     assert states(agent) == ["done"]
+
+
+def test_a_study_longer_than_a_batch_with_a_later_series_of_another_class_goes_whole(
+        tmp_path: Path, running: list[Agent], pacs: PACS) -> None:
+    """The association offers every class the study's due jobs need, not only the first
+    batch's (sender.BATCH = 200): one association still carries the study."""
+    clock = FakeClock(1000.0)
+    agent = start(make_config(tmp_path, pacs), clock, running)
+    exam = dicomgen.Study()
+    images = list(dicomgen.series(201, study=exam, size=8))
+    mr = list(dicomgen.series(2, study=exam, size=8, modality="MR"))
+    for ds in mr:
+        ds.SeriesNumber = 2
+    assert mr[0].SOPClassUID != images[0].SOPClassUID
+    store(agent.config.agent.port, mr + images)
+    tick(agent)
+    clock.now += QUIET
+    tick(agent)
+    wait_until(lambda: len(pacs.uids()) == 203, 60, "the study at the PACS")
+    assert pacs.accepted == 1 and in_order(pacs)
 
 
 def test_quiet_completion_sends_once_and_a_reopened_study_only_what_is_new(

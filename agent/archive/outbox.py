@@ -209,6 +209,19 @@ class OutboxReader:
         """When the next waiting job of a destination is due (None: nothing waits)."""
         return _next_due(self._conn, destination, lane)
 
+    def due_pairs(self, destination: str, now: float, lane: Lane) -> set[tuple[str, str]]:
+        """(SOP class, transfer syntax) of every job of the lane ready to try: the contexts
+        an association offers, so a study whose later series are of another class is not
+        cut in two."""
+        rows = self._conn.execute(
+            "SELECT DISTINCT i.SOPClassUID, i.transfer_syntax FROM forward_jobs j"
+            " JOIN instances i ON i.SOPInstanceUID = j.SOPInstanceUID"
+            " WHERE j.destination = ? AND j.state IN ('pending', 'retrying')"
+            " AND j.next_attempt <= ? AND coalesce(j.study_key, j.pk) % ? = ?",
+            (destination, now, lane.of, lane.number),
+        ).fetchall()
+        return {(str(cls), str(syntax)) for cls, syntax in rows}
+
     def waiting(self, destination: str) -> int:
         """How many jobs of a destination wait to be sent (pending or retrying)."""
         row = self._conn.execute(

@@ -115,7 +115,9 @@ class Sender(threads.Worker):
         While a modality is still sending, new jobs arrive one by one: the association
         lingers a moment for them instead of being set up again for each instance.
         """
-        pairs = sorted({(j.sop_class_uid, j.transfer_syntax) for j in jobs})[:MAX_PAIRS]
+        first = sorted({(j.sop_class_uid, j.transfer_syntax) for j in jobs})
+        later = queue.due_pairs(self.peer.name, self.clock.now(), self.lane) - set(first)
+        pairs = (first + sorted(later))[:MAX_PAIRS]
         assoc = self.gate.connect(
             lambda: self._associate(pairs), lambda: queue.waiting(self.peer.name)
         )

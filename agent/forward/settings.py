@@ -25,7 +25,8 @@ whole study goes over one association in series and instance order and a ``commi
 true`` destination is asked once per study; a re-opened study sends only what is new.
 A destination named by ``forward.to`` follows ``forward.when``; one a rule adds follows
 that rule's ``when``; named twice, the first that names it (``forward.to``, then the
-rules in order) decides.
+rules in order) decides. A reload changes how new instances are queued; jobs already
+held wait for their study.
 """
 
 from __future__ import annotations

@@ -307,6 +307,8 @@ class Agent:
             self.status.set_associations(self.server.active_associations())
         if self.forwarder is not None:
             self.forwarder.refresh_status()
+        if self.mpps_forwarder is not None:
+            self.mpps_forwarder.refresh_status(self.status)
 
     def _sweep(self) -> int:
         """Drop dead temp files; let retention free what every destination has."""

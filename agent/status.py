@@ -20,6 +20,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from agent.status_mpps import MppsQueue, mpps_summary
 from agent.tls import certificate_warning
 
 STATUS_FILE = "status.json"
@@ -114,6 +115,7 @@ class Snapshot:
     commit_failed: int = 0  # a destination reported it would not commit these
     commit_reports_owed: int = 0  # storage commitment transactions we still owe a report
     commit_reports_sent: int = 0
+    mpps: tuple[MppsQueue, ...] = ()  # passing MPPS on, per destination (status_mpps)
     version: int = 0
 
     def summary(self) -> str:
@@ -133,6 +135,7 @@ class Snapshot:
             quarantined = sum(d.quarantined for d in self.destinations)
             if quarantined:
                 parts.append(f"{quarantined} quarantined")
+        parts += mpps_summary(self.mpps)
         parts += [f"{d.name} down" for d in self.destinations if d.state == "down"]
         if self.commit_awaiting or self.commit_failed:
             parts.append(f"{self.commit_awaiting} awaiting commitment")
@@ -328,6 +331,10 @@ class StatusModel:
             )
 
         self._apply(change)
+
+    def mpps_queue(self, queues: tuple[MppsQueue, ...]) -> None:
+        """MPPS messages waiting or quarantined per destination, as the queue holds them."""
+        self._apply(lambda s: {} if s.mpps == queues else {"mpps": queues})
 
     def destination_commitments(self, counts: dict[str, dict[str, int]]) -> None:
         """Storage commitment rows per destination and state, as the archive holds them."""

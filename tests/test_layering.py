@@ -26,7 +26,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("configuration", ("agent.config", "agent.forward.settings", "agent.field.settings",
                        "agent.reconfigure")),
     ("archive", ("agent.archive",)),
-    ("status", ("agent.status",)),
+    ("status", ("agent.status", "agent.status_mpps")),
     ("network", ("agent.net",)),
     ("services", ("agent.qr", "agent.forward", "agent.pull", "agent.studies")),
     ("operations", ("agent.ops",)),

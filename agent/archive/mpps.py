@@ -147,11 +147,22 @@ def read_steps(conn: sqlite3.Connection) -> list[Step]:
 
 
 def _enqueue(conn: sqlite3.Connection, uid: str, kind: str, forward: Forward, now: float) -> None:
-    conn.executemany(
-        "INSERT INTO mpps_jobs (step_uid, destination, kind, message, state, next_attempt,"
-        " created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-        [(uid, name, kind, forward.message, PENDING, now, now) for name in forward.destinations],
-    )
+    """Queue the message for each destination; behind a quarantined message of its step it
+    is quarantined at once (sent alone it would overtake that one), and re-armed with it."""
+    for name in forward.destinations:
+        (held,) = conn.execute(
+            "SELECT min(seq) FROM mpps_jobs WHERE destination = ? AND state = ?"
+            " AND step_uid = ?",
+            (name, QUARANTINED, uid),
+        ).fetchone()
+        state, error = (PENDING, None) if held is None else (
+            QUARANTINED, f"after #{held} was quarantined"
+        )
+        conn.execute(
+            "INSERT INTO mpps_jobs (step_uid, destination, kind, message, state, next_attempt,"
+            " last_error, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (uid, name, kind, forward.message, state, now, error, now),
+        )
 
 
 def waiting_destinations(index: Index) -> list[str]:
@@ -236,6 +247,56 @@ def jobs(index: Index) -> list[Job]:
             f"SELECT {_JOB_COLUMNS} FROM mpps_jobs WHERE state != ? ORDER BY seq", (DONE,)
         ).fetchall()
     return [Job(*row) for row in rows]
+
+
+WAITING, RETRYING = "waiting", "retrying"  # pending, never tried / tried and failed
+
+
+def depth(index: Index, done: bool = False) -> dict[str, dict[str, int]]:
+    """Messages per destination: waiting (never tried), retrying, quarantined, and with
+    ``done`` those passed on (left out by default: read every second, and ever growing)."""
+    where = "" if done else f" WHERE state IN ('{PENDING}', '{QUARANTINED}')"
+    counts: dict[str, dict[str, int]] = {}
+    with index.reading() as conn:
+        for destination, shown, count in conn.execute(
+            f"SELECT destination, CASE WHEN state <> '{PENDING}' THEN state"
+            f" WHEN attempts > 0 THEN '{RETRYING}' ELSE '{WAITING}' END AS shown, count(*)"
+            f" FROM mpps_jobs{where} GROUP BY destination, shown"
+        ):
+            counts.setdefault(str(destination), {})[str(shown)] = int(count)
+    return counts
+
+
+def troubled(index: Index, limit: int) -> list[Job]:
+    """The first ``limit`` messages quarantined or failed at least once, in the order taken."""
+    with index.reading() as conn:
+        rows = conn.execute(
+            f"SELECT {_JOB_COLUMNS} FROM mpps_jobs WHERE state = ? OR (state = ? AND"
+            " attempts > 0) ORDER BY seq LIMIT ?",
+            (QUARANTINED, PENDING, limit),
+        ).fetchall()
+    return [Job(*row) for row in rows]
+
+
+def rearm(index: Index, now: float, destinations: Sequence[str] | None = None) -> int:
+    """Make quarantined and retrying messages due now (for these destinations, or all);
+    a step's messages keep their order, so its N-CREATE goes before its N-SET (``due``)."""
+    sql = (
+        "UPDATE mpps_jobs SET state = ?, attempts = 0, next_attempt = ?"
+        " WHERE (state = ? OR (state = ? AND attempts > 0))"
+    )
+    values: tuple[object, ...] = (PENDING, now, QUARANTINED, PENDING)
+    if destinations is not None:
+        sql += f" AND destination IN ({', '.join('?' for _ in destinations)})"
+        values += tuple(destinations)
+    with index.transaction() as conn:
+        return int(conn.execute(sql, values).rowcount)
+
+
+def purge_quarantined(index: Index) -> int:
+    """Give up on every quarantined message for good (the steps stay recorded); how many."""
+    with index.transaction() as conn:
+        return int(conn.execute("DELETE FROM mpps_jobs WHERE state = ?", (QUARANTINED,)).rowcount)
 
 
 _JOB_COLUMNS = (

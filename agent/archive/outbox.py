@@ -123,13 +123,23 @@ class Outbox:
                 [(uid, destination, now, now) for uid in sop_uids],
             ).rowcount
 
-    def rearm(self, now: float, job_ids: Sequence[int] | None = None) -> int:
-        """Make quarantined or retrying jobs due now; all of them when ``job_ids`` is None."""
+    def rearm(
+        self,
+        now: float,
+        job_ids: Sequence[int] | None = None,
+        destinations: Sequence[str] | None = None,
+    ) -> int:
+        """Make quarantined or retrying jobs due now; all of them when ``job_ids`` is None
+        (those for ``destinations`` when given)."""
         sql = (
             "UPDATE forward_jobs SET state = 'pending', attempts = 0, next_attempt = ?"
             " WHERE state IN ('retrying', 'quarantined')"
         )
         with self.index.transaction() as conn:
+            if job_ids is None and destinations is not None:
+                marks = ", ".join("?" for _ in destinations)
+                return conn.execute(f"{sql} AND destination IN ({marks})",
+                                    (now, *destinations)).rowcount
             if job_ids is None:
                 return conn.execute(sql, (now,)).rowcount
             marks = ", ".join("?" for _ in job_ids)

@@ -10,7 +10,7 @@ import argparse
 
 from agent import tls
 from agent.cli.common import load_config
-from agent.config import Config
+from agent.config import Config, Peer, StudySettings
 from agent.errors import ConfigErrors
 from agent.forward.settings import ForwardSettings
 
@@ -61,17 +61,43 @@ def summary(config: Config, contexts: tls.Contexts | None = None) -> list[str]:
         allowed = ", ".join(sorted(peer.allow)) or "nothing"
         over = " over TLS" if peer.tls else ""
         commit = ", asked for storage commitment" if peer.commit else ""
+        quiet = (
+            "" if peer.quiet_seconds is None else f", its studies quiet after {quiet_words(peer)}"
+        )
         lines.append(
             f"  peer {peer.name}: {peer.ae_title}@{peer.host}:{peer.port}{over} may {allowed}"
-            f"{commit}"
+            f"{commit}{quiet}"
         )
-    return lines + forwarding(config.forward)
+    return lines + studies(config.study) + forwarding(config.forward)
+
+
+def quiet_words(peer: Peer) -> str:
+    """A peer's own quiet period, in words (0: switched off)."""
+    seconds = peer.quiet_seconds or 0
+    return f"{seconds:g} s" if seconds else "never (quiet rule off)"
+
+
+def studies(study: StudySettings) -> list[str]:
+    """The ``[study]`` table in words: when a study is complete without better evidence."""
+    quiet = (
+        f"{study.quiet_seconds:g} s after its last instance"
+        if study.quiet_seconds else "never by a quiet period (quiet_seconds = 0)"
+    )
+    return [
+        f"  a study is complete by MPPS or commitment request, else {quiet}; an MPPS still "
+        f"missing instances after {study.give_up_hours:g} h completes it with them listed"
+    ]
 
 
 def forwarding(forward: ForwardSettings) -> list[str]:
     """The ``[forward]`` table in words."""
+    mpps = (
+        [f"  pass every MPPS N-CREATE and N-SET on to {', '.join(forward.mpps_to)}, in order "
+         "(retried and quarantined as instances are)"]
+        if forward.mpps_to else []
+    )
     if not forward.destinations:
-        return ["  forwarding: none (no [forward] destinations)"]
+        return ["  forwarding: none (no [forward] destinations)", *mpps]
     lines = [f"  forward every instance to {', '.join(forward.to)}"] if forward.to else []
     for number, rule in enumerate(forward.rules, 1):
         match = ", ".join(f"{key} = {pattern}" for key, pattern in rule.match.items())
@@ -89,4 +115,4 @@ def forwarding(forward: ForwardSettings) -> list[str]:
         f"  forwarded instances {keep}"
         + (", and not before committed" if forward.retain_until == "committed" else "")
     )
-    return lines
+    return lines + mpps

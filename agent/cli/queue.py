@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from agent.archive import Layout
@@ -16,18 +17,27 @@ from agent.ops.queue import (
     purge_jobs,
     quarantined,
     retry_jobs,
+    split_targets,
 )
 
 NAME = "queue"
-HELP = "list forward jobs per destination; 'retry' re-arms them, 'purge' drops quarantined"
+HELP = (
+    "list forward jobs and MPPS messages per destination; 'retry' re-arms them, 'purge' "
+    "drops quarantined jobs"
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """``queue [retry ID...|--all] | [purge --yes]``."""
+    """``queue [--json] [retry ID...|DEST...|--all] | [purge --yes]``."""
     parser.add_argument("action", nargs="?", choices=("list", "retry", "purge"), default="list")
-    parser.add_argument("ids", nargs="*", type=int, metavar="ID", help="job ids to re-arm")
+    parser.add_argument(
+        "ids", nargs="*", metavar="ID|DEST",
+        help="job ids to re-arm, or destinations (peer names) whose jobs and MPPS messages "
+        "to re-arm",
+    )
     parser.add_argument("--all", action="store_true", help="re-arm every waiting job")
     parser.add_argument("--yes", action="store_true", help="purge without asking")
+    parser.add_argument("--json", action="store_true", help="print the listing as JSON")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -39,7 +49,10 @@ def run(args: argparse.Namespace) -> int:
     outcome = result(args, config)
     if isinstance(outcome, QueueChange) and not outcome.ok and outcome.archive:
         raise AgentError(outcome.summary)  # exit 1: a job named that is not there
-    print("\n".join(outcome.lines()))
+    if args.json and isinstance(outcome, QueueListing):
+        print(json.dumps(outcome.to_json(), indent=1))
+    else:
+        print("\n".join(outcome.lines()))
     return 0
 
 
@@ -48,8 +61,13 @@ def result(args: argparse.Namespace, config: Config) -> QueueListing | QueueChan
     layout = Layout(config.agent.data_dir)
     if args.action == "retry":
         if not args.ids and not args.all:
-            raise AgentError("say which jobs: queue retry ID [ID...] or queue retry --all")
-        return retry_jobs(layout, None if args.all else args.ids)
+            raise AgentError(
+                "say which jobs: queue retry ID [ID...], queue retry DEST, or queue retry --all"
+            )
+        if args.all:
+            return retry_jobs(layout, None)
+        ids, destinations = split_targets(args.ids, config.peers)
+        return retry_jobs(layout, ids, destinations)
     if args.action == "purge":
         return purge_jobs(layout)
     return list_queue(layout)

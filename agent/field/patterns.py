@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from agent.status import Snapshot, State
+from agent.status_mpps import mpps_quarantined
 from agent.tls import CERTIFICATE_WARN_DAYS, certificate_days_left, certificate_warning
 
 ACTIVITY_HOLD = 0.5  # seconds the activity LED keeps flickering after the last image
@@ -120,13 +121,16 @@ def link(snapshot: Snapshot) -> Signal:
 
 
 def fault(snapshot: Snapshot) -> Signal:
-    """The most urgent fault: failed, disk below the floor, quarantined jobs, then a TLS
-    certificate within CERTIFICATE_WARN_DAYS of expiry (or past it)."""
+    """The most urgent fault: failed, disk below the floor, quarantined jobs (instances or
+    MPPS messages) or failed commitments, then a TLS certificate within
+    CERTIFICATE_WARN_DAYS of expiry (or past it)."""
     if snapshot.state is State.FAILED:
         return FAULT_FAILED
     if snapshot.below_floor:
         return FAULT_DISK
-    if any(d.quarantined for d in snapshot.destinations) or snapshot.commit_failed:
+    if any(d.quarantined for d in snapshot.destinations) or snapshot.commit_failed or (
+        mpps_quarantined(snapshot.mpps)
+    ):
         return FAULT_QUARANTINE
     if certificate_warning(snapshot.certificate_expires):
         return FAULT_CERTIFICATE

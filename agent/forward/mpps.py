@@ -32,6 +32,8 @@ from agent.dicom.status import (
 from agent.errors import PeerError
 from agent.forward.policy import Delivery, classify_status, gives_up, retry_delay
 from agent.net import scu
+from agent.status import StatusModel
+from agent.status_mpps import mpps_queues
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +104,12 @@ class MppsForwarder(threads.Worker):
             if upcoming is not None:
                 pause = min(pause, max(0.0, upcoming - self.clock()))
         return pause
+
+    def refresh_status(self, status: StatusModel) -> None:
+        """Tell the status model what waits and what is quarantined, per destination
+        (each housekeeping tick: a ``queue retry`` from another process shows too)."""
+        depth = mpps.depth(self.archive.index)
+        status.mpps_queue(mpps_queues(depth, self.current().forward.mpps_to))
 
     def _deliver(self, config: Config, peer: Peer) -> None:
         """Send the due messages to ``peer`` over one association, until none is due."""

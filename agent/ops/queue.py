@@ -5,21 +5,47 @@ Changes take effect at the senders' next look (seconds).
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.archive import Layout
+from agent.archive import Layout, mpps
 from agent.archive import outbox as queue
 from agent.archive.index import Index
 from agent.archive.outbox import Outbox
 from agent.archive.pacs_commits import STATES, Failure, PacsCommits
+from agent.errors import AgentError
 from agent.ops.reachability import reported_destinations, state_line
 from agent.status import Snapshot
 
 SHOWN = 50
 NO_ARCHIVE = "queue empty (no archive yet)"
+MPPS_STATES = (mpps.WAITING, mpps.RETRYING, mpps.QUARANTINED, mpps.DONE)
+
+
+@dataclass(frozen=True)
+class MppsRow:
+    """An MPPS message that failed or was quarantined: which step, which message, why;
+    never its attributes (they name the patient)."""
+
+    seq: int  # its place in the order messages were taken
+    destination: str
+    step_uid: str
+    kind: str  # N-CREATE or N-SET
+    state: str  # quarantined, or retrying
+    attempts: int
+    next_attempt: float
+    last_error: str | None
+
+    @classmethod
+    def of(cls, job: mpps.Job) -> MppsRow:
+        """The row for a queued job, its message left out."""
+        state = mpps.RETRYING if job.state == mpps.PENDING else job.state
+        return cls(job.seq, job.destination, job.step_uid, job.kind, state, job.attempts,
+                   job.next_attempt, job.last_error)
 
 
 @dataclass(frozen=True)
@@ -36,12 +62,43 @@ class QueueListing:
     # each destination as the running agent reports it (up or down, next probe), by name;
     # empty when no agent runs
     destinations: dict[str, Any] = field(default_factory=dict)
+    # MPPS messages (forward.mpps_to) per destination and state (MPPS_STATES), and the
+    # first quarantined or retrying ones
+    mpps: dict[str, dict[str, int]] = field(default_factory=dict)
+    mpps_rows: tuple[MppsRow, ...] = ()
 
     def lines(self) -> list[str]:
         """The listing as text, as the CLI prints it and the console shows it."""
         if not self.archive:
             return [NO_ARCHIVE]
-        return self._job_lines() + self._commit_lines()
+        return self._job_lines() + self._mpps_lines() + self._commit_lines()
+
+    def to_json(self) -> dict[str, Any]:
+        """The listing as ``edge-agent queue --json`` prints it: plain JSON values."""
+        data = dataclasses.asdict(self)
+        data["jobs"] = data.pop("rows")
+        return dict(json.loads(json.dumps(data)))
+
+    def _mpps_lines(self) -> list[str]:
+        """MPPS messages per destination, then each one quarantined or retrying."""
+        lines = []
+        for destination, counts in sorted(self.mpps.items()):
+            summary = ", ".join(f"{counts.get(s, 0)} {s}" for s in MPPS_STATES)
+            lines.append(f"{destination} MPPS: {summary}")
+            lines += [
+                self._mpps_row(r) for r in self.mpps_rows if r.destination == destination
+            ]
+        return lines
+
+    def _mpps_row(self, row: MppsRow) -> str:
+        if row.state == mpps.QUARANTINED:
+            when = "quarantined"
+        elif row.next_attempt <= self.taken_at:
+            when = "due now"
+        else:
+            when = f"next in {row.next_attempt - self.taken_at:.0f} s"
+        error = f"  last error: {row.last_error}" if row.last_error else ""
+        return f"  #{row.seq:<6} {row.kind:8} {when:16} tries {row.attempts}  {row.step_uid}{error}"
 
     def _commit_lines(self) -> list[str]:
         """Storage commitment state per commit-enabled destination, failures with reasons."""
@@ -58,7 +115,10 @@ class QueueListing:
 
     def _job_lines(self) -> list[str]:
         down = {name for name, d in self.destinations.items() if d.get("state") == "down"}
-        lines = [] if self.depth else ["queue empty: everything was delivered"]
+        waiting = self.depth or any(
+            counts.get(s) for counts in self.mpps.values() for s in MPPS_STATES[:3]
+        )
+        lines = [] if waiting else ["queue empty: everything was delivered"]
         for destination in sorted(set(self.depth) | down):
             counts = self.depth.get(destination, {})
             summary = ", ".join(
@@ -105,6 +165,7 @@ class QueueChange:
     archive: bool = True  # False: there is no archive (index) yet
     unknown: tuple[int, ...] = ()  # job ids the queue does not hold
     idle: tuple[tuple[int, str], ...] = ()  # (id, state) of named jobs not waiting to retry
+    mpps: int = 0  # MPPS messages a retry re-armed or a purge dropped
 
     @property
     def ok(self) -> bool:
@@ -116,15 +177,16 @@ class QueueChange:
         """One line: what was done to how many jobs, and the jobs named in vain."""
         if not self.archive:
             return NO_ARCHIVE
+        messages = f" and {self.mpps} MPPS messages" if self.mpps else ""
         if self.action == "purge":
-            return f"purged {self.count} quarantined jobs"
+            return f"purged {self.count} quarantined jobs{messages}"
         if self.unknown:
             ids = ", ".join(f"#{job}" for job in self.unknown)
             noun = "no such job" if len(self.unknown) == 1 else "no such jobs"
             done = f"; re-armed {self.count} jobs" if self.count else ""
             return f"{noun}: {ids} (edge-agent queue lists them){done}"
         idle = "".join(f"; #{job} is {state}, nothing to re-arm" for job, state in self.idle)
-        return f"re-armed {self.count} jobs{idle}"
+        return f"re-armed {self.count} jobs{messages}{idle}"
 
     def lines(self) -> list[str]:
         """The change as the CLI prints it."""
@@ -146,21 +208,33 @@ def list_queue(layout: Layout, shown: int = SHOWN, live: Snapshot | None = None)
             commitments=commits.counts(),
             commit_failures=tuple(commits.failures(shown)),
             destinations=reported_destinations(layout, live),
+            mpps=mpps.depth(index, done=True),
+            mpps_rows=tuple(MppsRow.of(job) for job in mpps.troubled(index, shown)),
         )
 
 
-def retry_jobs(layout: Layout, job_ids: Sequence[int] | None) -> QueueChange:
-    """Make retrying or quarantined jobs due now: these ids, or all when None."""
+def retry_jobs(
+    layout: Layout, job_ids: Sequence[int] | None, destinations: Sequence[str] | None = None
+) -> QueueChange:
+    """Make retrying or quarantined jobs due now: these ids, or all when None (then MPPS
+    messages too, each step's in the order taken); ``destinations`` narrows "all" to
+    theirs."""
     if not layout.index_path.exists():
         return QueueChange("retry", 0, archive=False)
+    now = time.time()
     with Index(layout.index_path) as index:
         outbox = Outbox(index)
         states = outbox.states_of(list(job_ids)) if job_ids is not None else {}
-        count = outbox.rearm(time.time(), None if job_ids is None else list(job_ids))
+        if job_ids is None:
+            count = outbox.rearm(now, None, destinations)
+            messages = mpps.rearm(index, now, destinations)
+        else:
+            count, messages = outbox.rearm(now, list(job_ids)), 0
     named = list(dict.fromkeys(job_ids or ()))
     return QueueChange(
         "retry",
         count,
+        mpps=messages,
         unknown=tuple(job for job in named if job not in states),
         idle=tuple(
             (job, states[job]) for job in named
@@ -169,17 +243,37 @@ def retry_jobs(layout: Layout, job_ids: Sequence[int] | None) -> QueueChange:
     )
 
 
+def split_targets(
+    words: Sequence[str], peers: Collection[str]
+) -> tuple[list[int] | None, list[str] | None]:
+    """``queue retry`` words as job ids, or as destinations (configured peer names), for
+    ``retry_jobs``; AgentError for a word that is neither, or for both kinds at once."""
+    numbers = [int(word) for word in words if word.isdigit()]
+    names = [word for word in words if not word.isdigit()]
+    unknown = [name for name in names if name not in peers]
+    if unknown:
+        raise AgentError(
+            f"no such job or destination: {', '.join(unknown)} (job numbers, or peer names)"
+        )
+    if numbers and names:
+        raise AgentError("name job ids or destinations, not both")
+    return (numbers, None) if numbers else (None, names)
+
+
 def quarantined(layout: Layout) -> int | None:
-    """How many jobs a purge would drop (None: there is no archive yet)."""
+    """How many jobs (and MPPS messages) a purge would drop (None: there is no archive yet)."""
     if not layout.index_path.exists():
         return None
     with Index(layout.index_path) as index:
-        return sum(d.get(queue.QUARANTINED, 0) for d in Outbox(index).depth().values())
+        depths = [*Outbox(index).depth().values(), *mpps.depth(index).values()]
+        return sum(d.get(queue.QUARANTINED, 0) for d in depths)
 
 
 def purge_jobs(layout: Layout) -> QueueChange:
-    """Give up on every quarantined job for good (retention may then remove its file)."""
+    """Give up on every quarantined job for good (retention may then remove its file),
+    and on every quarantined MPPS message."""
     if not layout.index_path.exists():
         return QueueChange("purge", 0, archive=False)
     with Index(layout.index_path) as index:
-        return QueueChange("purge", Outbox(index).purge_quarantined())
+        count = Outbox(index).purge_quarantined()
+        return QueueChange("purge", count, mpps=mpps.purge_quarantined(index))

@@ -94,6 +94,7 @@ def _agent_lines(agent: dict[str, Any], answering: bool) -> list[str]:
         lines.append(f"          state {state_line(destination, time.time())}")
         if destination["last_error"]:
             lines.append(f"          last error {destination['last_error']}")
+    lines += _mpps_lines(agent.get("mpps") or [])
     if agent.get("below_floor"):
         lines.append("disk      FREE SPACE BELOW THE FLOOR: new images are refused")
     if agent.get("certificate_expires"):
@@ -106,6 +107,19 @@ def _held(destination: dict[str, Any]) -> str:
     A status file written before they existed has no count."""
     held = destination.get("held", 0)
     return f", {held} held until their study is complete" if held else ""
+
+
+def _mpps_lines(queues: list[dict[str, Any]]) -> list[str]:
+    """Passing MPPS on (forward.mpps_to): what waits and what is quarantined, per peer."""
+    lines = [
+        f"mpps      {q['name']}: {q['waiting']} waiting, {q['retrying']} retrying, "
+        f"{q['quarantined']} quarantined"
+        for q in queues
+    ]
+    if any(q["quarantined"] for q in queues):
+        lines.append("          quarantined MPPS messages: edge-agent queue lists them, "
+                     "'queue retry PEER' sends them again")
+    return lines
 
 
 def _received(agent: dict[str, Any]) -> str:

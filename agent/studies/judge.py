@@ -32,10 +32,10 @@ class StudyJudge:
     """Times open studies and waiting MPPS steps; completes them when their time is up."""
 
     def __init__(
-        self, book: StudyBook, config: Callable[[], Config], clock: Clock = time.monotonic
+        self, book: StudyBook, current: Callable[[], Config], clock: Clock = time.monotonic
     ) -> None:
         self.book = book
-        self.config = config  # read each tick: a reload changes the periods at once
+        self.current = current  # the configuration in force: a reload changes the periods
         self.clock = clock
         self._lock = threading.Lock()  # the housekeeping tick and a test's may overlap
         self._seen: dict[str, tuple[int, str | None]] = {}  # study: (received, last arrival)
@@ -45,7 +45,7 @@ class StudyJudge:
     def tick(self) -> None:
         """Look at every open study and waiting step once; complete those whose time is up."""
         with self._lock:
-            config, now = self.config(), self.clock()
+            config, now = self.current(), self.clock()
             self._judge_studies(config, now)
             self._judge_steps(config, now)
 

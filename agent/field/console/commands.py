@@ -10,13 +10,14 @@ from collections.abc import Callable
 
 from agent import __version__
 from agent.archive import Layout
+from agent.errors import AgentError
 from agent.field import logbuffer
 from agent.field.console import netinfo
 from agent.field.console.render import echo_reply, queue_reply, status_reply, studies_reply
 from agent.field.console.table import Args, CommandTable, Reply, err, ok, syntax
 from agent.field.leds import walk_patterns
 from agent.ops.echo import echo_peer
-from agent.ops.queue import list_queue, purge_jobs, retry_jobs
+from agent.ops.queue import list_queue, purge_jobs, retry_jobs, split_targets
 from agent.ops.running import RunningAgent
 from agent.ops.status import status_report
 from agent.ops.studies import studies
@@ -77,20 +78,23 @@ class AgentCommands:
         """Round trip in milliseconds, or why it failed."""
         return echo_reply(echo_peer(self.agent.config, args["peer"]))
 
-    @syntax("queue", "forward jobs per destination: pending, retrying, quarantined")
+    @syntax("queue", "forward jobs and MPPS messages per destination: waiting, quarantined")
     def queue(self, args: Args) -> Reply:
         """What ``edge-agent queue`` prints."""
         return queue_reply(list_queue(self._layout(), live=self.agent.status.snapshot()))
 
-    @syntax("queue retry ID...", "re-arm retrying or quarantined jobs: job ids, or 'all'")
+    @syntax("queue retry ID...", "re-arm retrying or quarantined jobs: ids, a peer's, or 'all'")
     def queue_retry(self, args: Args) -> Reply:
-        """Re-arm jobs; the senders take them up within seconds."""
+        """Re-arm jobs (a destination's: its MPPS messages too); the senders take them up
+        within seconds."""
         words = args["id"].split()
         if words == ["all"]:
             return queue_reply(retry_jobs(self._layout(), None))
-        if not all(word.isdigit() for word in words):
-            return err("usage: queue retry ID... (job numbers) or queue retry all")
-        return queue_reply(retry_jobs(self._layout(), [int(word) for word in words]))
+        try:
+            ids, destinations = split_targets(words, self.agent.config.peers)
+        except AgentError as exc:
+            return err(f"usage: queue retry ID... (job numbers), DEST... or all: {exc}")
+        return queue_reply(retry_jobs(self._layout(), ids, destinations))
 
     @syntax("queue purge [yes]", "give up on every quarantined job ('queue purge yes')")
     def queue_purge(self, args: Args) -> Reply:

@@ -66,3 +66,14 @@ def command_line(pid: int, proc: Path = PROC, width: int = 80) -> str:
     if not text:
         return "command unknown"
     return text[:width] + ("…" if len(text) > width else "")
+
+
+def process_alive(pid: int) -> bool:
+    """True if a process with this pid exists."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -66,6 +66,7 @@ class Destination:
     pending: int = 0
     retrying: int = 0
     quarantined: int = 0
+    held: int = 0  # forward.when = "complete": waiting for their study to be complete
     last_success: str | None = None
     last_error: str | None = None
     # reachability, as the forwarding process last reported it (agent.forward.gate)
@@ -128,6 +129,9 @@ class Snapshot:
         if self.destinations:
             waiting = sum(d.pending + d.retrying for d in self.destinations)
             parts.append(f"{self.forwarded} forwarded, {waiting} queued")
+            held = sum(d.held for d in self.destinations)
+            if held:
+                parts.append(f"{held} held for their study")
             quarantined = sum(d.quarantined for d in self.destinations)
             if quarantined:
                 parts.append(f"{quarantined} quarantined")
@@ -317,6 +321,7 @@ class StatusModel:
                         pending=counts.get("pending", 0),
                         retrying=counts.get("retrying", 0),
                         quarantined=counts.get("quarantined", 0),
+                        held=counts.get("held", 0),
                     ),
                 )
             return (
@@ -433,14 +438,3 @@ def age(published: dict[str, Any], now: float) -> float | None:
 
 def _iso(epoch: float) -> str:
     return dt.datetime.fromtimestamp(epoch, dt.timezone.utc).isoformat(timespec="milliseconds")
-
-
-def process_alive(pid: int) -> bool:
-    """True if a process with this pid exists."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -14,8 +14,10 @@ move-get (C-MOVE to a storescp and C-GET by getscu of 300 instances from the age
 Orthanc and dcmqrscp), find (study-level C-FIND medians and p95 on each --studies
 archive), forward (500 instances through the agent to Orthanc vs straight into it),
 retrieve (`edge-agent retrieve --get/--move` of 200 from Orthanc vs getscu/movescu),
-idle (CPU over a window, all servers idle side by side) and big (the agent's peak RSS
-while it receives one 1 GB instance).
+idle (CPU over a window, all servers idle side by side), big (the agent's peak RSS
+while it receives one 1 GB instance) and study (scripts/bench_study.py: last store to
+"complete" under MPPS and under the quiet rule, quiet_seconds = 2; a --count study at
+Orthanc with forward.when = "complete", MPPS completing it, against "instance").
 
 Each line gives the agent's figure, a reference's, the ratio and, where the issue sets
 one, the target and whether it is met; the agent's CPU seconds (utime+stime from
@@ -50,6 +52,7 @@ from pathlib import Path
 # this tree's agent (not whichever one the interpreter has installed), then scripts/
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_study
 import dicomgen
 from bench import archive
 from bench.clients import dcmtk_env, find_latencies, measured, retrieve_seconds, send, send_parallel
@@ -75,7 +78,8 @@ from bench.peers import (
 from pydicom import dcmread
 
 MODES = {"normal": None, "small-box": 0}  # the core everything is pinned to
-PATHS = ("ingest", "senders", "move-get", "find", "forward", "retrieve", "idle", "big")
+PATHS = ("ingest", "senders", "move-get", "find", "forward", "retrieve", "idle", "big",
+         "study")
 DRIFT_LIMIT = 1.5
 AGENT = "edge-agent"
 
@@ -233,6 +237,20 @@ class Bench:
                 median(cpu), max(rss)))
         self.clean_runs()
         return rows
+
+    def study(self) -> list[Row]:
+        """Acting per study (bench_study.py): how soon a study is complete after its last
+        instance, and how soon a --count study is at Orthanc when sent per study."""
+        quiet, count = 2.0, self.args.count
+        got = bench_study.measure(self.runs, count=count, size=self.args.size, few=20,
+                                  quiet=quiet, repeat=self.args.repeat, say=progress)
+        return [
+            Row("study complete after its last store, MPPS", "ms", got["mpps"] * 1000, []),
+            Row(f"study complete after its last store, quiet rule ({quiet:g} s)", "s",
+                got["quiet"], [Compare("quiet_seconds", quiet)]),
+            Row(f"{count}-instance study at Orthanc, when = complete (MPPS)", "s",
+                got["complete"], [Compare('when = "instance"', got["instance"])]),
+        ]
 
     def find_state(self, studies: int, with_big: bool) -> dict[str, object]:
         """Directories of an agent and an Orthanc that hold ``studies`` studies (and the
@@ -459,6 +477,7 @@ class Bench:
             steps: list[tuple[str, Callable[[], list[Row]]]] = [
                 ("ingest", self.ingest), ("senders", self.senders),
                 ("forward", self.forward), ("retrieve", self.retrieve),
+                ("study", self.study),
             ]
             for path, step in steps:
                 if path in self.args.paths:

@@ -66,6 +66,10 @@ class FixedRouting:
     def destinations(self, header: object, calling_ae: str) -> tuple[str, ...]:
         return self.names
 
+    def per_study(self, header: object, calling_ae: str) -> tuple[str, ...]:
+        """Nothing held: every job is due at once."""
+        return ()
+
     def queued(self, destinations: object) -> None:
         """Nobody to wake."""
 

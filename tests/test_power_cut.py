@@ -92,6 +92,7 @@ to = ["PACS", "MODALITY"]   # never back to the sender: MOD's instances skip MOD
 [[forward.rules]]
 to = ["RESEARCH"]
 match = { calling_ae = "MOD" }
+when = "complete"           # held until the study is complete (issue 21 item 4)
 """
 
 
@@ -148,6 +149,9 @@ def test_after_a_power_cut_the_commitment_routes_and_conflict_survive(box: Box) 
         catcher.close()
     routes = read_index(box.data_dir, "SELECT SOPInstanceUID, destination FROM forward_jobs")
     assert sorted(routes) == sorted((uid, d) for _, uid in pairs for d in ("PACS", "RESEARCH"))
+    # the request completed the study and released RESEARCH's jobs in its own transaction
+    assert read_index(box.data_dir, "SELECT DISTINCT state FROM forward_jobs"
+                      " WHERE destination = 'RESEARCH'") == [("pending",)]
     assert read_index(box.data_dir, "SELECT DISTINCT calling_ae FROM instances") == [(MOD_AE,)]
     assert read_index(box.data_dir, "SELECT SOPInstanceUID, calling_ae FROM conflicts") == [
         (pairs[0][1], MOD_AE)]
@@ -203,3 +207,23 @@ def test_power_cuts_during_a_store_lose_no_acknowledged_instance(
     assert set(indexed.values()) == {MOD_AE}  # routed by its sender, even if the row was lost
     # its study's count was written with each row: exact after every cut (issue 21)
     assert read_index(box.data_dir, "SELECT received FROM study_state") == [(len(indexed),)]
+
+
+@pytest.mark.slow
+def test_a_power_cut_before_its_study_is_complete_sends_nothing_early(box: Box) -> None:
+    instances = list(dicomgen.series(3, size=8))
+    pairs = [(str(ds.SOPClassUID), str(ds.SOPInstanceUID)) for ds in instances]
+    box.boot()
+    store(box.port, instances)  # indexed without a sync of its own: the cut may take rows
+    box.cut()
+    box.boot()  # recovery indexes and routes them again from their files
+
+    def research() -> list[tuple[object, ...]]:
+        return read_index(box.data_dir, "SELECT SOPInstanceUID, state FROM forward_jobs"
+                          " WHERE destination = 'RESEARCH' ORDER BY SOPInstanceUID")
+
+    assert research() == sorted((uid, "held") for _, uid in pairs)  # kept, still held
+    assert request(box.port, generate_uid(), pairs) == (True, 0)  # the study is complete
+    box.cut()
+    box.boot()
+    assert research() == sorted((uid, "pending") for _, uid in pairs)  # the release kept

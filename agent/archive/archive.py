@@ -56,6 +56,9 @@ class Routing(Protocol):
     def destinations(self, header: Dataset, calling_ae: str) -> Sequence[str]:
         """The peers the instance goes to."""
 
+    def per_study(self, header: Dataset, calling_ae: str) -> Collection[str]:
+        """Those of them whose jobs are held until the instance's study is complete."""
+
     def queued(self, destinations: Sequence[str]) -> None:
         """Jobs were committed for these peers (never blocks: called while receiving)."""
 
@@ -65,6 +68,10 @@ class NoRouting:
 
     def destinations(self, header: Dataset, calling_ae: str) -> Sequence[str]:
         """Nowhere."""
+        return ()
+
+    def per_study(self, header: Dataset, calling_ae: str) -> Collection[str]:
+        """Nothing held."""
         return ()
 
     def queued(self, destinations: Sequence[str]) -> None:
@@ -103,22 +110,30 @@ class Archive:
         self.index = Index(self.layout.index_path)
         self.outbox = Outbox(self.index)
         self.pacs_commits = PacsCommits(self.index)
-        self.studies = StudyBook(self.index)  # study completeness: the evidence API
+        # study completeness, the evidence API; a study made complete releases held jobs
+        self.studies = StudyBook(self.index, self.routing.queued)
         self._placing = threading.Lock()
 
     def index_new(
         self, conn: sqlite3.Connection, record: InstanceRecord, header: Dataset
     ) -> Sequence[str]:
-        """Index an instance, count it in its study and queue its forwards, in the
-        caller's transaction; return the destinations it was queued for."""
+        """Index an instance, queue its forwards and count it in its study, in the caller's
+        transaction; return the destinations that got jobs to send now (its own, and
+        those a study it completes released).
+
+        Jobs for destinations that act per study are queued held, before the study is
+        counted: an instance that completes its study (the last one an MPPS names) is
+        released with the others in this same transaction."""
         destinations = self.routing.destinations(header, record.calling_ae)
+        held = set(self.routing.per_study(header, record.calling_ae)) & set(destinations)
         add_instance(conn, record)
+        add_jobs(conn, record.sop_instance_uid, destinations, time.time(), held)
         study_uid = str(record.levels[Level.STUDY]["StudyInstanceUID"])
-        note_instance(
+        released = note_instance(
             conn, study_uid, record.sop_instance_uid, record.calling_ae, record.received_at
         )
-        add_jobs(conn, record.sop_instance_uid, destinations, time.time())
-        return destinations
+        sending = [name for name in destinations if name not in held]
+        return sending + sorted(released - set(sending))
 
     def resolve(self, model: Model, identifier: Dataset) -> list[StoredInstance]:
         """The archived instances a retrieve identifier names (its unique keys only)."""

@@ -9,7 +9,7 @@ forward destination, and ``commit_give_up_hours`` bounds that wait.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -78,10 +78,17 @@ NEW, REPEATED, CONFLICTING = "new", "repeated", "conflicting"
 
 
 def record(
-    index: Index, uid: str, peer: str, items: Sequence[tuple[str, str]], now: float
+    index: Index,
+    uid: str,
+    peer: str,
+    items: Sequence[tuple[str, str]],
+    now: float,
+    released: Callable[[Sequence[str]], None] | None = None,
 ) -> str:
     """Record a transaction durably (committed to disk on return): NEW; or, if its UID is
-    known, REPEATED (same peer and instances: a retry) or CONFLICTING, writing nothing."""
+    known, REPEATED (same peer and instances: a retry) or CONFLICTING, writing nothing.
+    A request that completes studies releases their held forward jobs in the same
+    transaction; ``released`` then hears the destinations, after the commit."""
     with index.transaction() as conn:
         known = conn.execute(
             "SELECT peer FROM commitments WHERE transaction_uid = ?", (uid,)
@@ -98,7 +105,9 @@ def record(
             "INSERT INTO commitment_items VALUES (?, ?, ?, ?)",
             [(uid, n, sop_class, sop_uid) for n, (sop_class, sop_uid) in enumerate(items)],
         )
-        studies.commitment_requested(conn, [sop_uid for _cls, sop_uid in items])
+        names = studies.commitment_requested(conn, [sop_uid for _cls, sop_uid in items])
+    if names and released is not None:
+        released(sorted(names))
     return NEW
 
 

@@ -163,6 +163,16 @@ def _migrate_to_4(conn: sqlite3.Connection) -> None:
                 )
 
 
+def _migrate_to_9(conn: sqlite3.Connection) -> None:
+    """Jobs that act per study (``forward.when = "complete"``): the study's key, which
+    chooses their lane and finds them when the study is complete; held jobs are found by it."""
+    conn.execute("ALTER TABLE forward_jobs ADD COLUMN study_key INTEGER")
+    conn.execute(
+        "CREATE INDEX forward_study ON forward_jobs (study_key, destination, state)"
+        " WHERE study_key IS NOT NULL"
+    )
+
+
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _migrate_to_1,
     _migrate_to_2,
@@ -172,6 +182,7 @@ MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     commitments.migrate,  # 6: commitment modalities ask of us
     mpps.migrate,  # 7: performed procedure steps modalities tell us of
     studies.migrate,  # 8: study states and the evidence that completes them
+    _migrate_to_9,  # 9: forward jobs held until their study is complete
 ]
 
 

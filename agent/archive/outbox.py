@@ -2,7 +2,12 @@
 as the instance they belong to, so an acknowledged instance is always queued.
 
 States: ``pending`` (never tried or re-armed), ``retrying`` (failed, waiting for its next
-attempt), ``quarantined`` (given up on until an operator re-arms it), ``done``. What to
+attempt), ``quarantined`` (given up on until an operator re-arms it), ``done``, and
+``held``: a job for a destination that acts per study (``forward.when = "complete"``),
+queued with its instance and made ``pending`` by ``held.release`` in the transaction that
+makes its study complete. Such a job carries its study's key: every job of a study
+falls to the same lane of its destination, so one association carries the study, in
+series and instance order. What to
 retry when, and what retention may remove, is decided in ``agent.forward``; this module
 only keeps the rows.
 
@@ -19,6 +24,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.archive.held import HELD as HELD  # re-exported: a state of the queue
 from agent.archive.index import Index, connect
 from agent.archive.pacs_commits import committed_clause
 
@@ -78,7 +84,7 @@ class Outbox:
         return OutboxReader(self.index.path)
 
     def due(self, destination: str, now: float, limit: int, lane: Lane = Lane()) -> list[Job]:
-        """Jobs ready to try, grouped by study so one association carries a study."""
+        """Jobs ready to try, a study's together in series and instance order."""
         with self.index.reading() as conn:
             return _due(conn, destination, now, limit, lane)
 
@@ -161,7 +167,7 @@ class Outbox:
             rows = conn.execute(
                 "SELECT pk, destination, state, attempts, next_attempt, last_error,"
                 " SOPInstanceUID FROM forward_jobs"
-                " WHERE state IN ('pending', 'retrying', 'quarantined')"
+                " WHERE state IN ('pending', 'retrying', 'quarantined', 'held')"
                 " ORDER BY destination, state, next_attempt LIMIT ?",
                 (limit,),
             ).fetchall()
@@ -206,12 +212,25 @@ class OutboxReader:
         self._conn = connect(path, readonly=True)
 
     def due(self, destination: str, now: float, limit: int, lane: Lane = Lane()) -> list[Job]:
-        """Jobs ready to try, grouped by study so one association carries a study."""
+        """Jobs ready to try, a study's together in series and instance order."""
         return _due(self._conn, destination, now, limit, lane)
 
     def next_due(self, destination: str, lane: Lane = Lane()) -> float | None:
         """When the next waiting job of a destination is due (None: nothing waits)."""
         return _next_due(self._conn, destination, lane)
+
+    def due_pairs(self, destination: str, now: float, lane: Lane) -> set[tuple[str, str]]:
+        """(SOP class, transfer syntax) of every job of the lane ready to try: the contexts
+        an association offers, so a study whose later series are of another class is not
+        cut in two."""
+        rows = self._conn.execute(
+            "SELECT DISTINCT i.SOPClassUID, i.transfer_syntax FROM forward_jobs j"
+            " JOIN instances i ON i.SOPInstanceUID = j.SOPInstanceUID"
+            " WHERE j.destination = ? AND j.state IN ('pending', 'retrying')"
+            " AND j.next_attempt <= ? AND coalesce(j.study_key, j.pk) % ? = ?",
+            (destination, now, lane.of, lane.number),
+        ).fetchall()
+        return {(str(cls), str(syntax)) for cls, syntax in rows}
 
     def waiting(self, destination: str) -> int:
         """How many jobs of a destination wait to be sent (pending or retrying)."""
@@ -234,14 +253,27 @@ class OutboxReader:
 
 
 def add_jobs(
-    conn: sqlite3.Connection, sop_uid: str, destinations: Iterable[str], now: float
+    conn: sqlite3.Connection,
+    sop_uid: str,
+    destinations: Iterable[str],
+    now: float,
+    per_study: Collection[str] = (),
 ) -> None:
     """Queue an instance for each destination (once: re-sends add nothing), in the
-    transaction that indexes it: acknowledged implies queued."""
+    transaction that indexes it (after the instance's row): acknowledged implies queued.
+    The jobs of ``per_study`` destinations are held, with their study's key, until
+    ``held.release``."""
+    rows = [(sop_uid, name) for name in destinations]
     conn.executemany(
         "INSERT OR IGNORE INTO forward_jobs (SOPInstanceUID, destination, state, next_attempt,"
         " created_at) VALUES (?, ?, 'pending', ?, ?)",
-        [(sop_uid, name, now, now) for name in destinations],
+        [(sop, name, now, now) for sop, name in rows if name not in per_study],
+    )
+    conn.executemany(
+        "INSERT OR IGNORE INTO forward_jobs (SOPInstanceUID, destination, state, next_attempt,"
+        " created_at, study_key) SELECT ?, ?, ?, ?, ?, se.study_pk FROM instances i"
+        " JOIN series se ON i.series_pk = se.pk WHERE i.SOPInstanceUID = ?",
+        [(sop, name, HELD, now, now, sop) for sop, name in rows if name in per_study],
     )
 
 
@@ -263,7 +295,9 @@ def _due(
         " JOIN instances i ON i.SOPInstanceUID = j.SOPInstanceUID"
         " JOIN series se ON i.series_pk = se.pk JOIN studies st ON se.study_pk = st.pk"
         " WHERE j.destination = ? AND j.state IN ('pending', 'retrying') AND j.next_attempt <= ?"
-        " AND j.pk % ? = ? ORDER BY st.pk, i.pk LIMIT ?",
+        " AND coalesce(j.study_key, j.pk) % ? = ? ORDER BY st.pk,"
+        " CAST(se.SeriesNumber AS INTEGER), se.pk, CAST(i.InstanceNumber AS INTEGER), i.pk"
+        " LIMIT ?",
         (destination, now, lane.of, lane.number, limit),
     ).fetchall()
     return [Job(*row) for row in rows]
@@ -272,7 +306,7 @@ def _due(
 def _next_due(conn: sqlite3.Connection, destination: str, lane: Lane) -> float | None:
     row = conn.execute(
         "SELECT min(next_attempt) FROM forward_jobs WHERE destination = ?"
-        " AND state IN ('pending', 'retrying') AND pk % ? = ?",
+        " AND state IN ('pending', 'retrying') AND coalesce(study_key, pk) % ? = ?",
         (destination, lane.of, lane.number),
     ).fetchone()
     return None if row[0] is None else float(row[0])

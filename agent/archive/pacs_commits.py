@@ -16,6 +16,11 @@ from typing import Protocol
 
 AWAITING, REQUESTED, COMMITTED, FAILED = "awaiting", "requested", "committed", "failed"
 STATES = (AWAITING, REQUESTED, COMMITTED, FAILED)
+# an awaiting row whose forward job went per study (forward.when = "complete")
+_PER_STUDY = (
+    "EXISTS (SELECT 1 FROM forward_jobs j WHERE j.SOPInstanceUID = c.SOPInstanceUID"
+    " AND j.destination = c.destination AND j.study_key IS NOT NULL)"
+)
 
 
 def migrate(conn: sqlite3.Connection) -> None:
@@ -104,11 +109,12 @@ class PacsCommits:
             ).rowcount)
 
     def pending(self, destination: str) -> Pending:
-        """How many delivered instances wait to be asked about, and the latest delivery."""
+        """How many delivered instances wait to be asked about, and the latest delivery
+        (those sent per study excepted: ``study_batch`` asks for them)."""
         with self.index.reading() as conn:
             count, last = conn.execute(
-                "SELECT count(*), max(delivered_at) FROM pacs_commits"
-                " WHERE destination = ? AND state = 'awaiting'",
+                "SELECT count(*), max(delivered_at) FROM pacs_commits c"
+                f" WHERE destination = ? AND state = 'awaiting' AND NOT {_PER_STUDY}",
                 (destination,),
             ).fetchone()
         return Pending(int(count), last)
@@ -119,9 +125,35 @@ class PacsCommits:
             rows = conn.execute(
                 "SELECT c.SOPClassUID, c.SOPInstanceUID FROM pacs_commits c"
                 " LEFT JOIN instances i ON i.SOPInstanceUID = c.SOPInstanceUID"
-                " WHERE c.destination = ? AND c.state = 'awaiting'"
+                f" WHERE c.destination = ? AND c.state = 'awaiting' AND NOT {_PER_STUDY}"
                 " ORDER BY i.series_pk, c.delivered_at LIMIT ?",
                 (destination, limit),
+            ).fetchall()
+        return [(row[0], row[1]) for row in rows]
+
+    def study_batch(self, destination: str, limit: int) -> list[tuple[str, str]]:
+        """(SOP Class UID, SOP Instance UID) of the waiting instances of one study sent
+        per study (``forward.when = "complete"``), once every job of that study to
+        ``destination`` was delivered (none held, pending or retrying): one request per
+        complete study. Empty while no such study is ready."""
+        with self.index.reading() as conn:
+            ready = conn.execute(
+                "SELECT j.study_key FROM pacs_commits c JOIN forward_jobs j"
+                " ON j.SOPInstanceUID = c.SOPInstanceUID AND j.destination = c.destination"
+                " WHERE c.destination = ? AND c.state = 'awaiting' AND j.study_key IS NOT NULL"
+                " AND NOT EXISTS (SELECT 1 FROM forward_jobs k WHERE k.study_key = j.study_key"
+                "  AND k.destination = j.destination AND k.state IN ('held', 'pending',"
+                "  'retrying')) ORDER BY c.delivered_at LIMIT 1",
+                (destination,),
+            ).fetchone()
+            if ready is None:
+                return []
+            rows = conn.execute(
+                "SELECT c.SOPClassUID, c.SOPInstanceUID FROM pacs_commits c JOIN forward_jobs j"
+                " ON j.SOPInstanceUID = c.SOPInstanceUID AND j.destination = c.destination"
+                " WHERE c.destination = ? AND c.state = 'awaiting' AND j.study_key = ?"
+                " ORDER BY c.delivered_at LIMIT ?",
+                (destination, ready[0], limit),
             ).fetchall()
         return [(row[0], row[1]) for row in rows]
 

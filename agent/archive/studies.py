@@ -15,16 +15,23 @@ the evidence that says what it should hold:
 A study's row is written in the transaction that indexes its instance
 (``Archive.index_new``): the row and the instance are lost or kept together in a power
 cut, and start-up recovery indexes a lost instance again through the same path.
+
+Whatever makes a study complete also releases its forward jobs held for it
+(``agent.archive.held``, ``forward.when = "complete"``) in the same transaction; the
+destinations that got jobs are returned, or told to ``StudyBook``'s ``on_release``
+after the commit (the forwarding process's wake-up).
 """
 
 from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
+
+from agent.archive.held import release
 
 ARRIVING, COMPLETE, REOPENED = "arriving", "complete", "reopened"
 OPEN = (ARRIVING, REOPENED)
@@ -83,9 +90,11 @@ class OpenStudy:
 
 def note_instance(
     conn: sqlite3.Connection, study_uid: str, sop_uid: str, calling_ae: str, received_at: str
-) -> None:
+) -> set[str]:
     """Count a newly indexed instance in its study (re-opening a complete one) and complete
-    what MPPS evidence now has in full. Runs inside the indexing transaction."""
+    what MPPS evidence now has in full. Runs inside the indexing transaction, after the
+    instance's forward jobs were queued; returns the destinations whose held jobs a
+    completion released."""
     now = time.time()
     row = conn.execute(
         "SELECT state FROM study_state WHERE StudyInstanceUID = ?", (study_uid,)
@@ -112,29 +121,36 @@ def note_instance(
     if not conn.execute(
         "UPDATE study_expected SET held = 1 WHERE SOPInstanceUID = ?", (sop_uid,)
     ).rowcount:
-        return  # no MPPS step names it (the usual case: one indexed look-up)
+        return set()  # no MPPS step names it (the usual case: one indexed look-up)
+    released: set[str] = set()
     for (step,) in conn.execute(
         "SELECT e.step_uid FROM study_expected x JOIN study_evidence e USING (step_uid)"
         " WHERE x.SOPInstanceUID = ? AND e.state = ?",
         (sop_uid, WAITING),
     ).fetchall():
-        _judge_step(conn, step, now, refresh=False)
+        released |= _judge_step(conn, step, now, refresh=False)
+    return released
 
 
-def _judge_step(conn: sqlite3.Connection, step: str, now: float, *, refresh: bool) -> None:
+def _judge_step(
+    conn: sqlite3.Connection, step: str, now: float, *, refresh: bool
+) -> set[str]:
     """Complete a waiting step's studies (``mpps``) once every instance it names is held;
     else bring their expected counts up to date: with ``refresh``, or when it names
-    several studies (an instance that came shows which of them it is in)."""
+    several studies (an instance that came shows which of them it is in). Returns the
+    destinations whose held jobs were released."""
     studies = _step_studies(conn, step)
+    released: set[str] = set()
     if not _missing(conn, step):
         conn.execute("UPDATE study_evidence SET state = ? WHERE step_uid = ?", (SETTLED, step))
         for study in studies:
             _set_expected(conn, study, step)
-            _complete(conn, study, MPPS, now, also_complete=True)
-        return
+            released.update(_complete(conn, study, MPPS, now, also_complete=True) or ())
+        return released
     if refresh or len(studies) > 1:
         for study in studies:
             _set_expected(conn, study, step)
+    return released
 
 
 # -- evidence ---------------------------------------------------------------------------
@@ -142,10 +158,20 @@ def _judge_step(conn: sqlite3.Connection, step: str, now: float, *, refresh: boo
 
 class StudyBook:
     """The evidence API other parts call (``archive.studies``); each call is one synced
-    transaction."""
+    transaction. ``on_release`` hears, after the commit, which destinations got jobs
+    released by a study that became complete (the archive's routing wakes their senders)."""
 
-    def __init__(self, index: Index) -> None:
+    def __init__(
+        self, index: Index, on_release: Callable[[Sequence[str]], None] | None = None
+    ) -> None:
         self.index = index
+        self.on_release = on_release
+
+    def _released(self, names: Iterable[str]) -> None:
+        """Tell ``on_release`` of released jobs (after the commit: they are due now)."""
+        chosen = sorted(set(names))
+        if chosen and self.on_release is not None:
+            self.on_release(chosen)
 
     def mpps_final(
         self,
@@ -177,13 +203,16 @@ class StudyBook:
             )
             for study in dict.fromkeys(study_uids):
                 _await_evidence(conn, study, now, bool(sop_instance_uids))
-            _judge_step(conn, step_uid, now, refresh=True)
+            released = _judge_step(conn, step_uid, now, refresh=True)
+        self._released(released)
 
-    def commitment_requested(self, conn: sqlite3.Connection, sop_uids: Sequence[str]) -> None:
+    def commitment_requested(
+        self, conn: sqlite3.Connection, sop_uids: Sequence[str]
+    ) -> set[str]:
         """Within the transaction recording a modality's commitment request: if every
         instance it lists is held, their studies are complete (``commitment``), unless
-        an MPPS step still waits for more of them."""
-        commitment_requested(conn, sop_uids)
+        an MPPS step still waits for more of them; the destinations released."""
+        return commitment_requested(conn, sop_uids)
 
     def open_studies(self) -> list[OpenStudy]:
         """Every study arriving or re-opened, for the judge."""
@@ -202,12 +231,15 @@ class StudyBook:
         with self.index.transaction() as conn:
             if _covered(conn, study_uid):
                 return False
-            return _complete(conn, study_uid, QUIET, time.time(), received=received)
+            released = _complete(conn, study_uid, QUIET, time.time(), received=received)
+        self._released(released or ())
+        return released is not None
 
     def give_up(self, step_uid: str) -> None:
         """An MPPS step waited too long: its open studies are complete (``gave-up``), the
         instances it named and nobody sent listed as missing."""
         now = time.time()
+        released: set[str] = set()
         with self.index.transaction() as conn:
             changed = conn.execute(
                 "UPDATE study_evidence SET state = ? WHERE step_uid = ? AND state = ?",
@@ -215,14 +247,16 @@ class StudyBook:
             ).rowcount
             if changed:
                 for study in _step_studies(conn, step_uid):
-                    _complete(conn, study, GAVE_UP, now)
+                    released.update(_complete(conn, study, GAVE_UP, now) or ())
+        self._released(released)
 
 
-def commitment_requested(conn: sqlite3.Connection, sop_uids: Sequence[str]) -> None:
+def commitment_requested(conn: sqlite3.Connection, sop_uids: Sequence[str]) -> set[str]:
     """See ``StudyBook.commitment_requested``."""
     held = _studies_of(conn, sop_uids)
+    released: set[str] = set()
     if not sop_uids or len(held) < len(set(sop_uids)):
-        return  # not all held: the request proves nothing about its studies yet
+        return released  # not all held: the request proves nothing about its studies yet
     per_study: dict[str, int] = {}
     for study in held.values():
         per_study[study] = per_study.get(study, 0) + 1
@@ -230,10 +264,13 @@ def commitment_requested(conn: sqlite3.Connection, sop_uids: Sequence[str]) -> N
     for study, count in per_study.items():
         if _covered(conn, study):
             continue
-        if _complete(conn, study, COMMITMENT, now):
+        names = _complete(conn, study, COMMITMENT, now)
+        if names is not None:
+            released.update(names)
             conn.execute(
                 "UPDATE study_state SET expected = ? WHERE StudyInstanceUID = ?", (count, study)
             )
+    return released
 
 
 # -- the judge's reads ------------------------------------------------------------------
@@ -317,10 +354,11 @@ def _complete(
     *,
     received: int | None = None,
     also_complete: bool = False,
-) -> bool:
+) -> tuple[str, ...] | None:
     """Mark an open study complete for ``reason`` (only if it still has ``received``
     instances, when given; a complete one too with ``also_complete``, to name the better
-    reason); True if a row changed."""
+    reason) and release its held forward jobs; None if no row changed, else the
+    destinations that got jobs."""
     states = (*OPEN, COMPLETE) if also_complete else OPEN
     marks = ",".join("?" * len(states))
     sql = (
@@ -331,7 +369,9 @@ def _complete(
     if received is not None:
         sql += " AND received = ?"
         args.append(received)
-    return conn.execute(sql, args).rowcount > 0
+    if not conn.execute(sql, args).rowcount:
+        return None
+    return release(conn, study, now)
 
 
 def _covered(conn: sqlite3.Connection, study: str) -> bool:

@@ -3,9 +3,11 @@ delivered to it, in its own thread beside that destination's senders.
 
 A batch goes once ``commit_after_instances`` delivered instances wait, or
 ``commit_after_seconds`` after the last delivery (the study, or studies, then stand
-still); a request without a report in ``commit_report_timeout`` is asked again in a new
-transaction. The report may come on the request's association or on a new one to our
-listener; both settle the same archive rows.
+still). What was sent per study (``forward.when = "complete"``) is asked once per study
+instead, as soon as every job of the study to the destination is delivered. A request
+without a report in ``commit_report_timeout`` is asked again in a new transaction. The
+report may come on the request's association or on a new one to our listener; both
+settle the same archive rows.
 """
 
 from __future__ import annotations
@@ -77,7 +79,13 @@ class Committer(threads.Worker):
                 "%s sent no commitment report within %.0f s for %d instances; asking again",
                 self.peer.name, self.peer.commit_report_timeout, overdue,
             )
-        if time.monotonic() < self._not_before or not self._due(now):
+        if time.monotonic() < self._not_before:
+            return False
+        study = commits.study_batch(self.peer.name, MAX_BATCH)
+        if study:
+            self.ask(now, study)
+            return True
+        if not self._due(now):
             return False
         self.ask(now)
         return True
@@ -91,11 +99,13 @@ class Committer(threads.Worker):
         last = pending.last_delivered_at or 0.0
         return now - last >= self.peer.commit_after_seconds
 
-    def ask(self, now: float) -> None:
-        """One request for up to ``commit_after_instances`` waiting instances."""
+    def ask(self, now: float, refs: list[tuple[str, str]] | None = None) -> None:
+        """One request for ``refs`` (a study's), else for up to ``commit_after_instances``
+        waiting instances."""
         commits = self.archive.pacs_commits
-        limit = min(self.peer.commit_after_instances, MAX_BATCH)
-        refs = commits.batch(self.peer.name, limit)
+        if refs is None:
+            limit = min(self.peer.commit_after_instances, MAX_BATCH)
+            refs = commits.batch(self.peer.name, limit)
         transaction = commitment.new_transaction_uid()
         commits.requested((uid for _, uid in refs), self.peer.name, transaction, now)
         try:

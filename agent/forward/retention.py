@@ -2,7 +2,8 @@
 
 Delivered instances are kept ``keep_days``; when free space is under the floor, the
 oldest delivered ones go first, whatever their age. An instance with any job still
-pending, retrying or quarantined, or that was never routed anywhere, is never removed.
+pending, retrying, quarantined or held for its study (``forward.when = "complete"``), or
+that was never routed anywhere, is never removed.
 """
 
 from __future__ import annotations

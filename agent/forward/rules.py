@@ -9,16 +9,23 @@ from pydicom.dataset import Dataset
 from agent.archive import wildcard
 from agent.archive.keys import as_text
 from agent.config import Config
-from agent.forward.settings import CALLING_AE, ForwardSettings, Rule
+from agent.forward.settings import CALLING_AE, COMPLETE, ForwardSettings, Rule
 
 
 def route(settings: ForwardSettings, header: Dataset, calling_ae: str) -> tuple[str, ...]:
     """Destinations for an instance: ``forward.to`` plus every matching rule's, in order."""
-    chosen: list[str] = list(settings.to)
+    return tuple(route_when(settings, header, calling_ae))
+
+
+def route_when(settings: ForwardSettings, header: Dataset, calling_ae: str) -> dict[str, str]:
+    """Each destination of an instance, in order, with when it goes (``forward.when`` or
+    the ``when`` of the first rule that names it)."""
+    chosen = dict.fromkeys(settings.to, settings.when)
     for rule in settings.rules:
         if matches(rule, header, calling_ae):
-            chosen += [name for name in rule.to if name not in chosen]
-    return tuple(chosen)
+            for name in rule.to:
+                chosen.setdefault(name, rule.when)
+    return chosen
 
 
 def nobody(destinations: Sequence[str]) -> None:
@@ -47,8 +54,15 @@ class ConfiguredRouting:
         chosen = route(config.forward, header, calling_ae)
         return tuple(name for name in chosen if config.peers[name].ae_title != calling_ae)
 
+    def per_study(self, header: Dataset, calling_ae: str) -> frozenset[str]:
+        """Which of its destinations wait for the instance's study to be complete
+        (``when = "complete"``)."""
+        chosen = route_when(self.current().forward, header, calling_ae)
+        return frozenset(name for name, when in chosen.items() if when == COMPLETE)
+
     def queued(self, destinations: Sequence[str]) -> None:
-        """Jobs were committed for these destinations: wake their senders."""
+        """Jobs were committed (or released, a study being complete) for these
+        destinations: wake their senders."""
         self._wake(destinations)
 
 

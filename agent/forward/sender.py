@@ -115,7 +115,9 @@ class Sender(threads.Worker):
         While a modality is still sending, new jobs arrive one by one: the association
         lingers a moment for them instead of being set up again for each instance.
         """
-        pairs = sorted({(j.sop_class_uid, j.transfer_syntax) for j in jobs})[:MAX_PAIRS]
+        first = sorted({(j.sop_class_uid, j.transfer_syntax) for j in jobs})
+        later = queue.due_pairs(self.peer.name, self.clock.now(), self.lane) - set(first)
+        pairs = (first + sorted(later))[:MAX_PAIRS]
         assoc = self.gate.connect(
             lambda: self._associate(pairs), lambda: queue.waiting(self.peer.name)
         )
@@ -172,11 +174,11 @@ class Sender(threads.Worker):
     def _record(self, job: Job, outcome: Delivery, detail: str) -> None:
         now = self.clock.now()
         if outcome in (Delivery.DELIVERED, Delivery.DELIVERED_WITH_WARNING):
-            self.archive.outbox.mark_done(job, now)
-            if self.peer.commit:
+            if self.peer.commit:  # first: a study is never seen delivered without it
                 self.archive.pacs_commits.delivered(
                     job.sop_instance_uid, job.sop_class_uid, self.peer.name, now
                 )
+            self.archive.outbox.mark_done(job, now)
         else:
             tries = job.attempts + 1
             settings = self.current().forward

@@ -10,11 +10,23 @@ keep_days = 7            # keep delivered instances this long (0: remove once de
 associations = 2         # associations per destination at once (1 to 8)
 retain_until = "delivered"  # or "committed": retention also waits for storage commitment
 mpps_to = ["RIS"]        # every MPPS N-CREATE and N-SET taken is passed on to these peers
+when = "instance"        # or "complete": hold a study's instances until it is complete
 
 [[forward.rules]]        # ordered; every rule that matches adds its destinations
 to = ["RESEARCH"]
 match = { calling_ae = "MR*", Modality = "MR" }
+when = "complete"        # optional: this rule's destinations, else forward.when
 ```
+
+``when = "complete"`` acts per study: an instance's jobs for such a destination are
+queued ``held`` and released in the transaction that makes its study complete (MPPS,
+the modality's commitment request, the quiet period, or the give-up time), so that the
+whole study goes over one association in series and instance order and a ``commit =
+true`` destination is asked once per study; a re-opened study sends only what is new.
+A destination named by ``forward.to`` follows ``forward.when``; one a rule adds follows
+that rule's ``when``; named twice, the first that names it (``forward.to``, then the
+rules in order) decides. A reload changes how new instances are queued; jobs already
+held wait for their study.
 """
 
 from __future__ import annotations
@@ -32,6 +44,8 @@ from agent.reloading import LIVE
 CALLING_AE = "calling_ae"
 MAX_ASSOCIATIONS = 8
 RETAIN_UNTIL = ("delivered", "committed")
+INSTANCE, COMPLETE = "instance", "complete"
+WHEN = (INSTANCE, COMPLETE)
 
 
 @dataclass(frozen=True)
@@ -40,6 +54,7 @@ class Rule:
 
     to: Annotated[tuple[str, ...], LIVE]
     match: Annotated[Mapping[str, str], LIVE]
+    when: Annotated[str, LIVE] = INSTANCE  # "complete": held until the study is complete
 
 
 @dataclass(frozen=True)
@@ -56,6 +71,7 @@ class ForwardSettings:
     retain_until: Annotated[str, LIVE] = "delivered"
     destinations: Annotated[frozenset[str], LIVE] = field(default_factory=frozenset)
     mpps_to: Annotated[tuple[str, ...], LIVE] = ()
+    when: Annotated[str, LIVE] = INSTANCE  # forward.to's destinations: per instance or study
 
 
 def parse_forward(table: Mapping[str, Any], peers: Mapping[str, object]) -> ForwardSettings:
@@ -71,11 +87,13 @@ def parse_forward(table: Mapping[str, Any], peers: Mapping[str, object]) -> Forw
         "associations",
         "retain_until",
         "mpps_to",
+        "when",
     }
     v.reject_unknown(table, known, "forward")
     to = _peer_list(table, "forward.to", peers)
+    when = v.get(table, "forward.when", str, d.when, v.one_of(WHEN))
     rules = tuple(
-        _rule(item, f"forward.rules[{i}]", peers)
+        _rule(item, f"forward.rules[{i}]", peers, when)
         for i, item in enumerate(v.get(table, "forward.rules", list, [], None))
     )
     settings = ForwardSettings(
@@ -99,6 +117,7 @@ def parse_forward(table: Mapping[str, Any], peers: Mapping[str, object]) -> Forw
         ),
         destinations=frozenset(to).union(*(rule.to for rule in rules)),
         mpps_to=_peer_list(table, "forward.mpps_to", peers),
+        when=when,
     )
     if settings.retry_max < settings.retry_first:
         v.problem(ConfigError("forward.retry_max", "must not be less than forward.retry_first"))
@@ -113,11 +132,12 @@ def _peer_list(table: Mapping[str, Any], key: str, peers: Mapping[str, object]) 
     return tuple(name for name in names if name in peers)
 
 
-def _rule(item: Any, where: str, peers: Mapping[str, object]) -> Rule:
+def _rule(item: Any, where: str, peers: Mapping[str, object], when: str) -> Rule:
+    """One ``[[forward.rules]]`` entry; its ``when`` defaults to ``forward.when``."""
     if not isinstance(item, dict):
         v.problem(ConfigError(where, "a rule is a table with 'to' and 'match'"))
         return Rule(to=(), match={})
-    v.reject_unknown(item, {"to", "match"}, where)
+    v.reject_unknown(item, {"to", "match", "when"}, where)
     to = _peer_list(item, f"{where}.to", peers)
     if not to and not item.get("to"):
         v.problem(ConfigError(f"{where}.to", "a rule needs at least one destination"))
@@ -129,4 +149,5 @@ def _rule(item: Any, where: str, peers: Mapping[str, object]) -> Rule:
             )
         if not isinstance(pattern, str):
             v.problem(ConfigError(f"{where}.match.{keyword}", "a pattern is a string"))
-    return Rule(to=to, match=dict(match))
+    rule_when = v.get(item, f"{where}.when", str, when, v.one_of(WHEN))
+    return Rule(to=to, match=dict(match), when=rule_when)

@@ -113,7 +113,10 @@ class CommitmentHandler:
             log.warning("invalid storage commitment request from %s (0x%04X)", caller, parsed)
             return parsed
         uid, items = parsed
-        outcome = commitments.record(self.archive.index, uid, caller.peer.name, items, time.time())
+        outcome = commitments.record(
+            self.archive.index, uid, caller.peer.name, items, time.time(),
+            self.archive.routing.queued,
+        )
         if outcome == commitments.CONFLICTING:
             log.warning("%s reused transaction UID %s for other instances; refused", caller, uid)
             return DUPLICATE_TRANSACTION_UID

@@ -20,7 +20,8 @@ from agent import procfs
 from agent.archive import Layout
 from agent.config import Config
 from agent.errors import ConfigError
-from agent.status import LIVE_STATES, process_alive, read_published
+from agent.procfs import process_alive
+from agent.status import LIVE_STATES, read_published
 
 UNITS = (
     Path("/etc/systemd/system/edge-agent.service"),

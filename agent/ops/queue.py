@@ -125,6 +125,8 @@ class QueueListing:
                 f"{counts.get(s, 0)} {s}"
                 for s in (queue.PENDING, queue.RETRYING, queue.QUARANTINED)
             )
+            if counts.get(queue.HELD):
+                summary += f", {counts[queue.HELD]} held until their study is complete"
             lines.append(f"{destination}: {summary}")
             if destination in self.destinations:
                 reported = self.destinations[destination]
@@ -139,6 +141,8 @@ class QueueListing:
     def _row(self, row: queue.QueueRow, down: bool = False) -> str:
         if row.state == queue.QUARANTINED:
             when = "quarantined"
+        elif row.state == queue.HELD:
+            when = "study arriving"
         elif down:
             when = "waits (down)"
         elif row.next_attempt <= self.taken_at:

@@ -11,7 +11,8 @@ import datetime as dt
 from typing import Any
 
 from agent.archive import Layout
-from agent.status import LIVE_STATES, Snapshot, duration_words, process_alive, read_published
+from agent.procfs import process_alive
+from agent.status import LIVE_STATES, Snapshot, duration_words, read_published
 
 
 def reported_destinations(layout: Layout, live: Snapshot | None = None) -> dict[str, Any]:

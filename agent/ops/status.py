@@ -13,7 +13,8 @@ from agent.archive import Layout
 from agent.archive.index import Counts, counts_at
 from agent.archive.study_list import state_counts_at
 from agent.ops.reachability import state_line
-from agent.status import LIVE_STATES, Snapshot, process_alive, read_published
+from agent.procfs import process_alive
+from agent.status import LIVE_STATES, Snapshot, read_published
 from agent.tls import certificate_days_left, certificate_warning
 
 
@@ -88,8 +89,8 @@ def _agent_lines(agent: dict[str, Any], answering: bool) -> list[str]:
     for destination in agent.get("destinations", []):
         lines.append(
             f"forward   {destination['name']}: {destination['pending']} pending, "
-            f"{destination['retrying']} retrying, {destination['quarantined']} quarantined; "
-            f"last success {destination['last_success'] or 'never'}"
+            f"{destination['retrying']} retrying, {destination['quarantined']} quarantined"
+            f"{_held(destination)}; last success {destination['last_success'] or 'never'}"
         )
         lines.append(f"          state {state_line(destination, time.time())}")
         if destination["last_error"]:
@@ -100,6 +101,13 @@ def _agent_lines(agent: dict[str, Any], answering: bool) -> list[str]:
     if agent.get("certificate_expires"):
         lines.append(f"tls       {_certificate(agent['certificate_expires'])}")
     return lines
+
+
+def _held(destination: dict[str, Any]) -> str:
+    """Jobs held for their study (``forward.when = "complete"``), if any: not failures.
+    A status file written before they existed has no count."""
+    held = destination.get("held", 0)
+    return f", {held} held until their study is complete" if held else ""
 
 
 def _mpps_lines(queues: list[dict[str, Any]]) -> list[str]:

@@ -27,6 +27,7 @@ from tests import scu
 from tests.commitment_peers import ReportingOrthanc, pacs_states
 from tests.commitment_peers import request as ask_for_commitment
 from tests.support import dcmtk, free_port, peer, run_cli, wait_until, write_config
+from tests.test_studies import FakeClock
 
 AGENT_AE = "EDGE"
 
@@ -414,3 +415,30 @@ def test_the_agent_logs_a_report_on_a_transaction_it_does_not_know(
                             30, "the unknown transaction logged")
     assert "from peers.PACS" in line and "a transaction we are not waiting for" in line
     assert uid not in line  # UIDs only at debug level
+
+
+def test_with_when_complete_orthanc_is_asked_once_per_study(
+        pacs: Orthanc, tmp_path: Path, agent_port: int) -> None:
+    """Batches of two would take three requests for six instances: per study, it is one."""
+    path = commit_config(tmp_path, agent_port, pacs.port)
+    text = path.read_text().replace('to = ["PACS"]\n', 'to = ["PACS"]\nwhen = "complete"\n')
+    path.write_text(text.replace("commit = true", "commit = true\ncommit_after_instances = 2")
+                    + "\n[study]\nquiet_seconds = 5\n")
+    config = config_module.load_file(path)
+    assert config.peers["PACS"].commit_after_instances == 2
+    sent = dicomgen.write_series(tmp_path / "study", 6, size=16)
+    wanted = uids(sent)
+    clock = FakeClock(1000.0)
+    agent = Agent(config)
+    agent.study_clock = clock
+    with agent:
+        assert scu.store(agent_port, sent) == [0] * 6
+        assert agent.studies is not None
+        agent.studies.tick()
+        assert pacs_states(tmp_path / "data") == {}  # held: nothing delivered yet
+        clock.now += 5  # the quiet period passes: complete, released, sent, asked
+        agent.studies.tick()
+        wait_until(lambda: all_in(tmp_path / "data", wanted, "committed"), 60,
+                   "Orthanc's report to commit the study")
+    transactions = {txn for _state, _reason, txn in pacs_states(tmp_path / "data").values()}
+    assert len(transactions) == 1

@@ -181,7 +181,8 @@ def test_an_mpps_study_goes_after_completion_over_one_association_in_order(
     assert sorted(pacs.uids()) == sorted(uids)
     assert pacs.accepted == 1 and len(set(pacs.carried_by)) == 1  # one association
     assert in_order(pacs)
-    assert states(agent) == ["done"]
+    # the last job is marked done just after its C-STORE answer
+    wait_until(lambda: states(agent) == ["done"], 30, "every job done")
 
 
 def test_a_study_longer_than_a_batch_with_a_later_series_of_another_class_goes_whole(
@@ -293,8 +294,14 @@ def test_a_destination_that_is_down_delays_only_its_own_copy_of_the_study(
     tick(agent)
     wait_until(lambda: len(pacs.uids()) == 5, 30, "the study at the live PACS")
     assert pacs.accepted == 1 and in_order(pacs)
+
+    def states(name: str) -> set[str]:
+        found = jobs(agent.config.agent.data_dir)
+        return {state for key, state in found.items() if key.endswith(f" {name}")}
+
+    # the last job is marked done just after its C-STORE answer
+    wait_until(lambda: states("PACS") == {"done"}, 30, "every job to PACS done")
     by_destination = jobs(agent.config.agent.data_dir)
-    assert {state for key, state in by_destination.items() if key.endswith(" PACS")} == {"done"}
     assert {state for key, state in by_destination.items() if key.endswith(" DEAD")} <= {
         "pending", "retrying"}  # released, waiting for DEAD to come up
 

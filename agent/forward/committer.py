@@ -16,11 +16,10 @@ import logging
 import time
 from collections.abc import Callable
 
-from agent import threads
 from agent.archive import Archive
-from agent.config import Config, Peer
+from agent.config import Config
 from agent.errors import PeerError
-from agent.forward.sender import ForwardEvents, peer_in_force
+from agent.forward.sender import ForwardEvents, PeerWorker
 from agent.net import commit_scu as commitment
 
 log = logging.getLogger(__name__)
@@ -31,25 +30,17 @@ RETRY_AFTER_FAILURE = 10.0  # seconds before asking again after a failed request
 STOPS_WITHIN = 10.0  # close(): seconds for the request in flight
 
 
-class Committer(threads.Worker):
+class Committer(PeerWorker):
     """Requests storage commitment from one destination; a stop is honoured after the
     request in flight."""
 
     def __init__(
         self, name: str, current: Callable[[], Config], archive: Archive, events: ForwardEvents
     ) -> None:
-        super().__init__(f"commit-{name}", STOPS_WITHIN)
-        self.current = current  # the configuration in force: a reload reaches the committer
-        self._peer = current().peers[name]
+        super().__init__(f"commit-{name}", STOPS_WITHIN, name, current)
         self.archive = archive
         self.events = events
         self._not_before = 0.0
-
-    @property
-    def peer(self) -> Peer:
-        """The destination, as configured now."""
-        self._peer = peer_in_force(self.current, self._peer.name, self._peer)
-        return self._peer
 
     def start(self) -> None:
         """Take in what was delivered before commitment was asked of this peer, then

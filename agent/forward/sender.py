@@ -47,13 +47,26 @@ class ForwardEvents(DestinationEvents, Protocol):
         """An attempt to deliver to ``name`` failed."""
 
 
-def peer_in_force(current: Callable[[], Config], name: str, last: Peer) -> Peer:
-    """Peer ``name`` as the configuration in force has it; ``last`` once a reload removed
-    it (the part working for it is then being stopped)."""
-    return current().peers.get(name, last)
+class PeerWorker(threads.Worker):
+    """A thread that works for one configured peer, read from the configuration in force
+    (``current``) whenever it acts, so a reload reaches it at once."""
+
+    def __init__(
+        self, thread: str, stops_within: float, name: str, current: Callable[[], Config]
+    ) -> None:
+        super().__init__(thread, stops_within)
+        self.current = current
+        self._peer = current().peers[name]
+
+    @property
+    def peer(self) -> Peer:
+        """The peer as configured now; as it was last, once a reload removed it (this
+        thread is then being stopped)."""
+        self._peer = self.current().peers.get(self._peer.name, self._peer)
+        return self._peer
 
 
-class Sender(threads.Worker):
+class Sender(PeerWorker):
     """Delivers the queue of one destination peer.
 
     A stop is honoured after the instance in flight; jobs not marked done are resent later.
@@ -69,21 +82,13 @@ class Sender(threads.Worker):
         gate: Gate,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
-        super().__init__(f"forward-{name}-{lane.number}", STOPS_WITHIN)
-        self.current = current  # the configuration in force: a reload reaches the sender
-        self._peer = current().peers[name]
+        super().__init__(f"forward-{name}-{lane.number}", STOPS_WITHIN, name, current)
         self.archive = archive
         self.events = events
         self.lane = lane
         self.gate = gate  # shared by the destination's lanes
         self.clock = clock
         self._rng = random.Random()
-
-    @property
-    def peer(self) -> Peer:
-        """The destination, as configured now."""
-        self._peer = peer_in_force(self.current, self._peer.name, self._peer)
-        return self._peer
 
     def run(self) -> None:
         """Drain due jobs until stopped."""

@@ -49,6 +49,15 @@ def agent(config_file: Path) -> Iterator[Agent]:
 
 
 @pytest.fixture
+def running() -> Iterator[list[Agent]]:
+    """Agents a test starts in this process (and may restart); each closed after it."""
+    agents: list[Agent] = []
+    yield agents
+    for each in agents:
+        each.close()
+
+
+@pytest.fixture
 def agent_process(config_file: Path, data_dir: Path) -> Iterator[AgentProcess]:
     """The agent as a child process (for signals and kill -9); stopped after the test."""
     process = AgentProcess(config_file, data_dir)

@@ -4,7 +4,6 @@ holds durably, and reports on a new association; real peers (Orthanc, pynetdicom
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,15 +47,6 @@ def make_config(tmp_path: Path, mod_port: int, allow: tuple[str, ...], **extra: 
 @pytest.fixture
 def instances() -> list[Dataset]:
     return list(dicomgen.series(2, size=8))
-
-
-@pytest.fixture
-def running(tmp_path: Path) -> Iterator[list[Agent]]:
-    """Agents started by a test; each closed after it."""
-    agents: list[Agent] = []
-    yield agents
-    for each in agents:
-        each.close()
 
 
 def start(path: Path, agents: list[Agent]) -> Agent:

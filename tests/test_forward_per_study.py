@@ -32,9 +32,7 @@ from tests.commitment_peers import pacs_states, store
 from tests.mpps_peers import MOD_AE, Modality, creation, ending
 from tests.support import free_port, wait_until, write_config
 from tests.test_forward import jobs
-from tests.test_studies import FakeClock, running, start, study, tick
-
-__all__ = ["running"]  # the fixture, used by name
+from tests.test_studies import FakeClock, start, study, tick
 
 QUIET = 10.0
 

@@ -67,14 +67,6 @@ class Ris:
 
 
 @pytest.fixture
-def running() -> Iterator[list[Agent]]:
-    agents: list[Agent] = []
-    yield agents
-    for each in agents:
-        each.close()
-
-
-@pytest.fixture
 def ris() -> Iterator[list[Ris]]:
     """RIS peers a test starts; each stopped after it."""
     started: list[Ris] = []

@@ -50,14 +50,6 @@ class FixableRis(Ris):
 
 
 @pytest.fixture
-def running() -> Iterator[list[Agent]]:
-    agents: list[Agent] = []
-    yield agents
-    for each in agents:
-        each.close()
-
-
-@pytest.fixture
 def ris(tmp_path: Path) -> Iterator[FixableRis]:
     """The refusing RIS on a free port; stopped after the test."""
     peer = FixableRis(free_port())

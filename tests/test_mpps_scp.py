@@ -3,7 +3,6 @@ sending N-CREATE and N-SET to an agent running in this process."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,15 +50,6 @@ def make_config(tmp_path: Path, mod_allow: tuple[str, ...]) -> Path:
          "data_dir": str(tmp_path / "data"), "min_free_mb": 0},
         {"MODALITY": peer(MOD_AE, mod_allow), "OTHER": peer(OTHER_AE, ("echo", "store"))},
     )
-
-
-@pytest.fixture
-def running() -> Iterator[list[Agent]]:
-    """Agents started by a test; each closed after it."""
-    agents: list[Agent] = []
-    yield agents
-    for each in agents:
-        each.close()
 
 
 def steps(agent: Agent) -> list[mpps.Step]:

@@ -13,9 +13,7 @@ from agent.app import Agent
 from tests.commitment_peers import store
 from tests.mpps_peers import MOD_AE, Modality, creation, ending
 from tests.support import free_port, write_config
-from tests.test_studies import FakeClock, running, start, study, tick
-
-__all__ = ["running"]  # the fixture, used by name
+from tests.test_studies import FakeClock, start, study, tick
 
 
 def test_the_study_completes_when_the_last_instance_the_mpps_names_is_stored(

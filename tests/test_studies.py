@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,15 +52,6 @@ def make_config(tmp_path: Path, mod_port: int = 104) -> Path:
     )
     path.write_text(path.read_text() + f"\n[study]\nquiet_seconds = {QUIET}\ngive_up_hours = 1\n")
     return path
-
-
-@pytest.fixture
-def running() -> Iterator[list[Agent]]:
-    """Agents started by a test; each closed after it."""
-    agents: list[Agent] = []
-    yield agents
-    for each in agents:
-        each.close()
 
 
 def start(config: Path, clock: FakeClock, agents: list[Agent]) -> Agent:

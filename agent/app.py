@@ -23,7 +23,8 @@ from agent.net.commit_scp import CommitmentReporter
 from agent.net.scp import DicomServer
 from agent.pull import Landing
 from agent.reconfigure import LiveConfig
-from agent.status import Snapshot, State, StatusModel, publish
+from agent.status import Snapshot, State, StatusModel
+from agent.status_file import publish
 from agent.studies.judge import Clock, StudyJudge
 
 log = logging.getLogger(__name__)

@@ -10,20 +10,25 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import json
 import os
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from enum import Enum
-from pathlib import Path
 from typing import Any
 
+from agent.status_destinations import (
+    Destination,
+    commitment_changes,
+    queue_changes,
+    with_destination,
+)
 from agent.status_mpps import MppsQueue, mpps_summary
+from agent.status_parts import ClockState, MetricsState
+from agent.status_timings import Timings
 from agent.tls import certificate_warning
 
-STATUS_FILE = "status.json"
 # Seconds of silence from the housekeeping loop after which the agent reads as "not
 # answering": no passed health check (the live model), or no fresh run/status.json (another
 # process). The loop ticks every second and writes the file at least every few seconds
@@ -31,8 +36,6 @@ STATUS_FILE = "status.json"
 # refresh period, about 11 s. Less than the systemd watchdog's 30 s, so the status says
 # so before systemd restarts the agent.
 STUCK_AFTER = 15.0
-# states in which a process is (or should be) there to write the file
-LIVE_STATES = ("starting", "serving", "stopping", "failed")
 
 
 class State(str, Enum):
@@ -56,24 +59,6 @@ def not_answering(silent: float) -> dict[str, Any]:
         "last_error": f"not answering: nothing heard from the agent for {silent:.0f} s",
         "silent_for": round(silent, 1),
     }
-
-
-@dataclass(frozen=True)
-class Destination:
-    """Forwarding to one peer, as the operator sees it."""
-
-    name: str
-    pending: int = 0
-    retrying: int = 0
-    quarantined: int = 0
-    held: int = 0  # forward.when = "complete": waiting for their study to be complete
-    last_success: str | None = None
-    last_error: str | None = None
-    # reachability, as the forwarding process last reported it (agent.forward.gate)
-    state: str = "up"  # or "down": no association could be set up; jobs wait for it
-    down_since: str | None = None  # ISO 8601, UTC
-    down_error: str | None = None  # why, in words
-    next_probe: str | None = None  # ISO 8601, UTC: when one association tries again
 
 
 @dataclass(frozen=True)
@@ -101,10 +86,14 @@ class Snapshot:
     duplicates: int = 0
     conflicts: int = 0
     refused: int = 0
+    refused_by_status: dict[str, int] = field(default_factory=dict)  # "0xA700", or "none"
+    associations_rejected: dict[str, int] = field(default_factory=dict)  # per reason
     forwarded: int = 0
     last_received_at: str | None = None
     disk_free: int | None = None
     below_floor: bool = False
+    disk_floor: int | None = None  # bytes: the floor below which nothing new is taken
+    disk_full_in: float | None = None  # seconds to the floor at the recent ingest rate
     last_error: str | None = None  # the newest problem's message (older readers know it)
     problems: tuple[Problem, ...] = ()  # one per part at most, oldest first
     destinations: tuple[Destination, ...] = ()
@@ -116,6 +105,8 @@ class Snapshot:
     commit_reports_owed: int = 0  # storage commitment transactions we still owe a report
     commit_reports_sent: int = 0
     mpps: tuple[MppsQueue, ...] = ()  # passing MPPS on, per destination (status_mpps)
+    clock: ClockState = field(default_factory=lambda: ClockState())
+    metrics: MetricsState = field(default_factory=lambda: MetricsState())
     version: int = 0
 
     def summary(self) -> str:
@@ -163,6 +154,7 @@ class StatusModel:
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._beat: float | None = None  # monotonic time of the last passed health check
+        self.timings = Timings()  # the duration histograms (not part of a snapshot)
 
     def snapshot(self) -> Snapshot:
         """The current status; a serving agent whose health checks stopped is not answering."""
@@ -238,19 +230,47 @@ class StatusModel:
 
         self._apply(change)
 
-    def refused(self, reason: str) -> None:
-        """A C-STORE was answered with a failure (a problem until one is stored again)."""
+    def refused(self, reason: str, status: int | None = None) -> None:
+        """A C-STORE was answered with failure ``status`` (None: none could be sent, the
+        data set was cut off or never answered); a problem until one is stored again."""
+        code = "none" if status is None else f"0x{status:04X}"
+
+        def change(s: Snapshot) -> dict[str, Any]:
+            by_status = {**s.refused_by_status, code: s.refused_by_status.get(code, 0) + 1}
+            problem = _with_problem(s, Problem(RECEIVING, reason))
+            return {"refused": s.refused + 1, "refused_by_status": by_status, **problem}
+
+        self._apply(change)
+
+    def association_rejected(self, reason: str) -> None:
+        """An association request was rejected, for ``reason`` (a short word: unknown-ae,
+        wrong-called-ae, wrong-address, tls-only, limit, pdu-size, error)."""
         self._apply(
-            lambda s: {"refused": s.refused + 1, **_with_problem(s, Problem(RECEIVING, reason))}
+            lambda s: {
+                "associations_rejected": {
+                    **s.associations_rejected,
+                    reason: s.associations_rejected.get(reason, 0) + 1,
+                }
+            }
         )
 
-    def disk(self, free: int, below_floor: bool) -> None:
-        """Free space was measured; a change of a few bytes is not news."""
+    def disk(
+        self, free: int, below_floor: bool, floor: int | None = None,
+        full_in: float | None = None,
+    ) -> None:
+        """Free space was measured, against ``floor``, with the time to reach it at the
+        recent ingest rate (``full_in``: None when nothing is coming in); a change of a few
+        bytes (or of a time to the floor by less than a tenth) is not news."""
 
         def change(s: Snapshot) -> dict[str, Any]:
             moved = s.disk_free is None or abs(s.disk_free - free) >= 1048576
-            if moved or s.below_floor != below_floor:
-                return {"disk_free": free, "below_floor": below_floor}
+            if moved or s.below_floor != below_floor or s.disk_floor != floor or _moved(
+                s.disk_full_in, full_in
+            ):
+                return {
+                    "disk_free": free, "below_floor": below_floor, "disk_floor": floor,
+                    "disk_full_in": full_in,
+                }
             return {}
 
         self._apply(change)
@@ -275,18 +295,29 @@ class StatusModel:
 
         self._apply(change)
 
-    def forwarded(self, name: str) -> None:
-        """An instance reached ``name``: its last error is over."""
+    def forwarded(self, name: str, seconds: float | None = None) -> None:
+        """An instance reached ``name`` (its C-STORE took ``seconds``): its last error is
+        over."""
+        if seconds is not None:
+            self.timings.delivery.labels(name).observe(seconds)
         self._apply(
             lambda s: {
                 "forwarded": s.forwarded + 1,
-                **_with_destination(s, name, last_success=_now(), last_error=None),
+                **with_destination(
+                    s.destinations, name, last_success=_now(), last_error=None,
+                    delivered=_destination(s, name).delivered + 1, last_delivery=time.time(),
+                ),
             }
         )
 
     def forward_failed(self, name: str, error: str) -> None:
         """An attempt to deliver to ``name`` failed."""
-        self._apply(lambda s: _with_destination(s, name, last_error=f"{_now()} {error}"))
+        self._apply(
+            lambda s: with_destination(
+                s.destinations, name, last_error=f"{_now()} {error}",
+                failed=_destination(s, name).failed + 1,
+            )
+        )
 
     def destination_state(
         self, name: str, down_since: float | None, error: str | None, next_probe: float | None
@@ -304,33 +335,15 @@ class StatusModel:
                 "down_error": error,
                 "next_probe": None if next_probe is None else _iso_seconds(next_probe),
             }
-        self._apply(lambda s: _with_destination(s, name, **fields))
+        self._apply(lambda s: with_destination(s.destinations, name, **fields))
 
-    def queue_depth(self, depth: dict[str, dict[str, int]], names: tuple[str, ...]) -> None:
-        """Job counts per destination and state, as the queue holds them now."""
-
-        def change(s: Snapshot) -> dict[str, Any]:
-            updated = s
-            for name in names:
-                counts = depth.get(name, {})
-                updated = replace(
-                    updated,
-                    **_with_destination(
-                        updated,
-                        name,
-                        pending=counts.get("pending", 0),
-                        retrying=counts.get("retrying", 0),
-                        quarantined=counts.get("quarantined", 0),
-                        held=counts.get("held", 0),
-                    ),
-                )
-            return (
-                {}
-                if updated.destinations == s.destinations
-                else {"destinations": updated.destinations}
-            )
-
-        self._apply(change)
+    def queue_depth(
+        self, depth: dict[str, dict[str, int]], names: tuple[str, ...],
+        waiting: dict[str, tuple[int, float | None]] | None = None,
+    ) -> None:
+        """Job counts per destination and state, as the queue holds them now, and (if
+        given) the bytes waiting and the arrival time of the oldest waiting instance."""
+        self._apply(lambda s: queue_changes(s.destinations, depth, names, waiting or {}))
 
     def mpps_queue(self, queues: tuple[MppsQueue, ...]) -> None:
         """MPPS messages waiting or quarantined per destination, as the queue holds them."""
@@ -338,13 +351,28 @@ class StatusModel:
 
     def destination_commitments(self, counts: dict[str, dict[str, int]]) -> None:
         """Storage commitment rows per destination and state, as the archive holds them."""
-        awaiting = sum(c.get("awaiting", 0) + c.get("requested", 0) for c in counts.values())
+        outstanding = {
+            name: c.get("awaiting", 0) + c.get("requested", 0) for name, c in counts.items()
+        }
+        awaiting = sum(outstanding.values())
         failed = sum(c.get("failed", 0) for c in counts.values())
-        self._apply(
-            lambda s: {}
-            if (s.commit_awaiting, s.commit_failed) == (awaiting, failed)
-            else {"commit_awaiting": awaiting, "commit_failed": failed}
-        )
+
+        def change(s: Snapshot) -> dict[str, Any]:
+            totals = (
+                {} if (s.commit_awaiting, s.commit_failed) == (awaiting, failed)
+                else {"commit_awaiting": awaiting, "commit_failed": failed}
+            )
+            return {**totals, **commitment_changes(s.destinations, outstanding)}
+
+        self._apply(change)
+
+    def clock_state(self, clock: ClockState) -> None:
+        """What the agent now knows of the system clock (``agent.timekeeping``)."""
+        self._apply(lambda s: {} if s.clock == clock else {"clock": clock})
+
+    def metrics_state(self, metrics: MetricsState) -> None:
+        """The metrics endpoint started, stopped, or was scraped."""
+        self._apply(lambda s: {} if s.metrics == metrics else {"metrics": metrics})
 
     def error(self, message: str, part: str = "agent") -> None:
         """Something went wrong in ``part`` that an operator should see, until that part
@@ -373,17 +401,20 @@ def _without_problem(s: Snapshot, part: str) -> dict[str, Any]:
     return {"problems": problems, "last_error": problems[-1].message if problems else None}
 
 
-def _with_destination(s: Snapshot, name: str, **changes: Any) -> dict[str, Any]:
-    """The ``destinations`` field with one destination changed (added if new)."""
-    found = [d for d in s.destinations if d.name == name]
-    current = found[0] if found else Destination(name)
-    updated = replace(current, **changes)
-    others = [d for d in s.destinations if d.name != name]
-    return {"destinations": tuple(sorted([*others, updated], key=lambda d: d.name))}
+def _destination(s: Snapshot, name: str) -> Destination:
+    """``name`` as the snapshot has it (a new one if it has none yet)."""
+    return next((d for d in s.destinations if d.name == name), Destination(name))
 
 
 def _iso_seconds(epoch: float) -> str:
     return dt.datetime.fromtimestamp(epoch, dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _moved(old: float | None, new: float | None) -> bool:
+    """True if a time-to-the-floor changed enough to be news (by a tenth, or to/from None)."""
+    if old is None or new is None:
+        return old is not new
+    return abs(old - new) > 0.1 * max(abs(old), 1.0)
 
 
 def duration_words(seconds: float) -> str:
@@ -398,43 +429,3 @@ def duration_words(seconds: float) -> str:
             rest = (whole % size) // small_size
             return f"{whole // size} {unit}" + (f" {rest} {smaller}" if rest else "")
     return f"{whole} s"
-
-
-def publish(snapshot: Snapshot, run_dir: Path, now: float | None = None) -> None:
-    """Write the snapshot atomically where ``edge-agent status`` will read it, with the
-    time it was written (``now``, epoch seconds): its age tells a hung agent."""
-    written = time.time() if now is None else now
-    data = {**snapshot.to_json(), "written_at": _iso(written)}
-    target = run_dir / STATUS_FILE
-    temporary = target.with_suffix(".tmp")
-    temporary.write_text(json.dumps(data, indent=1))
-    os.replace(temporary, target)  # readers see the old file or the new one, never half
-
-
-def read_published(run_dir: Path, now: float | None = None) -> dict[str, Any] | None:
-    """The last snapshot a running agent published, or None if there is none; one older
-    than STUCK_AFTER from a live state reads as not answering, as the live model would."""
-    try:
-        data = json.loads((run_dir / STATUS_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(data, dict):
-        return None
-    silent = age(data, time.time() if now is None else now)
-    if data.get("state") in LIVE_STATES and silent is not None and silent > STUCK_AFTER:
-        verdict = not_answering(silent)
-        data.update(verdict, state=verdict["state"].value)
-    return data
-
-
-def age(published: dict[str, Any], now: float) -> float | None:
-    """Seconds since the file was written (None if it does not say: an older agent's)."""
-    try:
-        written = dt.datetime.fromisoformat(str(published["written_at"])).timestamp()
-    except (KeyError, ValueError):
-        return None
-    return max(0.0, now - written)  # a clock set back: as fresh as can be told
-
-
-def _iso(epoch: float) -> str:
-    return dt.datetime.fromtimestamp(epoch, dt.timezone.utc).isoformat(timespec="milliseconds")

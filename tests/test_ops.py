@@ -34,7 +34,7 @@ from agent.field.console.table import CommandTable, Reply
 from agent.net import peerlog
 from agent.ops.queue import QueueChange, QueueListing
 from agent.ops.status import StatusReport
-from agent.status import read_published
+from agent.status_file import read_published
 from tests import rawdicom
 from tests.pacs import Dcmqrscp
 from tests.support import REPO, free_port, peer, run_cli, wait_until, write_config

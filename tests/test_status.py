@@ -21,14 +21,8 @@ from agent.app import Agent
 from agent.archive import Layout
 from agent.forward import retention
 from agent.ops import status as status_ops
-from agent.status import (
-    STUCK_AFTER,
-    Snapshot,
-    State,
-    StatusModel,
-    publish,
-    read_published,
-)
+from agent.status import STUCK_AFTER, Snapshot, State, StatusModel
+from agent.status_file import publish, read_published
 from tests import scu
 from tests.support import REPO, AgentProcess, run_cli, wait_until
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from agent import procfs
 from agent.errors import ConfigError
-from agent.status import read_published
+from agent.status_file import read_published
 
 LISTEN = "0A"  # the st column of /proc/net/tcp for a listening socket
 

@@ -21,7 +21,7 @@ from agent.archive import Layout
 from agent.config import Config
 from agent.errors import ConfigError
 from agent.procfs import process_alive
-from agent.status import LIVE_STATES, read_published
+from agent.status_file import LIVE_STATES, read_published
 
 UNITS = (
     Path("/etc/systemd/system/edge-agent.service"),

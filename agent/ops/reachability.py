@@ -12,7 +12,8 @@ from typing import Any
 
 from agent.archive import Layout
 from agent.procfs import process_alive
-from agent.status import LIVE_STATES, Snapshot, duration_words, read_published
+from agent.status import Snapshot, duration_words
+from agent.status_file import LIVE_STATES, read_published
 
 
 def reported_destinations(layout: Layout, live: Snapshot | None = None) -> dict[str, Any]:

@@ -14,7 +14,8 @@ from agent.archive.index import Counts, counts_at
 from agent.archive.study_list import state_counts_at
 from agent.ops.reachability import state_line
 from agent.procfs import process_alive
-from agent.status import LIVE_STATES, Snapshot, read_published
+from agent.status import Snapshot
+from agent.status_file import LIVE_STATES, read_published
 from agent.tls import certificate_days_left, certificate_warning
 
 

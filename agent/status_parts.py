@@ -15,6 +15,8 @@ class ClockState:
 
     synchronised: bool | None = None
     plausible: bool = True
+    # both, as far as the agent must know: age-based retention runs, arrivals are unflagged
+    trusted: bool = True
     why: str | None = None  # why it is not plausible, in words
     last_jump: str | None = None  # ISO 8601 (UTC, by the clock after it) of the last jump
     last_jump_seconds: float | None = None  # how far, forward (+) or back (-)

@@ -7,6 +7,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 
 from agent import reconfigure, threads, tls
 from agent.archive import Archive, Layout
@@ -26,6 +27,7 @@ from agent.reconfigure import LiveConfig
 from agent.status import Snapshot, State, StatusModel
 from agent.status_file import publish
 from agent.studies.judge import Clock, StudyJudge
+from agent.timekeeping import Arrivals, ClockJudge, SyncSources, jump_words
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,10 @@ PUBLISH_GAP = 0.2
 STALE_TEMP_AFTER = 300.0
 SWEEP_EVERY = 60.0
 HOUSEKEEPER_STOPS_WITHIN = 5.0  # a tick's longest part, a retention sweep, has 5 s
+
+
+def _clock_readings() -> tuple[float, float]:
+    return time.time(), time.monotonic()
 
 
 class Reporter:
@@ -82,12 +88,18 @@ class Agent:
         self.mpps_forwarder: MppsForwarder | None = None  # passes MPPS on (forward.mpps_to)
         self.study_clock: Clock = time.monotonic  # the quiet and give-up timers' (tests')
         self.studies: StudyJudge | None = None  # judges quiet studies, each tick
+        self.clock_sources = SyncSources()  # where "synchronised" is read (tests': a tmp file)
+        # (wall, monotonic) for the clock judge, each tick (tests': a boot at 1970, a jump)
+        self.clock_readings: Callable[[], tuple[float, float]] = _clock_readings
+        self.clock: ClockJudge | None = None  # judges the system clock, each tick
+        self._arrivals = Arrivals()  # the newest arrival the clock must not fall behind
         self._stop = threading.Event()
         self._housekeeper: threading.Thread | None = None
         self._reloading = threading.Lock()
         self._published = -1  # the status version last written to run/status.json
         self._published_at = 0.0  # and when (monotonic)
         self._summary = ""  # the STATUS= line last sent to systemd
+        self._clock_trusted = True  # as last said in the log
 
     @property
     def config(self) -> Config:
@@ -115,6 +127,10 @@ class Agent:
         found = recover(self.archive)
         log.info("archive ready: %s", found)
         self.studies = StudyJudge(self.archive.studies, current, self.study_clock)
+        self._arrivals.note(self.archive.newest_arrival(), trusted=True)
+        self.clock = ClockJudge(
+            self._arrivals.newest, lambda: current().clock, self.clock_sources
+        )
         self.commitments = CommitmentReporter(current, self.archive, self.status)
         self.mpps_forwarder = MppsForwarder(current, self.archive)
         self.server = DicomServer(
@@ -301,6 +317,7 @@ class Agent:
         return None
 
     def _measure(self) -> None:
+        self._judge_clock()
         if self.archive is not None:
             free = self.archive.free_bytes()
             self.status.disk(free, free < self.archive.min_free_bytes)
@@ -310,6 +327,29 @@ class Agent:
             self.forwarder.refresh_status()
         if self.mpps_forwarder is not None:
             self.mpps_forwarder.refresh_status(self.status)
+
+    def _judge_clock(self) -> None:
+        """Judge the system clock (``agent.timekeeping``), show it, say once when trust
+        is lost and once when it returns, and pass a jump on."""
+        if self.clock is None:
+            return
+        before = self.status.snapshot()
+        self._arrivals.note(before.last_received_at, before.clock.trusted)
+        tick = self.clock.tick(*self.clock_readings())
+        self.status.clock_state(tick.state)
+        if tick.jump is not None:
+            self._clock_jumped(tick.jump)
+        if tick.state.trusted != self._clock_trusted:
+            self._clock_trusted = tick.state.trusted
+            if tick.state.trusted:
+                log.warning("the system clock is trusted again")
+            else:
+                log.warning("the system clock is not trusted: %s", tick.state.doubt())
+
+    def _clock_jumped(self, seconds: float) -> None:
+        """The wall clock stepped ``seconds`` (forward +, back -) against the monotonic
+        clock since the last tick: re-base what was scheduled by it."""
+        log.warning("the system clock jumped %s", jump_words(seconds))
 
     def _sweep(self) -> int:
         """Drop dead temp files; let retention free what every destination has."""

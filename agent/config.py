@@ -94,6 +94,18 @@ class StudySettings:
 
 
 @dataclass(frozen=True)
+class ClockSettings:
+    """The ``[clock]`` table: how far the system clock is believed (``agent.timekeeping``)."""
+
+    # false: the box has no time source to wait for (an isolated network with an RTC):
+    # a plausible clock is trusted without NTP's word
+    require_sync: Annotated[bool, LIVE] = True
+    # a step of the wall clock against the monotonic one beyond this, between two
+    # housekeeping ticks, is a jump
+    max_jump_seconds: Annotated[float, LIVE] = 60.0
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole validated configuration; ``source`` is None for the built-in default."""
 
@@ -105,6 +117,7 @@ class Config:
     tls: Annotated[TlsSettings | None, LIVE] = None
     source: Annotated[Path | None, LIVE] = None
     study: Annotated[StudySettings, LIVE] = field(default_factory=StudySettings)
+    clock: Annotated[ClockSettings, LIVE] = field(default_factory=ClockSettings)
 
     def quiet_seconds(self, ae_title: str) -> float:
         """The quiet period for studies sent by ``ae_title`` (its peer's, else ``[study]``'s)."""
@@ -174,7 +187,8 @@ def parse(raw: Mapping[str, Any], source: Path | None = None) -> Config:
 
 def _build(raw: Mapping[str, Any], source: Path | None) -> Config:
     """The configuration, every error reported through ``validation.problem``."""
-    v.reject_unknown(raw, {"agent", "peers", "forward", "leds", "console", "tls", "study"}, "")
+    v.reject_unknown(raw, {"agent", "peers", "forward", "leds", "console", "tls", "study",
+                           "clock"}, "")
     base_dir = source.resolve().parent if source else Path.cwd()
     agent = _parse_agent(v.table(raw, "agent", ""), base_dir)
     peers_raw = v.table(raw, "peers", "")
@@ -187,7 +201,8 @@ def _build(raw: Mapping[str, Any], source: Path | None) -> Config:
     _check_tls_use(agent, peers, tls)
     _check_commit_policies(peers, forward)
     study = _parse_study(v.table(raw, "study", ""))
-    return Config(agent, peers, forward, leds, console, tls, source, study=study)
+    clock = _parse_clock(v.table(raw, "clock", ""))
+    return Config(agent, peers, forward, leds, console, tls, source, study=study, clock=clock)
 
 
 def _parse_study(table: Mapping[str, Any]) -> StudySettings:
@@ -200,6 +215,18 @@ def _parse_study(table: Mapping[str, Any]) -> StudySettings:
         ),
         give_up_hours=float(
             v.get(table, "study.give_up_hours", (int, float), d.give_up_hours, v.positive)
+        ),
+    )
+
+
+def _parse_clock(table: Mapping[str, Any]) -> ClockSettings:
+    """The ``[clock]`` table: whether trust waits for a time source, and what a jump is."""
+    d = ClockSettings()
+    v.reject_unknown(table, set(ClockSettings.__dataclass_fields__), "clock")
+    return ClockSettings(
+        require_sync=v.get(table, "clock.require_sync", bool, d.require_sync, None),
+        max_jump_seconds=float(
+            v.get(table, "clock.max_jump_seconds", (int, float), d.max_jump_seconds, v.positive)
         ),
     )
 

@@ -137,6 +137,9 @@ class Snapshot:
         warning = certificate_warning(self.certificate_expires)
         if warning:
             parts.append(warning)
+        doubt = self.clock.doubt()
+        if doubt:
+            parts.append(doubt)
         return ", ".join(parts)
 
     def to_json(self) -> dict[str, Any]:

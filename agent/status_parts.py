@@ -21,6 +21,24 @@ class ClockState:
     last_jump: str | None = None  # ISO 8601 (UTC, by the clock after it) of the last jump
     last_jump_seconds: float | None = None  # how far, forward (+) or back (-)
 
+    def doubt(self) -> str | None:
+        """What is wrong with the clock, in a few words (None: it is trusted)."""
+        if self.trusted:
+            return None
+        if not self.plausible:
+            return f"clock implausible: {self.why}"
+        if self.synchronised is None:
+            return "clock not known to be synchronised"
+        return "clock not synchronised"
+
+    @classmethod
+    def from_json(cls, data: object) -> ClockState:
+        """The state as ``status.json`` holds it (a default one if it holds none)."""
+        if not isinstance(data, dict):
+            return cls()
+        names = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in data.items() if k in names})
+
 
 @dataclass(frozen=True)
 class MetricsState:

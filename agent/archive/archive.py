@@ -163,6 +163,10 @@ class Archive:
         """How much the archive holds."""
         return self.index.counts()
 
+    def newest_arrival(self) -> str | None:
+        """The newest arrival time the index records (ISO 8601; None: it holds nothing)."""
+        return self.index.newest_arrival()
+
     def free_bytes(self) -> int:
         """Free space on the archive's filesystem."""
         return durable.free_bytes(self.layout.root)

@@ -31,6 +31,7 @@ from agent.archive.keys import KEYS, LEADING_SPACES_PAD, TABLES
 from agent.dicom.models import Level
 from agent.errors import AgentError, IndexUnavailable
 
+NEWEST_ROWS = 1000  # the rows newest_arrival looks at
 _PARENT = {Level.STUDY: "patient_pk", Level.SERIES: "study_pk", Level.IMAGE: "series_pk"}
 _UNIQUE_COLUMN = {
     Level.PATIENT: "identity",
@@ -274,6 +275,17 @@ class Index:
         """How much the archive holds."""
         with self._lock:
             return read_counts(self._conn)
+
+    def newest_arrival(self) -> str | None:
+        """The latest arrival stamp (ISO 8601) among the newest rows; the clock must not
+        read earlier (agent.timekeeping). The newest rows by primary key, not every row:
+        cheap at any size, and a few stamps a wrong clock made do not decide alone."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT max(received_at) FROM (SELECT received_at FROM instances"
+                " ORDER BY pk DESC LIMIT ?)", (NEWEST_ROWS,)
+            ).fetchone()
+        return None if row is None else row[0]
 
     def trouble(self) -> str | None:
         """Why the index does not answer a read (None: it does), for the watchdog."""

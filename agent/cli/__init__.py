@@ -14,6 +14,7 @@ from types import ModuleType
 from agent import __version__
 from agent.cli import (
     check_config,
+    clock,
     commit,
     echo,
     find,
@@ -41,6 +42,7 @@ COMMANDS: tuple[ModuleType, ...] = (
     retrieve,
     leds,
     commit,
+    clock,
 )
 EXIT_FAILED = 1
 EXIT_CONFIG = 2

@@ -3,8 +3,9 @@
 Four LEDs, each with a few signals (a pattern and its meaning). ``signals(snapshot)``
 picks one per LED; ``hardware/leds.md`` is the technician's copy of ``SIGNALS``.
 Fault priority, highest first: failed, disk below the floor, quarantined jobs or failed
-commitments, a TLS certificate to renew. An expired certificate also blinks the link
-LED fast: every TLS peer refuses the box then, which is a link fault first of all.
+commitments, a system clock not trusted, a TLS certificate to renew. An expired
+certificate also blinks the link LED fast: every TLS peer refuses the box then, which is
+a link fault first of all.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ SLOW = Pattern("slow blink", 0.5, 0.5)  # 1 Hz
 FAST = Pattern("fast blink", 0.1, 0.1)  # 5 Hz
 FLICKER = Pattern("flicker", 0.04, 0.04)  # about 12 Hz, for a moment after each image
 SHORT_FLASH = Pattern("short flash", 0.1, 1.9)  # a wink every 2 s: attention, nothing broken
+LONG_FLASH = Pattern("long flash", 1.5, 0.5)  # mostly lit, dark for ½ s every 2 s
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,7 @@ ACTIVITY_IDLE = Signal("activity", OFF, "no images moving")
 FAULT_FAILED = Signal("fault", STEADY, "the agent failed")
 FAULT_DISK = Signal("fault", FAST, "disk below the free-space floor")
 FAULT_QUARANTINE = Signal("fault", SLOW, "quarantined jobs or failed commitments")
+FAULT_CLOCK = Signal("fault", LONG_FLASH, "the system clock is not trusted")
 FAULT_CERTIFICATE = Signal(
     "fault", SHORT_FLASH,
     f"the TLS certificate expires within {CERTIFICATE_WARN_DAYS} days, or has expired")
@@ -76,7 +79,7 @@ SIGNALS: tuple[Signal, ...] = (
     HEARTBEAT_STARTING, HEARTBEAT_SERVING, HEARTBEAT_STOPPING, HEARTBEAT_DOWN,
     LINK_UP, LINK_RETRYING, LINK_CERT_EXPIRED, LINK_NONE,
     ACTIVITY_BUSY, ACTIVITY_IDLE,
-    FAULT_FAILED, FAULT_DISK, FAULT_QUARANTINE, FAULT_CERTIFICATE, FAULT_NONE,
+    FAULT_FAILED, FAULT_DISK, FAULT_QUARANTINE, FAULT_CLOCK, FAULT_CERTIFICATE, FAULT_NONE,
 )  # fmt: skip
 
 _HEARTBEAT = {
@@ -122,8 +125,8 @@ def link(snapshot: Snapshot) -> Signal:
 
 def fault(snapshot: Snapshot) -> Signal:
     """The most urgent fault: failed, disk below the floor, quarantined jobs (instances or
-    MPPS messages) or failed commitments, then a TLS certificate within
-    CERTIFICATE_WARN_DAYS of expiry (or past it)."""
+    MPPS messages) or failed commitments, a system clock not trusted (age retention waits
+    for it), then a TLS certificate within CERTIFICATE_WARN_DAYS of expiry (or past it)."""
     if snapshot.state is State.FAILED:
         return FAULT_FAILED
     if snapshot.below_floor:
@@ -132,6 +135,8 @@ def fault(snapshot: Snapshot) -> Signal:
         mpps_quarantined(snapshot.mpps)
     ):
         return FAULT_QUARANTINE
+    if not snapshot.clock.trusted:
+        return FAULT_CLOCK
     if certificate_warning(snapshot.certificate_expires):
         return FAULT_CERTIFICATE
     return FAULT_NONE

@@ -12,10 +12,12 @@ from typing import Any
 from agent.archive import Layout
 from agent.archive.index import Counts, counts_at
 from agent.archive.study_list import state_counts_at
+from agent.ops.clock import clock_line
 from agent.ops.reachability import state_line
 from agent.procfs import process_alive
 from agent.status import Snapshot
 from agent.status_file import LIVE_STATES, read_published
+from agent.status_parts import ClockState
 from agent.tls import certificate_days_left, certificate_warning
 
 
@@ -101,6 +103,8 @@ def _agent_lines(agent: dict[str, Any], answering: bool) -> list[str]:
         lines.append("disk      FREE SPACE BELOW THE FLOOR: new images are refused")
     if agent.get("certificate_expires"):
         lines.append(f"tls       {_certificate(agent['certificate_expires'])}")
+    if agent.get("clock"):
+        lines.append(clock_line(ClockState.from_json(agent["clock"])))
     return lines
 
 

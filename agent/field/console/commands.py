@@ -16,6 +16,7 @@ from agent.field.console import netinfo
 from agent.field.console.render import echo_reply, queue_reply, status_reply, studies_reply
 from agent.field.console.table import Args, CommandTable, Reply, err, ok, syntax
 from agent.field.leds import walk_patterns
+from agent.ops.clock import clock_report
 from agent.ops.echo import echo_peer
 from agent.ops.queue import list_queue, purge_jobs, retry_jobs, split_targets
 from agent.ops.running import RunningAgent
@@ -57,6 +58,14 @@ class AgentCommands:
 
     def _layout(self) -> Layout:
         return Layout(self.agent.config.agent.data_dir)
+
+    @syntax("clock", "the system clock: synchronised, plausible, trusted, last jump")
+    def clock(self, args: Args) -> Reply:
+        """What ``edge-agent clock`` prints, headed by trusted or what is wrong."""
+        report = clock_report(self._layout(), self.agent.status.snapshot())
+        clock = report.clock
+        head = (clock.doubt() if clock is not None else None) or "clock trusted"
+        return ok(head, report.lines(), result=report)
 
     @syntax("peers", "the configured peers: AE title, address and what each may do")
     def peers(self, args: Args) -> Reply:

@@ -25,6 +25,7 @@ from agent.field.console import netinfo as netinfo_module
 from agent.field.console.lineeditor import Cancel, Echo, LineEditor, Submit
 from agent.field.settings import ConsoleSettings
 from agent.status import STUCK_AFTER
+from agent.status_parts import ClockState
 from tests.commitment_peers import store
 from tests.support import AgentProcess, free_port, peer, wait_until, write_config
 
@@ -190,6 +191,7 @@ EVERY_COMMAND = [
     "help", "help config", "status", "peers", "echo CT", "queue", "queue retry all",
     "queue purge", "studies", "studies all", "net", "logs 5", "leds test", "version",
     "restart", "config show",
+    "clock",
     "config get agent.port", "config set agent.max_pdu 65536", "config unset agent.max_pdu",
     "config diff", "config revert", "config apply", "find", "retrieve", "commit",
     "commit NOPE --study 1.2", "bogus", "config",
@@ -238,6 +240,18 @@ def test_status_peers_version_logs_net(running: Agent, terminal: Terminal) -> No
     assert logs[0] == "OK" and any("unknown AEs may echo" in line for line in logs)
     net = terminal.command("net")
     assert net[0] == "OK" and any(line.strip().startswith("lo ") for line in net)
+
+
+def test_clock_shows_the_agents_judgement(running: Agent, terminal: Terminal) -> None:
+    wait_until(lambda: running.status.snapshot().clock != ClockState(), 20, "a clock tick")
+    clock = running.status.snapshot().clock  # this machine's: synchronised or not
+    answer = terminal.command("clock")
+    assert answer[0] == f"OK {clock.doubt() or 'clock trusted'}"
+    assert answer[1].startswith("  synchronised  ")
+    assert answer[2:] == ["  plausible     yes",
+                          f"  trusted       {'yes' if clock.trusted else 'no: age-based'}"
+                          + ("" if clock.trusted else " retention waits, arrivals are flagged"),
+                          "  last jump     none since the agent started"]
 
 
 def test_status_of_an_agent_whose_housekeeping_stopped_reads_not_answering(

@@ -28,11 +28,13 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import datetime as dt
+import functools
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from agent.config import ClockSettings
 from agent.status_parts import ClockState
@@ -71,15 +73,25 @@ class _Timex(ctypes.Structure):
 def adjtimex() -> tuple[int, int] | None:
     """The kernel's clock state and status bits (``adjtimex`` with no change asked: any
     user may read them), or None where there is no such call (not Linux, no libc)."""
+    call = _adjtimex_call()
+    if call is None:
+        return None
+    timex = _Timex()  # modes 0: read only
+    state = int(call(ctypes.byref(timex)))
+    return None if state < 0 else (state, int(timex.status))
+
+
+@functools.cache
+def _adjtimex_call() -> Callable[[Any], int] | None:
+    """libc's adjtimex, looked up once (finding libc may run ldconfig: not every tick)."""
     if not sys.platform.startswith("linux"):
         return None
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        timex = _Timex()  # modes 0: read only
-        state = int(libc.adjtimex(ctypes.byref(timex)))
+        call: Callable[[Any], int] = libc.adjtimex
     except (OSError, AttributeError):
         return None
-    return None if state < 0 else (state, int(timex.status))
+    return call
 
 
 def kernel_synchronised() -> bool | None:
@@ -168,16 +180,17 @@ class ClockJudge:
         return step if abs(step) > rules.max_jump_seconds else None
 
     def _implausible(self, wall: float, synchronised: bool | None) -> str | None:
-        """Why the clock cannot be right, in words (None: nothing says so)."""
+        """Why the clock cannot be right, in words that stay the same from tick to tick
+        (a status that changed every second would be rewritten every second), or None."""
         if wall < RELEASE.timestamp():
-            return f"it reads {iso(wall)}, before this software's release ({RELEASE.date()})"
+            return f"it reads {iso(wall)[:10]}, before this software's release ({RELEASE.date()})"
         if self._unconfirmed is not None:
             seconds, at = self._unconfirmed
             return (f"it jumped {jump_words(seconds)} at {iso(at)}, "
                     "not yet confirmed by a time source")
         newest = None if synchronised else self._newest_arrival()
         if newest is not None and wall + ARRIVAL_TOLERANCE < newest:
-            return f"it reads {iso(wall)}, before the newest arrival ({iso(newest)})"
+            return f"it reads earlier than the newest arrival ({iso(newest)})"
         return None
 
 

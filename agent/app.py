@@ -24,6 +24,7 @@ from agent.net.scp import DicomServer
 from agent.pull import Landing
 from agent.reconfigure import LiveConfig
 from agent.status import Snapshot, State, StatusModel
+from agent.status_disk import IngestRate
 from agent.status_file import publish
 from agent.studies.judge import Clock, StudyJudge
 
@@ -88,6 +89,7 @@ class Agent:
         self._published = -1  # the status version last written to run/status.json
         self._published_at = 0.0  # and when (monotonic)
         self._summary = ""  # the STATUS= line last sent to systemd
+        self._ingest = IngestRate()  # the recent ingest rate: the disk's time to the floor
 
     @property
     def config(self) -> Config:
@@ -302,8 +304,9 @@ class Agent:
 
     def _measure(self) -> None:
         if self.archive is not None:
-            free = self.archive.free_bytes()
-            self.status.disk(free, free < self.archive.min_free_bytes)
+            free, floor = self.archive.free_bytes(), self.archive.min_free_bytes
+            self._ingest.sample(time.monotonic(), self.status.snapshot().received_bytes)
+            self.status.disk(free, free < floor, floor, self._ingest.seconds_to(free - floor))
         if self.server is not None:
             self.status.set_associations(self.server.active_associations())
         if self.forwarder is not None:

@@ -81,7 +81,7 @@ class Recorder:
         self.failures: list[str] = []
         self._lock = threading.Lock()
 
-    def forwarded(self, name: str) -> None:
+    def forwarded(self, name: str, seconds: float | None = None) -> None:
         with self._lock:
             self.delivered += 1
 

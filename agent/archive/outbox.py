@@ -175,15 +175,29 @@ class Outbox:
 
     def depth(self) -> dict[str, dict[str, int]]:
         """Job counts per destination and state (done excluded: read every second, so it
-        names the states it wants instead of scanning every delivered job)."""
+        names the states it wants, which the state index finds without visiting every
+        delivered job)."""
         counts: dict[str, dict[str, int]] = {}
         with self.index.reading() as conn:
             for destination, state, count in conn.execute(
-                "SELECT destination, state, count(*) FROM forward_jobs WHERE state <> 'done'"
+                "SELECT destination, state, count(*) FROM forward_jobs"
+                " WHERE state IN ('pending', 'retrying', 'quarantined', 'held')"
                 " GROUP BY destination, state"
             ):
                 counts.setdefault(destination, {})[state] = count
         return counts
+
+    def waiting(self) -> dict[str, tuple[int, float]]:
+        """Per destination, the bytes of the instances still to be delivered (pending,
+        retrying, held: quarantined ones will not be tried) and when the oldest of them
+        was queued (epoch seconds). Read every second: it visits only those jobs."""
+        with self.index.reading() as conn:
+            rows = conn.execute(
+                "SELECT j.destination, sum(i.size), min(j.created_at) FROM forward_jobs j"
+                " JOIN instances i ON i.SOPInstanceUID = j.SOPInstanceUID"
+                " WHERE j.state IN ('pending', 'retrying', 'held') GROUP BY j.destination"
+            ).fetchall()
+        return {destination: (int(size), float(oldest)) for destination, size, oldest in rows}
 
     def delivered(
         self, before: float, limit: int, committed_by: Sequence[str] = ()

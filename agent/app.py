@@ -111,6 +111,7 @@ class Agent:
             self.layout.root,
             floor=lambda: current().agent.min_free_mb * 1048576,
             routing=ConfiguredRouting(current, self.forwarder.wake),
+            clock_trusted=lambda: self.status.snapshot().clock.trusted,
         )
         found = recover(self.archive)
         log.info("archive ready: %s", found)
@@ -310,6 +311,23 @@ class Agent:
             self.forwarder.refresh_status()
         if self.mpps_forwarder is not None:
             self.mpps_forwarder.refresh_status(self.status)
+
+    def _clock_jumped(self, seconds: float) -> None:
+        """The system clock jumped ``seconds`` (+ forward, - back; ``agent.timekeeping``
+        saw it): re-base what the index schedules by wall clock, then wake whoever waits
+        on those schedules to read them again."""
+        if self.archive is None:
+            return
+        moved = self.archive.rebase_clock(seconds)
+        log.warning("the clock jumped %+.0f s: retry schedules re-based (%d forward jobs,"
+                    " %d commitment rows, %d MPPS messages)", seconds, moved.forward_jobs,
+                    moved.pacs_commits + moved.commitments, moved.mpps_jobs)
+        if self.forwarder is not None:
+            self.forwarder.wake(sorted(set(self.forwarder.senders)
+                                       | set(self.config.forward.destinations)))
+        for waiting in (self.commitments, self.mpps_forwarder):
+            if waiting is not None:
+                waiting.wake()
 
     def _sweep(self) -> int:
         """Drop dead temp files; let retention free what every destination has."""

@@ -12,6 +12,7 @@ from agent import reconfigure, threads, tls
 from agent.archive import Archive, Layout
 from agent.archive.lock import DataDirLock
 from agent.archive.recovery import recover
+from agent.archive.stale import StaleFiles
 from agent.config import Config
 from agent.errors import AgentError, ConfigError
 from agent.forward import retention
@@ -88,6 +89,7 @@ class Agent:
         self._published = -1  # the status version last written to run/status.json
         self._published_at = 0.0  # and when (monotonic)
         self._summary = ""  # the STATUS= line last sent to systemd
+        self._stale = StaleFiles(self.layout.tmp_dir)  # receives that died left these
 
     @property
     def config(self) -> Config:
@@ -335,10 +337,7 @@ class Agent:
         return self.forwarder.sweep() if self.forwarder is not None else 0
 
     def _sweep_stale_temp_files(self) -> None:
-        """Remove temp files nobody has written to for a while (a receive that died)."""
-        horizon = time.time() - max(STALE_TEMP_AFTER, 2 * self.config.agent.network_timeout)
-        for entry in os.scandir(self.layout.tmp_dir):
-            with contextlib.suppress(OSError):
-                if entry.stat().st_mtime < horizon:
-                    os.unlink(entry.path)
-                    log.info("removed a stale temp file left by a failed receive")
+        """Remove temp files nobody has written to for a while (a receive that died),
+        timed on the monotonic clock: a jump of the wall clock neither deletes a file
+        being received nor keeps a leftover for the length of the jump."""
+        self._stale.sweep(max(STALE_TEMP_AFTER, 2 * self.config.agent.network_timeout))

@@ -11,6 +11,7 @@ agent-level tests receive them from DCMTK's storescu.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,10 +23,12 @@ from agent import config as config_module
 from agent.app import Agent
 from agent.archive import Archive, commitments, mpps
 from agent.archive.index import connect
+from agent.archive.stale import StaleFiles
 from agent.forward import retention
 from agent.forward.forwarder import Forwarder
 from agent.forward.settings import ForwardSettings
-from agent.status import StatusModel
+from agent.status import STUCK_AFTER, Snapshot, State, StatusModel
+from agent.status_file import publish, read_published
 from agent.status_parts import ClockState
 from tests import scu
 from tests.support import FixedRouting, free_port, wait_until
@@ -298,3 +301,59 @@ def _next_attempts(data_dir: Path) -> dict[str, float]:
             "SELECT SOPInstanceUID, next_attempt FROM forward_jobs")}
     finally:
         conn.close()
+
+
+def test_a_hung_agents_status_file_ages_on_the_monotonic_clock(tmp_path: Path) -> None:
+    """Set back a year, the wall clock would call a file written a minute ago fresh for
+    a year; `edge-agent status` ages it on the monotonic clock of the same boot."""
+    t0, up = time.time(), 1000.0
+    publish(Snapshot(state=State.SERVING), tmp_path, now=t0, uptime=up)
+    fresh = read_published(tmp_path, now=t0 - YEAR, uptime=up + 1.0)
+    assert fresh is not None and fresh["state"] == "serving"
+    stale = read_published(tmp_path, now=t0 - YEAR, uptime=up + STUCK_AFTER + 5)
+    assert stale is not None and stale["state"] == "failed"
+    assert stale["silent_for"] == pytest.approx(STUCK_AFTER + 5)
+    # and a year ahead it is not called hung when it is not
+    ahead = read_published(tmp_path, now=t0 + YEAR, uptime=up + 1.0)
+    assert ahead is not None and ahead["state"] == "serving"
+
+
+class Ticks:
+    """A monotonic clock that moves only when the test says."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_temp_file_is_stale_after_a_quiet_period_on_the_monotonic_clock(
+        tmp_path: Path) -> None:
+    """Its modification time is a year off (the clock jumped): it is not removed for
+    that, only once nobody has written to it for the whole period."""
+    ticks = Ticks()
+    stale = StaleFiles(tmp_path, ticks)
+    receiving, left = tmp_path / "receiving.dcm", tmp_path / "left.dcm"
+    for path in (receiving, left):
+        path.write_bytes(b"DICM")
+        os.utime(path, (time.time() - YEAR, time.time() - YEAR))
+    assert stale.sweep(300.0) == 0
+    ticks.now = 200.0
+    with receiving.open("ab") as more:  # the receive goes on
+        more.write(b"more")
+    assert stale.sweep(300.0) == 0
+    ticks.now = 300.0
+    assert stale.sweep(300.0) == 1 and not left.exists() and receiving.exists()
+    ticks.now = 500.0
+    assert stale.sweep(300.0) == 1 and not receiving.exists()
+
+
+def test_the_agent_keeps_a_temp_file_whose_time_a_jump_made_old(
+        agent: Agent) -> None:
+    """A receive in progress when the clock leapt a year ahead keeps its temp file."""
+    receiving = agent.layout.tmp_dir / "receiving.dcm"
+    receiving.write_bytes(b"DICM")
+    os.utime(receiving, (time.time() - YEAR, time.time() - YEAR))
+    agent._sweep()
+    assert receiving.exists()

@@ -56,6 +56,8 @@ def read_published(
         return None
     uptime = time.monotonic() if uptime is None and now is None else uptime
     silent = age(data, time.time() if now is None else now, uptime)
+    for internal in ("written_uptime", "boot_id"):  # for the age alone: not shown
+        data.pop(internal, None)
     if data.get("state") in LIVE_STATES and silent is not None and silent > STUCK_AFTER:
         verdict = not_answering(silent)
         data.update(verdict, state=verdict["state"].value)

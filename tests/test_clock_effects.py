@@ -27,6 +27,7 @@ from agent.archive.stale import StaleFiles
 from agent.forward import retention
 from agent.forward.forwarder import Forwarder
 from agent.forward.settings import ForwardSettings
+from agent.ops.status import status_report
 from agent.status import STUCK_AFTER, Snapshot, State, StatusModel
 from agent.status_file import publish, read_published
 from agent.status_parts import ClockState
@@ -284,6 +285,8 @@ def test_the_agent_flags_what_arrives_while_untrusted_and_rebases_on_a_jump(
     agent.status.clock_state(ClockState())  # trusted again: what arrives is not flagged
     assert scu.store(config.agent.port, dicomgen.write_series(tmp_path / "later", 1)) == [0]
     assert agent.archive.counts().instances == 4 and agent.archive.untrusted_arrivals() == 3
+    shown = "\n".join(status_report(agent.layout, agent.status.snapshot()).lines())
+    assert "3 arrived while the clock was not trusted" in shown
     with agent.archive.index.transaction() as conn:  # as if delivered long ago
         conn.executemany("UPDATE forward_jobs SET state = 'done', done_at = 0"
                          " WHERE SOPInstanceUID = ?", [(uid,) for uid in due])

@@ -69,6 +69,7 @@ class Counts:
     instances: int
     bytes: int
     conflicts: int
+    clock_untrusted: int = 0  # instances that arrived while the clock was not trusted
 
 
 def _columns(level: Level) -> list[str]:
@@ -325,7 +326,17 @@ def read_counts(conn: sqlite3.Connection) -> Counts:
         instances=one("SELECT count(*) FROM instances"),
         bytes=one("SELECT sum(size) FROM instances"),
         conflicts=one("SELECT count(*) FROM conflicts"),
+        clock_untrusted=_untrusted_or_zero(conn),
     )
+
+
+def _untrusted_or_zero(conn: sqlite3.Connection) -> int:
+    """``count_untrusted``, or 0 from an index an older agent wrote (read-only here: no
+    migration adds the column to it)."""
+    try:
+        return count_untrusted(conn)
+    except sqlite3.OperationalError:
+        return 0
 
 
 def add_instance(

@@ -12,6 +12,7 @@ from agent import reconfigure, threads, tls
 from agent.archive import Archive, Layout
 from agent.archive.lock import DataDirLock
 from agent.archive.recovery import recover
+from agent.archive.stale import StaleFiles
 from agent.config import Config
 from agent.errors import AgentError, ConfigError
 from agent.forward import retention
@@ -90,6 +91,7 @@ class Agent:
         self._published_at = 0.0  # and when (monotonic)
         self._summary = ""  # the STATUS= line last sent to systemd
         self._ingest = IngestRate()  # the recent ingest rate: the disk's time to the floor
+        self._stale = StaleFiles(self.layout.tmp_dir)  # receives that died left these
 
     @property
     def config(self) -> Config:
@@ -113,6 +115,7 @@ class Agent:
             self.layout.root,
             floor=lambda: current().agent.min_free_mb * 1048576,
             routing=ConfiguredRouting(current, self.forwarder.wake),
+            clock_trusted=lambda: self.status.snapshot().clock.trusted,
         )
         found = recover(self.archive)
         log.info("archive ready: %s", found)
@@ -314,16 +317,30 @@ class Agent:
         if self.mpps_forwarder is not None:
             self.mpps_forwarder.refresh_status(self.status)
 
+    def _clock_jumped(self, seconds: float) -> None:
+        """The system clock jumped ``seconds`` (+ forward, - back; ``agent.timekeeping``
+        saw it): re-base what the index schedules by wall clock, then wake whoever waits
+        on those schedules to read them again."""
+        if self.archive is None:
+            return
+        moved = self.archive.rebase_clock(seconds)
+        log.warning("the clock jumped %+.0f s: retry schedules re-based (%d forward jobs,"
+                    " %d commitment rows, %d MPPS messages)", seconds, moved.forward_jobs,
+                    moved.pacs_commits + moved.commitments, moved.mpps_jobs)
+        if self.forwarder is not None:
+            self.forwarder.wake(sorted(set(self.forwarder.senders)
+                                       | set(self.config.forward.destinations)))
+        for waiting in (self.commitments, self.mpps_forwarder):
+            if waiting is not None:
+                waiting.wake()
+
     def _sweep(self) -> int:
         """Drop dead temp files; let retention free what every destination has."""
         self._sweep_stale_temp_files()
         return self.forwarder.sweep() if self.forwarder is not None else 0
 
     def _sweep_stale_temp_files(self) -> None:
-        """Remove temp files nobody has written to for a while (a receive that died)."""
-        horizon = time.time() - max(STALE_TEMP_AFTER, 2 * self.config.agent.network_timeout)
-        for entry in os.scandir(self.layout.tmp_dir):
-            with contextlib.suppress(OSError):
-                if entry.stat().st_mtime < horizon:
-                    os.unlink(entry.path)
-                    log.info("removed a stale temp file left by a failed receive")
+        """Remove temp files nobody has written to for a while (a receive that died),
+        timed on the monotonic clock: a jump of the wall clock neither deletes a file
+        being received nor keeps a leftover for the length of the jump."""
+        self._stale.sweep(max(STALE_TEMP_AFTER, 2 * self.config.agent.network_timeout))

@@ -200,23 +200,45 @@ class Outbox:
         return {destination: (int(size), float(oldest)) for destination, size, oldest in rows}
 
     def delivered(
-        self, before: float, limit: int, committed_by: Sequence[str] = ()
+        self, before: float | None, limit: int, committed_by: Sequence[str] = ()
     ) -> list[str]:
-        """Paths of instances every one of their destinations confirmed, the last of them
-        before ``before``, and (if named) every ``committed_by`` destination committed;
-        the longest delivered first. An instance with any job not done, or that was
-        never routed anywhere, is never among them."""
+        """Paths of instances every one of their destinations confirmed and (if named)
+        every ``committed_by`` destination committed. With ``before``: the last delivery
+        before then, the longest delivered first (age-based retention). With None: however
+        long ago, the earliest arrived first, in the index's own order (its primary key),
+        which no jump of the clock can disturb (the free-space floor). An instance with
+        any job not done, or that was never routed anywhere, is never among them."""
         committed, parameters = committed_clause(committed_by)
         where = f" WHERE {committed}" if committed else ""
+        if before is None:
+            having, order, values = "", "i.pk", (*parameters, limit)
+        else:
+            having, order = " AND max(j.done_at) <= ?", "max(j.done_at)"
+            values = (*parameters, before, limit)
         with self.index.reading() as conn:
             rows = conn.execute(
                 "SELECT i.path FROM instances i"
                 f" JOIN forward_jobs j ON j.SOPInstanceUID = i.SOPInstanceUID{where}"
-                " GROUP BY i.pk HAVING min(j.state = 'done') = 1 AND max(j.done_at) <= ?"
-                " ORDER BY max(j.done_at) LIMIT ?",
-                (*parameters, before, limit),
+                f" GROUP BY i.pk HAVING min(j.state = 'done') = 1{having}"
+                f" ORDER BY {order} LIMIT ?",
+                values,
             ).fetchall()
         return [row[0] for row in rows]
+
+    def clamp_future(self, now: float) -> int:
+        """Delivery times later than ``now`` become ``now`` (the clock went back while
+        nobody re-based them, say while the agent was stopped): such a copy is then kept
+        ``keep_days`` from now, not until the clock catches up. How many moved.
+
+        Looks first, so the write lock every ingest needs is taken only when needed."""
+        where = " WHERE state = 'done' AND done_at > ?"
+        with self.index.reading() as conn:
+            if conn.execute(f"SELECT 1 FROM forward_jobs{where} LIMIT 1",
+                            (now,)).fetchone() is None:
+                return 0
+        with self.index.transaction() as conn:
+            return conn.execute(f"UPDATE forward_jobs SET done_at = ?{where}",
+                                (now, now)).rowcount
 
 
 class OutboxReader:

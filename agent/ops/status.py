@@ -52,6 +52,9 @@ class StatusReport:
             lines.append(
                 f"          {counts['conflicts']} conflicting copies kept aside (see conflicts/)"
             )
+        if counts.get("clock_untrusted"):
+            lines.append(f"          {counts['clock_untrusted']} arrived while the clock was"
+                         " not trusted (their arrival times are doubtful)")
         if info["disk_free"] is not None:
             lines.append(f"disk      {size(info['disk_free'])} free")
         agent = info["agent"]

@@ -13,6 +13,7 @@ from agent import reconfigure, threads, tls
 from agent.archive import Archive, Layout
 from agent.archive.lock import DataDirLock
 from agent.archive.recovery import recover
+from agent.archive.stale import StaleFiles
 from agent.config import Config
 from agent.errors import AgentError, ConfigError
 from agent.forward import retention
@@ -25,9 +26,10 @@ from agent.net.scp import DicomServer
 from agent.pull import Landing
 from agent.reconfigure import LiveConfig
 from agent.status import Snapshot, State, StatusModel
+from agent.status_disk import IngestRate
 from agent.status_file import publish
 from agent.studies.judge import Clock, StudyJudge
-from agent.timekeeping import Arrivals, ClockJudge, SyncSources, jump_words
+from agent.timekeeping import Arrivals, ClockJudge, SyncSources
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +94,7 @@ class Agent:
         # (wall, monotonic) for the clock judge, each tick (tests': a boot at 1970, a jump)
         self.clock_readings: Callable[[], tuple[float, float]] = _clock_readings
         self.clock: ClockJudge | None = None  # judges the system clock, each tick
+        self.judges_clock = True  # False: a test sets the clock's state on the model itself
         self._arrivals = Arrivals()  # the newest arrival the clock must not fall behind
         self._stop = threading.Event()
         self._housekeeper: threading.Thread | None = None
@@ -99,6 +102,8 @@ class Agent:
         self._published = -1  # the status version last written to run/status.json
         self._published_at = 0.0  # and when (monotonic)
         self._summary = ""  # the STATUS= line last sent to systemd
+        self._ingest = IngestRate()  # the recent ingest rate: the disk's time to the floor
+        self._stale = StaleFiles(self.layout.tmp_dir)  # receives that died left these
         self._clock_trusted = True  # as last said in the log
 
     @property
@@ -123,6 +128,7 @@ class Agent:
             self.layout.root,
             floor=lambda: current().agent.min_free_mb * 1048576,
             routing=ConfiguredRouting(current, self.forwarder.wake),
+            clock_trusted=lambda: self.status.snapshot().clock.trusted,
         )
         found = recover(self.archive)
         log.info("archive ready: %s", found)
@@ -319,8 +325,9 @@ class Agent:
     def _measure(self) -> None:
         self._judge_clock()
         if self.archive is not None:
-            free = self.archive.free_bytes()
-            self.status.disk(free, free < self.archive.min_free_bytes)
+            free, floor = self.archive.free_bytes(), self.archive.min_free_bytes
+            self._ingest.sample(time.monotonic(), self.status.snapshot().received_bytes)
+            self.status.disk(free, free < floor, floor, self._ingest.seconds_to(free - floor))
         if self.server is not None:
             self.status.set_associations(self.server.active_associations())
         if self.forwarder is not None:
@@ -331,7 +338,7 @@ class Agent:
     def _judge_clock(self) -> None:
         """Judge the system clock (``agent.timekeeping``), show it, say once when trust
         is lost and once when it returns, and pass a jump on."""
-        if self.clock is None:
+        if self.clock is None or not self.judges_clock:
             return
         before = self.status.snapshot()
         self._arrivals.note(before.last_received_at, before.clock.trusted)
@@ -347,9 +354,21 @@ class Agent:
                 log.warning("the system clock is not trusted: %s", tick.state.doubt())
 
     def _clock_jumped(self, seconds: float) -> None:
-        """The wall clock stepped ``seconds`` (forward +, back -) against the monotonic
-        clock since the last tick: re-base what was scheduled by it."""
-        log.warning("the system clock jumped %s", jump_words(seconds))
+        """The system clock jumped ``seconds`` (+ forward, - back; ``agent.timekeeping``
+        saw it): re-base what the index schedules by wall clock, then wake whoever waits
+        on those schedules to read them again."""
+        if self.archive is None:
+            return
+        moved = self.archive.rebase_clock(seconds)
+        log.warning("the clock jumped %+.0f s: retry schedules re-based (%d forward jobs,"
+                    " %d commitment rows, %d MPPS messages)", seconds, moved.forward_jobs,
+                    moved.pacs_commits + moved.commitments, moved.mpps_jobs)
+        if self.forwarder is not None:
+            self.forwarder.wake(sorted(set(self.forwarder.senders)
+                                       | set(self.config.forward.destinations)))
+        for waiting in (self.commitments, self.mpps_forwarder):
+            if waiting is not None:
+                waiting.wake()
 
     def _sweep(self) -> int:
         """Drop dead temp files; let retention free what every destination has."""
@@ -357,10 +376,7 @@ class Agent:
         return self.forwarder.sweep() if self.forwarder is not None else 0
 
     def _sweep_stale_temp_files(self) -> None:
-        """Remove temp files nobody has written to for a while (a receive that died)."""
-        horizon = time.time() - max(STALE_TEMP_AFTER, 2 * self.config.agent.network_timeout)
-        for entry in os.scandir(self.layout.tmp_dir):
-            with contextlib.suppress(OSError):
-                if entry.stat().st_mtime < horizon:
-                    os.unlink(entry.path)
-                    log.info("removed a stale temp file left by a failed receive")
+        """Remove temp files nobody has written to for a while (a receive that died),
+        timed on the monotonic clock: a jump of the wall clock neither deletes a file
+        being received nor keeps a leftover for the length of the jump."""
+        self._stale.sweep(max(STALE_TEMP_AFTER, 2 * self.config.agent.network_timeout))

@@ -271,7 +271,11 @@ def test_status_without_a_config_finds_the_running_agent_or_says_where_it_looked
     crowded |= other_agents(data_dir)  # one that came up meanwhile was seen too
     assert alone.returncode == 0
     if not crowded:  # else another run's agent (this machine is shared) may be the one found
-        assert alone.stdout.splitlines()[-1] == "agent     not running"
+        assert alone.stdout.splitlines()[-2:] == [
+            "agent     not running",
+            "alert     critical EdgeAgentDown: the agent is not running: start it "
+            "(systemctl start edge-agent)",
+        ]
         assert alone.stdout.startswith(
             f"note      no configuration file; looked in {elsewhere / 'edge-data'} (the "
             "built-in default, relative to here), running processes, ")

@@ -24,6 +24,7 @@ from agent.field.console import PROMPT, SerialConsole
 from agent.field.console import netinfo as netinfo_module
 from agent.field.console.lineeditor import Cancel, Echo, LineEditor, Submit
 from agent.field.settings import ConsoleSettings
+from agent.ops.alerts import judge
 from agent.status import STUCK_AFTER
 from agent.status_parts import ClockState
 from tests.commitment_peers import store
@@ -230,6 +231,10 @@ def test_status_peers_version_logs_net(running: Agent, terminal: Terminal) -> No
     assert any("0 patients" in line for line in status)
     # the live model, not the file housekeeping publishes up to a second later
     assert any(line.startswith("  agent     serving on 127.0.0.1:") for line in status), status
+    # the shipped alerts' judgements, as edge-agent status prints them
+    names = [a.name for a in judge(running.status.snapshot().to_json(), time.time())]
+    shown = [line.split()[2].rstrip(":") for line in status if line.startswith("  alert     ")]
+    assert shown == names and (names or "  alerts    none" in status), status
     peers = terminal.command("peers")
     assert peers[0] == "OK 2 peers"
     assert any("CT" in line and "MODALITY@127.0.0.1:104 allow echo,store" in line

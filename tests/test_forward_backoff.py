@@ -41,16 +41,30 @@ BACK_LINE = "is reachable again after"
 
 class ManualClock:
     """Wall time that moves only when the test says; a wait ends when it is woken or the
-    clock reaches its time."""
+    clock reaches its time. Its monotonic time moves with it, except by a ``jump``."""
 
     def __init__(self, start: float) -> None:
         self._now = start
+        self._jumped = 0.0  # how far the wall clock was stepped: not elapsed time
         self._lock = threading.Lock()
         self._waiting: set[threading.Event] = set()
 
     def now(self) -> float:
         with self._lock:
             return self._now
+
+    def monotonic(self) -> float:
+        with self._lock:
+            return self._now - self._jumped
+
+    def jump(self, seconds: float) -> None:
+        """Step the wall clock (as NTP, or a person, would), not the monotonic one."""
+        with self._lock:
+            self._now += seconds
+            self._jumped += seconds
+            waiting = list(self._waiting)
+        for event in waiting:
+            event.set()
 
     def wait_until(self, event: threading.Event, when: float) -> bool:
         with self._lock:
@@ -81,7 +95,7 @@ class Recorder:
         self.failures: list[str] = []
         self._lock = threading.Lock()
 
-    def forwarded(self, name: str) -> None:
+    def forwarded(self, name: str, seconds: float | None = None) -> None:
         with self._lock:
             self.delivered += 1
 

@@ -124,7 +124,14 @@ def test_every_message_kind_crosses_the_pipe_to_a_real_worker(tmp_path: Path) ->
         end.send(Start(config, archive.layout.root, logging.INFO))
         # no depth from the agent: the worker finds LATE's jobs itself and beats unasked
         wait_until(lambda: end.said(Alive(("DEAD", "LATE", "PACS"))), 30, "LATE adopted")
-        wait_until(lambda: end.said(Forwarded("LATE")), 30, "a delivery to LATE")
+        wait_until(
+            lambda: end.found(
+                lambda m: isinstance(m, Forwarded) and m.destination == "LATE"
+                and m.seconds is not None and m.seconds >= 0
+            ),
+            30,
+            "a delivery to LATE, with the time its C-STORE took",
+        )
         wait_until(lambda: end.found(lambda m: isinstance(m, Failed)), 30, "the refused store")
         wait_until(lambda: end.found(lambda m: isinstance(m, DestinationState)
                                      and m.name == "DEAD" and m.down_since is not None),

@@ -28,12 +28,14 @@ from agent.archive.index import (
     InstanceRecord,
     add_conflict,
     add_instance,
+    count_untrusted,
     remove_instances,
 )
 from agent.archive.layout import Layout, require_uid
 from agent.archive.outbox import Outbox, add_jobs, drop_jobs
 from agent.archive.pacs_commits import PacsCommits
 from agent.archive.query import StoredInstance, resolve
+from agent.archive.rebase import Rebased, rebase
 from agent.archive.structure import check_file
 from agent.archive.studies import StudyBook, note_instance
 from agent.dicom.models import Level, Model
@@ -83,6 +85,11 @@ def no_floor() -> int:
     return 0
 
 
+def always_trusted() -> bool:
+    """A clock nobody judges (a reindex, a test): trusted."""
+    return True
+
+
 @dataclass(frozen=True)
 class Stored:
     """What ``ingest`` did with an instance."""
@@ -102,10 +109,15 @@ class Archive:
         *,
         floor: Callable[[], int] = no_floor,
         routing: Routing | None = None,
+        clock_trusted: Callable[[], bool] = always_trusted,
     ) -> None:
         self.layout = Layout(root)
         self.layout.create()
         self.floor = floor  # free bytes to keep, as the configuration in force says
+        # whether the system clock is trusted now (the agent's status model judges it; the
+        # archive sits below it and only asks): arrivals are flagged while it is not, and
+        # retention deletes nothing by age
+        self.clock_trusted = clock_trusted
         self.routing: Routing = routing or NoRouting()
         self.index = Index(self.layout.index_path)
         self.outbox = Outbox(self.index)
@@ -126,7 +138,7 @@ class Archive:
         released with the others in this same transaction."""
         destinations = self.routing.destinations(header, record.calling_ae)
         held = set(self.routing.per_study(header, record.calling_ae)) & set(destinations)
-        add_instance(conn, record)
+        add_instance(conn, record, clock_untrusted=not self.clock_trusted())
         add_jobs(conn, record.sop_instance_uid, destinations, time.time(), held)
         study_uid = str(record.levels[Level.STUDY]["StudyInstanceUID"])
         released = note_instance(
@@ -148,6 +160,20 @@ class Archive:
         with self.index.transaction() as conn:
             drop_jobs(conn, paths)
             remove_instances(conn, set(paths))
+
+    def untrusted_arrivals(self) -> int:
+        """How many archived instances arrived while the clock was not trusted (their
+        arrival times are flagged as doubtful)."""
+        with self.index.reading() as conn:
+            return count_untrusted(conn)
+
+    def rebase_clock(self, seconds: float) -> Rebased:
+        """The system clock jumped by ``seconds`` (+ forward, - back): move every time the
+        index schedules by wall clock (retries, commitment deadlines, delivery times that
+        retention ages) by as much, in one transaction, so that what was due in a minute
+        is still due in a minute: nothing fires at once, nothing waits for the jump."""
+        with self.index.transaction() as conn:
+            return rebase(conn, seconds)
 
     def close(self) -> None:
         """Close the index."""

@@ -70,6 +70,7 @@ class Counts:
     instances: int
     bytes: int
     conflicts: int
+    clock_untrusted: int = 0  # instances that arrived while the clock was not trusted
 
 
 def _columns(level: Level) -> list[str]:
@@ -174,6 +175,13 @@ def _migrate_to_9(conn: sqlite3.Connection) -> None:
     )
 
 
+def _migrate_to_10(conn: sqlite3.Connection) -> None:
+    """Instances indexed while the system clock was not trusted (``clock_untrusted = 1``):
+    their arrival time may be wrong. A partial index keeps counting them cheap."""
+    conn.execute("ALTER TABLE instances ADD COLUMN clock_untrusted INTEGER NOT NULL DEFAULT 0")
+    conn.execute("CREATE INDEX instances_untrusted ON instances (pk) WHERE clock_untrusted = 1")
+
+
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _migrate_to_1,
     _migrate_to_2,
@@ -184,6 +192,7 @@ MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     mpps.migrate,  # 7: performed procedure steps modalities tell us of
     studies.migrate,  # 8: study states and the evidence that completes them
     _migrate_to_9,  # 9: forward jobs held until their study is complete
+    _migrate_to_10,  # 10: arrivals flagged while the clock was not trusted
 ]
 
 
@@ -277,13 +286,14 @@ class Index:
             return read_counts(self._conn)
 
     def newest_arrival(self) -> str | None:
-        """The latest arrival stamp (ISO 8601) among the newest rows; the clock must not
-        read earlier (agent.timekeeping). The newest rows by primary key, not every row:
-        cheap at any size, and a few stamps a wrong clock made do not decide alone."""
+        """The latest arrival stamp (ISO 8601) among the newest rows that a trusted clock
+        stamped; the clock must not read earlier (agent.timekeeping). The newest rows by
+        primary key, not every row: cheap at any size."""
         with self._lock:
             row = self._conn.execute(
-                "SELECT max(received_at) FROM (SELECT received_at FROM instances"
-                " ORDER BY pk DESC LIMIT ?)", (NEWEST_ROWS,)
+                "SELECT max(received_at) FROM (SELECT received_at, clock_untrusted"
+                " FROM instances ORDER BY pk DESC LIMIT ?) WHERE clock_untrusted = 0",
+                (NEWEST_ROWS,),
             ).fetchone()
         return None if row is None else row[0]
 
@@ -329,11 +339,24 @@ def read_counts(conn: sqlite3.Connection) -> Counts:
         instances=one("SELECT count(*) FROM instances"),
         bytes=one("SELECT sum(size) FROM instances"),
         conflicts=one("SELECT count(*) FROM conflicts"),
+        clock_untrusted=_untrusted_or_zero(conn),
     )
 
 
-def add_instance(conn: sqlite3.Connection, record: InstanceRecord) -> int:
-    """Insert an instance and any missing parents; return the instance's primary key."""
+def _untrusted_or_zero(conn: sqlite3.Connection) -> int:
+    """``count_untrusted``, or 0 from an index an older agent wrote (read-only here: no
+    migration adds the column to it)."""
+    try:
+        return count_untrusted(conn)
+    except sqlite3.OperationalError:
+        return 0
+
+
+def add_instance(
+    conn: sqlite3.Connection, record: InstanceRecord, *, clock_untrusted: bool = False
+) -> int:
+    """Insert an instance and any missing parents; return the instance's primary key.
+    ``clock_untrusted``: the system clock was not trusted as it arrived (flagged)."""
     patient: dict[str, object] = dict(record.levels[Level.PATIENT])
     patient["identity"] = (
         f"{patient.get('PatientID') or ''}\x00{patient.get('IssuerOfPatientID') or ''}"
@@ -344,7 +367,16 @@ def add_instance(conn: sqlite3.Connection, record: InstanceRecord) -> int:
     row: dict[str, object] = dict(record.levels[Level.IMAGE])
     row.update({column: getattr(record, column) for column in _FILE_COLUMNS})
     row[_PARENT[Level.IMAGE]] = parent
+    if clock_untrusted:
+        row["clock_untrusted"] = 1
     return _insert(conn, TABLES[Level.IMAGE], row)
+
+
+def count_untrusted(conn: sqlite3.Connection) -> int:
+    """How many archived instances arrived while the clock was not trusted."""
+    return int(conn.execute(
+        "SELECT count(*) FROM instances WHERE clock_untrusted = 1"
+    ).fetchone()[0])
 
 
 def _upsert(

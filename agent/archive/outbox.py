@@ -175,34 +175,70 @@ class Outbox:
 
     def depth(self) -> dict[str, dict[str, int]]:
         """Job counts per destination and state (done excluded: read every second, so it
-        names the states it wants instead of scanning every delivered job)."""
+        names the states it wants, which the state index finds without visiting every
+        delivered job)."""
         counts: dict[str, dict[str, int]] = {}
         with self.index.reading() as conn:
             for destination, state, count in conn.execute(
-                "SELECT destination, state, count(*) FROM forward_jobs WHERE state <> 'done'"
+                "SELECT destination, state, count(*) FROM forward_jobs"
+                " WHERE state IN ('pending', 'retrying', 'quarantined', 'held')"
                 " GROUP BY destination, state"
             ):
                 counts.setdefault(destination, {})[state] = count
         return counts
 
+    def waiting(self) -> dict[str, tuple[int, float]]:
+        """Per destination, the bytes of the instances still to be delivered (pending,
+        retrying, held: quarantined ones will not be tried) and when the oldest of them
+        was queued (epoch seconds). Read every second: it visits only those jobs."""
+        with self.index.reading() as conn:
+            rows = conn.execute(
+                "SELECT j.destination, sum(i.size), min(j.created_at) FROM forward_jobs j"
+                " JOIN instances i ON i.SOPInstanceUID = j.SOPInstanceUID"
+                " WHERE j.state IN ('pending', 'retrying', 'held') GROUP BY j.destination"
+            ).fetchall()
+        return {destination: (int(size), float(oldest)) for destination, size, oldest in rows}
+
     def delivered(
-        self, before: float, limit: int, committed_by: Sequence[str] = ()
+        self, before: float | None, limit: int, committed_by: Sequence[str] = ()
     ) -> list[str]:
-        """Paths of instances every one of their destinations confirmed, the last of them
-        before ``before``, and (if named) every ``committed_by`` destination committed;
-        the longest delivered first. An instance with any job not done, or that was
-        never routed anywhere, is never among them."""
+        """Paths of instances every one of their destinations confirmed and (if named)
+        every ``committed_by`` destination committed. With ``before``: the last delivery
+        before then, the longest delivered first (age-based retention). With None: however
+        long ago, the earliest arrived first, in the index's own order (its primary key),
+        which no jump of the clock can disturb (the free-space floor). An instance with
+        any job not done, or that was never routed anywhere, is never among them."""
         committed, parameters = committed_clause(committed_by)
         where = f" WHERE {committed}" if committed else ""
+        if before is None:
+            having, order, values = "", "i.pk", (*parameters, limit)
+        else:
+            having, order = " AND max(j.done_at) <= ?", "max(j.done_at)"
+            values = (*parameters, before, limit)
         with self.index.reading() as conn:
             rows = conn.execute(
                 "SELECT i.path FROM instances i"
                 f" JOIN forward_jobs j ON j.SOPInstanceUID = i.SOPInstanceUID{where}"
-                " GROUP BY i.pk HAVING min(j.state = 'done') = 1 AND max(j.done_at) <= ?"
-                " ORDER BY max(j.done_at) LIMIT ?",
-                (*parameters, before, limit),
+                f" GROUP BY i.pk HAVING min(j.state = 'done') = 1{having}"
+                f" ORDER BY {order} LIMIT ?",
+                values,
             ).fetchall()
         return [row[0] for row in rows]
+
+    def clamp_future(self, now: float) -> int:
+        """Delivery times later than ``now`` become ``now`` (the clock went back while
+        nobody re-based them, say while the agent was stopped): such a copy is then kept
+        ``keep_days`` from now, not until the clock catches up. How many moved.
+
+        Looks first, so the write lock every ingest needs is taken only when needed."""
+        where = " WHERE state = 'done' AND done_at > ?"
+        with self.index.reading() as conn:
+            if conn.execute(f"SELECT 1 FROM forward_jobs{where} LIMIT 1",
+                            (now,)).fetchone() is None:
+                return 0
+        with self.index.transaction() as conn:
+            return conn.execute(f"UPDATE forward_jobs SET done_at = ?{where}",
+                                (now, now)).rowcount
 
 
 class OutboxReader:

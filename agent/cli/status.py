@@ -11,7 +11,7 @@ from agent.ops.locate import locate
 from agent.ops.status import StatusReport, status_report
 
 NAME = "status"
-HELP = "show archive counts, free disk and whether the agent is serving"
+HELP = "show archive counts, free disk, whether the agent is serving, and alerts"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -11,7 +11,9 @@ off on its own: 156 connection attempts and as many warnings in 90 s.
 
 The state lives in the forwarding process's memory only: after a restart the first
 association tries again, which is what a restart is for. It reaches the status model
-through ``destination_state`` events.
+through ``destination_state`` events. Its times are on the monotonic clock, so that a
+jump of the system clock neither probes at once nor puts the next probe a year away;
+they become wall time only where they are shown (the events, the log's "down for").
 """
 
 from __future__ import annotations
@@ -48,10 +50,11 @@ class DestinationEvents(Protocol):
 class Outage:
     """A destination that cannot be reached, since when, why, and when it is tried next."""
 
-    since: float
+    since: float  # wall time, as shown
+    began: float  # the same moment on the monotonic clock: how long it is down
     error: str
     failures: int  # probes that failed, the first failure included: the back-off step
-    next_probe: float
+    next_probe: float  # monotonic
 
 
 class Gate:
@@ -109,22 +112,22 @@ class Gate:
         return opened
 
     def resume_at(self) -> float:
-        """When a lane that may not dial asks again (it is also woken when the state
-        changes): the next probe, or a while after now if the probe is out."""
-        now = self._clock.now()
+        """When a lane that may not dial asks again, in wall time (it is also woken when
+        the state changes): the next probe, or a while after now if the probe is out."""
+        now, monotonic = self._clock.now(), self._clock.monotonic()
         with self._lock:
             if self._probing:
                 return now + PROBE_WAIT
             if self._outage is None:
                 return now
-            return self._outage.next_probe
+            return now + max(0.0, self._outage.next_probe - monotonic)
 
     def retry_now(self) -> None:
         """Probe at once (the peer's configuration changed: the reason may be gone)."""
         with self._lock:
             if self._outage is None:
                 return
-            self._outage = replace(self._outage, next_probe=self._clock.now())
+            self._outage = replace(self._outage, next_probe=self._clock.monotonic())
             outage = self._outage
         self._report(outage)
         self._wake()
@@ -140,7 +143,7 @@ class Gate:
                 return False
             if self._probing:
                 return None
-            if self._outage is not None and self._clock.now() < self._outage.next_probe:
+            if self._outage is not None and self._clock.monotonic() < self._outage.next_probe:
                 return None
             self._probing = True
             return True
@@ -152,7 +155,7 @@ class Gate:
 
     def _failed(self, probe: bool, error: str, waiting: Callable[[], int]) -> None:
         """A dial failed: the destination goes down, or the probe moves a step on."""
-        now = self._clock.now()
+        now, monotonic = self._clock.now(), self._clock.monotonic()
         with self._lock:
             if probe:
                 self._probing = False
@@ -161,8 +164,9 @@ class Gate:
                 return  # dialled while it was up; another lane already took it down
             failures = 1 if previous is None else previous.failures + 1
             delay = retry_delay(failures, self.settings(), self._rng)
-            since = now if previous is None else previous.since
-            outage = self._outage = Outage(since, error, failures, now + delay)
+            since, began = (now, monotonic) if previous is None else (
+                previous.since, previous.began)
+            outage = self._outage = Outage(since, began, error, failures, monotonic + delay)
         if previous is None:
             log.warning(
                 "%s cannot be reached, forwarding to it waits: %s; %s queued;"
@@ -180,7 +184,7 @@ class Gate:
 
     def _reached(self, probe: bool, waiting: Callable[[], int]) -> None:
         """A dial succeeded: a destination that was down is back."""
-        now = self._clock.now()
+        monotonic = self._clock.monotonic()
         with self._lock:
             if probe:
                 self._probing = False
@@ -193,19 +197,19 @@ class Gate:
         log.info(
             "%s is reachable again after %s down; %s waited and are being sent",
             self.name,
-            duration_words(now - outage.since),
+            duration_words(monotonic - outage.began),
             _instances(waiting),
         )
         self._report(None)
         self._wake()
 
     def _report(self, outage: Outage | None) -> None:
+        """The state as the status model shows it: the next probe in wall time."""
         if outage is None:
             self._events.destination_state(self.name, None, None, None)
         else:
-            self._events.destination_state(
-                self.name, outage.since, outage.error, outage.next_probe
-            )
+            wall = self._clock.now() + (outage.next_probe - self._clock.monotonic())
+            self._events.destination_state(self.name, outage.since, outage.error, wall)
 
 
 def _instances(waiting: Callable[[], int]) -> str:

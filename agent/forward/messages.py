@@ -65,9 +65,10 @@ ToWorker = Start | Wake | Reconfigure | Stop
 
 @dataclass(frozen=True)
 class Forwarded:
-    """An instance reached ``destination``."""
+    """An instance reached ``destination``; its C-STORE took ``seconds``."""
 
     destination: str
+    seconds: float | None = None
 
 
 @dataclass(frozen=True)

@@ -103,7 +103,8 @@ class ForwardingProcess:
         self._keep_alive(depth, config)
         names = tuple(sorted(set(self.senders) | set(config.forward.destinations)))
         if names:
-            self.status.queue_depth(depth, names)
+            waiting: dict[str, tuple[int, float | None]] = {**self.archive.outbox.waiting()}
+            self.status.queue_depth(depth, names, waiting)
         if any(peer.commit for peer in config.peers.values()):
             self.status.destination_commitments(self.archive.pacs_commits.counts())
 
@@ -188,8 +189,8 @@ class ForwardingProcess:
     def on_message(self, child: _Child, message: ToAgent | Unreadable) -> None:
         """What the forwarding process reports, applied to the one status model."""
         match message:
-            case Forwarded(name):
-                self.status.forwarded(name)
+            case Forwarded(name, seconds):
+                self.status.forwarded(name, seconds)
             case Failed(name, error):
                 self.status.forward_failed(name, error)
             case DestinationState(name, down_since, error, next_probe):

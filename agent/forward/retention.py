@@ -1,9 +1,14 @@
 """Retention: a local copy goes only once every destination has it.
 
 Delivered instances are kept ``keep_days``; when free space is under the floor, the
-oldest delivered ones go first, whatever their age. An instance with any job still
-pending, retrying, quarantined or held for its study (``forward.when = "complete"``), or
-that was never routed anywhere, is never removed.
+earliest arrived of the delivered ones go first, whatever their age. An instance with any
+job still pending, retrying, quarantined or held for its study (``forward.when =
+"complete"``), or that was never routed anywhere, is never removed.
+
+Only the age rule reads the clock. While the system clock is not trusted (the archive's
+``clock_trusted``: unsynchronised, or implausible), nothing goes by age: a clock a year
+ahead would make every delivered copy look a year old. The floor rule goes on freeing
+space meanwhile, in the index's arrival order, which no clock can disturb.
 """
 
 from __future__ import annotations
@@ -34,12 +39,17 @@ def sweep(
     now = time.time() if now is None else now
     deadline = time.monotonic() + budget
     committed_by = committers(settings, commit_enabled)
-    removed = _remove(
-        archive, now - settings.keep_days * 86400, deadline, lambda: False, committed_by
-    )
+    removed = 0
+    if archive.clock_trusted():
+        archive.outbox.clamp_future(now)  # delivered "in the future": a jump nobody re-based
+        removed = _remove(
+            archive, now - settings.keep_days * 86400, deadline, lambda: False, committed_by
+        )
+    else:
+        log.debug("the clock is not trusted: nothing is removed by age")
     if archive.below_floor() and (removed == 0 or time.monotonic() < deadline):
         removed += _remove(
-            archive, now, deadline, lambda: not archive.below_floor(), committed_by
+            archive, None, deadline, lambda: not archive.below_floor(), committed_by
         )
     return removed
 
@@ -54,7 +64,7 @@ def committers(settings: ForwardSettings, commit_enabled: Collection[str]) -> tu
 
 def _remove(
     archive: Archive,
-    delivered_before: float,
+    delivered_before: float | None,  # None: whenever (the floor rule, by arrival)
     deadline: float,
     enough: Callable[[], bool],
     committed_by: tuple[str, ...],

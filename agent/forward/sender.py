@@ -40,8 +40,8 @@ STOPS_WITHIN = 10.0  # close(): seconds for the instance in flight
 class ForwardEvents(DestinationEvents, Protocol):
     """Where a sender reports each delivery: the status model, or the link to it."""
 
-    def forwarded(self, name: str) -> None:
-        """An instance reached ``name``."""
+    def forwarded(self, name: str, seconds: float | None = None) -> None:
+        """An instance reached ``name``; its C-STORE took ``seconds``."""
 
     def forward_failed(self, name: str, error: str) -> None:
         """An attempt to deliver to ``name`` failed."""
@@ -161,6 +161,7 @@ class Sender(PeerWorker):
 
     def _send_one(self, assoc: Any, job: Job) -> None:
         path = self.archive.layout.absolute(job.path)
+        started = time.monotonic()
         try:
             sent = sendable(assoc, job.sop_class_uid, job.transfer_syntax, path)
             status = assoc.send_c_store(sent)
@@ -174,9 +175,12 @@ class Sender(PeerWorker):
             self._record(job, Delivery.TRANSIENT, "no response (aborted or timed out)")
             return
         code = int(status.Status)
-        self._record(job, classify_status(code), f"C-STORE answered 0x{code:04X}")
+        took = time.monotonic() - started
+        self._record(job, classify_status(code), f"C-STORE answered 0x{code:04X}", took)
 
-    def _record(self, job: Job, outcome: Delivery, detail: str) -> None:
+    def _record(
+        self, job: Job, outcome: Delivery, detail: str, seconds: float | None = None
+    ) -> None:
         now = self.clock.now()
         if outcome in (Delivery.DELIVERED, Delivery.DELIVERED_WITH_WARNING):
             if self.peer.commit:  # first: a study is never seen delivered without it
@@ -193,6 +197,6 @@ class Sender(PeerWorker):
         if outcome is Delivery.DELIVERED_WITH_WARNING:
             log.warning("forwarded to %s with a warning: %s", self.peer.name, detail)
         if outcome in (Delivery.DELIVERED, Delivery.DELIVERED_WITH_WARNING):
-            self.events.forwarded(self.peer.name)
+            self.events.forwarded(self.peer.name, seconds)
         else:
             self.events.forward_failed(self.peer.name, f"{outcome.value}: {detail}")

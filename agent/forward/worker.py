@@ -57,9 +57,9 @@ class Link:
         with self._lock, contextlib.suppress(OSError, ValueError):
             self.conn.send_bytes(frame)
 
-    def forwarded(self, name: str) -> None:
-        """An instance reached ``name``."""
-        self.send(messages.Forwarded(name))
+    def forwarded(self, name: str, seconds: float | None = None) -> None:
+        """An instance reached ``name``; its C-STORE took ``seconds``."""
+        self.send(messages.Forwarded(name, seconds))
 
     def forward_failed(self, name: str, error: str) -> None:
         """An attempt to deliver to ``name`` failed."""

@@ -63,6 +63,7 @@ class Refusal:
 
     reason: int
     message: str
+    kind: str  # one word for the metrics: called-ae, unknown-ae, wrong-host, tls-only
 
 
 def admit(
@@ -74,22 +75,28 @@ def admit(
         return Refusal(
             CALLED_AE_NOT_RECOGNISED,
             f"{calling_ae} at {address} called {called_ae!r}, we are {config.agent.ae_title!r}",
+            "called-ae",
         )
     peer = config.peer_by_ae(calling_ae)
     if peer is None:
         if config.agent.allow_unknown:
             return Caller(calling_ae, address, None, config.agent.allow_unknown)
-        return Refusal(CALLING_AE_NOT_RECOGNISED, f"unknown calling AE {calling_ae!r} at {address}")
+        return Refusal(
+            CALLING_AE_NOT_RECOGNISED, f"unknown calling AE {calling_ae!r} at {address}",
+            "unknown-ae",
+        )
     if peer.verify_host and not host_matches(peer.host, address):
         return Refusal(
             CALLING_AE_NOT_RECOGNISED,
             f"{calling_ae} connected from {address}, but peers.{peer.name}.host is {peer.host}",
+            "wrong-host",
         )
     if peer.tls and not over_tls:
         return Refusal(
             CALLING_AE_NOT_RECOGNISED,
             f"{calling_ae} at {address} came in on the plain port, but peers.{peer.name}.tls"
             " = true: it may only come in over TLS",
+            "tls-only",
         )
     return Caller(calling_ae, address, peer, peer.allow)
 

@@ -9,6 +9,7 @@ as it is now (``caller_of`` judges it again): a reload acts on open associations
 from __future__ import annotations
 
 import logging
+import time
 import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -78,11 +79,16 @@ class QueryRetrieveHandlers:
     """C-FIND, C-MOVE and C-GET for admitted callers."""
 
     def __init__(
-        self, current: Callable[[], Config], reader: Reader, caller_of: CallerLookup
+        self,
+        current: Callable[[], Config],
+        reader: Reader,
+        caller_of: CallerLookup,
+        find_took: Callable[[float], None] = lambda seconds: None,
     ) -> None:
         self.current = current  # the configuration in force (move destinations)
         self.reader = reader
         self.caller_of = caller_of
+        self.find_took = find_took  # told each C-FIND's time, request to final response
         self._combined: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
 
     def on_sop_extended(self, event: Any) -> dict[str, bytes]:
@@ -108,7 +114,15 @@ class QueryRetrieveHandlers:
         return accepted
 
     def on_find(self, event: Any) -> Iterator[tuple[int | Dataset, Dataset | None]]:
-        """Stream matches as Pending; stop at C-CANCEL; failures with an Error Comment."""
+        """Stream matches as Pending; stop at C-CANCEL; failures with an Error Comment.
+        The time until the final response (the generator's end) is told to ``find_took``."""
+        started = time.monotonic()
+        try:
+            yield from self._find(event)
+        finally:
+            self.find_took(time.monotonic() - started)
+
+    def _find(self, event: Any) -> Iterator[tuple[int | Dataset, Dataset | None]]:
         caller = self.caller_of(event.assoc)
         refused = refusal(caller, "find", "C-FIND")
         if refused is not None:

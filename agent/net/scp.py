@@ -84,7 +84,9 @@ class DicomServer:
         self._callers: weakref.WeakKeyDictionary[Any, Caller] = weakref.WeakKeyDictionary()
         self._storage = StorageHandlers(archive, status, self.caller_now)
         self._reader = Reader(archive.layout, config.agent.ae_title)
-        self._qr = QueryRetrieveHandlers(current, self._reader, self.caller_now)
+        self._qr = QueryRetrieveHandlers(
+            current, self._reader, self.caller_now, status.timings.cfind.observe
+        )
         self._reports = CommitReports(archive.pacs_commits, self.caller_now)
         self._commitment = CommitmentHandler(archive, self.caller_now, on_commitment)
         self._mpps = MppsHandler(
@@ -311,6 +313,7 @@ class DicomServer:
             self._admit_or_reject(event.assoc)
         except Exception:
             log.exception("could not decide on an association request; rejected")
+            self.status.association_rejected("error")
             self._refuse_on_error(event.assoc)
 
     def _refuse_on_error(self, assoc: Any) -> None:
@@ -336,6 +339,7 @@ class DicomServer:
         )
         if isinstance(decision, Refusal):
             log.warning("rejected association: %s", decision.message)
+            self.status.association_rejected(decision.kind)
             assoc.acse.send_reject(REJECTED_PERMANENT, SERVICE_USER, decision.reason)
             assoc.kill()  # as pynetdicom does for its own rejections: waits until it is sent
             return
@@ -344,6 +348,7 @@ class DicomServer:
             log.warning(
                 "rejected association from %s: max_associations (%d) are open", decision, limit
             )
+            self.status.association_rejected("limit")
             assoc.acse.send_reject(
                 REJECTED_TRANSIENT, SERVICE_PROVIDER_PRESENTATION, LOCAL_LIMIT_EXCEEDED
             )
@@ -384,6 +389,7 @@ class DicomServer:
             length,
             messages.MIN_PEER_PDU,
         )
+        self.status.association_rejected("pdu-size")
         assoc.acse.send_reject(REJECTED_PERMANENT, SERVICE_PROVIDER_ACSE, NO_REASON_GIVEN)
         assoc.kill()
         return True

@@ -10,6 +10,7 @@ minute, then counted (peerlog), whichever peer met it: it is this box's, not the
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -50,11 +51,19 @@ class StorageHandlers:
         return SUCCESS
 
     def on_store(self, event: Any) -> int | Dataset:
-        """C-STORE: Success only once the instance is durable and indexed."""
+        """C-STORE: Success only once the instance is durable and indexed; the time it
+        took (from the handler's call to its answer) goes to the status model's histogram."""
+        started = time.monotonic()
+        try:
+            return self._store(event)
+        finally:
+            self.status.timings.cstore.observe(time.monotonic() - started)
+
+    def _store(self, event: Any) -> int | Dataset:
         caller = self.caller_of(event.assoc)
         if caller is None or not caller.may("store"):
             log.warning("refused C-STORE from %s: not allowed", caller)
-            self.status.refused("C-STORE from a peer without 'store' permission")
+            self.status.refused("C-STORE from a peer without 'store' permission", NOT_AUTHORIZED)
             return NOT_AUTHORIZED
         request = event.request
         failed = received.write_failure(request)
@@ -72,11 +81,11 @@ class StorageHandlers:
             if is_out_of_resources(exc.status):
                 return self._local_trouble(caller, str(exc), exc.status)
             log.warning("C-STORE from %s answered 0x%04X: %s", caller, exc.status, exc)
-            self.status.refused(f"0x{exc.status:04X} {exc}")
+            self.status.refused(f"0x{exc.status:04X} {exc}", exc.status)
             return answer(exc.status, str(exc))
         except Exception:  # the handler must answer, whatever went wrong
             log.exception("C-STORE from %s failed unexpectedly; answered 0xA700", caller)
-            self.status.refused("0xA700 unexpected error while storing")
+            self.status.refused("0xA700 unexpected error while storing", OUT_OF_RESOURCES)
             return OUT_OF_RESOURCES
         log.debug("stored %s from %s (%s)", stored.sop_instance_uid, caller, stored.outcome)
         self.status.stored(stored.outcome, stored.size)
@@ -89,7 +98,7 @@ class StorageHandlers:
         with peerlog.speaking_of(LOCAL):
             log.warning("local trouble, C-STORE answered 0x%04X: %s", status, reason)
         log.debug("the C-STORE answered 0x%04X came from %s", status, caller)
-        self.status.refused(f"0x{status:04X} {reason}")
+        self.status.refused(f"0x{status:04X} {reason}", status)
         return answer(status, reason)
 
     def on_association_end(self, assoc: Any) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 from agent.archive import Layout
 from agent.archive.index import Counts, counts_at
 from agent.archive.study_list import state_counts_at
+from agent.ops.alerts import judge
 from agent.ops.clock import clock_line
 from agent.ops.reachability import state_line
 from agent.procfs import process_alive
@@ -53,12 +54,24 @@ class StatusReport:
             lines.append(
                 f"          {counts['conflicts']} conflicting copies kept aside (see conflicts/)"
             )
+        if counts.get("clock_untrusted"):
+            lines.append(f"          {counts['clock_untrusted']} arrived while the clock was"
+                         " not trusted (their arrival times are doubtful)")
         if info["disk_free"] is not None:
             lines.append(f"disk      {size(info['disk_free'])} free")
         agent = info["agent"]
         if agent is None:
-            return [*lines, "agent     not running"]
-        return lines + _agent_lines(agent, info["answering"]) + _problem_lines(agent)
+            lines.append("agent     not running")
+        else:
+            lines += _agent_lines(agent, info["answering"]) + _problem_lines(agent)
+        return lines + _alert_lines(info.get("alerts") or [])
+
+
+def _alert_lines(alerts: list[dict[str, str]]) -> list[str]:
+    """The shipped alert rules' judgements (``agent.ops.alerts``): one line each, or none."""
+    if not alerts:
+        return ["alerts    none"]
+    return [f"alert     {a['severity']} {a['name']}: {a['summary']}" for a in alerts]
 
 
 def _studies_line(studies: dict[str, int]) -> str:
@@ -156,27 +169,35 @@ def _certificate(expires: str) -> str:
 
 
 def status_report(
-    layout: Layout, live: Snapshot | None = None, note: str | None = None
+    layout: Layout,
+    live: Snapshot | None = None,
+    note: str | None = None,
+    now: float | None = None,
 ) -> StatusReport:
     """The status of the archive at ``layout`` and of the agent serving it.
 
     ``live`` is the running agent's own model (the console); otherwise the snapshot that
     agent last published is read. Either way the report holds plain JSON values. ``note``
-    says how the data directory was found (``agent.ops.locate``).
+    says how the data directory was found (``agent.ops.locate``); ``now`` (epoch
+    seconds, default the clock) is the moment the alerts are judged at.
     """
-    info = gather(layout, live)
+    info = gather(layout, live, now)
     if note is not None:
         info["note"] = note
     return StatusReport(json.loads(json.dumps(info)))
 
 
-def gather(layout: Layout, live: Snapshot | None = None) -> dict[str, Any]:
+def gather(
+    layout: Layout, live: Snapshot | None = None, now: float | None = None
+) -> dict[str, Any]:
     """Everything ``status`` shows, from the index, the disk and the status model.
 
     ``live`` is the running agent's own model (the console); otherwise the snapshot
     that agent last published is read. Either says when the agent is not answering.
+    ``alerts`` are the shipped alert rules' judgements at ``now`` (default the clock).
     """
-    published = live.to_json() if live is not None else read_published(layout.run_dir)
+    at = time.time() if now is None else now
+    published = live.to_json() if live is not None else read_published(layout.run_dir, at)
     running = published is not None and (live is not None or _is_live(published))
     return {
         "data_dir": str(layout.root),
@@ -186,6 +207,7 @@ def gather(layout: Layout, live: Snapshot | None = None) -> dict[str, Any]:
         "running": running,
         "answering": running and published is not None and published.get("silent_for") is None,
         "agent": published if running else None,
+        "alerts": [dataclasses.asdict(a) for a in judge(published if running else None, at)],
     }
 
 

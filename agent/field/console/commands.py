@@ -48,7 +48,7 @@ class AgentCommands:
         """Every command's syntax line, or those starting with the given words."""
         return self.table.help(args.get("command", "").split())
 
-    @syntax("status", "agent state, archive counts, free disk and forwarding")
+    @syntax("status", "agent state, archive counts, free disk, forwarding and alerts")
     def status(self, args: Args) -> Reply:
         """What ``edge-agent status`` prints, headed by the live state."""
         snapshot = self.agent.status.snapshot()

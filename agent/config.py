@@ -18,6 +18,7 @@ from agent import validation as v
 from agent.errors import ConfigError, ConfigErrors
 from agent.field.settings import ConsoleSettings, LedSettings, parse_console, parse_leds
 from agent.forward.settings import ForwardSettings, parse_forward
+from agent.metrics.settings import MetricsSettings, parse_metrics
 from agent.reloading import LIVE, RESTART
 from agent.tls import VERSIONS, TlsSettings
 
@@ -105,6 +106,7 @@ class Config:
     tls: Annotated[TlsSettings | None, LIVE] = None
     source: Annotated[Path | None, LIVE] = None
     study: Annotated[StudySettings, LIVE] = field(default_factory=StudySettings)
+    metrics: Annotated[MetricsSettings | None, LIVE] = None  # None: no metrics endpoint
 
     def quiet_seconds(self, ae_title: str) -> float:
         """The quiet period for studies sent by ``ae_title`` (its peer's, else ``[study]``'s)."""
@@ -174,7 +176,9 @@ def parse(raw: Mapping[str, Any], source: Path | None = None) -> Config:
 
 def _build(raw: Mapping[str, Any], source: Path | None) -> Config:
     """The configuration, every error reported through ``validation.problem``."""
-    v.reject_unknown(raw, {"agent", "peers", "forward", "leds", "console", "tls", "study"}, "")
+    v.reject_unknown(
+        raw, {"agent", "peers", "forward", "leds", "console", "tls", "study", "metrics"}, ""
+    )
     base_dir = source.resolve().parent if source else Path.cwd()
     agent = _parse_agent(v.table(raw, "agent", ""), base_dir)
     peers_raw = v.table(raw, "peers", "")
@@ -187,7 +191,10 @@ def _build(raw: Mapping[str, Any], source: Path | None) -> Config:
     _check_tls_use(agent, peers, tls)
     _check_commit_policies(peers, forward)
     study = _parse_study(v.table(raw, "study", ""))
-    return Config(agent, peers, forward, leds, console, tls, source, study=study)
+    metrics = parse_metrics(v.table(raw, "metrics", ""), base_dir)
+    if metrics is not None and metrics.tls and tls is None:
+        v.problem(ConfigError("metrics.tls", "true needs a [tls] table (its certificate and key)"))
+    return Config(agent, peers, forward, leds, console, tls, source, study=study, metrics=metrics)
 
 
 def _parse_study(table: Mapping[str, Any]) -> StudySettings:

@@ -192,8 +192,8 @@ def _build(raw: Mapping[str, Any], source: Path | None) -> Config:
     _check_commit_policies(peers, forward)
     study = _parse_study(v.table(raw, "study", ""))
     metrics = parse_metrics(v.table(raw, "metrics", ""), base_dir)
-    if metrics is not None and metrics.tls and tls is None:
-        v.problem(ConfigError("metrics.tls", "true needs a [tls] table (its certificate and key)"))
+    if metrics is not None:
+        _check_metrics(metrics, agent, tls)
     return Config(agent, peers, forward, leds, console, tls, source, study=study, metrics=metrics)
 
 
@@ -341,6 +341,17 @@ def _check_tls_use(
     for peer in peers.values():
         if peer.tls:
             v.problem(ConfigError(f"peers.{peer.name}.tls", "true needs a [tls] table"))
+
+
+def _check_metrics(metrics: MetricsSettings, agent: AgentSettings, tls: TlsSettings | None) -> None:
+    """HTTPS needs the [tls] certificate; the endpoint needs a port of its own."""
+    if metrics.tls and tls is None:
+        v.problem(ConfigError("metrics.tls", "true needs a [tls] table (its certificate and key)"))
+    taken = {"agent.port": agent.port if agent.plain_listener else 0,
+             "tls.port": tls.port if tls is not None else 0}
+    for key, port in taken.items():
+        if metrics.port != 0 and metrics.port == port:
+            v.problem(ConfigError("metrics.port", f"is {key} ({port}): give each its own"))
 
 
 def _check_commit_policies(peers: Mapping[str, Peer], forward: ForwardSettings) -> None:

@@ -27,6 +27,7 @@ from agent.field.console.commands import AgentCommands
 from agent.field.console.table import CommandTable
 from agent.metrics.collector import StatusCollector
 from agent.status import State, StatusModel
+from agent.status_file import read_published
 from agent.status_parts import ClockState
 from tests.certs import make_pki
 from tests.conftest import MODALITY_AE
@@ -398,9 +399,8 @@ def test_the_metrics_command_and_the_console_say_where_and_when(
     agent = start(running, config)
     url = f"http://127.0.0.1:{port_of(agent)}"
     get(port_of(agent), "/metrics")
-    published = agent.layout.run_dir / "status.json"
-    wait_until(lambda: json.loads(published.read_text())["metrics"]["scrapes"] == 1, 10,
-               "the scrape to be published")
+    wait_until(lambda: (read_published(agent.layout.run_dir) or {}).get("metrics", {})
+               .get("scrapes") == 1, 10, "the scrape to be published")
     result = run_cli("metrics", "--config", str(config))
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
@@ -411,7 +411,7 @@ def test_the_metrics_command_and_the_console_say_where_and_when(
     as_json = json.loads(run_cli("metrics", "--json", "--config", str(config)).stdout)
     assert as_json["endpoint"] == url and as_json["scrapes"] == 1
 
-    reply = AgentCommands(agent, CommandTable()).metrics({})
+    reply = AgentCommands(agent, CommandTable()).metrics({})  # type: ignore[arg-type]  # no LEDs
     assert reply.ok and reply.text == f"on at {url}/metrics and /healthz"
     assert any("1 since the agent started" in line for line in reply.body)
 

@@ -26,6 +26,7 @@ from agent.errors import ConfigError, ConfigErrors
 from agent.field.console.commands import AgentCommands
 from agent.field.console.table import CommandTable
 from agent.metrics.collector import StatusCollector
+from agent.metrics.endpoint import MAX_CONNECTIONS
 from agent.status import State, StatusModel
 from agent.status_file import read_published
 from agent.status_parts import ClockState
@@ -433,3 +434,25 @@ def test_a_bad_address_names_the_key(running: list[Agent], tmp_path: Path) -> No
             start(running, make_config(tmp_path, metrics=f"port = {taken}"))
     finally:
         holder.close()
+
+
+def test_idle_connections_beyond_the_bound_are_closed_and_the_slots_come_back(
+        running: list[Agent], tmp_path: Path) -> None:
+    agent = start(running, make_config(tmp_path))
+    port = port_of(agent)
+    idle = [socket.create_connection(("127.0.0.1", port), timeout=10)
+            for _ in range(MAX_CONNECTIONS)]
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as extra:
+            assert extra.recv(1024) == b""  # closed at once: every slot is taken
+    finally:
+        for each in idle:
+            each.close()
+
+    def answered() -> bool:
+        try:
+            return get(port, "/healthz")[0] == 200
+        except OSError:
+            return False
+
+    wait_until(answered, 10, "a slot to come back")

@@ -16,10 +16,12 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import socket
+import socketserver
 import ssl
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -103,7 +105,7 @@ class MetricsEndpoint:
         last = self.status.snapshot().metrics
         self.status.metrics_state(MetricsState(None, last.last_scrape, last.scrapes))
 
-    def _token_file(self) -> Any:
+    def _token_file(self) -> Path | None:
         settings = self.current().metrics or self.settings  # [metrics] removed: until restart
         return settings.token_file
 
@@ -159,6 +161,13 @@ class _Server(ThreadingHTTPServer):
         self.context = context
         self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         super().__init__((host, port), _Handler)
+
+    def server_bind(self) -> None:
+        """Bind without HTTPServer's reverse lookup of the address, which on a network
+        without DNS can hold start-up for as long as the resolver's timeouts."""
+        socketserver.TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name, self.server_port = str(host), int(port)
 
     def get_request(self) -> tuple[Any, Any]:
         """Accept; wrap in TLS (the handshake happens on the connection's own thread)."""

@@ -92,7 +92,10 @@ class MetricsEndpoint:
     def renew_tls(self) -> None:
         """Take the [tls] certificate and key again (a reload renewed them)."""
         if self._server is not None and self._server.context is not None:
-            self._server.context = self._https_context()
+            try:
+                self._server.context = self._https_context()
+            except ConfigError as exc:  # tls.load took them: only a race with an edit
+                log.error("the metrics endpoint keeps its previous certificate: %s", exc)
 
     def close(self) -> None:
         """Stop accepting, close the socket and wait (bounded) for the thread."""
@@ -116,11 +119,10 @@ class MetricsEndpoint:
     def metrics(self) -> bytes:
         """One scrape: the text, counted in the status model."""
         text = generate_latest(self.registry)
-        with self._scrapes_lock:
-            self._scrapes += 1
-            count = self._scrapes
         now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-        self.status.metrics_state(MetricsState(self.url, now, count))
+        with self._scrapes_lock:  # two scrapes at once are counted in order
+            self._scrapes += 1
+            self.status.metrics_state(MetricsState(self.url, now, self._scrapes))
         return text
 
     def healthy(self) -> bool:

@@ -36,22 +36,16 @@ from tests.support import dcmtk, free_port, peer, run_cli, wait_until, write_con
 
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
 TOKEN = "s3cret-token-for-the-test"
-# the names the issue and the alert rules rely on (tests/../issue 22), all served
-AGREED = {
-    "edge_agent_instances_received", "edge_agent_instances_duplicates",
-    "edge_agent_instances_refused", "edge_agent_received_bytes",
-    "edge_agent_associations_open", "edge_agent_associations_rejected",
-    "edge_agent_delivered", "edge_agent_delivery_failures",
-    "edge_agent_quarantined_instances", "edge_agent_queue_instances",
-    "edge_agent_queue_bytes", "edge_agent_oldest_undelivered_age_seconds",
-    "edge_agent_last_delivery_timestamp_seconds", "edge_agent_destination_up",
-    "edge_agent_commitment_outstanding", "edge_agent_disk_free_bytes",
-    "edge_agent_disk_floor_bytes", "edge_agent_disk_floor_eta_seconds",
-    "edge_agent_certificate_expiry_seconds", "edge_agent_clock_synchronised",
-    "edge_agent_clock_plausible", "edge_agent_healthy", "edge_agent_start_time_seconds",
-    "edge_agent_cstore_duration_seconds", "edge_agent_delivery_duration_seconds",
-    "edge_agent_cfind_duration_seconds",
-}
+# the names issue 22 fixes and the alert rules (monitoring/edge-agent.rules.yml) rely on
+AGREED = {f"edge_agent_{name}" for name in (
+    "instances_received", "instances_duplicates", "instances_refused", "received_bytes",
+    "associations_open", "associations_rejected", "delivered", "delivery_failures",
+    "quarantined_instances", "queue_instances", "queue_bytes",
+    "oldest_undelivered_age_seconds", "last_delivery_timestamp_seconds", "destination_up",
+    "commitment_outstanding", "disk_free_bytes", "disk_floor_bytes", "disk_floor_eta_seconds",
+    "certificate_expiry_seconds", "clock_synchronised", "clock_plausible", "healthy",
+    "start_time_seconds", "cstore_duration_seconds", "delivery_duration_seconds",
+    "cfind_duration_seconds")}
 
 
 def make_config(tmp_path: Path, metrics: str | None = "port = 0", extra: str = "",
@@ -369,9 +363,6 @@ def test_https_with_the_agent_certificate_and_plain_http_fails(
     assert get(port, "/healthz", context=trusting)[0] == 200  # still serving after that
 
 
-# --- where it listens -------------------------------------------------------------------
-
-
 def test_a_bind_beyond_loopback_warns_once(
         running: list[Agent], tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO)
@@ -383,9 +374,6 @@ def test_a_bind_beyond_loopback_warns_once(
     warnings = [r for r in caplog.records if "reachable from the network" in r.getMessage()]
     assert len(warnings) == 1 and warnings[0].levelno == logging.WARNING
     assert "without a token" in warnings[0].getMessage()
-
-
-# --- the metrics command ----------------------------------------------------------------
 
 
 def test_the_metrics_command_and_the_console_say_where_and_when(

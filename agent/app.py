@@ -20,6 +20,7 @@ from agent.forward import retention
 from agent.forward.mpps import MppsForwarder
 from agent.forward.process import ForwardingProcess
 from agent.forward.rules import ConfiguredRouting
+from agent.metrics.endpoint import MetricsEndpoint
 from agent.net import configure_pynetdicom, peerlog, ports
 from agent.net.commit_scp import CommitmentReporter
 from agent.net.scp import DicomServer
@@ -88,6 +89,7 @@ class Agent:
         self.commitments: CommitmentReporter | None = None  # storage commitment reports
         self.forwarder: ForwardingProcess | None = None
         self.mpps_forwarder: MppsForwarder | None = None  # passes MPPS on (forward.mpps_to)
+        self.metrics: MetricsEndpoint | None = None  # /metrics and /healthz ([metrics])
         self.study_clock: Clock = time.monotonic  # the quiet and give-up timers' (tests')
         self.studies: StudyJudge | None = None  # judges quiet studies, each tick
         self.clock_sources = SyncSources()  # where "synchronised" is read (tests': a tmp file)
@@ -151,6 +153,9 @@ class Agent:
         self.commitments.start()
         self.mpps_forwarder.start()
         self.forwarder.start(self.archive)
+        if self.config.metrics is not None:
+            self.metrics = MetricsEndpoint(current, self.status)
+            self.metrics.start()
         self._housekeeper = threading.Thread(
             target=self._housekeep, name="housekeeping", daemon=True
         )
@@ -170,6 +175,9 @@ class Agent:
             exposed = tls.key_exposure(self.config.tls)
             if exposed:
                 log.warning("%s", exposed)
+        metrics = self.config.metrics
+        if metrics is not None:
+            ports.check_listenable("metrics.port", metrics.bind, metrics.port)
         try:
             self.layout.create()
         except OSError as exc:
@@ -194,6 +202,8 @@ class Agent:
             self.live.replace(effective)  # every part reads it from now on
             if self.server is not None and contexts is not None:
                 self.server.renew_tls(contexts)
+            if self.metrics is not None and contexts is not None:
+                self.metrics.renew_tls()
             if self.forwarder is not None:
                 self.forwarder.reconfigured()  # its process holds a copy: send it
             self.status.recovered("configuration")  # the file was read: a refusal is over
@@ -216,6 +226,8 @@ class Agent:
         """Stop serving, flush the status, close the archive and release the data dir."""
         self.reporter.stopping()
         self.status.set_state(State.STOPPING)
+        if self.metrics is not None:
+            self.metrics.close()  # bounded: its accepting loop ends within half a second
         if self.forwarder is not None:
             self.forwarder.stop_soon()  # its senders finish while associations do
         if self.server is not None:

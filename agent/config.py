@@ -18,6 +18,7 @@ from agent import validation as v
 from agent.errors import ConfigError, ConfigErrors
 from agent.field.settings import ConsoleSettings, LedSettings, parse_console, parse_leds
 from agent.forward.settings import ForwardSettings, parse_forward
+from agent.metrics.settings import MetricsSettings, parse_metrics
 from agent.reloading import LIVE, RESTART
 from agent.tls import VERSIONS, TlsSettings
 
@@ -118,6 +119,7 @@ class Config:
     source: Annotated[Path | None, LIVE] = None
     study: Annotated[StudySettings, LIVE] = field(default_factory=StudySettings)
     clock: Annotated[ClockSettings, LIVE] = field(default_factory=ClockSettings)
+    metrics: Annotated[MetricsSettings | None, LIVE] = None  # None: no metrics endpoint
 
     def quiet_seconds(self, ae_title: str) -> float:
         """The quiet period for studies sent by ``ae_title`` (its peer's, else ``[study]``'s)."""
@@ -187,8 +189,11 @@ def parse(raw: Mapping[str, Any], source: Path | None = None) -> Config:
 
 def _build(raw: Mapping[str, Any], source: Path | None) -> Config:
     """The configuration, every error reported through ``validation.problem``."""
-    v.reject_unknown(raw, {"agent", "peers", "forward", "leds", "console", "tls", "study",
-                           "clock"}, "")
+    v.reject_unknown(
+        raw,
+        {"agent", "peers", "forward", "leds", "console", "tls", "study", "clock", "metrics"},
+        "",
+    )
     base_dir = source.resolve().parent if source else Path.cwd()
     agent = _parse_agent(v.table(raw, "agent", ""), base_dir)
     peers_raw = v.table(raw, "peers", "")
@@ -202,7 +207,13 @@ def _build(raw: Mapping[str, Any], source: Path | None) -> Config:
     _check_commit_policies(peers, forward)
     study = _parse_study(v.table(raw, "study", ""))
     clock = _parse_clock(v.table(raw, "clock", ""))
-    return Config(agent, peers, forward, leds, console, tls, source, study=study, clock=clock)
+    metrics = parse_metrics(v.table(raw, "metrics", ""), base_dir)
+    if metrics is not None:
+        _check_metrics(metrics, agent, tls)
+    return Config(
+        agent, peers, forward, leds, console, tls, source, study=study, clock=clock,
+        metrics=metrics,
+    )
 
 
 def _parse_study(table: Mapping[str, Any]) -> StudySettings:
@@ -361,6 +372,17 @@ def _check_tls_use(
     for peer in peers.values():
         if peer.tls:
             v.problem(ConfigError(f"peers.{peer.name}.tls", "true needs a [tls] table"))
+
+
+def _check_metrics(metrics: MetricsSettings, agent: AgentSettings, tls: TlsSettings | None) -> None:
+    """HTTPS needs the [tls] certificate; the endpoint needs a port of its own."""
+    if metrics.tls and tls is None:
+        v.problem(ConfigError("metrics.tls", "true needs a [tls] table (its certificate and key)"))
+    taken = {"agent.port": agent.port if agent.plain_listener else 0,
+             "tls.port": tls.port if tls is not None else 0}
+    for key, port in taken.items():
+        if metrics.port != 0 and metrics.port == port:
+            v.problem(ConfigError("metrics.port", f"is {key} ({port}): give each its own"))
 
 
 def _check_commit_policies(peers: Mapping[str, Peer], forward: ForwardSettings) -> None:

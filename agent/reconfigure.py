@@ -68,13 +68,16 @@ def split(running: Config, new: Config) -> tuple[Config, list[str]]:
 
     The first is ``new`` with every setting marked ``RESTART`` kept as it runs
     (``agent.reloading``); a [tls] table added or removed also waits, since a TLS
-    listener is started or stopped only with the agent.
+    listener is started or stopped only with the agent, and so does a [metrics] table.
     """
     later = reloading.restart_keys(running, new)
     effective: Config = reloading.keep_restart_only(running, new)
     if (running.tls is None) != (new.tls is None):
         effective = dataclasses.replace(effective, tls=running.tls)
         later.append("tls")
+    if (running.metrics is None) != (new.metrics is None):  # the endpoint starts with us
+        effective = dataclasses.replace(effective, metrics=running.metrics)
+        later.append("metrics")
     return effective, sorted(set(later))
 
 

@@ -14,8 +14,8 @@ as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 need_apt=()
 for tool in /usr/bin/storescu /usr/bin/dcmqrscp; do [ -x "$tool" ] || need_apt+=(dcmtk); done
 [ -x /usr/sbin/Orthanc ] || need_apt+=(orthanc)
-# promtool checks and unit-tests the shipped alert rules (tests/test_alert_rules.py)
-[ -x /usr/bin/promtool ] || need_apt+=(prometheus)
+[ -x /usr/bin/promtool ] || need_apt+=(prometheus)  # promtool checks /metrics and the alert rules
+command -v curl >/dev/null || need_apt+=(curl)  # the README's metrics example
 # GDCM's network library as a client (tests/test_gdcm_client.py), in the system Python
 /usr/bin/python3 -c 'import gdcm' 2>/dev/null || need_apt+=(python3-gdcm)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)

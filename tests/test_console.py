@@ -191,7 +191,7 @@ def test_ctrl_u_ctrl_c_and_empty_lines(
 EVERY_COMMAND = [
     "help", "help config", "status", "peers", "echo CT", "queue", "queue retry all",
     "queue purge", "studies", "studies all", "net", "logs 5", "leds test", "version",
-    "restart", "config show",
+    "restart", "config show", "metrics",
     "clock",
     "config get agent.port", "config set agent.max_pdu 65536", "config unset agent.max_pdu",
     "config diff", "config revert", "config apply", "find", "retrieve", "commit",

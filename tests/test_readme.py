@@ -54,7 +54,7 @@ RUN_SH = REPO / "scripts" / "run.sh"
 STAMP = ".venv/edge-agent-pyproject.sha256"  # where scripts/run.sh records pyproject's hash
 CLONE = "/home/pi/edge-agent"  # where the README's output shows the clone
 PORTS = {"agent": 11112, "workstation": 11113, "Orthanc": 4243, "agent TLS": 2762,
-         "TLS PACS": 2763}
+         "TLS PACS": 2763, "metrics": 9110}
 COMMAND_TIMEOUT = 60.0
 
 # Output that differs from run to run, masked on both sides before comparing.
@@ -383,7 +383,8 @@ def test_the_readme_runs_the_quick_start_query_retrieve_and_tls_example() -> Non
     for command in ("scripts/run.sh", "dicomgen.py", "storescu -aec EDGE", "findscu",
                     "movescu", "getscu", "Orthanc", "edge-agent find PACS",
                     "edge-agent retrieve PACS", "openssl req", "storescp +tls",
-                    "edge-agent check-config", "echoscu +tls", "edge-agent status"):
+                    "edge-agent check-config", "echoscu +tls", "edge-agent status",
+                    "edge-agent metrics", "Authorization: Bearer"):
         assert command in text, command
     skipped = [block for block in blocks(README.read_text()) if block.directive("skip")]
     assert all(block.directive("skip")[0] for block in skipped), "a skip without a reason"

@@ -68,7 +68,19 @@ def summary(config: Config, contexts: tls.Contexts | None = None) -> list[str]:
             f"  peer {peer.name}: {peer.ae_title}@{peer.host}:{peer.port}{over} may {allowed}"
             f"{commit}{quiet}"
         )
-    return lines + studies(config.study) + forwarding(config.forward)
+    return lines + studies(config.study) + forwarding(config.forward) + metrics(config)
+
+
+def metrics(config: Config) -> list[str]:
+    """The ``[metrics]`` table in words: where the endpoint listens, and who may read it."""
+    settings = config.metrics
+    if settings is None:
+        return ["  metrics endpoint: off (no [metrics] port)"]
+    scheme = "https" if settings.tls else "http"
+    token = "a bearer token" if settings.token_file else "no token"
+    where = "" if settings.loopback else "; reachable from the network"
+    return [f"  metrics on {scheme}://{settings.bind}:{settings.port}/metrics and /healthz, "
+            f"{token} required{where}"]
 
 
 def quiet_words(peer: Peer) -> str:

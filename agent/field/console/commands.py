@@ -18,6 +18,7 @@ from agent.field.console.table import Args, CommandTable, Reply, err, ok, syntax
 from agent.field.leds import walk_patterns
 from agent.ops.clock import clock_report
 from agent.ops.echo import echo_peer
+from agent.ops.metrics import metrics_report
 from agent.ops.queue import list_queue, purge_jobs, retry_jobs, split_targets
 from agent.ops.running import RunningAgent
 from agent.ops.status import status_report
@@ -127,6 +128,13 @@ class AgentCommands:
         lines.append(f"gateway    {netinfo.default_gateway() or 'none'}")
         lines.append(f"hostname   {socket.gethostname()}")
         return ok(body=lines)
+
+    @syntax("metrics", "the metrics endpoint: on or off, where, token, last scrape")
+    def metrics(self, args: Args) -> Reply:
+        """What ``edge-agent metrics`` prints, from the live model and configuration."""
+        report = metrics_report(self.agent.config, self._layout(), self.agent.status.snapshot())
+        lines = report.lines()
+        return ok(lines[0].removeprefix("metrics").strip(), lines[1:], result=report)
 
     @syntax("logs [N]", f"the last N log lines (default {LOG_LINES}; info and above)")
     def logs(self, args: Args) -> Reply:

@@ -87,11 +87,23 @@ def test_metrics_follow_a_modality_the_agent_and_a_pacs_that_goes_away(
         found = samples(text)
         assert value(found, "edge_agent_instances_received_total") == 10
         sent_bytes = sum(path.stat().st_size for path in first)
-        assert 0.9 * sent_bytes < value(found, "edge_agent_received_bytes_total") <= sent_bytes
+        # the files as stored: the data sets sent, each with the agent's own file meta
+        assert 0.9 * sent_bytes < value(found, "edge_agent_received_bytes_total") < 1.1 * sent_bytes
         assert value(found, "edge_agent_queue_instances", destination="PACS") == 0
         assert value(found, "edge_agent_oldest_undelivered_age_seconds", destination="PACS") == 0
         assert value(found, "edge_agent_cstore_duration_seconds_count") == 10
         assert orthanc.count() == 10
+        stranger = subprocess.run(  # an AE the agent does not know: rejected, and counted
+            [dcmtk("echoscu"), "-aet", "STRANGER", "-aec", "EDGE", "127.0.0.1",
+             str(config.agent.port)], capture_output=True, timeout=60,
+        )
+        assert stranger.returncode != 0
+        wait_until(
+            lambda: samples(scrape(metrics_port)).get(
+                ("edge_agent_associations_rejected_total", (("reason", "unknown-ae"),))
+            ) == 1,
+            30, "the rejected association to be counted",
+        )
 
         orthanc.__exit__()  # the PACS goes away; what arrives now waits
         storescu(config.agent.port, second)

@@ -17,7 +17,10 @@ retrieve (`edge-agent retrieve --get/--move` of 200 from Orthanc vs getscu/moves
 idle (CPU over a window, all servers idle side by side), big (the agent's peak RSS
 while it receives one 1 GB instance) and study (scripts/bench_study.py: last store to
 "complete" under MPPS and under the quiet rule, quiet_seconds = 2; a --count study at
-Orthanc with forward.when = "complete", MPPS completing it, against "instance").
+Orthanc with forward.when = "complete", MPPS completing it, against "instance") and
+metrics (scripts/bench_metrics.py: one /metrics scrape of an agent holding
+--metrics-instances with --metrics-queued waiting, against Orthanc's, and the idle CPU
+of one scraped every 15 s over --idle-seconds, against the same agent without it).
 
 Each line gives the agent's figure, a reference's, the ratio and, where the issue sets
 one, the target and whether it is met; the agent's CPU seconds (utime+stime from
@@ -52,6 +55,7 @@ from pathlib import Path
 # this tree's agent (not whichever one the interpreter has installed), then scripts/
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_metrics
 import bench_study
 import dicomgen
 from bench import archive
@@ -79,7 +83,7 @@ from pydicom import dcmread
 
 MODES = {"normal": None, "small-box": 0}  # the core everything is pinned to
 PATHS = ("ingest", "senders", "move-get", "find", "forward", "retrieve", "idle", "big",
-         "study")
+         "study", "metrics")
 DRIFT_LIMIT = 1.5
 AGENT = "edge-agent"
 
@@ -237,6 +241,29 @@ class Bench:
                 median(cpu), max(rss)))
         self.clean_runs()
         return rows
+
+    def metrics(self) -> list[Row]:
+        """The metrics endpoint (bench_metrics.py): one scrape of an agent holding
+        --metrics-instances with --metrics-queued waiting, against Orthanc's; the idle
+        CPU of one scraped every 15 s, against the same agent without it."""
+        per_study = 100
+        options = argparse.Namespace(
+            studies=max(1, self.args.metrics_instances // per_study), per_study=per_study,
+            queued=self.args.metrics_queued, scrapes=100, idle_seconds=self.args.idle_seconds,
+            every=15.0,
+        )
+        got = bench_metrics.measure(options, self.workdir / "metrics")
+        size = f"{options.studies * per_study} instances, {options.queued} queued"
+        return [
+            Row(f"one /metrics scrape over HTTP ({size})", "ms", got["http"] * 1000,
+                [Compare("Orthanc's metrics", got["orthanc"] * 1000)]),
+            Row(f"one scrape's text built, peak allocated ({size})", "KiB",
+                got["peak"] / 1024, []),
+            Row(f"idle CPU % of a core, scraped every 15 s, {options.idle_seconds:g} s", "%",
+                got["idle_on"], [Compare("absolute", None, 0.2),
+                                 Compare("endpoint off", got["idle_off"]),
+                                 Compare("Orthanc, scraped", got["idle_orthanc"])]),
+        ]
 
     def study(self) -> list[Row]:
         """Acting per study (bench_study.py): how soon a study is complete after its last
@@ -477,7 +504,7 @@ class Bench:
             steps: list[tuple[str, Callable[[], list[Row]]]] = [
                 ("ingest", self.ingest), ("senders", self.senders),
                 ("forward", self.forward), ("retrieve", self.retrieve),
-                ("study", self.study),
+                ("study", self.study), ("metrics", self.metrics),
             ]
             for path, step in steps:
                 if path in self.args.paths:
@@ -604,6 +631,8 @@ def main() -> int:
     parser.add_argument("--per-study", type=int, default=1, help="instances per C-FIND study")
     parser.add_argument("--queries", type=int, default=50, help="C-FIND queries per figure")
     parser.add_argument("--idle-seconds", type=float, default=30.0)
+    parser.add_argument("--metrics-instances", type=int, default=100_000)
+    parser.add_argument("--metrics-queued", type=int, default=1000)
     parser.add_argument("--big-mb", type=int, default=1024)
     parser.add_argument("--skip-big", action="store_true", help="skip the 1 GB instance")
     parser.add_argument("--workdir", type=Path, help="kept afterwards (default: a temp dir)")

@@ -132,13 +132,14 @@ class Agent:
             routing=ConfiguredRouting(current, self.forwarder.wake),
             clock_trusted=lambda: self.status.snapshot().clock.trusted,
         )
-        found = recover(self.archive)
-        log.info("archive ready: %s", found)
-        self.studies = StudyJudge(self.archive.studies, current, self.study_clock)
         self._arrivals.note(self.archive.newest_arrival(), trusted=True)
         self.clock = ClockJudge(
             self._arrivals.newest, lambda: current().clock, self.clock_sources
         )
+        self._judge_clock()  # before recovery indexes anything: its arrivals are flagged too
+        found = recover(self.archive)
+        log.info("archive ready: %s", found)
+        self.studies = StudyJudge(self.archive.studies, current, self.study_clock)
         self.commitments = CommitmentReporter(current, self.archive, self.status)
         self.mpps_forwarder = MppsForwarder(current, self.archive)
         self.server = DicomServer(

@@ -250,7 +250,7 @@ class Bench:
         options = argparse.Namespace(
             studies=max(1, self.args.metrics_instances // per_study), per_study=per_study,
             queued=self.args.metrics_queued, scrapes=100, idle_seconds=self.args.idle_seconds,
-            every=15.0,
+            every=15.0, warmup=75.0,
         )
         got = bench_metrics.measure(options, self.workdir / "metrics")
         size = f"{options.studies * per_study} instances, {options.queued} queued"

@@ -163,7 +163,9 @@ def idle(args: argparse.Namespace, data: Path, runs: Path) -> dict[str, float]:
         linked_copy(data, agent.workdir / "data")
     stop = threading.Event()
     with on, off, Orthanc(root / "orthanc") as orthanc:
-        time.sleep(3)  # start-up work done
+        # start-up work done: the reindexed studies are "arriving" until the quiet rule
+        # (60 s by default) completes them, a minute of work that is not idling
+        time.sleep(args.warmup)
         servers = {"agent, endpoint on and scraped": on, "agent, endpoint off": off,
                    "Orthanc, its metrics scraped": orthanc}
         before = {name: cpu_seconds(server.pid) for name, server in servers.items()}
@@ -209,6 +211,8 @@ def main() -> None:
     parser.add_argument("--scrapes", type=int, default=200)
     parser.add_argument("--idle-seconds", type=float, default=180.0)
     parser.add_argument("--every", type=float, default=15.0)
+    parser.add_argument("--warmup", type=float, default=75.0,
+                        help="seconds after start before the idle window opens")
     parser.add_argument("--workdir", type=Path, default=None,
                         help="keep the loaded archive here between runs")
     args = parser.parse_args()

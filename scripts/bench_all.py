@@ -263,6 +263,7 @@ class Bench:
                 got["idle_on"], [Compare("absolute", None, 0.2),
                                  Compare("endpoint off", got["idle_off"]),
                                  Compare("Orthanc, scraped", got["idle_orthanc"])]),
+            Row("the endpoint's CPU per scrape, in the agent", "ms", got["per_scrape"] * 1000, []),
         ]
 
     def study(self) -> list[Row]:

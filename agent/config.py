@@ -16,9 +16,11 @@ from typing import Annotated, Any
 
 from agent import validation as v
 from agent.errors import ConfigError, ConfigErrors
+from agent.fallthrough.settings import QrSettings, parse_qr
 from agent.field.settings import ConsoleSettings, LedSettings, parse_console, parse_leds
 from agent.forward.settings import ForwardSettings, parse_forward
 from agent.metrics.settings import MetricsSettings, parse_metrics
+from agent.prefetch.settings import PrefetchRule, parse_prefetch
 from agent.reloading import LIVE, RESTART
 from agent.tls import VERSIONS, TlsSettings
 
@@ -82,6 +84,8 @@ class Peer:
     commit_give_up_hours: Annotated[float, LIVE] = 24.0
     # its studies' quiet period ([study] when None; 0: off)
     quiet_seconds: Annotated[float | None, LIVE] = None
+    # false: its C-FIND, C-MOVE and C-GET are answered from the archive only ([qr])
+    fall_through: Annotated[bool, LIVE] = True
 
 
 @dataclass(frozen=True)
@@ -120,6 +124,8 @@ class Config:
     study: Annotated[StudySettings, LIVE] = field(default_factory=StudySettings)
     clock: Annotated[ClockSettings, LIVE] = field(default_factory=ClockSettings)
     metrics: Annotated[MetricsSettings | None, LIVE] = None  # None: no metrics endpoint
+    qr: Annotated[QrSettings, LIVE] = field(default_factory=QrSettings)
+    prefetch: Annotated[tuple[PrefetchRule, ...], LIVE] = ()
 
     def quiet_seconds(self, ae_title: str) -> float:
         """The quiet period for studies sent by ``ae_title`` (its peer's, else ``[study]``'s)."""
@@ -191,7 +197,8 @@ def _build(raw: Mapping[str, Any], source: Path | None) -> Config:
     """The configuration, every error reported through ``validation.problem``."""
     v.reject_unknown(
         raw,
-        {"agent", "peers", "forward", "leds", "console", "tls", "study", "clock", "metrics"},
+        {"agent", "peers", "forward", "leds", "console", "tls", "study", "clock", "metrics",
+         "qr", "prefetch"},
         "",
     )
     base_dir = source.resolve().parent if source else Path.cwd()
@@ -212,7 +219,8 @@ def _build(raw: Mapping[str, Any], source: Path | None) -> Config:
         _check_metrics(metrics, agent, tls)
     return Config(
         agent, peers, forward, leds, console, tls, source, study=study, clock=clock,
-        metrics=metrics,
+        metrics=metrics, qr=parse_qr(v.table(raw, "qr", ""), peers),
+        prefetch=parse_prefetch(raw.get("prefetch", []), peers),
     )
 
 
@@ -299,6 +307,7 @@ def _parse_peer(name: str, table: Mapping[str, Any]) -> Peer:
             v.get(table, f"{where}.commit_give_up_hours", (int, float), 24.0, v.positive)
         ),
         quiet_seconds=_peer_quiet(table, where),
+        fall_through=v.get(table, f"{where}.fall_through", bool, True, None),
     )
 
 

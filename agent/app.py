@@ -16,6 +16,7 @@ from agent.archive.recovery import recover
 from agent.archive.stale import StaleFiles
 from agent.config import Config
 from agent.errors import AgentError, ConfigError
+from agent.fallthrough.remote import Remote
 from agent.forward import retention
 from agent.forward.mpps import MppsForwarder
 from agent.forward.process import ForwardingProcess
@@ -149,6 +150,7 @@ class Agent:
             self.commitments.wake,
             on_mpps_final=self.archive.studies.mpps_final,
             on_mpps_queued=self.mpps_forwarder.wake,
+            fall_through=Remote(current, self.archive, self.status),
         )
         self.server.start()
         self.commitments.start()

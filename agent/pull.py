@@ -73,7 +73,7 @@ def pull(
             target,
             request,
             method="get",
-            on_store=_keeper(land, target),
+            on_store=keeper(land, target),
             storage_classes=storage_classes(config, target, request, timeout),
             on_progress=on_progress,
             timeout=timeout,
@@ -116,7 +116,7 @@ def open_archive(config: Config) -> Iterator[Archive]:
         yield archive
 
 
-def _keeper(land: Landing, target: Target) -> Callable[[object], int | Dataset]:
+def keeper(land: Landing, target: Target) -> Callable[[object], int | Dataset]:
     """The C-STORE handler for a C-GET: the peer we asked may store what we asked for."""
     caller = Caller(target.ae_title, target.host, None, frozenset({"store"}))
     handlers = StorageHandlers(land.archive, land.status, lambda assoc: caller)

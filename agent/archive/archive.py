@@ -21,6 +21,7 @@ from typing import Literal, Protocol, TypeVar
 from pydicom.dataset import Dataset
 
 from agent.archive import durable
+from agent.archive.arrivals import Arrivals
 from agent.archive.header import read_header, timestamp
 from agent.archive.index import (
     Counts,
@@ -124,6 +125,7 @@ class Archive:
         self.pacs_commits = PacsCommits(self.index)
         # study completeness, the evidence API; a study made complete releases held jobs
         self.studies = StudyBook(self.index, self.routing.queued)
+        self.arrivals = Arrivals()  # who waits for which instances (a fall-through retrieve)
         self._placing = threading.Lock()
 
     def index_new(
@@ -211,9 +213,11 @@ class Archive:
     ) -> Stored:
         """Archive a received file (consumed: moved or deleted) or raise StoreError."""
         try:
-            return self._ingest(incoming, sop_class_uid, sop_instance_uid, calling_ae)
+            stored = self._ingest(incoming, sop_class_uid, sop_instance_uid, calling_ae)
         finally:
             durable.remove_quietly(incoming)
+        self.arrivals.arrived(stored.sop_instance_uid)
+        return stored
 
     def _ingest(
         self, incoming: Path, sop_class_uid: str, sop_instance_uid: str, calling_ae: str

@@ -9,7 +9,7 @@ Nothing here knows pynetdicom.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +35,7 @@ IGNORED = frozenset(
     {"QueryRetrieveLevel", "SpecificCharacterSet", "TimezoneOffsetFromUTC", "QueryRetrieveView"}
 )
 RETURN_ONLY = frozenset({"RetrieveAETitle", "InstanceAvailability"})
+HELD_CHUNK = 500  # UIDs per statement (SQLite allows 32766 parameters; a query plan per size)
 
 
 _ORDER = LEVELS
@@ -324,3 +325,17 @@ def resolve(conn: sqlite3.Connection, model: Model, identifier: Dataset) -> list
         f" WHERE {' AND '.join(where)} ORDER BY instances.pk"
     )
     return [StoredInstance(*row) for row in conn.execute(statement, params)]
+
+
+def held(conn: sqlite3.Connection, sop_uids: Sequence[str]) -> list[StoredInstance]:
+    """The archived instances among ``sop_uids``, in arrival order (a fall-through
+    retrieve: which of the peer's instances the box already holds, and each pulled one)."""
+    found: list[StoredInstance] = []
+    for start in range(0, len(sop_uids), HELD_CHUNK):
+        chunk = list(sop_uids[start:start + HELD_CHUNK])
+        statement = (
+            "SELECT path, SOPClassUID, SOPInstanceUID, transfer_syntax FROM instances"
+            f" WHERE SOPInstanceUID IN ({', '.join('?' for _ in chunk)}) ORDER BY pk"
+        )
+        found += [StoredInstance(*row) for row in conn.execute(statement, chunk)]
+    return found

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 
 from pydicom.dataset import Dataset
 
 from agent.archive.index import connect, unavailable_as_error
 from agent.archive.layout import Layout
-from agent.archive.query import StoredInstance, find, resolve
+from agent.archive.query import StoredInstance, find, held, resolve
 from agent.dicom.models import Model
 
 
@@ -52,6 +52,11 @@ class Reader:
     def resolve(self, model: Model, identifier: Dataset) -> list[StoredInstance]:
         """The instances a retrieve identifier names."""
         return resolve(self._connection(), model, identifier)
+
+    def held(self, sop_uids: Sequence[str]) -> list[StoredInstance]:
+        """The archived instances among ``sop_uids``."""
+        with unavailable_as_error():
+            return held(self._connection(), sop_uids)
 
     def stored_syntaxes(self, sop_classes: Collection[str]) -> dict[str, dict[str, int]]:
         """Per SOP class, how many of its instances are stored in each transfer syntax;

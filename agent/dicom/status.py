@@ -18,6 +18,7 @@ CANCELLED = 0xFE00
 
 # warnings
 SUB_OPERATIONS_FAILED = 0xB000  # C-MOVE/C-GET: complete, one or more sub-operations failed
+MATCHES_MAY_BE_MISSING = 0xB001  # C-FIND: done, a later request may return more matches
 
 # failures, general (PS3.7 C.5)
 PROCESSING_FAILURE = 0x0110  # also a Storage Commitment failure reason (PS3.4 J.3.2)
@@ -49,6 +50,7 @@ OUT_OF_RESOURCES = 0xA700
 # C-MOVE/C-GET (PS3.4 C.4.2.1.4, C.4.3.1.4): no sub-operation could be performed (a move
 # destination we know but cannot reach); 0xA801 is only for a destination we do not know
 SUB_OPERATIONS_REFUSED = 0xA702
+CANNOT_COUNT_MATCHES = 0xA701  # C-MOVE/C-GET: out of resources, unable to calculate the matches
 MOVE_DESTINATION_UNKNOWN = 0xA801
 DOES_NOT_MATCH = 0xA900  # C-STORE: data set does not match SOP class; Q/R: identifier
 CANNOT_UNDERSTAND = 0xC000  # C-STORE: cannot understand; Q/R: unable to process

@@ -4,6 +4,8 @@ Handlers are generators, as pynetdicom wants them. They never raise: a bad ident
 becomes 0xA900 or 0xC000 with an Error Comment, anything unexpected 0xC000 and a log line.
 Each request is refused 0x0124 unless the caller may use the service by the configuration
 as it is now (``caller_of`` judges it again): a reload acts on open associations too.
+With a ``FallThrough`` that takes part, the archive's answers and instances are merged
+with the fall-through peers' (``agent.net.qr_merge``).
 """
 
 from __future__ import annotations
@@ -21,10 +23,17 @@ from pynetdicom.presentation import build_context
 from agent.archive.query import StoredInstance
 from agent.archive.retrieval import Reader
 from agent.config import Config, Peer
-from agent.dicom.contexts import QR_SOP_CLASSES, VERIFICATION, sending_contexts, service_of
+from agent.dicom.contexts import (
+    QR_SOP_CLASSES,
+    UNCOMPRESSED,
+    VERIFICATION,
+    sending_contexts,
+    service_of,
+)
 from agent.dicom.models import Model
 from agent.dicom.status import (
     CANCELLED,
+    CANNOT_COUNT_MATCHES,
     CANNOT_UNDERSTAND,
     NOT_AUTHORIZED,
     PENDING,
@@ -35,6 +44,8 @@ from agent.net.access import Caller
 from agent.net.bounds import identifier_of
 from agent.net.engine.moves import failed_destination
 from agent.net.engine.transport import requestor_handlers
+from agent.net.fallthrough_port import FallThrough, NoFallThrough, RemotePull
+from agent.net.qr_merge import keyed, latched, merged_answers, merged_sending
 from agent.net.scu import (
     PROBE_TIMEOUT,
     Target,
@@ -84,11 +95,13 @@ class QueryRetrieveHandlers:
         reader: Reader,
         caller_of: CallerLookup,
         find_took: Callable[[float], None] = lambda seconds: None,
+        fall_through: FallThrough | None = None,
     ) -> None:
         self.current = current  # the configuration in force (move destinations)
         self.reader = reader
         self.caller_of = caller_of
         self.find_took = find_took  # told each C-FIND's time, request to final response
+        self.fall_through = fall_through or NoFallThrough()
         self._combined: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
 
     def on_sop_extended(self, event: Any) -> dict[str, bytes]:
@@ -128,12 +141,24 @@ class QueryRetrieveHandlers:
         if refused is not None:
             yield refused, None
             return
+        started = time.monotonic()
+        remote = None
         try:
             model = model_of(event)
             combined = str(event.request.AffectedSOPClassUID) in self._combined.get(
                 event.assoc, set()
             )
             identifier = identifier_of(event)
+            remote = self.fall_through.find(caller, model, identifier)  # asking already
+            if remote is not None:
+                identifier, key = keyed(identifier)
+                answers = self.reader.find(model, identifier, combined_datetime=combined)
+                yield from merged_answers(
+                    answers, remote, key=key, ae_title=self.reader.ae_title,
+                    until=started + self.current().qr.fall_through_timeout,
+                    cancelled=latched(lambda: event.is_cancelled), caller=caller,
+                )
+                return
             answers = self.reader.find(model, identifier, combined_datetime=combined)
             count = 0
             for answer in answers:
@@ -151,6 +176,9 @@ class QueryRetrieveHandlers:
             log.exception("C-FIND from %s failed", caller)
             yield failure(CANNOT_UNDERSTAND, "unable to process the query"), None
             return
+        finally:
+            if remote is not None:
+                remote.close()
         log.debug("C-FIND from %s: %d answers", caller, count)  # info cost a tenth of a query
 
     def on_move(self, event: Any) -> Iterator[Any]:
@@ -175,7 +203,7 @@ class QueryRetrieveHandlers:
             "evt_handlers": [*requestor_handlers(), (evt.EVT_ACCEPTED, on_accepted)],
             "tls_args": secure,
         }
-        found = self._resolve(event, caller, "move")
+        found, pull = self._resolve_all(event, caller, "move")
         failed_destination()  # none left over from an earlier C-MOVE on this association
         if isinstance(found, Dataset):
             # pynetdicom takes a status only after the destination and a count
@@ -184,26 +212,63 @@ class QueryRetrieveHandlers:
             failed_destination()  # our status goes out whether or not it came up
             yield found, None
             return
-        pairs = [(i.sop_class_uid, i.transfer_syntax) for i in found]
-        yield destination.host, destination.port, {**options, "contexts": sending_contexts(pairs)}
-        yield len(found)
-        failed = failed_destination()
-        if failed is not None:
-            yield unreachable(caller, destination, failed, secure, found)
-            return
-        yield from self._send(event, found, caller, f"C-MOVE to {destination.name}")
+        try:
+            pairs = [(i.sop_class_uid, i.transfer_syntax) for i in found]
+            if pull is not None:  # their syntaxes are known once they land: uncompressed
+                pairs += [(c, s) for c in pull.sop_classes for s in UNCOMPRESSED[:1]]
+            contexts = sending_contexts(pairs)
+            yield destination.host, destination.port, {**options, "contexts": contexts}
+            yield len(found) + (len(pull.uids) if pull is not None else 0)
+            failed = failed_destination()
+            if failed is not None:
+                uids = [i.sop_instance_uid for i in found] + list(pull.uids if pull else ())
+                yield unreachable(caller, destination, failed, secure, uids)
+                return
+            yield from self._send(event, found, pull, caller, f"C-MOVE to {destination.name}")
+        finally:
+            if pull is not None:
+                pull.close()
 
     def on_get(self, event: Any) -> Iterator[Any]:
         """Send matches back over the same association: count, then data sets."""
         caller = self.caller_of(event.assoc)
-        found = self._resolve(event, caller, "get")
+        found, pull = self._resolve_all(event, caller, "get")
         if isinstance(found, Dataset):
             yield 1
             yield found, None
             return
-        send_as_stored(event.assoc)
-        yield len(found)
-        yield from self._send(event, found, caller, "C-GET")
+        try:
+            send_as_stored(event.assoc)
+            yield len(found) + (len(pull.uids) if pull is not None else 0)
+            yield from self._send(event, found, pull, caller, "C-GET")
+        finally:
+            if pull is not None:
+                pull.close()
+
+    def _resolve_all(
+        self, event: Any, caller: Caller | None, service: str
+    ) -> tuple[list[StoredInstance] | Dataset, RemotePull | None]:
+        """What the archive holds (or a failure status), and the pull of what it does not
+        from the fall-through peers (None: nothing to pull). With nothing here and peers
+        that cannot say what they hold: 0xA701, the matches cannot be counted."""
+        found = self._resolve(event, caller, service)
+        if isinstance(found, Dataset):
+            return found, None
+        what = f"C-{service.upper()}"
+        held = {i.sop_instance_uid for i in found}
+        try:
+            pull = self.fall_through.pull(caller, model_of(event), identifier_of(event), held)
+        except PeerError as exc:
+            if found:
+                log.warning("%s from %s: only what the archive holds is sent; the "
+                            "fall-through peers cannot say what they hold: %s", what, caller, exc)
+                return found, None
+            log.warning("%s from %s refused 0x%04X: %s", what, caller, CANNOT_COUNT_MATCHES, exc)
+            return failure(CANNOT_COUNT_MATCHES, str(exc)), None
+        if pull is not None:
+            log.info("%s from %s: %d instances held, %d being pulled", what, caller,
+                     len(found), len(pull.uids))
+        return found, pull
 
     def _resolve(
         self, event: Any, caller: Caller | None, service: str
@@ -225,8 +290,17 @@ class QueryRetrieveHandlers:
         return instances
 
     def _send(
-        self, event: Any, instances: list[StoredInstance], caller: Caller | None, what: str
+        self,
+        event: Any,
+        instances: list[StoredInstance],
+        pull: RemotePull | None,
+        caller: Caller | None,
+        what: str,
     ) -> Iterator[tuple[int, Dataset | None]]:
+        if pull is not None:
+            yield from merged_sending(instances, pull, self.reader, caller=caller, what=what,
+                                      cancelled=latched(lambda: event.is_cancelled))
+            return
         paths = map(self.reader.path_of, instances)
         following = next(paths, None)
         for instance in instances:
@@ -251,7 +325,7 @@ def unreachable(
     destination: Peer,
     failed: Any,
     secure: Any,
-    instances: list[StoredInstance],
+    uids: list[str],
 ) -> tuple[Dataset, Dataset]:
     """The final C-MOVE response when a configured destination cannot be reached:
     0xA702 and every instance as failed (PS3.4 C.4.2.1.4; 0xA801 is for a destination
@@ -260,11 +334,11 @@ def unreachable(
     why = why_unreachable(failed, target, secure)
     log.warning(
         "C-MOVE from %s: cannot reach the destination %s: %s; %d instances not sent (0x%04X)",
-        caller, target, why, len(instances), SUB_OPERATIONS_REFUSED,
+        caller, target, why, len(uids), SUB_OPERATIONS_REFUSED,
     )
     status = failure(SUB_OPERATIONS_REFUSED, f"{destination.ae_title}: {why.split(': ')[0]}")
     identifier = Dataset()
-    identifier.FailedSOPInstanceUIDList = [i.sop_instance_uid for i in instances]
+    identifier.FailedSOPInstanceUIDList = uids
     return status, identifier
 
 

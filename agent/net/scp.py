@@ -46,6 +46,7 @@ from agent.net.commit_reports import CommitReports
 from agent.net.commit_scp import CommitmentHandler, offered_commitment
 from agent.net.engine import guards, messages, transport
 from agent.net.engine.moves import ListenerAE
+from agent.net.fallthrough_port import FallThrough
 from agent.net.mpps_scp import FinalCallback, MppsHandler
 from agent.net.qr import QueryRetrieveHandlers
 from agent.net.storage import StorageHandlers
@@ -76,6 +77,7 @@ class DicomServer:
         on_commitment: Callable[[], None] = lambda: None,
         on_mpps_final: FinalCallback | None = None,
         on_mpps_queued: Callable[[], None] = lambda: None,
+        fall_through: FallThrough | None = None,
     ) -> None:
         self.current = current  # the configuration in force: admission reads it per request
         config = current()  # the listeners are built from the configuration at start
@@ -85,7 +87,7 @@ class DicomServer:
         self._storage = StorageHandlers(archive, status, self.caller_now)
         self._reader = Reader(archive.layout, config.agent.ae_title)
         self._qr = QueryRetrieveHandlers(
-            current, self._reader, self.caller_now, status.timings.cfind.observe
+            current, self._reader, self.caller_now, status.timings.cfind.observe, fall_through
         )
         self._reports = CommitReports(archive.pacs_commits, self.caller_now)
         self._commitment = CommitmentHandler(archive, self.caller_now, on_commitment)

@@ -58,6 +58,18 @@ class StoredFile(Dataset):
     following: Path | None
 
 
+class NotRetrieved(Dataset):
+    """An instance a fall-through retrieve counted but could not get from the peer: its
+    sub-operation fails (and its UID is listed as failed) without a C-STORE."""
+
+    def __init__(self, sop_instance_uid: str, why: str) -> None:
+        super().__init__()
+        self[SOP_INSTANCE_UID] = DataElement(SOP_INSTANCE_UID, "UI", sop_instance_uid)
+        object.__setattr__(self, "why", why)
+
+    why: str
+
+
 def accepts_as_stored(assoc: Any, sop_class_uid: str, transfer_syntax: str) -> bool:
     """True if ``assoc`` has a context on which we may send this SOP class in this syntax."""
     return substore.has_context(assoc, sop_class_uid, transfer_syntax)
@@ -93,6 +105,11 @@ def send_as_stored(assoc: Any) -> None:
     original: Callable[..., Any] = assoc.send_c_store
 
     def send_c_store(dataset: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(dataset, NotRetrieved):
+            log.warning("did not send instance %s to %s: not retrieved from the fall-through"
+                        " peer: %s (a failed sub-operation)", dataset.SOPInstanceUID,
+                        substore.peer_of(assoc), dataset.why)
+            return substore.failure(f"not retrieved: {dataset.why}")
         if not isinstance(dataset, StoredFile):
             return original(dataset, *args, **kwargs)
         instance = str(dataset.SOPInstanceUID)

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 Method = Literal["move", "get"]
 StoreHandler = Callable[[Any], int | Dataset]  # a status, or one with its Error Comment
+RETRIEVE_MESSAGE_ID = 1
 MAX_STORAGE_CONTEXTS = 127  # 128 presentation contexts at most, one is the C-GET's own
 DEFAULT_STORAGE_CLASSES = tuple(str(cx.abstract_syntax) for cx in StoragePresentationContexts)
 
@@ -76,10 +77,12 @@ def retrieve(
     on_progress: Callable[[Progress], None] = lambda progress: None,
     timeout: float = 60.0,
     clock: Callable[[], float] = time.monotonic,
+    cancelled: Callable[[], bool] = lambda: False,
 ) -> RetrieveResult:
     """Run one C-MOVE (to ``destination``, default our AE) or C-GET (into ``on_store``).
 
-    ``clock`` tells a peer that ended the association from one silent too long."""
+    ``clock`` tells a peer that ended the association from one silent too long; once
+    ``cancelled()``, the next pending response is answered with a C-CANCEL."""
     identifier = request.identifier()
     sop_class = UID(qr_sop_class(request.model.value, method))
     requestor = Requestor(config, timeout)
@@ -100,15 +103,36 @@ def retrieve(
             raise PeerError(f"{target}: the peer does not offer {sop_class.name}")
         if method == "move":
             responses = assoc.send_c_move(
-                identifier, destination or config.agent.ae_title, sop_class
+                identifier, destination or config.agent.ae_title, sop_class,
+                msg_id=RETRIEVE_MESSAGE_ID,
             )
         else:
-            responses = assoc.send_c_get(identifier, sop_class)
+            responses = assoc.send_c_get(identifier, sop_class, msg_id=RETRIEVE_MESSAGE_ID)
         waiting = Waiting(target, method, timeout, config.agent.ae_title, clock)
-        return _follow(responses, waiting, on_progress)
+        return _follow(responses, waiting, _cancelling(assoc, sop_class, cancelled, on_progress))
     finally:
         if assoc.is_established:
             assoc.release()
+
+
+def _cancelling(
+    assoc: Any, sop_class: str, cancelled: Callable[[], bool],
+    on_progress: Callable[[Progress], None],
+) -> Callable[[Progress], None]:
+    """``on_progress``, then one C-CANCEL (message 1, the retrieve's) once ``cancelled()``."""
+    sent = False
+
+    def progressed(progress: Progress) -> None:
+        nonlocal sent
+        on_progress(progress)
+        if sent or not cancelled():
+            return
+        sent = True
+        context = next(cx.context_id for cx in assoc.accepted_contexts
+                       if cx.abstract_syntax == sop_class)
+        assoc.send_c_cancel(RETRIEVE_MESSAGE_ID, context)
+
+    return progressed
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from agent import config as config_module
 from agent.app import Agent
 from agent.dicom.models import Model
 from tests import scu
+from tests.pacs import Dcmqrscp
 from tests.scripted_pacs import ScriptedPacs
 from tests.support import dcmtk, free_port, peer, wait_until, write_config
 
@@ -67,7 +68,8 @@ def upload(orthanc: Orthanc, paths: list[Path]) -> None:
 
 
 def fall_through_config(root: Path, port: int, pacs_port: int, dest_port: int, *,
-                        pacs_ae: str = "ORTHANC", timeout: float = 3) -> config_module.Config:
+                        pacs_ae: str = "ORTHANC", timeout: float = 3,
+                        forward_to_pacs: bool = False) -> config_module.Config:
     """WS falls through to PACS (which may store to us); NEARBY does not."""
     path = write_config(
         root / "agent.toml",
@@ -81,6 +83,8 @@ def fall_through_config(root: Path, port: int, pacs_port: int, dest_port: int, *
     )
     with path.open("a") as handle:
         handle.write(f'\n[qr]\nfall_through = ["PACS"]\nfall_through_timeout = {timeout}\n')
+        if forward_to_pacs:
+            handle.write('\n[forward]\nto = ["PACS"]\n')
     return config_module.load_file(path)
 
 
@@ -321,3 +325,24 @@ def get_with_pynetdicom(port: int, study_uid: str) -> tuple[Dataset, Dataset, se
         assoc.release()
     status, final = responses[-1]
     return status, final, got
+
+
+@pytest.mark.parametrize("knows_us", [True, False])
+def test_a_strict_pacs_is_asked_level_by_level_and_pulled_from_by_move_or_get(
+        site: Site, tmp_path: Path, knows_us: bool) -> None:
+    """dcmqrscp answers only hierarchical queries; one that does not know the box as a
+    move destination (0xA801) is pulled from by C-GET. What lands is not forwarded back."""
+    paths = site.files["REMOTE_MOVE"]
+    port = free_port()
+    hosts = {"edge": ("EDGE", port)} if knows_us else {}
+    with Dcmqrscp(tmp_path / "dcmqrscp", hosts) as pacs:
+        pacs.load(paths)
+        config = fall_through_config(tmp_path, port, pacs.port, site.dest_port,
+                                     pacs_ae=Dcmqrscp.ae_title, forward_to_pacs=True)
+        with Agent(config) as agent:
+            status, identifier, got = get_with_pynetdicom(port, site.studies["REMOTE_MOVE"])
+            # never forwarded back to the PACS it came from: no job, waiting or done
+            assert agent.archive.outbox.depth() == {}
+            assert agent.archive.outbox.delivered(None, 100) == []
+    assert status.Status == 0x0000
+    assert got == {str(dcmread(p).SOPInstanceUID) for p in paths}

@@ -48,6 +48,15 @@ UNCOMPRESSED: tuple[str, ...] = (
 STORAGE_SOP_CLASSES: tuple[str, ...] = tuple(
     str(cx.abstract_syntax) for cx in AllStoragePresentationContexts
 )
+# the storage classes most archives hold, for instances whose class a peer did not say
+# (dcmqrscp answers no SOP Class UID at the image level): contexts are proposed for these
+COMMON_STORAGE_CLASSES: tuple[str, ...] = tuple(
+    f"1.2.840.10008.5.1.4.1.1.{suffix}" for suffix in (
+        "1", "1.1", "1.1.1", "1.2", "1.2.1", "2", "2.1", "3.1", "4", "4.1", "6.1", "7",
+        "7.4", "12.1", "12.2", "20", "128", "481.1", "88.11", "88.22", "88.33", "88.59",
+        "104.1", "11.1",
+    )
+)
 VERIFICATION = "1.2.840.10008.1.1"
 # Storage Commitment Push Model (PS3.4 Annex J): the SOP class and its well-known instance
 STORAGE_COMMITMENT = "1.2.840.10008.1.20.1"

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Collection, Iterator, MutableMapping
+from collections.abc import Collection, Iterable, Iterator, MutableMapping
 from dataclasses import dataclass
 
 from pydicom.tag import Tag
 
 from agent.archive import Archive
 from agent.config import Config, Peer
+from agent.dicom.contexts import COMMON_STORAGE_CLASSES
 from agent.dicom.models import Model
 from agent.dicom.status import MOVE_DESTINATION_UNKNOWN
 from agent.errors import PeerError
@@ -65,7 +66,7 @@ class Pull:
         self.methods = methods  # per peer name: how it sends to us (C-GET once it said 0xA801)
         lacking = [i for plan in plans for i in plan.instances if i.sop_uid in plan.lacking]
         self._uids = tuple(dict.fromkeys(i.sop_uid for i in lacking))
-        self._sop_classes = frozenset(i.sop_class for i in lacking if i.sop_class)
+        self._sop_classes = sop_classes(lacking)
         self._expected = land.archive.arrivals.expect(self._uids)  # before anything is asked
         self._finished: str | None = None
         self._stopped = threading.Event()
@@ -140,10 +141,17 @@ class Pull:
         if method == "move":
             return retrieve(self.config, target, request, method="move", timeout=timeout,
                             cancelled=cancelled)
-        classes = sorted({i.sop_class for i in plan.instances if i.sop_class})
+        classes = sorted(sop_classes(plan.instances))
         return retrieve(self.config, target, request, method="get", timeout=timeout,
                         on_store=keeper(self.land, target), storage_classes=classes,
                         cancelled=cancelled)
+
+
+def sop_classes(instances: Iterable[RemoteInstance]) -> frozenset[str]:
+    """Their SOP classes; the common ones too if the peer did not say some."""
+    named = [i.sop_class for i in instances]
+    known = frozenset(c for c in named if c)
+    return known | frozenset(COMMON_STORAGE_CLASSES) if "" in named else known
 
 
 def requests(plan: Plan) -> Iterator[RetrieveRequest]:

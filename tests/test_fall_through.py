@@ -340,7 +340,7 @@ def test_a_strict_pacs_is_asked_level_by_level_and_pulled_from_by_move_or_get(
         config = fall_through_config(tmp_path, port, pacs.port, site.dest_port,
                                      pacs_ae=Dcmqrscp.ae_title, forward_to_pacs=True)
         with Agent(config) as agent:
-            status, identifier, got = get_with_pynetdicom(port, site.studies["REMOTE_MOVE"])
+            status, _, got = get_with_pynetdicom(port, site.studies["REMOTE_MOVE"])
             # never forwarded back to the PACS it came from: no job, waiting or done
             assert agent.archive.outbox.depth() == {}
             assert agent.archive.outbox.delivered(None, 100) == []

@@ -6,6 +6,7 @@ event-driven loops really serve the associations of this process.
 
 from __future__ import annotations
 
+import inspect
 import re
 import shutil
 import sys
@@ -15,6 +16,7 @@ import pynetdicom
 import pytest
 from pynetdicom import AE, association
 from pynetdicom.dul import DULServiceProvider
+from pynetdicom.service_class import QueryRetrieveServiceClass
 
 from agent.app import Agent
 
@@ -120,6 +122,16 @@ def test_an_override_of_a_name_the_next_pynetdicom_renames_is_reported(tmp_path:
         "in PRIVATE_NAMES, not used as pynetdicom's by the engine:"
         " pynetdicom.dul.DULServiceProvider._read_pdu_data"]
     assert not renamed.defines(DULServiceProvider, "_read_pdu_data")
+
+
+def test_pynetdicom_still_follows_a_find_warning_with_a_success_of_its_own() -> None:
+    """engine/finals.py drops that Success (two finals break DCMTK's findscu); a
+    pynetdicom that stops sending it needs finals.py gone, or a zero-match C-FIND after
+    a warning would lose its only response."""
+    source = inspect.getsource(QueryRetrieveServiceClass._c_find_scp)
+    branch = source[source.index("if status[0] == STATUS_WARNING"):]
+    branch = branch[:branch.index("if status[0] == STATUS_PENDING")]
+    assert "continue" in branch and "send_msg" in branch
 
 
 def test_pynetdicom_is_pinned_to_the_tested_minor_version() -> None:

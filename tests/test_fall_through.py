@@ -239,6 +239,10 @@ def test_local_answers_come_and_the_status_says_the_pacs_part_is_missing(
             assert scu.store(agent.config.agent.port, local) == [0] * len(local)
             statuses, answers = find_with_pynetdicom(
                 agent.config.agent.port, silent if pacs == "silent" else None)
+            # DCMTK reads one final response and releases cleanly (no stray Success)
+            result, found = findscu(agent.config.agent.port, tmp_path / "found")
+    assert result.returncode == 0, result.stderr
+    assert [str(a.StudyInstanceUID) for a in found] == [site.studies["LOCAL"]]
     assert [str(a.StudyInstanceUID) for a in answers] == [site.studies["LOCAL"]]
     final = statuses[-1]
     assert final.Status == 0xB001  # Warning: a later request may return more

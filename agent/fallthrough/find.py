@@ -1,5 +1,5 @@
 """The remote part of one C-FIND: the fall-through peers asked in order, on a thread of
-its own that starts before the archive is queried, their answers handed over as they come.
+its own started once the archive has answered, their answers handed over as they come.
 
 Each peer gets the requester's identifier as it is (the same keys, the same level, the
 same model where it offers it: never a wider query); each answer keeps only what was
@@ -48,6 +48,9 @@ class RemoteQuery:
         self._current: FindAssociation | None = None
         self._thread = threading.Thread(target=self._ask_all, name="fall-through find",
                                         daemon=True)
+
+    def start(self) -> None:
+        """Ask the peers, in order, on the query's own thread."""
         self._thread.start()
 
     def answers(self, until: float, cancelled: Callable[[], bool]) -> Iterator[Dataset]:

@@ -50,7 +50,7 @@ class Remote:
         return [config.peers[name] for name in names if name in config.peers]
 
     def find(self, caller: Caller | None, model: Model, identifier: Dataset) -> RemoteQuery | None:
-        """The remote part of a C-FIND, started now; None when the caller does not fall through."""
+        """The remote part of a C-FIND (to start); None when the caller does not fall through."""
         peers = self.peers_for(caller)
         if not peers:
             return None

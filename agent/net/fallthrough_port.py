@@ -1,8 +1,9 @@
 """What the Q/R handlers need from fall-through Query/Retrieve (``agent.fallthrough``),
 which sits above the network layer: the agent passes one in, as the archive's routing.
 
-A ``RemoteFind`` is the remote part of one C-FIND, already running when it is handed
-over (it started before the local query, so the PACS works while the archive answers).
+A ``RemoteFind`` is the remote part of one C-FIND, started once the archive's answers
+are out: on a small box the two would compete for the one interpreter, and the local
+answers are the ones a requester is waiting for.
 A ``RemotePull`` is the part of one C-MOVE or C-GET held only at the peer, already
 being pulled into the archive; the handler sends each instance on as it lands.
 """
@@ -20,6 +21,9 @@ from agent.net.access import Caller
 
 class RemoteFind(Protocol):
     """The answers of the fall-through peers to one C-FIND."""
+
+    def start(self) -> None:
+        """Ask the peers (on a thread of its own)."""
 
     def answers(self, until: float, cancelled: Callable[[], bool]) -> Iterator[Dataset]:
         """Each remote answer as it comes (cleaned: the requested keys, our AE title as
@@ -59,7 +63,7 @@ class FallThrough(Protocol):
     """Asks the ``[qr] fall_through`` peers, for callers the configuration lets fall through."""
 
     def find(self, caller: Caller | None, model: Model, identifier: Dataset) -> RemoteFind | None:
-        """Start the remote part of a C-FIND; None when it does not fall through."""
+        """The remote part of a C-FIND, to ``start``; None when it does not fall through."""
 
     def pull(
         self, caller: Caller | None, model: Model, identifier: Dataset, held: Collection[str]

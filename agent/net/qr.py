@@ -149,7 +149,7 @@ class QueryRetrieveHandlers:
                 event.assoc, set()
             )
             identifier = identifier_of(event)
-            remote = self.fall_through.find(caller, model, identifier)  # asking already
+            remote = self.fall_through.find(caller, model, identifier)  # asked after ours
             if remote is not None:
                 identifier, key = keyed(identifier)
                 answers = self.reader.find(model, identifier, combined_datetime=combined)

@@ -1,9 +1,10 @@
 """Answers from the archive and from the fall-through peers, as one C-FIND or one
 C-MOVE/C-GET (``agent.net.qr`` calls these only when a ``FallThrough`` took part).
 
-C-FIND: the local answers go out first, each marked ONLINE with our AE title as the
-Retrieve AE Title (a retrieve through the box works for both kinds); then the remote
-ones, NEARLINE, those whose unique key at the query level was already answered dropped.
+C-FIND: the local answers go out first (the peers are asked after), each marked ONLINE
+with our AE title as the Retrieve AE Title (a retrieve through the box works for both
+kinds); then the remote ones, NEARLINE, those whose unique key at the query level was
+already answered dropped.
 The remote part ends at ``until``; if it is incomplete, the final status is 0xB001
 (Warning, PS3.4 C.4.1.1.4: a later request may return more matches) with the reason as
 Error Comment.
@@ -91,6 +92,7 @@ def merged_answers(
             return
         seen.add(str(answer.get(key, "")))
         yield PENDING, mark(answer, ae_title, ONLINE)
+    remote.start()
     added = 0
     for answer in remote.answers(until, cancelled):
         value = str(answer.get(key, ""))

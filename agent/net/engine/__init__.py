@@ -76,8 +76,12 @@ PRIVATE_NAMES: tuple[tuple[object, str], ...] = (
     (RequestHandler, "_create_association"),  # overridden: our socket and guards
 )
 # pynetdicom behaviour the engine relies on without naming it: QueryRetrieveServiceClass's
-# _move_scp opens the move destination through self.ae.associate (moves.py's ListenerAE)
-RELIED_ON: tuple[tuple[object, str], ...] = ((QueryRetrieveServiceClass, "_move_scp"),)
+# _move_scp opens the move destination through self.ae.associate (moves.py's ListenerAE);
+# its _c_find_scp follows a Warning with a Success of its own (finals.py drops that one)
+RELIED_ON: tuple[tuple[object, str], ...] = (
+    (QueryRetrieveServiceClass, "_move_scp"),
+    (QueryRetrieveServiceClass, "_c_find_scp"),
+)
 
 
 def _configure() -> None:

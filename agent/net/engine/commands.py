@@ -32,6 +32,7 @@ from pynetdicom.dimse_primitives import (
 )
 
 from agent.dicom.wire import encode_header
+from agent.net.engine import finals
 from agent.net.engine.dul import EncodedPData, EventDrivenDUL
 from agent.net.engine.messages import PDV_HEADER
 
@@ -184,6 +185,8 @@ def send_msg(
     self: DIMSEServiceProvider, primitive: DIMSEPrimitive | C_CANCEL, context_id: int
 ) -> None:
     """DIMSEServiceProvider.send_msg with the command set encoded directly."""
+    if finals.redundant(self, primitive):
+        return
     if not _fast_lane(self, primitive):
         _original_send(self, primitive, context_id)
         return

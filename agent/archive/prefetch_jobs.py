@@ -284,10 +284,15 @@ class PrefetchQueue:
             return study_modalities(conn, study_uid)
 
 
+def no_counts() -> dict[str, int]:
+    """The counts of an empty queue (no index yet)."""
+    return dict.fromkeys((*STATES, "studies", "bytes"), 0)
+
+
 def read_counts(conn: sqlite3.Connection) -> dict[str, int]:
     """Jobs per state (every state named), plus ``studies`` and ``bytes`` fetched; from
     any connection, read-only ones included (an index without the table: all zero)."""
-    counts = dict.fromkeys((*STATES, "studies", "bytes"), 0)
+    counts = no_counts()
     try:
         rows = conn.execute(
             "SELECT state, count(*), sum(studies), sum(bytes) FROM prefetch_jobs GROUP BY state"

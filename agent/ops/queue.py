@@ -18,6 +18,7 @@ from agent.archive.index import Index
 from agent.archive.outbox import Outbox
 from agent.archive.pacs_commits import STATES, Failure, PacsCommits
 from agent.errors import AgentError
+from agent.ops.prefetch import prefetch_lines, prefetch_state
 from agent.ops.reachability import reported_destinations, state_line
 from agent.status import Snapshot
 
@@ -66,12 +67,17 @@ class QueueListing:
     # first quarantined or retrying ones
     mpps: dict[str, dict[str, int]] = field(default_factory=dict)
     mpps_rows: tuple[MppsRow, ...] = ()
+    # prefetch jobs per state (and studies, bytes landed), and the first of them
+    # (agent.ops.prefetch: plain values, never a patient ID)
+    prefetch: dict[str, int] = field(default_factory=dict)
+    prefetch_jobs: tuple[dict[str, Any], ...] = ()
 
     def lines(self) -> list[str]:
         """The listing as text, as the CLI prints it and the console shows it."""
         if not self.archive:
             return [NO_ARCHIVE]
-        return self._job_lines() + self._mpps_lines() + self._commit_lines()
+        return (self._job_lines() + self._mpps_lines() + self._commit_lines()
+                + prefetch_lines(self.prefetch, self.prefetch_jobs, self.taken_at))
 
     def to_json(self) -> dict[str, Any]:
         """The listing as ``edge-agent queue --json`` prints it: plain JSON values."""
@@ -200,6 +206,7 @@ def list_queue(layout: Layout, shown: int = SHOWN, live: Snapshot | None = None)
     destination's state as the running agent reports it (``live``: its own model)."""
     if not layout.index_path.exists():
         return QueueListing({}, (), archive=False)
+    prefetch, prefetching = prefetch_state(layout)
     with Index(layout.index_path) as index:
         outbox, commits = Outbox(index), PacsCommits(index)
         return QueueListing(
@@ -210,6 +217,8 @@ def list_queue(layout: Layout, shown: int = SHOWN, live: Snapshot | None = None)
             destinations=reported_destinations(layout, live),
             mpps=mpps.depth(index, done=True),
             mpps_rows=tuple(MppsRow.of(job) for job in mpps.troubled(index, shown)),
+            prefetch=prefetch,
+            prefetch_jobs=prefetching,
         )
 
 

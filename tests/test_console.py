@@ -280,6 +280,17 @@ def test_queue_and_retry(running: Agent, terminal: Terminal) -> None:
     assert terminal.command("queue retry x")[0].startswith("ERR usage")
 
 
+def test_prefetch_by_hand_is_queued_and_listed(running: Agent, terminal: Terminal) -> None:
+    assert terminal.command("prefetch P1")[0].startswith("ERR say where the priors are")
+    assert terminal.command("prefetch P* SELF")[0].startswith("ERR give one patient ID")
+    answer = terminal.command("prefetch P1 SELF")
+    assert answer[0].startswith("OK prefetch #1 queued: priors from SELF"), answer
+    listing = terminal.command("queue")
+    assert any(line.startswith("  prefetch: ") for line in listing), listing
+    assert any("#1" in line and "by hand <- SELF" in line for line in listing), listing
+    assert not any("P1" in line for line in listing)  # the patient is not named
+
+
 def test_studies_names_the_patient_at_the_console(running: Agent, terminal: Terminal) -> None:
     exam = dicomgen.Study()
     store(agent_port(running), list(dicomgen.series(2, study=exam, size=8)), "MODALITY")

@@ -101,7 +101,7 @@ def _row(job: Mapping[str, Any], now: float) -> str:
         due = job["next_attempt"] - now
         when = "due now" if due <= 0 else f"next in {due:.0f} s"
     else:
-        when = job["state"]
+        when = ""  # running, done or failed: the state says it
     error = f"  last error: {job['last_error']}" if job["last_error"] else ""
     return (f"  #{job['id']:<6} {job['state']:9} {when:14} {trigger} <- {job['priors_from']}"
             f"  tries {job['attempts']}  {job['studies']} studies, {size(job['bytes'])}{error}")

@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 
 from agent.archive import Archive
-from agent.archive.prefetch_jobs import STUDY, Job, PrefetchQueue
+from agent.archive.prefetch_jobs import HAND, STUDY, Job, PrefetchQueue
 from agent.config import Config
 from agent.prefetch.job import Context, JobFailed, Transient, run_job
 from agent.pull import Landing
@@ -106,8 +106,8 @@ class PrefetchWorker(Worker):
 
     def _run(self, job: Job) -> None:
         """Run one claimed job and record how it ended."""
-        log.info("prefetch #%d (%s from %s) starts, attempt %d", job.pk, job.trigger,
-                 job.source or "by hand", job.attempts)
+        why = "by hand" if job.trigger == HAND else f"{job.trigger} from {job.source}"
+        log.info("prefetch #%d (%s) starts, attempt %d", job.pk, why, job.attempts)
         try:
             if job.trigger == STUDY and job.attempts == 1:
                 self._rest_or_stop(self.settle)
@@ -131,7 +131,8 @@ class PrefetchWorker(Worker):
             self.queue.fail(job.pk, note, self.clock())
         if done is not None:
             log.info("prefetch #%d %s: %d studies, %.1f MB", job.pk,
-                     "done" if note is None else "incomplete", done.studies, done.bytes / 1e6)
+                     "done" if note is None else "incomplete", done.studies,
+                     done.bytes / 1048576)
         self.refresh_status()
 
     def _fail(self, job: Job, error: str) -> None:

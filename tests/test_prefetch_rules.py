@@ -206,11 +206,12 @@ def test_a_running_job_is_queued_again_after_a_restart_and_retries_wait(tmp_path
     (0.0, True, "PACS", False),  # its destination is down: nothing could send it
     (10_000.0, False, "PACS", False),  # in back-off: not due
     (0.0, False, "GONE", False),  # no such peer any more: no sender for it
+    (0.0, False, "MR1", False),  # a peer, but not forwarded to: no sender for it
 ])
 def test_prefetch_yields_only_to_forwards_that_could_go_now(
     tmp_path: Path, next_attempt: float, down: bool, destination: str, busy: bool
 ) -> None:
-    config = config_with_rules(tmp_path, RULES)
+    config = config_with_rules(tmp_path, RULES + '\n[forward]\nto = ["PACS"]\n')
     status = StatusModel()
     if down:
         status.destination_state("PACS", 1.0, "connection refused", 2.0)

@@ -7,7 +7,7 @@ finds jobs another process queued (``edge-agent prefetch``) and retries that fel
 
 **Forwarding first.** Before a job's query and before each study it pulls, the worker
 waits while any forward job is due now (pending or retrying, its time come) for a
-destination that is up. A destination that is down (its jobs wait behind the
+destination in ``[forward]`` that is up. A destination that is down (its jobs wait behind the
 forwarding process's probe, ``agent.forward.gate``) does not hold prefetch back: its
 jobs stay due, but nothing could send them. Between those looks the worker holds one
 association at most (its C-FIND, or the C-MOVE / C-GET of one study); forwarding,
@@ -169,13 +169,14 @@ class PrefetchWorker(Worker):
         self._check_stop()
 
     def _forwarding_busy(self) -> bool:
-        """Forward jobs are due now for a configured destination that is not down."""
+        """Forward jobs are due now for a destination in force that is not down (jobs
+        left for a peer no longer forwarded to have no sender: they never hold it)."""
         due = self.queue.forward_due(self.clock())
         if not due:
             return False
-        config = self.current()
+        destinations = self.current().forward.destinations
         down = {d.name for d in self.status.snapshot().destinations if d.state == "down"}
-        return any(name in config.peers and name not in down for name in due)
+        return any(name in destinations and name not in down for name in due)
 
     def _rest_or_stop(self, seconds: float) -> None:
         if self.rest(seconds):

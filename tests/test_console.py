@@ -192,7 +192,7 @@ EVERY_COMMAND = [
     "help", "help config", "status", "peers", "echo CT", "queue", "queue retry all",
     "queue purge", "studies", "studies all", "net", "logs 5", "leds test", "version",
     "restart", "config show", "metrics",
-    "clock",
+    "clock", "prefetch P1",
     "config get agent.port", "config set agent.max_pdu 65536", "config unset agent.max_pdu",
     "config diff", "config revert", "config apply", "find", "retrieve", "commit",
     "commit NOPE --study 1.2", "bogus", "config",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import logging
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -137,8 +138,9 @@ def _raw(pacs: Orthanc, path: str) -> bytes:
 ])
 def test_a_new_study_from_the_modality_brings_its_priors_within_the_limits(
     tmp_path: Path, pacs: Orthanc, running: list[Agent], max_studies: int,
-    max_megabytes: int, expected: tuple[str, ...],
+    max_megabytes: int, expected: tuple[str, ...], caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO)
     patient = Patient(tmp_path, pacs)
     config = agent_config(tmp_path, pacs.port, max_studies=max_studies,
                           max_megabytes=max_megabytes)
@@ -167,6 +169,8 @@ def test_a_new_study_from_the_modality_brings_its_priors_within_the_limits(
     assert float(str(last_delivery)) <= float(str(job[6]))
     # and the priors are not forwarded back to the PACS they came from
     assert rows(data, "SELECT count(*) FROM forward_jobs")[0][0] == len(files)
+    assert any("prefetch #" in r.getMessage() for r in caplog.records)
+    assert not [r for r in caplog.records if patient.id in r.getMessage()]  # never logged
 
 
 def test_prefetch_by_hand_is_picked_up_by_the_running_agent_and_shown(

@@ -199,6 +199,10 @@ def test_a_running_job_is_queued_again_after_a_restart_and_retries_wait(tmp_path
         later = queue.claim(300.0)
         assert later is not None and later.pk == first and later.state == RUNNING
         assert queue.counts()[RUNNING] == 2 and queue.counts()[RETRYING] == 0
+        queue.fail(first, "refused for good", 400.0)  # `queue retry --all` re-arms it
+        assert queue.retry_now(None, 500.0) == 1
+        rearmed = queue.claim(500.0)
+        assert rearmed is not None and rearmed.pk == first
 
 
 @pytest.mark.parametrize(("next_attempt", "down", "destination", "busy"), [

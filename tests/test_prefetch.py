@@ -244,3 +244,22 @@ def test_an_mpps_in_progress_from_the_modality_queues_the_prefetch(
     [job] = wait_until(lambda: ended(data), 90, "the prefetch job to end")
     assert job[:3] == ("mpps", str(announced), DONE) and job[3] == 2
     assert held_studies(data) == {patient.priors["ct1"], patient.priors["ct2"]}
+
+
+def test_a_pacs_that_does_not_know_the_agent_as_destination_is_fetched_from_by_c_get(
+    tmp_path: Path, running: list[Agent]
+) -> None:
+    with Orthanc(tmp_path / "stranger") as stranger:  # no DicomModalities: C-MOVE is 0xA801
+        patient = Patient(tmp_path, stranger)
+        config = agent_config(tmp_path, stranger.port, max_studies=2, forward=False)
+        agent = Agent(config_module.load_file(config))
+        running.append(agent)
+        agent.start()
+        study_uid, files = patient.new_study()
+        storescu(files)
+        data = tmp_path / "data"
+        [job] = wait_until(lambda: ended(data), 90, "the prefetch job to end")
+        assert job[:3] == ("study", study_uid, DONE) and job[3] == 2, job
+        wanted = {patient.priors["ct1"], patient.priors["ct2"]}
+        assert held_studies(data) == wanted | {study_uid}
+        assert sum(same_as_orthanc(data, uid, stranger, tmp_path) for uid in wanted) == 10

@@ -3,9 +3,13 @@ them one study at a time through ``agent.pull`` (the path ``edge-agent retrieve`
 
 Each pull is a C-MOVE to this agent's own Storage SCP; when the PACS answers 0xA801 (it
 does not know this agent as a move destination) the job goes on by C-GET, as it does
-when the PACS is not allowed to store here at all. Before the query and before each
-study, ``yield_first`` waits while forwarding has work due (``agent.prefetch.worker``):
-the job holds at most one association, and only between the forwards.
+when the PACS is not allowed to store here at all. Orthanc 1.10 says 0xC000 instead of
+0xA801 for a destination it does not know, so any failure status of a C-MOVE that moved
+nothing is taken the same way: one C-GET of that study, then C-GET for the rest.
+
+Before the query and before each study, ``yield_first`` waits while forwarding has work
+due (``agent.prefetch.worker``): the job holds at most one association, and only between
+the forwards.
 
 The megabyte limit is counted on the bytes that actually landed: a study is pulled while
 the job has landed less than ``max_megabytes``, so the study that crosses the limit is
@@ -33,7 +37,7 @@ from agent.prefetch.triggers import rule_for
 from agent.pull import Landing, check_pull, pull
 from agent.qr.find import find
 from agent.qr.identifiers import FindRequest, Key, RetrieveRequest
-from agent.qr.retrieve import Method, Progress
+from agent.qr.retrieve import Method, Progress, RetrieveResult
 
 log = logging.getLogger(__name__)
 
@@ -148,9 +152,9 @@ def _pull_study(
     try:
         result = pull(config, target, request, method=method, land=ctx.land,
                       on_progress=ctx.on_progress, timeout=ctx.timeout)
-        if method == "move" and result.retrieved.outcome.status == MOVE_DESTINATION_UNKNOWN:
-            log.warning("prefetch: %s does not know %s as a move destination (0xA801);"
-                        " fetching by C-GET", target, config.agent.ae_title)
+        if method == "move" and _moved_nothing(result.retrieved):
+            log.warning("prefetch: %s refused the C-MOVE to %s (%s): fetching by C-GET",
+                        target, config.agent.ae_title, result.retrieved.outcome)
             method = "get"
             result = pull(config, target, request, method=method, land=ctx.land,
                           on_progress=ctx.on_progress, timeout=ctx.timeout)
@@ -159,3 +163,12 @@ def _pull_study(
     if result.retrieved.complete:
         return method, None
     return method, str(result.retrieved.outcome)
+
+
+def _moved_nothing(result: RetrieveResult) -> bool:
+    """The C-MOVE failed before any sub-operation: 0xA801, or a failure with nothing
+    completed (how Orthanc says it does not know the destination)."""
+    if result.outcome.status == MOVE_DESTINATION_UNKNOWN:
+        return True
+    return result.outcome.category == "Failure" and result.progress.completed == 0 \
+        and result.progress.warning == 0

@@ -163,13 +163,15 @@ class PrefetchQueue:
             ).rowcount
 
     def claim(self, now: float) -> Job | None:
-        """The job due first, now running with one more attempt; None if none is due."""
+        """The job due first, now running with one more attempt; None if none is due.
+        Looks first: the idle worker's poll never takes the write lock ingest needs."""
+        select = (f"SELECT {_COLUMNS} FROM prefetch_jobs WHERE state IN (?, ?)"
+                  " AND next_attempt <= ? ORDER BY next_attempt, pk LIMIT 1")
+        with self.index.reading() as conn:
+            if conn.execute(select, (QUEUED, RETRYING, now)).fetchone() is None:
+                return None
         with self.index.transaction() as conn:
-            row = conn.execute(
-                f"SELECT {_COLUMNS} FROM prefetch_jobs WHERE state IN (?, ?)"
-                " AND next_attempt <= ? ORDER BY next_attempt, pk LIMIT 1",
-                (QUEUED, RETRYING, now),
-            ).fetchone()
+            row = conn.execute(select, (QUEUED, RETRYING, now)).fetchone()
             if row is None:
                 return None
             conn.execute(

@@ -25,6 +25,8 @@ from agent.metrics.endpoint import MetricsEndpoint
 from agent.net import configure_pynetdicom, peerlog, ports
 from agent.net.commit_scp import CommitmentReporter
 from agent.net.scp import DicomServer
+from agent.prefetch.triggers import ConfiguredPrefetching
+from agent.prefetch.worker import PrefetchWorker
 from agent.pull import Landing
 from agent.reconfigure import LiveConfig
 from agent.status import Snapshot, State, StatusModel
@@ -91,6 +93,7 @@ class Agent:
         self.forwarder: ForwardingProcess | None = None
         self.mpps_forwarder: MppsForwarder | None = None  # passes MPPS on (forward.mpps_to)
         self.metrics: MetricsEndpoint | None = None  # /metrics and /healthz ([metrics])
+        self.prefetcher: PrefetchWorker | None = None  # pulls priors ([[prefetch]])
         self.study_clock: Clock = time.monotonic  # the quiet and give-up timers' (tests')
         self.studies: StudyJudge | None = None  # judges quiet studies, each tick
         self.clock_sources = SyncSources()  # where "synchronised" is read (tests': a tmp file)
@@ -127,11 +130,13 @@ class Agent:
             )
         current = self.live.current
         self.forwarder = ForwardingProcess(current, self.status)
+        prefetching = ConfiguredPrefetching(current)
         self.archive = Archive(
             self.layout.root,
             floor=lambda: current().agent.min_free_mb * 1048576,
             routing=ConfiguredRouting(current, self.forwarder.wake),
             clock_trusted=lambda: self.status.snapshot().clock.trusted,
+            prefetching=prefetching,
         )
         self._arrivals.note(self.archive.newest_arrival(), trusted=True)
         self.clock = ClockJudge(
@@ -156,6 +161,9 @@ class Agent:
         self.commitments.start()
         self.mpps_forwarder.start()
         self.forwarder.start(self.archive)
+        self.prefetcher = PrefetchWorker(current, self.archive, self.landing(), self.status)
+        prefetching.listen(self.prefetcher.wake)
+        self.prefetcher.start()  # after the listener: its C-MOVEs land there
         if self.config.metrics is not None:
             self.metrics = MetricsEndpoint(current, self.status)
             self.metrics.start()
@@ -231,8 +239,12 @@ class Agent:
         self.status.set_state(State.STOPPING)
         if self.metrics is not None:
             self.metrics.close()  # bounded: its accepting loop ends within half a second
+        if self.prefetcher is not None:
+            self.prefetcher.stop()  # ends its pull at the next sub-operation
         if self.forwarder is not None:
             self.forwarder.stop_soon()  # its senders finish while associations do
+        if self.prefetcher is not None:
+            self.prefetcher.close()  # before the listener its C-MOVE lands in
         if self.server is not None:
             self.server.close()
         if self.commitments is not None:
@@ -349,6 +361,8 @@ class Agent:
             self.forwarder.refresh_status()
         if self.mpps_forwarder is not None:
             self.mpps_forwarder.refresh_status(self.status)
+        if self.prefetcher is not None:
+            self.prefetcher.refresh_status()
 
     def _judge_clock(self) -> None:
         """Judge the system clock (``agent.timekeeping``), show it, say once when trust
@@ -381,7 +395,7 @@ class Agent:
         if self.forwarder is not None:
             self.forwarder.wake(sorted(set(self.forwarder.senders)
                                        | set(self.config.forward.destinations)))
-        for waiting in (self.commitments, self.mpps_forwarder):
+        for waiting in (self.commitments, self.mpps_forwarder, self.prefetcher):
             if waiting is not None:
                 waiting.wake()
 

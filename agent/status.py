@@ -26,6 +26,7 @@ from agent.status_destinations import (
 )
 from agent.status_mpps import MppsQueue, mpps_summary
 from agent.status_parts import ClockState, MetricsState
+from agent.status_prefetch import PrefetchCounts, prefetch_summary
 from agent.status_timings import Timings
 from agent.tls import certificate_warning
 
@@ -106,6 +107,7 @@ class Snapshot:
     commit_reports_sent: int = 0
     mpps: tuple[MppsQueue, ...] = ()  # passing MPPS on, per destination (status_mpps)
     clock: ClockState = field(default_factory=lambda: ClockState())
+    prefetch: PrefetchCounts = field(default_factory=PrefetchCounts)  # (status_prefetch)
     metrics: MetricsState = field(default_factory=lambda: MetricsState())
     version: int = 0
 
@@ -127,6 +129,7 @@ class Snapshot:
             if quarantined:
                 parts.append(f"{quarantined} quarantined")
         parts += mpps_summary(self.mpps)
+        parts += prefetch_summary(self.prefetch)
         parts += [f"{d.name} down" for d in self.destinations if d.state == "down"]
         if self.commit_awaiting or self.commit_failed:
             parts.append(f"{self.commit_awaiting} awaiting commitment")
@@ -351,6 +354,10 @@ class StatusModel:
     def mpps_queue(self, queues: tuple[MppsQueue, ...]) -> None:
         """MPPS messages waiting or quarantined per destination, as the queue holds them."""
         self._apply(lambda s: {} if s.mpps == queues else {"mpps": queues})
+
+    def prefetch(self, counts: PrefetchCounts) -> None:
+        """Prefetch jobs per state, and what they fetched (``agent.status_prefetch``)."""
+        self._apply(lambda s: {} if s.prefetch == counts else {"prefetch": counts})
 
     def destination_commitments(self, counts: dict[str, dict[str, int]]) -> None:
         """Storage commitment rows per destination and state, as the archive holds them."""

@@ -192,7 +192,7 @@ EVERY_COMMAND = [
     "help", "help config", "status", "peers", "echo CT", "queue", "queue retry all",
     "queue purge", "studies", "studies all", "net", "logs 5", "leds test", "version",
     "restart", "config show", "metrics",
-    "clock",
+    "clock", "prefetch P1",
     "config get agent.port", "config set agent.max_pdu 65536", "config unset agent.max_pdu",
     "config diff", "config revert", "config apply", "find", "retrieve", "commit",
     "commit NOPE --study 1.2", "bogus", "config",
@@ -278,6 +278,17 @@ def test_queue_and_retry(running: Agent, terminal: Terminal) -> None:
     assert terminal.command("queue") == ["OK", "  queue empty: everything was delivered"]
     assert terminal.command("queue retry all") == ["OK re-armed 0 jobs"]
     assert terminal.command("queue retry x")[0].startswith("ERR usage")
+
+
+def test_prefetch_by_hand_is_queued_and_listed(running: Agent, terminal: Terminal) -> None:
+    assert terminal.command("prefetch P1")[0].startswith("ERR say where the priors are")
+    assert terminal.command("prefetch P* SELF")[0].startswith("ERR give one patient ID")
+    answer = terminal.command("prefetch P1 SELF")
+    assert answer[0].startswith("OK prefetch #1 queued: priors from SELF"), answer
+    listing = terminal.command("queue")
+    assert any(line.startswith("  prefetch: ") for line in listing), listing
+    assert any("#1" in line and "by hand <- SELF" in line for line in listing), listing
+    assert not any("P1" in line for line in listing)  # the patient is not named
 
 
 def test_studies_names_the_patient_at_the_console(running: Agent, terminal: Terminal) -> None:

@@ -29,7 +29,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("archive", ("agent.archive",)),
     ("status", ("agent.status", "agent.status_mpps", "agent.status_file",
                 "agent.status_destinations", "agent.status_parts", "agent.status_timings",
-                "agent.status_disk",
+                "agent.status_disk", "agent.status_prefetch",
                 "agent.timekeeping")),
     ("network", ("agent.net", "agent.metrics")),
     ("services", ("agent.qr", "agent.forward", "agent.pull", "agent.studies",

@@ -20,7 +20,7 @@ from typing import Literal, Protocol, TypeVar
 
 from pydicom.dataset import Dataset
 
-from agent.archive import durable
+from agent.archive import durable, prefetch_jobs
 from agent.archive.arrivals import Arrivals
 from agent.archive.header import read_header, timestamp
 from agent.archive.index import (
@@ -81,6 +81,30 @@ class NoRouting:
         """Nobody to tell."""
 
 
+class Prefetching(Protocol):
+    """Which new studies queue a prefetch of their patient's priors (``[[prefetch]]``),
+    asked inside the indexing transaction, and who hears that one was queued: given to
+    the archive when it is made, as its routing is
+    (``agent.prefetch.triggers.ConfiguredPrefetching``)."""
+
+    def priors_from(self, calling_ae: str) -> Sequence[str]:
+        """The peers a new study from ``calling_ae`` pulls priors from (none: no rule)."""
+
+    def queued(self) -> None:
+        """A prefetch job was committed (never blocks: called while receiving)."""
+
+
+class NoPrefetching:
+    """An archive that queues no prefetch (a reindex, a test, the forwarding process)."""
+
+    def priors_from(self, calling_ae: str) -> Sequence[str]:
+        """Nowhere."""
+        return ()
+
+    def queued(self) -> None:
+        """Nobody to tell."""
+
+
 def no_floor() -> int:
     """No free-space floor."""
     return 0
@@ -111,6 +135,7 @@ class Archive:
         floor: Callable[[], int] = no_floor,
         routing: Routing | None = None,
         clock_trusted: Callable[[], bool] = always_trusted,
+        prefetching: Prefetching | None = None,
     ) -> None:
         self.layout = Layout(root)
         self.layout.create()
@@ -120,6 +145,8 @@ class Archive:
         # retention deletes nothing by age
         self.clock_trusted = clock_trusted
         self.routing: Routing = routing or NoRouting()
+        self.prefetching: Prefetching = prefetching or NoPrefetching()
+        self._prefetched = threading.local()  # index_new queued a prefetch in this thread
         self.index = Index(self.layout.index_path)
         self.outbox = Outbox(self.index)
         self.pacs_commits = PacsCommits(self.index)
@@ -140,14 +167,47 @@ class Archive:
         released with the others in this same transaction."""
         destinations = self.routing.destinations(header, record.calling_ae)
         held = set(self.routing.per_study(header, record.calling_ae)) & set(destinations)
+        study_uid = str(record.levels[Level.STUDY]["StudyInstanceUID"])
+        sources = self.prefetching.priors_from(record.calling_ae)
+        fresh = bool(sources) and not prefetch_jobs.study_held(conn, study_uid)
         add_instance(conn, record, clock_untrusted=not self.clock_trusted())
         add_jobs(conn, record.sop_instance_uid, destinations, time.time(), held)
-        study_uid = str(record.levels[Level.STUDY]["StudyInstanceUID"])
+        if fresh and self._queue_prefetch(conn, record, sources):
+            self._prefetched.queued = True  # told after the commit (``_ingest``)
         released = note_instance(
             conn, study_uid, record.sop_instance_uid, record.calling_ae, record.received_at
         )
         sending = [name for name in destinations if name not in held]
         return sending + sorted(released - set(sending))
+
+    def _queue_prefetch(
+        self, conn: sqlite3.Connection, record: InstanceRecord, sources: Sequence[str]
+    ) -> bool:
+        """Queue a prefetch of the patient's priors from each of ``sources`` for the new
+        study ``record`` begins; True if any was queued."""
+        study, series = record.levels[Level.STUDY], record.levels[Level.SERIES]
+        modality = (series.get("Modality") or "").strip().upper()
+        queued = False
+        for source in sources:
+            trigger = prefetch_jobs.Trigger(
+                patient_id=str(record.levels[Level.PATIENT].get("PatientID") or ""),
+                trigger_study=str(study["StudyInstanceUID"]),
+                trigger=prefetch_jobs.STUDY,
+                source=record.calling_ae,
+                priors_from=source,
+                modalities=(modality,) if modality else (),
+                study_date=(study.get("StudyDate") or "").strip(),
+            )
+            queued = prefetch_jobs.add(conn, trigger, time.time()) or queued
+        return queued
+
+    def prefetch_queued(self) -> None:
+        """After a commit in this thread: tell ``prefetching`` if ``index_new`` queued a
+        prefetch in it (each thread indexes in its own transactions, so the flag it
+        set is its own and the job is committed when it reads it)."""
+        if getattr(self._prefetched, "queued", False):
+            self._prefetched.queued = False
+            self.prefetching.queued()
 
     def resolve(self, model: Model, identifier: Dataset) -> list[StoredInstance]:
         """The archived instances a retrieve identifier names (its unique keys only)."""
@@ -254,6 +314,7 @@ class Archive:
                 synced=False,
             )
         self.routing.queued(destinations)
+        self.prefetch_queued()
         return Stored("stored", record.sop_instance_uid, final, size)
 
     def _known_copy(self, sop_uid: str) -> Path | None:

@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.archive import commitments, durable, mpps, pacs_commits, studies
+from agent.archive import commitments, durable, mpps, pacs_commits, prefetch_jobs, studies
 from agent.archive.keys import KEYS, LEADING_SPACES_PAD, TABLES
 from agent.dicom.models import Level
 from agent.errors import AgentError, IndexUnavailable
@@ -193,6 +193,7 @@ MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     studies.migrate,  # 8: study states and the evidence that completes them
     _migrate_to_9,  # 9: forward jobs held until their study is complete
     _migrate_to_10,  # 10: arrivals flagged while the clock was not trusted
+    prefetch_jobs.migrate,  # 11: priors to fetch for a patient ([[prefetch]])
 ]
 
 

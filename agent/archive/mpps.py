@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
+from agent.archive import prefetch_jobs
 from agent.archive.commitments import Index
 
 T = TypeVar("T")
@@ -91,9 +92,15 @@ def migrate(conn: sqlite3.Connection) -> None:
     )
 
 
-def create(index: Index, step: Step, forward: Forward = Forward()) -> bool:
-    """Record a new step (and queue its N-CREATE to ``forward``), synced before this
-    returns; False (writing nothing) if a step with its UID exists already."""
+def create(
+    index: Index,
+    step: Step,
+    forward: Forward = Forward(),
+    prefetch: Sequence[prefetch_jobs.Trigger] = (),
+) -> bool:
+    """Record a new step (and queue its N-CREATE to ``forward``, and the ``prefetch``
+    jobs it announces), synced before this returns; False (writing nothing) if a step
+    with its UID exists already."""
     with index.transaction() as conn:
         known = conn.execute(
             "SELECT 1 FROM mpps_steps WHERE sop_instance_uid = ?", (step.uid,)
@@ -105,6 +112,8 @@ def create(index: Index, step: Step, forward: Forward = Forward()) -> bool:
             _row(step),
         )
         _enqueue(conn, step.uid, N_CREATE, forward, step.created_at)
+        for trigger in prefetch:
+            prefetch_jobs.add(conn, trigger, step.created_at)
     return True
 
 

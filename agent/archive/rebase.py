@@ -34,6 +34,8 @@ _SHIFTS = (
     ("commitments", ("next_attempt", "received_at"), "state = 'pending'"),
     # MPPS messages passed on: the next attempt
     ("mpps_jobs", ("next_attempt",), "state = 'pending'"),
+    # prefetch jobs: when a queued or retrying one is tried (next)
+    ("prefetch_jobs", ("next_attempt",), "state IN ('queued', 'retrying')"),
 )
 
 
@@ -46,6 +48,7 @@ class Rebased:
     pacs_commits: int = 0  # commitment rows of destinations not yet settled
     commitments: int = 0  # commitment transactions waiting for their report
     mpps_jobs: int = 0  # MPPS messages waiting to be passed on
+    prefetch_jobs: int = 0  # prefetch jobs waiting to be tried
 
 
 def rebase(conn: sqlite3.Connection, seconds: float) -> Rebased:
@@ -58,5 +61,5 @@ def rebase(conn: sqlite3.Connection, seconds: float) -> Rebased:
             f"UPDATE {table} SET {assignments} WHERE {where}", (seconds,) * len(columns)
         )
         moved.append(max(0, cursor.rowcount))
-    waiting, delivered, unsettled, _requested, commitments, mpps_jobs = moved
-    return Rebased(waiting, delivered, unsettled, commitments, mpps_jobs)
+    waiting, delivered, unsettled, _requested, commitments, mpps_jobs, prefetch = moved
+    return Rebased(waiting, delivered, unsettled, commitments, mpps_jobs, prefetch)

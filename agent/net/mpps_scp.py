@@ -21,7 +21,7 @@ from typing import Any
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from agent.archive import Archive, mpps
+from agent.archive import Archive, mpps, prefetch_jobs
 from agent.dicom import mpps as rules
 from agent.dicom.contexts import MPPS
 from agent.dicom.status import (
@@ -125,11 +125,14 @@ class MppsHandler:
             attributes=received,
         )
         forward = mpps.Forward(self.mpps_to(), received)
-        if not mpps.create(self.archive.index, step, forward):
+        prefetch = self._prefetch(ds, uid, caller.ae_title)
+        if not mpps.create(self.archive.index, step, forward, prefetch):
             duplicate = rules.Refusal(DUPLICATE_SOP_INSTANCE, "step exists already")
             return _refused("N-CREATE", caller, duplicate), None
         log.info("MPPS step %s IN PROGRESS, from %s", uid, caller)
         self._queued(forward)
+        if prefetch:
+            self.archive.prefetching.queued()
         if given:
             return SUCCESS, None
         named = Dataset()  # pynetdicom moves it into the response's command set
@@ -164,6 +167,30 @@ class MppsHandler:
         if outcome.status in rules.FINAL:
             self._tell_final(outcome)
         return SUCCESS, None
+
+    def _prefetch(
+        self, ds: Dataset, step_uid: str, calling_ae: str
+    ) -> list[prefetch_jobs.Trigger]:
+        """The prefetch jobs an N-CREATE announces (``[[prefetch]]`` rules naming its
+        sender): one per PACS and per study it schedules (the step itself when it names
+        none), for the patient it names, with the modality it performs."""
+        sources = self.archive.prefetching.priors_from(calling_ae)
+        if not sources:
+            return []
+        modality = str(ds.get("Modality", "") or "").strip().upper()
+        return [
+            prefetch_jobs.Trigger(
+                patient_id=str(ds.get("PatientID", "") or ""),
+                trigger_study=study,
+                trigger=prefetch_jobs.MPPS,
+                source=calling_ae,
+                priors_from=source,
+                modalities=(modality,) if modality else (),
+                study_date=str(ds.get("PerformedProcedureStepStartDate", "") or "").strip(),
+            )
+            for source in sources
+            for study in rules.study_uids(ds) or (step_uid,)
+        ]
 
     def _queued(self, forward: mpps.Forward) -> None:
         if forward.destinations:

@@ -17,7 +17,9 @@ from agent.archive import outbox as queue
 from agent.archive.index import Index
 from agent.archive.outbox import Outbox
 from agent.archive.pacs_commits import STATES, Failure, PacsCommits
+from agent.archive.prefetch_jobs import PrefetchQueue
 from agent.errors import AgentError
+from agent.ops.prefetch import prefetch_lines, prefetch_state
 from agent.ops.reachability import reported_destinations, state_line
 from agent.status import Snapshot
 
@@ -66,12 +68,17 @@ class QueueListing:
     # first quarantined or retrying ones
     mpps: dict[str, dict[str, int]] = field(default_factory=dict)
     mpps_rows: tuple[MppsRow, ...] = ()
+    # prefetch jobs per state (and studies, bytes landed), and the first of them
+    # (agent.ops.prefetch: plain values, never a patient ID)
+    prefetch: dict[str, int] = field(default_factory=dict)
+    prefetch_jobs: tuple[dict[str, Any], ...] = ()
 
     def lines(self) -> list[str]:
         """The listing as text, as the CLI prints it and the console shows it."""
         if not self.archive:
             return [NO_ARCHIVE]
-        return self._job_lines() + self._mpps_lines() + self._commit_lines()
+        return (self._job_lines() + self._mpps_lines() + self._commit_lines()
+                + prefetch_lines(self.prefetch, self.prefetch_jobs, self.taken_at))
 
     def to_json(self) -> dict[str, Any]:
         """The listing as ``edge-agent queue --json`` prints it: plain JSON values."""
@@ -166,6 +173,7 @@ class QueueChange:
     unknown: tuple[int, ...] = ()  # job ids the queue does not hold
     idle: tuple[tuple[int, str], ...] = ()  # (id, state) of named jobs not waiting to retry
     mpps: int = 0  # MPPS messages a retry re-armed or a purge dropped
+    prefetch: int = 0  # retrying or failed prefetch jobs a retry of all made due now
 
     @property
     def ok(self) -> bool:
@@ -178,6 +186,7 @@ class QueueChange:
         if not self.archive:
             return NO_ARCHIVE
         messages = f" and {self.mpps} MPPS messages" if self.mpps else ""
+        messages += f" and {self.prefetch} prefetch jobs" if self.prefetch else ""
         if self.action == "purge":
             return f"purged {self.count} quarantined jobs{messages}"
         if self.unknown:
@@ -200,6 +209,7 @@ def list_queue(layout: Layout, shown: int = SHOWN, live: Snapshot | None = None)
     destination's state as the running agent reports it (``live``: its own model)."""
     if not layout.index_path.exists():
         return QueueListing({}, (), archive=False)
+    prefetch, prefetching = prefetch_state(layout)
     with Index(layout.index_path) as index:
         outbox, commits = Outbox(index), PacsCommits(index)
         return QueueListing(
@@ -210,6 +220,8 @@ def list_queue(layout: Layout, shown: int = SHOWN, live: Snapshot | None = None)
             destinations=reported_destinations(layout, live),
             mpps=mpps.depth(index, done=True),
             mpps_rows=tuple(MppsRow.of(job) for job in mpps.troubled(index, shown)),
+            prefetch=prefetch,
+            prefetch_jobs=prefetching,
         )
 
 
@@ -217,17 +229,20 @@ def retry_jobs(
     layout: Layout, job_ids: Sequence[int] | None, destinations: Sequence[str] | None = None
 ) -> QueueChange:
     """Make retrying or quarantined jobs due now: these ids, or all when None (then MPPS
-    messages too, each step's in the order taken); ``destinations`` narrows "all" to
-    theirs."""
+    messages too, each step's in the order taken, and with no ``destinations`` the
+    retrying and failed prefetch jobs); ``destinations`` narrows "all" to theirs."""
     if not layout.index_path.exists():
         return QueueChange("retry", 0, archive=False)
     now = time.time()
     with Index(layout.index_path) as index:
         outbox = Outbox(index)
         states = outbox.states_of(list(job_ids)) if job_ids is not None else {}
+        prefetch = 0
         if job_ids is None:
             count = outbox.rearm(now, None, destinations)
             messages = mpps.rearm(index, now, destinations)
+            if not destinations:
+                prefetch = PrefetchQueue(index).retry_now(None, now)
         else:
             count, messages = outbox.rearm(now, list(job_ids)), 0
     named = list(dict.fromkeys(job_ids or ()))
@@ -235,6 +250,7 @@ def retry_jobs(
         "retry",
         count,
         mpps=messages,
+        prefetch=prefetch,
         unknown=tuple(job for job in named if job not in states),
         idle=tuple(
             (job, states[job]) for job in named

@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from agent.archive import Layout
+from agent.archive import Layout, prefetch_jobs
 from agent.archive.index import Counts, counts_at
 from agent.archive.study_list import state_counts_at
 from agent.ops.alerts import judge
@@ -57,6 +57,8 @@ class StatusReport:
         if counts.get("clock_untrusted"):
             lines.append(f"          {counts['clock_untrusted']} arrived while the clock was"
                          " not trusted (their arrival times are doubtful)")
+        if info.get("prefetch") and any(info["prefetch"].get(s) for s in prefetch_jobs.STATES):
+            lines.append(f"prefetch  {prefetch_counts_line(info['prefetch'])}")
         if info["disk_free"] is not None:
             lines.append(f"disk      {size(info['disk_free'])} free")
         agent = info["agent"]
@@ -203,6 +205,7 @@ def gather(
         "data_dir": str(layout.root),
         "archive": dataclasses.asdict(_counts(layout)),
         "studies": _study_counts(layout),
+        "prefetch": _prefetch_counts(layout),
         "disk_free": shutil.disk_usage(layout.root).free if layout.root.exists() else None,
         "running": running,
         "answering": running and published is not None and published.get("silent_for") is None,
@@ -227,6 +230,19 @@ def _study_counts(layout: Layout) -> dict[str, int]:
     if not layout.index_path.exists():
         return {"arriving": 0, "reopened": 0, "complete": 0}
     return state_counts_at(layout.index_path)
+
+
+def _prefetch_counts(layout: Layout) -> dict[str, int]:
+    """Prefetch jobs per state, studies and bytes landed (``agent.archive.prefetch_jobs``)."""
+    if not layout.index_path.exists():
+        return prefetch_jobs.no_counts()
+    return prefetch_jobs.counts_at(layout.index_path)
+
+
+def prefetch_counts_line(counts: dict[str, int] | Any) -> str:
+    """Prefetch jobs per state and what they landed, in one line (``status``, ``queue``)."""
+    states = ", ".join(f"{counts.get(state, 0)} {state}" for state in prefetch_jobs.STATES)
+    return f"{states} ({counts.get('studies', 0)} studies, {size(counts.get('bytes', 0))} fetched)"
 
 
 def size(count: int) -> str:

@@ -19,6 +19,7 @@ from agent.field.leds import walk_patterns
 from agent.ops.clock import clock_report
 from agent.ops.echo import echo_peer
 from agent.ops.metrics import metrics_report
+from agent.ops.prefetch import queue_prefetch
 from agent.ops.queue import list_queue, purge_jobs, retry_jobs, split_targets
 from agent.ops.running import RunningAgent
 from agent.ops.status import status_report
@@ -112,6 +113,17 @@ class AgentCommands:
         if args.get("yes", "").lower() != "yes":
             return err("type 'queue purge yes' to drop every quarantined job for good")
         return queue_reply(purge_jobs(self._layout()))
+
+    @syntax("prefetch PATIENT_ID [PEER]",
+            "fetch a patient's prior studies from the PACS (queued: 'queue' shows it)")
+    def prefetch(self, args: Args) -> Reply:
+        """Queue a prefetch by hand, as ``edge-agent prefetch`` does; the worker takes
+        it up within seconds, after what waits to be forwarded."""
+        try:
+            queued = queue_prefetch(self.agent.config, args["patient_id"], args.get("peer"))
+        except AgentError as exc:
+            return err(str(exc))
+        return ok(queued.lines()[0].removeprefix("OK "), queued.lines()[1:], result=queued)
 
     @syntax("studies [all]", "arriving and recently complete studies, with the patient's name")
     def studies(self, args: Args) -> Reply:

@@ -4,9 +4,10 @@ thread of its own, while the requester is sent what the box holds.
 Each study the box holds none of is pulled whole (one C-MOVE at the study level), each
 series likewise, and only the missing instances of a series it holds in part. By C-MOVE
 to our own AE title when the peer may store to us; by C-GET when it may not, or once it
-answers 0xA801 (it does not know us as a move destination). What lands is archived like
-any received instance (durable, indexed, routed, never back to the peer it came from);
-the archive's ``arrivals`` hand each over to the requester's handler.
+refuses the C-MOVE before any sub-operation (0xA801, or Orthanc's 0xC000 for a
+destination it does not know). What lands is archived like any received instance
+(durable, indexed, routed, never back to the peer it came from); the archive's
+``arrivals`` hand each over to the requester's handler.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from agent.archive import Archive
 from agent.config import Config, Peer
 from agent.dicom.contexts import COMMON_STORAGE_CLASSES
 from agent.dicom.models import Model
-from agent.dicom.status import MOVE_DESTINATION_UNKNOWN
 from agent.errors import PeerError
 from agent.fallthrough.listing import RemoteInstance
 from agent.net.scu import Target
@@ -63,7 +63,7 @@ class Pull:
         self.config = config
         self.land = land
         self.plans = plans
-        self.methods = methods  # per peer name: how it sends to us (C-GET once it said 0xA801)
+        self.methods = methods  # per peer name: how it sends to us (C-GET once a C-MOVE was refused)
         lacking = [i for plan in plans for i in plan.instances if i.sop_uid in plan.lacking]
         self._uids = tuple(dict.fromkeys(i.sop_uid for i in lacking))
         self._sop_classes = sop_classes(lacking)
@@ -119,9 +119,9 @@ class Pull:
             "move" if "store" in plan.peer.allow else "get")
         try:
             result = self._retrieve(target, request, method, plan)
-            if method == "move" and result.outcome.status == MOVE_DESTINATION_UNKNOWN:
-                log.warning("%s does not know %s as a move destination: pulling by C-GET",
-                            target, self.config.agent.ae_title)
+            if method == "move" and result.moved_nothing:
+                log.warning("%s refused the C-MOVE to %s (%s): pulling by C-GET",
+                            target, self.config.agent.ae_title, result.outcome)
                 self.methods[plan.peer.name] = "get"
                 result = self._retrieve(target, request, "get", plan)
         except PeerError as exc:

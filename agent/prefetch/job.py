@@ -28,7 +28,6 @@ from pydicom.tag import Tag
 from agent.archive.prefetch_jobs import Job, PrefetchQueue
 from agent.config import Config
 from agent.dicom.models import Level
-from agent.dicom.status import MOVE_DESTINATION_UNKNOWN
 from agent.errors import ConfigError, PeerError
 from agent.net.scu import Target, resolve_target
 from agent.prefetch.choose import Candidate, candidates, choose, reference_day
@@ -37,7 +36,7 @@ from agent.prefetch.triggers import rule_for
 from agent.pull import Landing, check_pull, pull
 from agent.qr.find import find
 from agent.qr.identifiers import FindRequest, Key, RetrieveRequest
-from agent.qr.retrieve import Method, Progress, RetrieveResult
+from agent.qr.retrieve import Method, Progress
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +151,7 @@ def _pull_study(
     try:
         result = pull(config, target, request, method=method, land=ctx.land,
                       on_progress=ctx.on_progress, timeout=ctx.timeout)
-        if method == "move" and _moved_nothing(result.retrieved):
+        if method == "move" and result.retrieved.moved_nothing:
             log.warning("prefetch: %s refused the C-MOVE to %s (%s): fetching by C-GET",
                         target, config.agent.ae_title, result.retrieved.outcome)
             method = "get"
@@ -164,11 +163,3 @@ def _pull_study(
         return method, None
     return method, str(result.retrieved.outcome)
 
-
-def _moved_nothing(result: RetrieveResult) -> bool:
-    """The C-MOVE failed before any sub-operation: 0xA801, or a failure with nothing
-    completed (how Orthanc says it does not know the destination)."""
-    if result.outcome.status == MOVE_DESTINATION_UNKNOWN:
-        return True
-    return result.outcome.category == "Failure" and result.progress.completed == 0 \
-        and result.progress.warning == 0

@@ -19,7 +19,7 @@ from pynetdicom import StoragePresentationContexts, build_role, evt
 
 from agent.config import Config
 from agent.dicom.contexts import STORAGE_TRANSFER_SYNTAXES, UNCOMPRESSED, qr_sop_class
-from agent.dicom.status import PENDING_STATUSES
+from agent.dicom.status import MOVE_DESTINATION_UNKNOWN, PENDING_STATUSES
 from agent.errors import PeerError, UsageError
 from agent.net.scu import Requestor, Target
 from agent.qr.identifiers import RetrieveRequest
@@ -63,6 +63,16 @@ class RetrieveResult:
     def complete(self) -> bool:
         """Every sub-operation succeeded (or warned) and the peer said so."""
         return self.outcome.succeeded and self.progress.failed == 0 and not self.failed_uids
+
+    @property
+    def moved_nothing(self) -> bool:
+        """A C-MOVE refused before any sub-operation: 0xA801, or a failure with nothing
+        done (how Orthanc 1.10 says it does not know the destination: 0xC000). A C-GET
+        may still work: it needs no destination."""
+        if self.outcome.status == MOVE_DESTINATION_UNKNOWN:
+            return True
+        done = self.progress.completed + self.progress.warning
+        return self.outcome.category == "Failure" and done == 0
 
 
 def retrieve(

@@ -45,6 +45,9 @@ def test_a_good_file_parses_into_settings_and_peers(tmp_path: Path) -> None:
     assert config.peer_by_ae("CT1") is config.peers["CT1"]
     assert config.agent.handshake_timeout == 5.0
     assert parse(with_change("agent.handshake_timeout", 2)).agent.handshake_timeout == 2.0
+    assert config.qr.fall_through == () and config.peers["CT1"].fall_through is True
+    falling = parse(with_change("qr.fall_through", ["PACS"]))
+    assert falling.qr.fall_through == ("PACS",) and falling.qr.fall_through_timeout == 5.0
 
 
 @pytest.mark.parametrize(("path", "value", "key", "words"), [
@@ -71,6 +74,17 @@ def test_a_good_file_parses_into_settings_and_peers(tmp_path: Path) -> None:
     ("forward.associations", 0, "forward.associations", "between 1 and 8"),
     ("forward.associations", 9, "forward.associations", "between 1 and 8"),
     ("peers.bad name", {"ae_title": "X", "host": "h", "port": 1}, "peers.bad name", "peer name"),
+    ("qr.fall_through", ["NOPE"], "qr.fall_through", "'NOPE' is not a configured peer"),
+    ("qr.fall_through", ["PACS", "PACS"], "qr.fall_through", "names a peer twice"),
+    ("qr.fall_through_timeout", 0, "qr.fall_through_timeout", "between"),
+    ("qr.colour", 1, "qr.colour", "unknown key"),
+    ("peers.CT1.fall_through", "no", "peers.CT1.fall_through", "must be true or false"),
+    ("prefetch", {"from": ["CT1"]}, "prefetch", "array of tables"),
+    ("prefetch", [{"from": ["CT1"], "priors_from": "NOPE"}], "prefetch[0].priors_from",
+     "not a configured peer"),
+    ("prefetch", [{"from": [], "priors_from": "PACS"}], "prefetch[0].from", "at least one"),
+    ("prefetch", [{"from": ["CT1"], "priors_from": "PACS", "modality": "some"}],
+     "prefetch[0].modality", "'same', 'any' or a list"),
 ])
 def test_a_bad_value_names_its_key(path: str, value: object, key: str, words: str) -> None:
     with pytest.raises(ConfigError) as caught:

@@ -20,7 +20,10 @@ while it receives one 1 GB instance) and study (scripts/bench_study.py: last sto
 Orthanc with forward.when = "complete", MPPS completing it, against "instance") and
 metrics (scripts/bench_metrics.py: one /metrics scrape of an agent holding
 --metrics-instances with --metrics-queued waiting, against Orthanc's, and the idle CPU
-of one scraped every 15 s over --idle-seconds, against the same agent without it).
+of one scraped every 15 s over --idle-seconds, against the same agent without it) and
+fall-through (scripts/bench_fallthrough.py: the time to the last local C-FIND answer with
+fall-through off, on and to a PACS that is down; a C-MOVE of a --move-count study held
+only at Orthanc, through the agent to a storescp, against Orthanc sending it itself).
 
 Each line gives the agent's figure, a reference's, the ratio and, where the issue sets
 one, the target and whether it is met; the agent's CPU seconds (utime+stime from
@@ -55,6 +58,7 @@ from pathlib import Path
 # this tree's agent (not whichever one the interpreter has installed), then scripts/
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_fallthrough
 import bench_metrics
 import bench_study
 import dicomgen
@@ -83,7 +87,7 @@ from pydicom import dcmread
 
 MODES = {"normal": None, "small-box": 0}  # the core everything is pinned to
 PATHS = ("ingest", "senders", "move-get", "find", "forward", "retrieve", "idle", "big",
-         "study", "metrics")
+         "study", "metrics", "fall-through")
 DRIFT_LIMIT = 1.5
 AGENT = "edge-agent"
 
@@ -264,6 +268,23 @@ class Bench:
                                  Compare("endpoint off", got["idle_off"]),
                                  Compare("Orthanc, scraped", got["idle_orthanc"])]),
             Row("the endpoint's CPU per scrape, in the agent", "ms", got["per_scrape"] * 1000, []),
+        ]
+
+    def fall_through(self) -> list[Row]:
+        """Fall-through Q/R (bench_fallthrough.py): local C-FIND answers with it on, and
+        a C-MOVE of a study only the PACS holds, through the agent."""
+        options = argparse.Namespace(local_studies=20, queries=self.args.queries,
+                                     move_count=self.args.move_count, size=256,
+                                     repeat=self.args.repeat)
+        got = bench_fallthrough.measure(options, self.runs / "fall-through")
+        return [
+            Row("C-FIND, last local answer, falling through to Orthanc", "ms",
+                got["find_on"] * 1000, [Compare("archive only", got["find_off"] * 1000, 1.1)]),
+            Row("C-FIND, last local answer, falling through to a PACS that is down", "ms",
+                got["find_dead"] * 1000, [Compare("archive only", got["find_off"] * 1000, 1.1)]),
+            Row(f"C-MOVE of {self.args.move_count} held only at Orthanc, through the agent",
+                "s", got["move_through"],
+                [Compare("Orthanc to the storescp itself", got["move_direct"], 1.3)]),
         ]
 
     def study(self) -> list[Row]:
@@ -506,6 +527,7 @@ class Bench:
                 ("ingest", self.ingest), ("senders", self.senders),
                 ("forward", self.forward), ("retrieve", self.retrieve),
                 ("study", self.study), ("metrics", self.metrics),
+                ("fall-through", self.fall_through),
             ]
             for path, step in steps:
                 if path in self.args.paths:

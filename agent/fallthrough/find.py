@@ -26,6 +26,7 @@ from agent.net.scu import Target
 log = logging.getLogger(__name__)
 
 WAIT_STEP = 0.1  # how often a wait for answers looks whether the requester cancelled
+LET_LOCAL_ANSWERS_LEAVE = 0.005  # seconds
 NEARLINE = "NEARLINE"
 _ALWAYS = ("SpecificCharacterSet", "QueryRetrieveLevel")
 _END = object()  # the peers are done
@@ -86,6 +87,10 @@ class RemoteQuery:
 
     def _ask_all(self) -> None:
         try:
+            # the last local answers are still being written by the association's own
+            # thread: a new thread setting up an association would hold the interpreter
+            # for up to its switch interval (5 ms) first
+            self._stopped.wait(LET_LOCAL_ANSWERS_LEAVE)
             for target in self.targets:
                 if self._stopped.is_set():
                     return

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Collection, Iterable, Iterator, MutableMapping
 from dataclasses import dataclass
 
@@ -63,7 +64,7 @@ class Pull:
         self.config = config
         self.land = land
         self.plans = plans
-        self.methods = methods  # per peer name: how it sends to us (C-GET once a C-MOVE was refused)
+        self.methods = methods  # per peer: how it sends to us (C-GET once a C-MOVE was refused)
         lacking = [i for plan in plans for i in plan.instances if i.sop_uid in plan.lacking]
         self._uids = tuple(dict.fromkeys(i.sop_uid for i in lacking))
         self._sop_classes = sop_classes(lacking)
@@ -98,6 +99,7 @@ class Pull:
 
     def _run(self) -> None:
         problems: list[str] = []
+        started = time.monotonic()
         try:
             for plan in self.plans:
                 for request in requests(plan):
@@ -111,6 +113,8 @@ class Pull:
             problems.append(str(exc))
         finally:
             self._finished = "; ".join(dict.fromkeys(problems))
+            log.info("fall-through pull of %d instances ended in %.2f s%s", len(self._uids),
+                     time.monotonic() - started, f": {self._finished}" if problems else "")
 
     def _pull(self, plan: Plan, request: RetrieveRequest) -> str:
         """One retrieve from the plan's peer: "" when it brought everything, else why not."""

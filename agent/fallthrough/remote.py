@@ -10,6 +10,7 @@ the handler already: the remote part asks nothing the caller could not ask us.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Collection
 
 from pydicom.dataset import Dataset
@@ -65,6 +66,7 @@ class Remote:
         if not peers:
             return None
         config = self.current()
+        started = time.monotonic()
         plans, problems = [], []
         known = set(held)
         for peer in peers:
@@ -81,6 +83,7 @@ class Remote:
                 plans.append(Plan(peer, used, tuple(instances), lacking))
         if len(problems) == len(peers):
             raise PeerError("; ".join(problems))
+        log.debug("fall-through: %d peers listed in %.3f s", len(peers), time.monotonic() - started)
         if not plans:
             return None
         return Pull(config, landing(self.archive, self.status), plans, self._methods)

@@ -137,3 +137,16 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60,
 def have(tool: str) -> bool:
     """True if an executable is on PATH."""
     return shutil.which(tool) is not None
+
+
+def storescp(directory: Path, port: int, *options: str) -> subprocess.Popen[bytes]:
+    """DCMTK storescp as DEST writing to ``directory``, ready to accept (``options``:
+    more of its flags, e.g. +xa for every transfer syntax it knows)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    process = subprocess.Popen([dcmtk("storescp"), "-aet", "DEST", *options, "-od",
+                                str(directory), str(port)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    echo = [dcmtk("echoscu"), "-aec", "DEST", "127.0.0.1", str(port)]
+    wait_until(lambda: subprocess.run(echo, capture_output=True).returncode == 0, 20,
+               "storescp to listen")
+    return process

@@ -32,7 +32,7 @@ from agent.dicom.models import Model
 from tests import scu
 from tests.pacs import Dcmqrscp
 from tests.scripted_pacs import ScriptedPacs
-from tests.support import dcmtk, free_port, peer, wait_until, write_config
+from tests.support import dcmtk, free_port, peer, storescp, write_config
 
 PATIENT = "FT0001"
 WS_FLAGS = ("-aet", "WS", "-aec", "EDGE")
@@ -144,17 +144,6 @@ def test_a_requester_without_fall_through_gets_local_answers_only(site: Site, tm
     assert result.returncode == 0, result.stderr
     assert {str(a.StudyInstanceUID) for a in answers} == {
         site.studies["LOCAL"], site.studies["SPLIT"]}
-
-
-def storescp(directory: Path, port: int) -> subprocess.Popen[bytes]:
-    """A DCMTK storescp as DEST, ready to accept."""
-    directory.mkdir(parents=True, exist_ok=True)
-    process = subprocess.Popen([dcmtk("storescp"), "-aet", "DEST", "-od", str(directory),
-                                str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    echo = [dcmtk("echoscu"), "-aec", "DEST", "127.0.0.1", str(port)]
-    wait_until(lambda: subprocess.run(echo, capture_output=True).returncode == 0, 20,
-               "storescp to listen")
-    return process
 
 
 def orthanc_copies(orthanc: Orthanc, study_uid: str) -> dict[str, bytes]:
@@ -350,3 +339,14 @@ def test_a_strict_pacs_is_asked_level_by_level_and_pulled_from_by_move_or_get(
             assert agent.archive.outbox.delivered(None, 100) == []
     assert status.Status == 0x0000
     assert got == {str(dcmread(p).SOPInstanceUID) for p in paths}
+
+
+def test_a_bad_level_is_refused_as_it_is_without_fall_through(site: Site, tmp_path: Path
+                                                              ) -> None:
+    finals = []
+    for calling in ("WS", "NEARBY"):
+        result, answers = findscu(site.port, tmp_path / calling, "-v", "-k",
+                                  "QueryRetrieveLevel=WARD", calling=calling)
+        assert answers == []
+        finals += [line for line in result.stderr.splitlines() if "Final Find Response" in line]
+    assert len(finals) == 2 and finals[0] == finals[1] and "Success" not in finals[0]

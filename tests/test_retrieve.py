@@ -17,7 +17,7 @@ from agent.app import Agent
 from tests import scu
 from tests.qr_archive import STUDY_ROOT_MOVE
 from tests.qr_archive import identifier as q
-from tests.support import dcmtk, free_port, peer, wait_until, write_config
+from tests.support import dcmtk, free_port, peer, storescp, write_config
 
 
 class Setup:
@@ -70,17 +70,6 @@ def same_instances(sent: list[Path], received: list[Path]) -> None:
     for path in sent:
         uid = str(dcmread(path, stop_before_pixels=True).SOPInstanceUID)
         assert dicomgen.dataset_bytes(by_uid[uid]) == dicomgen.dataset_bytes(path)
-
-
-def storescp(directory: Path, port: int) -> subprocess.Popen[bytes]:
-    """A DCMTK storescp destination, ready to accept."""
-    directory.mkdir(parents=True, exist_ok=True)
-    process = subprocess.Popen([dcmtk("storescp"), "-aet", "DEST", "-od", str(directory),
-                                str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    echo = [dcmtk("echoscu"), "-aec", "DEST", "127.0.0.1", str(port)]
-    wait_until(lambda: subprocess.run(echo, capture_output=True).returncode == 0, 20,
-               "storescp to listen")
-    return process
 
 
 @pytest.mark.parametrize(("flag", "level"), [("-S", "SERIES"), ("-P", "STUDY"), ("-O", "STUDY")])

@@ -21,7 +21,7 @@ from pynetdicom.presentation import build_context
 from agent import config as config_module
 from agent.app import Agent
 from tests import scu
-from tests.support import dcmtk, free_port, peer, wait_until, write_config
+from tests.support import dcmtk, free_port, peer, storescp, write_config
 
 STUDY_ROOT_GET = "1.2.840.10008.5.1.4.1.2.2.3"
 # getscu's preference flag for each stored syntax: it then proposes that syntax first
@@ -119,17 +119,6 @@ def _copy(path: Path, directory: Path) -> Path:
     return target
 
 
-def _storescp(directory: Path, port: int) -> subprocess.Popen[bytes]:
-    """DCMTK storescp accepting every transfer syntax it knows (+xa)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    process = subprocess.Popen([dcmtk("storescp"), "-aet", "DEST", "+xa", "-od", str(directory),
-                                str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    echo = [dcmtk("echoscu"), "-aec", "DEST", "127.0.0.1", str(port)]
-    wait_until(lambda: subprocess.run(echo, capture_output=True).returncode == 0, 20,
-               "storescp to listen")
-    return process
-
-
 def _keys(pairs: list[tuple[str, str]]) -> list[str]:
     return [arg for key, value in pairs for arg in ("-k", f"{key}={value}")]
 
@@ -163,7 +152,7 @@ def _list_keys(served: Served, flag: str, level: str) -> tuple[list[str], int]:
 def test_movescu_with_a_list_of_uids_moves_every_one(served: Served, tmp_path: Path,
                                                      flag: str, level: str) -> None:
     keys, expected = _list_keys(served, flag, level)
-    destination = _storescp(tmp_path, served.destination_port)
+    destination = storescp(tmp_path, served.destination_port, "+xa")
     try:
         result = subprocess.run([dcmtk("movescu"), "-aet", "WS", "-aec", "EDGE", "-aem", "DEST",
                                  flag, *keys, "127.0.0.1", str(served.port)],
@@ -218,7 +207,7 @@ def test_getscu_offering_several_syntaxes_gets_each_sample_in_its_stored_syntax(
 
 
 def test_movescu_sends_each_sample_byte_identical(served: Served, tmp_path: Path) -> None:
-    destination = _storescp(tmp_path, served.destination_port)
+    destination = storescp(tmp_path, served.destination_port, "+xa")
     try:
         for sample in served.samples:
             result = subprocess.run([dcmtk("movescu"), "-aet", "WS", "-aec", "EDGE", "-aem",

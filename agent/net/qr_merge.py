@@ -48,7 +48,10 @@ def keyed(identifier: Dataset) -> tuple[Dataset, str]:
     sources are told apart by it), and that key's keyword."""
     copy = Dataset()
     copy.update(identifier)
-    level = Level(str(identifier.get("QueryRetrieveLevel", "")).strip())
+    try:
+        level = Level(str(identifier.get("QueryRetrieveLevel", "")).strip())
+    except ValueError:  # the archive's query says what is wrong with it, in its status
+        return copy, "QueryRetrieveLevel"
     keyword = UNIQUE_KEYS[level]
     if keyword not in copy:
         setattr(copy, keyword, "")

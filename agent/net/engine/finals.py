@@ -16,16 +16,10 @@ import weakref
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_primitives import C_CANCEL, C_FIND, DIMSEPrimitive
 
-SUCCESS = 0x0000
-_GENERAL_WARNINGS = frozenset({0x0001, 0x0107, 0x0116})  # PS3.7 C.3.2
+from agent.dicom.status import SUCCESS, is_warning
 
 # providers whose last C-FIND response was a Warning: pynetdicom's Success follows
 _warned: weakref.WeakSet[DIMSEServiceProvider] = weakref.WeakSet()
-
-
-def is_warning(status: int) -> bool:
-    """A Warning status (PS3.7 Annex C: 0x0001, 0x0107, 0x0116, 0xBxxx)."""
-    return status in _GENERAL_WARNINGS or 0xB000 <= status <= 0xBFFF
 
 
 def redundant(provider: DIMSEServiceProvider, primitive: DIMSEPrimitive | C_CANCEL) -> bool:

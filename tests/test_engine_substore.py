@@ -182,7 +182,7 @@ def test_each_sub_operation_names_the_next_file_so_it_can_be_read_ahead() -> Non
                  for n in range(3)]
     handlers = QueryRetrieveHandlers(None, _Reader(), lambda assoc: None)  # type: ignore[arg-type]
     event = SimpleNamespace(is_cancelled=False)
-    sent = list(handlers._send(event, instances, None, "C-GET"))
+    sent = list(handlers._send(event, instances, None, None, "C-GET"))
     assert [status for status, _ in sent] == [PENDING] * 3
     files = [stored for _, stored in sent]
     assert all(isinstance(stored, StoredFile) for stored in files)

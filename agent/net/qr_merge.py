@@ -143,14 +143,14 @@ def merged_sending(
         landed = pull.next(0 if waiting_local else WAIT_STEP) if waiting_remote else None
         if landed is not None and landed in waiting_remote:
             waiting_remote.discard(landed)
-            yield from _held(reader, landed, pull)
+            yield from _held(reader, landed)
         elif landed is None and waiting_local:
             yield PENDING, _stored(reader, waiting_local.popleft())
         elif landed is None and pull.finished() is not None:
             yield from _drained(reader, pull, waiting_remote)
 
 
-def _held(reader: Reader, uid: str, pull: RemotePull) -> Iterator[Response]:
+def _held(reader: Reader, uid: str) -> Iterator[Response]:
     """A landed instance, as the archive holds it (gone again already: a failure)."""
     found = reader.held([uid])
     if found:
@@ -164,7 +164,7 @@ def _drained(reader: Reader, pull: RemotePull, waiting: set[str]) -> Iterator[Re
     while (landed := pull.next(0)) is not None:
         if landed in waiting:
             waiting.discard(landed)
-            yield from _held(reader, landed, pull)
+            yield from _held(reader, landed)
     why = pull.finished() or "the peer did not send it"
     for uid in sorted(waiting):
         yield PENDING, NotRetrieved(uid, why)

@@ -3,7 +3,7 @@ its own started once the archive has answered, their answers handed over as they
 
 Each peer gets the requester's identifier as it is (the same keys, the same level, the
 same model where it offers it: never a wider query); each answer keeps only what was
-asked for, with our AE title as the Retrieve AE Title and NEARLINE as the availability.
+asked for (``agent.net.qr_merge`` marks it retrievable through us, NEARLINE).
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ log = logging.getLogger(__name__)
 
 WAIT_STEP = 0.1  # how often a wait for answers looks whether the requester cancelled
 LET_LOCAL_ANSWERS_LEAVE = 0.005  # seconds
-NEARLINE = "NEARLINE"
 _ALWAYS = ("SpecificCharacterSet", "QueryRetrieveLevel")
 _END = object()  # the peers are done
 
@@ -119,19 +118,16 @@ class RemoteQuery:
                 if self._stopped.is_set():
                     peer.cancel()
                     continue  # read on to its final status (Cancel)
-                self._answers.put(cleaned(answer, wanted, self.config.agent.ae_title))
+                self._answers.put(cleaned(answer, wanted))
         finally:
             self._current = None
             peer.close()
 
 
-def cleaned(answer: Dataset, wanted: set[BaseTag], ae_title: str) -> Dataset:
-    """A peer's answer with only the requested keys (its character set and level kept),
-    retrievable through us, NEARLINE."""
+def cleaned(answer: Dataset, wanted: set[BaseTag]) -> Dataset:
+    """A peer's answer with only the requested keys (its character set and level kept)."""
     kept = Dataset()
     for element in answer:
         if element.tag in wanted or element.keyword in _ALWAYS:
             kept.add(element)
-    kept.RetrieveAETitle = ae_title
-    kept.InstanceAvailability = NEARLINE
     return kept

@@ -26,9 +26,8 @@ class RemoteFind(Protocol):
         """Ask the peers (on a thread of its own)."""
 
     def answers(self, until: float, cancelled: Callable[[], bool]) -> Iterator[Dataset]:
-        """Each remote answer as it comes (cleaned: the requested keys, our AE title as
-        Retrieve AE Title, NEARLINE), until the peers are done, ``until`` (monotonic
-        seconds) passes, or ``cancelled()``."""
+        """Each remote answer as it comes (only the requested keys), until the peers are
+        done, ``until`` (monotonic seconds) passes, or ``cancelled()``."""
 
     def incomplete(self) -> str | None:
         """After ``answers``: why the remote part is incomplete, in words (None: it is not)."""

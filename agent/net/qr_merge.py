@@ -106,7 +106,7 @@ def merged_answers(
             continue
         seen.add(value)
         added += 1
-        yield PENDING, answer
+        yield PENDING, mark(answer, ae_title, NEARLINE)
     if cancelled():
         yield CANCELLED, None
         return

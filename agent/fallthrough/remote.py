@@ -58,7 +58,7 @@ class Remote:
         return RemoteQuery(self.current(), [_target(p) for p in peers], model, identifier)
 
     def pull(
-        self, caller: Caller | None, model: Model, identifier: Dataset, held: Collection[str]
+        self, caller: Caller | None, identifier: Dataset, held: Collection[str]
     ) -> Pull | None:
         """Start pulling what the peers hold under ``identifier`` and the archive does not;
         None if nothing; PeerError when no peer could say what it holds."""

@@ -65,11 +65,13 @@ class FallThrough(Protocol):
         """The remote part of a C-FIND, to ``start``; None when it does not fall through."""
 
     def pull(
-        self, caller: Caller | None, model: Model, identifier: Dataset, held: Collection[str]
+        self, caller: Caller | None, identifier: Dataset, held: Collection[str]
     ) -> RemotePull | None:
         """Start pulling what a retrieve names and the archive does not hold (``held``:
-        the SOP Instance UIDs it does); None when it does not fall through or nothing is
-        missing. PeerError when the peers cannot say what they hold."""
+        the SOP Instance UIDs it does), whatever the model it was asked in (the peers
+        are listed and pulled from in Study Root, or Patient Root); None when it does
+        not fall through or nothing is missing. PeerError when the peers cannot say
+        what they hold."""
 
 
 class NoFallThrough:
@@ -80,7 +82,7 @@ class NoFallThrough:
         return None
 
     def pull(
-        self, caller: Caller | None, model: Model, identifier: Dataset, held: Collection[str]
+        self, caller: Caller | None, identifier: Dataset, held: Collection[str]
     ) -> RemotePull | None:
         """Never."""
         return None

@@ -257,7 +257,7 @@ class QueryRetrieveHandlers:
         what = f"C-{service.upper()}"
         held = {i.sop_instance_uid for i in found}
         try:
-            pull = self.fall_through.pull(caller, model_of(event), identifier_of(event), held)
+            pull = self.fall_through.pull(caller, identifier_of(event), held)
         except PeerError as exc:
             if found:
                 log.warning("%s from %s: only what the archive holds is sent; the "

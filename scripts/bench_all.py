@@ -285,6 +285,8 @@ class Bench:
             Row(f"C-MOVE of {self.args.move_count} held only at Orthanc, through the agent",
                 "s", got["move_through"],
                 [Compare("Orthanc to the storescp itself", got["move_direct"], 1.3)]),
+            Row("  its first instance at the storescp, through the agent", "s",
+                got["first_through"], [Compare("Orthanc's first", got["first_direct"])]),
         ]
 
     def study(self) -> list[Row]:

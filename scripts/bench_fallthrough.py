@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,8 +33,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import dicomgen
-from bench.clients import dcmtk_env, measured, storescu
-from bench.peers import DCMTK, EdgeAgent, Orthanc, Receiver, free_port, wait_for
+from bench.clients import dcmtk_env, measured, retrieve_times, storescu
+from bench.peers import EdgeAgent, Orthanc, free_port
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pynetdicom import AE, build_context
@@ -92,34 +91,6 @@ def first_answers(port: int, queries: int) -> Iterator[tuple[float, float]]:
         assoc.release()
 
 
-def move_times(server: Receiver, study_uid: str, bench_port: int, out: Path,
-               expected: int) -> tuple[float, float]:
-    """One movescu of a study from ``server`` into a fresh storescp: seconds to the last
-    response, and to the first file written (when the first instance reached it)."""
-    out.mkdir(parents=True)
-    env = dcmtk_env()
-    receiver = subprocess.Popen([str(DCMTK / "storescp"), "-aet", "BENCH", "-od", str(out),
-                                 str(bench_port)], env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_for(lambda: subprocess.run([str(DCMTK / "echoscu"), "127.0.0.1", str(bench_port)],
-                                        capture_output=True).returncode == 0, 30, "storescp")
-        started = time.time()
-        seconds = measured([str(DCMTK / "movescu"), "-aet", "BENCH", "-aec", server.ae_title,
-                            "-aem", "BENCH", "-S", "-k", "QueryRetrieveLevel=STUDY",
-                            "-k", f"StudyInstanceUID={study_uid}", "127.0.0.1",
-                            str(server.port)], env).seconds
-    finally:
-        receiver.terminate()
-        receiver.wait(20)
-    files = list(out.iterdir())
-    if len(files) != expected:
-        raise RuntimeError(f"C-MOVE from {server.name}: {len(files)} of {expected} arrived")
-    first = min(f.stat().st_mtime for f in files) - started
-    shutil.rmtree(out)
-    return seconds, first
-
-
 def find_times(agents: dict[str, EdgeAgent], queries: int) -> dict[str, tuple[float, float]]:
     """Medians per agent, the agents asked in turn, one query each, ``queries`` rounds."""
     streams = {name: first_answers(agent.port, queries) for name, agent in agents.items()}
@@ -156,12 +127,12 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, float]:
         finds = find_times(agents, args.queries)
         moves: dict[str, list[tuple[float, float]]] = {"through the agent": [],
                                                         "Orthanc directly": []}
-        for round_, study in enumerate(moved):
+        for study in moved:
             uid = str(dcmread(study[0], stop_before_pixels=True).StudyInstanceUID)
             routes = {"Orthanc directly": orthanc, "through the agent": agents["on"]}
             for name, server in routes.items():
-                out = workdir / "moves" / f"{round_}-{server.name}"
-                moves[name].append(move_times(server, uid, bench_port, out, args.move_count))
+                moves[name].append(retrieve_times("C-MOVE", server, uid, bench_port,
+                                                  workdir / "moves", args.move_count))
     medians = {name: (statistics.median(t[0] for t in times),
                       statistics.median(t[1] for t in times)) for name, times in moves.items()}
     return report(args, finds, medians)

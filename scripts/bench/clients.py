@@ -140,6 +140,13 @@ def retrieve_seconds(kind: str, server: Receiver, study_uid: str, destination: i
                      workdir: Path, expected: int) -> float:
     """Time one movescu (into a storescp on ``destination``, AE BENCH) or getscu of a
     study from ``server``; checks that ``expected`` files arrived."""
+    return retrieve_times(kind, server, study_uid, destination, workdir, expected)[0]
+
+
+def retrieve_times(kind: str, server: Receiver, study_uid: str, destination: int,
+                   workdir: Path, expected: int) -> tuple[float, float]:
+    """``retrieve_seconds``, and the seconds until the first file was written (when the
+    first instance arrived)."""
     out = workdir / f"{kind}-{server.name}-{time.monotonic_ns()}"
     out.mkdir(parents=True)
     args = ["-aet", "BENCH", "-aec", server.ae_title, "-S", "-k", "QueryRetrieveLevel=STUDY",
@@ -155,17 +162,19 @@ def retrieve_seconds(kind: str, server: Receiver, study_uid: str, destination: i
         command = [str(DCMTK / "movescu"), *args, "-aem", "BENCH"]
     else:
         command = [str(DCMTK / "getscu"), *args, "-od", str(out)]
+    started = time.time()
     try:
         seconds = measured([*command, "127.0.0.1", str(server.port)], env).seconds
     finally:
         if receiver:
             receiver.terminate()
             receiver.wait(20)
-    arrived = sum(1 for _ in out.iterdir())
+    files = list(out.iterdir())
+    first = min((f.stat().st_mtime for f in files), default=started) - started
     shutil.rmtree(out)
-    if arrived != expected:
-        raise RuntimeError(f"{kind} from {server.name}: {arrived} of {expected} arrived")
-    return seconds
+    if len(files) != expected:
+        raise RuntimeError(f"{kind} from {server.name}: {len(files)} of {expected} arrived")
+    return seconds, first
 
 
 def find_latencies(port: int, called: str, queries: list[Dataset]) -> tuple[list[float], int]:

@@ -2,9 +2,11 @@
 # Install everything the tests need on Debian / Raspberry Pi OS, then run lint, type
 # check and the whole suite. Safe to run again; CI (.ci/run) runs exactly this.
 #
-# The suite runs first under python3 (in .venv), then again under each Python the boxes
-# ship or pyproject promises, where this machine has it (each in its own .venv-3.X):
-# 3.10 (requires-python), 3.13 (the trixie-based Raspberry Pi OS; bookworm has 3.11).
+# The whole suite runs under python3 (in .venv), then the tests not marked `slow` run again
+# under each Python the boxes ship or pyproject promises, where this machine has it (each
+# in its own .venv-3.X): 3.10 (requires-python), 3.13 (the trixie-based Raspberry Pi OS;
+# bookworm has 3.11). The slow ones (real peers at length, power cuts, soaks) exercise the
+# same code paths as the rest, and three full runs would not fit CI's time.
 # Arguments go to pytest, in every run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -71,10 +73,10 @@ for version in "${EXTRA_PYTHONS[@]}"; do
          "make a venv (looked for \$HOME/.pyenv/versions/$version.*/bin/python3, python$version)"
     continue
   fi
-  echo "== pytest (Python $version: $python, in .venv-$version)"
+  echo "== pytest -m 'not slow' (Python $version: $python, in .venv-$version)"
   start=$SECONDS
   venv_for "$version" "$python"
-  ".venv-$version/bin/python" -m pytest "$@" || failed+=("$version")
+  ".venv-$version/bin/python" -m pytest -m "not slow" "$@" || failed+=("$version")
   echo "== pytest (Python $version): $((SECONDS - start)) s with the install"
 done
 if [ ${#failed[@]} -gt 0 ]; then

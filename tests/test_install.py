@@ -28,6 +28,7 @@ def staged_install(root: Path) -> subprocess.CompletedProcess[str]:
     return result
 
 
+@pytest.mark.slow
 def test_a_staged_install_lays_out_the_box(tmp_path: Path) -> None:
     root = tmp_path / "root"
     result = staged_install(root)
@@ -56,6 +57,7 @@ def test_a_staged_install_lays_out_the_box(tmp_path: Path) -> None:
     assert "unknown AEs are rejected" in checked.stdout
 
 
+@pytest.mark.slow
 def test_reinstall_keeps_the_config_and_uninstall_keeps_data_and_config(tmp_path: Path) -> None:
     root = tmp_path / "root"
     staged_install(root)

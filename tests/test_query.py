@@ -130,6 +130,7 @@ def test_combined_date_time_matching_when_negotiated(served: qa.Served) -> None:
     assert {a.PatientID for a in combined} == {"P1", "P3"}
 
 
+@pytest.mark.slow
 def test_cancel_stops_the_pending_answers(tmp_path: Path) -> None:
     """findscu --cancel 1 against 1500 matches: the stream stops early with Cancel."""
     data = tmp_path / "data"

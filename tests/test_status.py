@@ -120,6 +120,7 @@ def _status(config_file: Path) -> tuple[dict[str, Any], str]:
     return json.loads(as_json.stdout), human.stdout
 
 
+@pytest.mark.slow
 def test_a_stopped_process_reads_as_not_answering_then_serving_again(
         agent_process: AgentProcess, config_file: Path, data_dir: Path) -> None:
     agent_process.start()

@@ -97,6 +97,7 @@ def silent() -> Iterator[SilentSCP]:
         scp_.close()
 
 
+@pytest.mark.slow
 def test_sigterm_with_forwarding_busy_on_two_destinations_stops_in_time(
         tmp_path: Path, silent: SilentSCP, caplog: pytest.LogCaptureFixture) -> None:
     destinations = {"DEAD": ("DEAD", free_port()), "SILENT": ("SILENT", silent.port)}
@@ -124,6 +125,7 @@ def test_sigterm_with_forwarding_busy_on_two_destinations_stops_in_time(
     assert "Traceback" not in log
 
 
+@pytest.mark.slow
 def test_sigterm_during_a_c_move_to_a_silent_destination_stops_in_time(
         tmp_path: Path, silent: SilentSCP) -> None:
     # the C-MOVE handler waits for the destination's answer (DIMSE timeout 60 s): stopping

@@ -205,6 +205,34 @@ def test_a_running_job_is_queued_again_after_a_restart_and_retries_wait(tmp_path
         assert rearmed is not None and rearmed.pk == first
 
 
+def test_jobs_done_a_month_ago_are_forgotten_failed_and_recent_ones_stay(tmp_path: Path) -> None:
+    day = 86400.0
+    with Archive(tmp_path) as archive:
+        queue = PrefetchQueue(archive.index)
+        old, recent, failed = (
+            queue.add(Trigger(f"P{n}", f"1.{n}", STUDY, "CT1", "PACS"), now=0.0)
+            for n in range(3)
+        )
+        assert old is not None and recent is not None and failed is not None
+        queue.finish(old, 1 * day)
+        queue.finish(recent, 40 * day)
+        queue.fail(failed, "refused", 1 * day)
+        status = StatusModel()
+        land = Landing(archive, status, lambda names: None, "test")
+        worker = PrefetchWorker(
+            lambda: config_module.builtin_default(), archive, land, status,
+            clock=lambda: 45 * day,
+        )
+        worker.refresh_status()  # the housekeeping tick's: forgets, then counts
+        assert {job.pk for job in queue.listing()} == {recent, failed}
+        assert (status.snapshot().prefetch.done, status.snapshot().prefetch.failed) == (1, 1)
+        queue.finish(failed, 45 * day)
+        worker.refresh_status()  # within RECOUNT of the last: the tick does not count again
+        assert status.snapshot().prefetch.done == 1
+        worker.refresh_status(now=True)  # the worker's own change: counted at once
+        assert status.snapshot().prefetch.done == 2
+
+
 @pytest.mark.parametrize(("next_attempt", "down", "destination", "busy"), [
     (0.0, False, "PACS", True),  # due now for a destination that is up: yield
     (0.0, True, "PACS", False),  # its destination is down: nothing could send it

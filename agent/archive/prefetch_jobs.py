@@ -228,6 +228,14 @@ class PrefetchQueue:
                 (state, error, at, done_at, pk),
             )
 
+    def forget_done(self, before: float) -> int:
+        """Delete the jobs that finished well (``done``) before ``before``; how many.
+        Failed ones stay until retried: someone should see them."""
+        with self.index.transaction() as conn:
+            return conn.execute(
+                "DELETE FROM prefetch_jobs WHERE state = ? AND done_at < ?", (DONE, before)
+            ).rowcount
+
     def retry_now(self, pks: Iterable[int] | None, now: float) -> int:
         """Make retrying or failed jobs (these, or all) due now; how many."""
         where = "state IN (?, ?)"

@@ -46,6 +46,9 @@ SETTLE = 2.0  # seconds a job triggered by a study's first instance waits for th
 RETRY_FIRST, RETRY_MAX = 30.0, 3600.0
 MAX_ATTEMPTS = 12  # about seven hours of retries
 STOPS_WITHIN = 10.0
+RECOUNT = 30.0  # seconds between the housekeeping tick's recounts of the jobs per state
+KEEP_DONE_DAYS = 30.0  # finished jobs are forgotten after this (they only dedupe triggers)
+FORGET_EVERY = 3600.0  # seconds between looks for finished jobs to forget (a write)
 
 
 class Stopped(Exception):
@@ -75,6 +78,8 @@ class PrefetchWorker(Worker):
         self.today = today
         self.settle = SETTLE
         self.yielded = 0  # looks that found forwarding busy (since start)
+        self._counted_at: float | None = None  # monotonic time of the last recount
+        self._forgot_at: float | None = None  # ... and of the last forget_done
 
     def start(self) -> None:
         """Queue again what a stop or crash left running, then start the thread."""
@@ -91,13 +96,25 @@ class PrefetchWorker(Worker):
                 if job is None:
                     self.wait(self._idle_for())
                     continue
+                self.refresh_status(now=True)
                 self._run(job)
             except Exception:  # the worker outlives any one failure
                 log.exception("prefetch: the worker failed; looking again in %.0f s", POLL)
                 self.rest(POLL)
 
-    def refresh_status(self) -> None:
-        """Tell the status model the jobs per state (each housekeeping tick)."""
+    def refresh_status(self, *, now: bool = False) -> None:
+        """Tell the status model the jobs per state: at once when the worker changed a
+        job (``now``), else, from the housekeeping tick, every ``RECOUNT`` seconds, which
+        is how jobs queued by arrivals or by hand are counted. A recount also forgets jobs
+        done more than ``KEEP_DONE_DAYS`` ago, so the table and its count stay small on
+        a box that runs for years (hourly: it is a write)."""
+        mono = time.monotonic()
+        if not now and self._counted_at is not None and mono - self._counted_at < RECOUNT:
+            return
+        self._counted_at = mono
+        if self._forgot_at is None or mono - self._forgot_at >= FORGET_EVERY:
+            self._forgot_at = mono
+            self.queue.forget_done(self.clock() - KEEP_DONE_DAYS * 86400)
         self.status.prefetch(prefetch_counts(self.queue.counts()))
 
     def _idle_for(self) -> float:
@@ -138,7 +155,7 @@ class PrefetchWorker(Worker):
     def _fail(self, job: Job, error: str) -> None:
         log.warning("prefetch #%d failed: %s", job.pk, error)
         self.queue.fail(job.pk, error, self.clock())
-        self.refresh_status()
+        self.refresh_status(now=True)
 
     def _transient(self, job: Job, error: str) -> None:
         if job.attempts >= MAX_ATTEMPTS:
@@ -147,7 +164,7 @@ class PrefetchWorker(Worker):
         delay = min(RETRY_MAX, RETRY_FIRST * 2 ** (job.attempts - 1))
         log.warning("prefetch #%d: %s; trying again in %.0f s", job.pk, error, delay)
         self.queue.retry(job.pk, error, self.clock() + delay)
-        self.refresh_status()
+        self.refresh_status(now=True)
 
     def _context(self) -> Context:
         return Context(

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -123,16 +122,15 @@ class Token:
 class ClientCredentials(RetryOn401):
     """OAuth2 client credentials grant: a token from ``token_url`` for our client id and
     secret (sent as HTTP basic, RFC 6749 2.3.1), cached until shortly before it expires,
-    renewed at once after a 401."""
+    renewed at once after a 401. One per destination, shared by its lanes."""
 
-    def __init__(self, settings: WebSettings, secret: SecretFile,
-                 session: Callable[[], requests.Session]) -> None:
+    def __init__(self, settings: WebSettings, secret: SecretFile) -> None:
         self.settings = settings
         self.secret = secret
-        self._session = session  # for the token endpoint: the same TLS trust
+        self._session = requests.Session()  # the token endpoint: the same TLS trust
+        self._session.verify = str(settings.ca) if settings.ca is not None else True
         self._lock = threading.Lock()
         self._token: Token | None = None
-        self.issued = 0  # tokens fetched so far (the tests count them)
 
     def token(self, renew: bool = False) -> str:
         with self._lock:
@@ -148,7 +146,7 @@ class ClientCredentials(RetryOn401):
         if s.scope:
             form["scope"] = s.scope
         try:
-            answer = self._session().post(
+            answer = self._session.post(
                 s.token_url, data=form, auth=HTTPBasicAuth(s.client_id, self.secret.read()),
                 headers={"Accept": "application/json"}, timeout=TOKEN_TIMEOUT)
         except requests.RequestException as exc:
@@ -163,21 +161,29 @@ class ClientCredentials(RetryOn401):
         except (ValueError, KeyError, TypeError):
             raise PeerError(f"token endpoint {s.token_url}: no access_token in its answer"
                             ) from None
-        self.issued += 1
         early = max(min(REFRESH_BEFORE, lifetime * REFRESH_FRACTION), 0.0)
         log.debug("token from %s, valid %.0f s", s.token_url, lifetime)
         return Token(value, time.monotonic() + lifetime - early)
 
 
-def auth_for(settings: WebSettings, session: Callable[[], requests.Session]) -> AuthBase | None:
-    """The authentication the settings name (None for ``auth = "none"``)."""
+_shared: dict[WebSettings, ClientCredentials] = {}
+_shared_lock = threading.Lock()
+
+
+def auth_for(settings: WebSettings) -> AuthBase | None:
+    """The authentication the settings name (None for ``auth = "none"``); the OAuth2
+    token of a destination is shared by every client of it in this process."""
     if settings.auth == "basic" and settings.password_file is not None:
         return FileBasicAuth(settings.user, SecretFile(settings.password_file, "password_file"))
     if settings.auth == "bearer" and settings.token_file is not None:
         return FileBearerAuth(SecretFile(settings.token_file, "token_file"))
     if settings.auth == "oauth2" and settings.client_secret_file is not None:
-        return ClientCredentials(
-            settings, SecretFile(settings.client_secret_file, "client_secret_file"), session)
+        with _shared_lock:
+            found = _shared.get(settings)
+            if found is None:
+                secret = SecretFile(settings.client_secret_file, "client_secret_file")
+                found = _shared[settings] = ClientCredentials(settings, secret)
+            return found
     return None
 
 

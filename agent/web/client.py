@@ -55,17 +55,14 @@ class WebClient:
     def __init__(self, settings: WebSettings) -> None:
         self.settings = settings
         verify: bool | str = str(settings.ca) if settings.ca is not None else True
-        self._token_session = requests.Session()
-        self._token_session.verify = verify
         self.session = requests.Session()
         self.session.verify = verify
         self.session.headers["User-Agent"] = USER_AGENT
-        self.session.auth = auth_for(settings, lambda: self._token_session)
+        self.session.auth = auth_for(settings)
 
     def close(self) -> None:
         """Close the pooled connections."""
         self.session.close()
-        self._token_session.close()
 
     def stow(self, parts: Sequence[Part]) -> StowAnswer:
         """POST ``parts`` to ``{url}/studies`` and read the answer per instance."""

@@ -14,8 +14,10 @@ import pytest
 from agent import config as config_module
 from agent.app import Agent
 from agent.archive.index import connect
+from agent.errors import PeerError
 from agent.ops.echo import echo_peer
 from tests import scu
+from tests.certs import make_pki
 from tests.pacs import DICOMWEB_PLUGIN, OrthancWeb
 from tests.support import wait_until
 from tests.test_dicomweb import archived, orthanc_files, states, web_config
@@ -113,3 +115,24 @@ def test_bearer_token_file_is_read_again_when_it_changes_and_after_a_401(
         assert set(tokens.refused) == {"token-BBBB"}
     assert attempts(data) == {1}  # one try each
     assert orthanc_files(orthanc) == archived(data)
+
+
+def test_https_is_verified_against_the_configured_ca(
+        tmp_path: Path, tokens: TokenServer) -> None:
+    pki = make_pki(tmp_path / "pki")
+    (tmp_path / "cloud.token").write_text("token-TLS\n")
+    tokens.accept("token-TLS")
+    with OrthancWeb(tmp_path / "orthanc") as orthanc, Nginx(
+            tmp_path / "nginx", f"http://127.0.0.1:{orthanc.http_port}/dicom-web/",
+            f"http://127.0.0.1:{tokens.port}/validate", tls=(pki.agent.cert, pki.agent.key)
+    ) as nginx:
+        cloud = {"url": nginx.dicomweb, "auth": "bearer", "token_file": "cloud.token"}
+        untrusted = config_module.load_file(web_config(tmp_path, cloud))
+        with pytest.raises(PeerError, match=r"TLS: certificate verify failed.*system's trust"):
+            echo_peer(untrusted, "CLOUD")
+        config = config_module.load_file(web_config(tmp_path, {**cloud, "ca": str(pki.ca)}))
+        assert "HTTP 200" in echo_peer(config, "CLOUD").summary
+        study = dicomgen.write_series(tmp_path / "study", 5, size=16)
+        with Agent(config) as agent:
+            send_and_wait(agent, config.agent.port, study, tmp_path / "data")
+        assert orthanc_files(orthanc) == archived(tmp_path / "data")

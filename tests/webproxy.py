@@ -124,8 +124,10 @@ class Nginx:
     """nginx proxying ``/dicom-web/`` to ``upstream`` once ``auth_request`` to the
     validator said yes; the request body streamed through, unbuffered."""
 
-    def __init__(self, workdir: Path, upstream: str, validate: str) -> None:
+    def __init__(self, workdir: Path, upstream: str, validate: str,
+                 tls: tuple[Path, Path] | None = None) -> None:
         self.workdir = workdir
+        self.tls = tls  # (certificate, key): HTTPS
         self.upstream = upstream  # http://127.0.0.1:PORT/dicom-web/
         self.validate = validate  # http://127.0.0.1:PORT/validate
         self.port = free_port()
@@ -133,10 +135,15 @@ class Nginx:
 
     @property
     def dicomweb(self) -> str:
-        return f"http://127.0.0.1:{self.port}/dicom-web"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://127.0.0.1:{self.port}/dicom-web"
 
     def config_text(self) -> str:
         w = self.workdir
+        listen = f"127.0.0.1:{self.port}"
+        if self.tls:
+            listen += (f" ssl;\n        ssl_certificate {self.tls[0]};\n"
+                       f"        ssl_certificate_key {self.tls[1]}")
         return f"""
 daemon off;
 master_process off;
@@ -152,7 +159,7 @@ http {{
     scgi_temp_path {w}/scgi;
     client_max_body_size 0;
     server {{
-        listen 127.0.0.1:{self.port};
+        listen {listen};
         location /dicom-web/ {{
             auth_request /_validate;
             proxy_pass {self.upstream};

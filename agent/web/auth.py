@@ -128,7 +128,7 @@ class ClientCredentials(RetryOn401):
         self.settings = settings
         self.secret = secret
         self._session = requests.Session()  # the token endpoint: the same TLS trust
-        self._session.verify = str(settings.ca) if settings.ca is not None else True
+        self._verify: bool | str = str(settings.ca) if settings.ca is not None else True
         self._lock = threading.Lock()
         self._token: Token | None = None
 
@@ -148,7 +148,8 @@ class ClientCredentials(RetryOn401):
         try:
             answer = self._session.post(
                 s.token_url, data=form, auth=HTTPBasicAuth(s.client_id, self.secret.read()),
-                headers={"Accept": "application/json"}, timeout=TOKEN_TIMEOUT)
+                headers={"Accept": "application/json"}, verify=self._verify,
+                timeout=TOKEN_TIMEOUT)
         except requests.RequestException as exc:
             raise PeerError(f"token endpoint {s.token_url}: {type(exc).__name__}") from None
         if answer.status_code != 200:

@@ -54,9 +54,9 @@ class WebClient:
 
     def __init__(self, settings: WebSettings) -> None:
         self.settings = settings
-        verify: bool | str = str(settings.ca) if settings.ca is not None else True
+        # given with each request: a session's own is overridden by $REQUESTS_CA_BUNDLE
+        self.verify: bool | str = str(settings.ca) if settings.ca is not None else True
         self.session = requests.Session()
-        self.session.verify = verify
         self.session.headers["User-Agent"] = USER_AGENT
         self.session.auth = auth_for(settings)
 
@@ -70,7 +70,7 @@ class WebClient:
         url = f"{self.settings.url}/studies"
         headers = {"Content-Type": body.content_type, "Accept": ANSWER_TYPE}
         try:
-            answer = self.session.post(url, data=body, headers=headers,
+            answer = self.session.post(url, data=body, headers=headers, verify=self.verify,
                                        timeout=self.settings.timeout)
         except PeerError:  # a secret file or the token endpoint: the service cannot be used
             raise
@@ -89,7 +89,7 @@ class WebClient:
         started = time.monotonic()
         try:
             answer = self.session.get(url, params={"limit": "1", "includefield": "0020000D"},
-                                      headers={"Accept": ANSWER_TYPE},
+                                      headers={"Accept": ANSWER_TYPE}, verify=self.verify,
                                       timeout=self.settings.timeout)
         except requests.RequestException as exc:
             raise _failure(exc, self.settings, echo=True) from None

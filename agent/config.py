@@ -228,7 +228,7 @@ def _build(raw: Mapping[str, Any], source: Path | None) -> Config:
         metrics=metrics, qr=parse_qr(v.table(raw, "qr", ""), peers),
         prefetch=parse_prefetch(raw.get("prefetch", []), peers),
     )
-    check_web_uses(peers, config.qr.fall_through, config.prefetch)
+    check_web_uses(peers, config.qr.fall_through, config.prefetch, forward.mpps_to)
     return config
 
 
@@ -295,7 +295,8 @@ def _parse_peer(name: str, table: Mapping[str, Any], base_dir: Path) -> Peer:
     if not _PEER_NAME.match(name):
         v.problem(ConfigError(where, "a peer name is 1-32 letters, digits, '-' or '_'"))
     if is_web(table):  # a DICOMweb destination: its own keys (agent/web/settings.py)
-        return Peer(name, "", "", 0, kind="dicomweb", web=parse_web(table, where, base_dir))
+        return Peer(name, "", "", 0, frozenset(), kind="dicomweb",
+                    web=parse_web(table, where, base_dir))
     v.reject_unknown(table, set(Peer.__dataclass_fields__) - {"name", "web"}, where)
     for required in ("ae_title", "host", "port"):
         if required not in table:

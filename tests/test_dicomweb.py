@@ -182,6 +182,7 @@ def test_a_dicomweb_peer_is_only_a_destination(tmp_path: Path) -> None:
         '[peers.WEB2]\nkind = "dicomweb"\nurl = "ftp://x"\nauth = "oauth2"\n'
         '[peers.MOD]\nae_title = "MOD"\nhost = "127.0.0.1"\nport = 104\n'
         '[qr]\nfall_through = ["CLOUD"]\n'
+        '[forward]\nmpps_to = ["CLOUD"]\n'
         '[[prefetch]]\nfrom = ["MOD"]\npriors_from = "CLOUD"\n'
     )
     path = tmp_path / "agent.toml"
@@ -191,7 +192,7 @@ def test_a_dicomweb_peer_is_only_a_destination(tmp_path: Path) -> None:
     keys = {e.key for e in caught.value.errors}
     assert {"peers.CLOUD.port", "peers.WEB2.url", "peers.WEB2.token_url",
             "peers.WEB2.client_id", "peers.WEB2.client_secret_file", "qr.fall_through",
-            "prefetch[0].priors_from"} <= keys
+            "prefetch[0].priors_from", "forward.mpps_to"} <= keys
 
 
 def test_a_dicomweb_peer_loads_with_its_files_relative_to_the_config(tmp_path: Path) -> None:

@@ -133,11 +133,16 @@ def _file(table: Mapping[str, Any], where: str, key: str, base_dir: Path) -> Pat
 
 
 def check_web_uses(
-    peers: Mapping[str, Any], fall_through: tuple[str, ...], prefetch: tuple[Any, ...]
+    peers: Mapping[str, Any], fall_through: tuple[str, ...], prefetch: tuple[Any, ...],
+    mpps_to: tuple[str, ...],
 ) -> None:
     """A DICOMweb peer is only a forwarding destination: naming it where a DICOM peer is
-    needed (Q/R fall-through, prefetch) is an error naming that key."""
+    needed (Q/R fall-through, prefetch, MPPS forwarding) is an error naming that key."""
     web = {name for name, peer in peers.items() if getattr(peer, "web", None) is not None}
+    for name in mpps_to:
+        if name in web:
+            v.problem(ConfigError("forward.mpps_to", f"{name!r} is a DICOMweb peer"
+                                  " (kind = \"dicomweb\"): MPPS needs N-CREATE/N-SET"))
     for name in fall_through:
         if name in web:
             v.problem(ConfigError("qr.fall_through", f"{name!r} is a DICOMweb peer"

@@ -19,7 +19,15 @@ from agent.errors import ConfigError, ConfigErrors, PeerError
 from agent.ops.echo import echo_peer
 from tests import scu
 from tests.pacs import DICOMWEB_PLUGIN, OrthancWeb
-from tests.support import AgentProcess, free_port, peer, toml_value, wait_until, write_config
+from tests.support import (
+    AgentProcess,
+    free_port,
+    peer,
+    run_cli,
+    toml_value,
+    wait_until,
+    write_config,
+)
 from tests.test_forward import jobs
 
 pytestmark = pytest.mark.skipif(not DICOMWEB_PLUGIN.exists(),
@@ -155,10 +163,11 @@ def _down(data_dir: Path) -> bool:
 
 
 def test_echo_says_ok_or_why_not(orthanc_web: OrthancWeb, tmp_path: Path) -> None:
-    good = config_module.load_file(web_config(
-        tmp_path, basic(tmp_path, orthanc_web.dicomweb, USERS["edge"])))
-    assert "answered an authenticated QIDO-RS request with HTTP 200" in \
-        echo_peer(good, "CLOUD").summary
+    good_file = web_config(tmp_path, basic(tmp_path, orthanc_web.dicomweb, USERS["edge"]))
+    printed = run_cli("echo", "CLOUD", "--config", str(good_file))
+    assert printed.returncode == 0, printed.stderr
+    assert printed.stdout.startswith(f"OK CLOUD ({orthanc_web.dicomweb}/studies) answered an"
+                                     " authenticated QIDO-RS request with HTTP 200 in ")
     bad = config_module.load_file(web_config(
         tmp_path, basic(tmp_path, orthanc_web.dicomweb, "wrong")))
     with pytest.raises(PeerError, match=r"HTTP 401.*credentials were refused"):

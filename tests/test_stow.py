@@ -4,6 +4,7 @@ archived files, and each HTTP status and Failure Reason against a scripted servi
 from __future__ import annotations
 
 import email.parser
+import time
 from pathlib import Path
 
 import dicomgen
@@ -12,12 +13,19 @@ from pydicom import dcmread
 
 from agent import config as config_module
 from agent.app import Agent
+from agent.archive import Archive
 from agent.archive.index import connect
+from agent.forward.forwarder import Forwarder
+from agent.forward.rules import ConfiguredRouting
+from agent.forward.web_sender import WebSender
+from agent.reconfigure import LiveConfig
 from agent.web.stow import CHUNK, Part, StowBody, retry_after
 from tests import scu
 from tests.stow_peer import Answer, ScriptedStow
-from tests.support import wait_until
+from tests.support import free_port, wait_until, write_config
 from tests.test_dicomweb import archived, web_config
+from tests.test_forward_backoff import ManualClock, Recorder
+from tests.test_live_config import routed_config, sent_by
 
 
 def uid_of(path: Path) -> str:
@@ -119,3 +127,28 @@ def test_a_request_refused_with_400_is_quarantined(tmp_path: Path) -> None:
         rows = job_rows(tmp_path / "data")
         assert {r[:2] for r in rows.values()} == {("quarantined", 2)}
         assert all("HTTP 400" in (r[2] or "") for r in rows.values())
+
+
+def test_a_reload_turning_a_dicom_peer_into_a_dicomweb_one_changes_its_senders(
+        tmp_path: Path) -> None:
+    dead = routed_config(tmp_path / "dead", ["PACS"], None, {"PACS": free_port()},
+                         associations=2)
+    with ScriptedStow([]) as service:
+        path = write_config(tmp_path / "web.toml",
+                            {"port": free_port(), "data_dir": str(tmp_path / "data")},
+                            {"PACS": {"kind": "dicomweb", "url": service.url}})
+        path.write_text(path.read_text() + '\n[forward]\nto = ["PACS"]\nassociations = 2\n')
+        web = config_module.load_file(path)
+        archive = Archive(tmp_path / "data", routing=ConfiguredRouting(LiveConfig(dead).current))
+        uids = sent_by(archive, "MODALITY", 6)
+        clock, events = ManualClock(time.time() + 1), Recorder()
+        forwarder = Forwarder(dead, archive, events, clock)
+        try:
+            forwarder.start()
+            wait_until(lambda: len(events.probes()) >= 1, 30, "PACS reported down")
+            forwarder.reconfigure(web)  # the clock stands still: only the reload can do it
+            wait_until(lambda: sorted(service.stored) == sorted(uids), 30, "all by STOW-RS")
+            assert {type(s) for s in forwarder.senders["PACS"]} == {WebSender}
+        finally:
+            forwarder.close()
+            archive.close()

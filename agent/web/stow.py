@@ -102,21 +102,17 @@ class StowAnswer:
     phrase: str
     instances: dict[str, InstanceAnswer]  # by SOP Instance UID; empty if it named none
     retry_after: float | None = None  # seconds, from Retry-After
-    has_body: bool = False  # a DICOM JSON answer came
 
 
 def read_answer(status: int, phrase: str, headers: Any, body: bytes) -> StowAnswer:
     """The answer to a request; a body that is not DICOM JSON names no instance."""
     instances: dict[str, InstanceAnswer] = {}
-    parsed = False
     if body.strip():
         try:
             instances = instance_answers(json.loads(body))
-            parsed = True
         except (ValueError, TypeError, AttributeError, KeyError, IndexError):
             instances = {}
-    return StowAnswer(status, phrase, instances, retry_after(headers.get("Retry-After")),
-                      parsed)
+    return StowAnswer(status, phrase, instances, retry_after(headers.get("Retry-After")))
 
 
 def instance_answers(document: Any) -> dict[str, InstanceAnswer]:

@@ -23,6 +23,7 @@ from agent.metrics.settings import MetricsSettings, parse_metrics
 from agent.prefetch.settings import PrefetchRule, parse_prefetch
 from agent.reloading import LIVE, RESTART
 from agent.tls import VERSIONS, TlsSettings
+from agent.web.settings import WebSettings, check_web_uses, is_web, parse_web
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -86,6 +87,10 @@ class Peer:
     quiet_seconds: Annotated[float | None, LIVE] = None
     # false: its C-FIND, C-MOVE and C-GET are answered from the archive only ([qr])
     fall_through: Annotated[bool, LIVE] = True
+    # DICOMweb destinations (issue 24, step 3): "dicomweb" peers have ``web`` and no
+    # DICOM address (ae_title, host and port are empty); agent/web/settings.py
+    kind: Annotated[str, LIVE] = "dimse"
+    web: Annotated[WebSettings | None, LIVE] = None
 
 
 @dataclass(frozen=True)
@@ -204,7 +209,8 @@ def _build(raw: Mapping[str, Any], source: Path | None) -> Config:
     base_dir = source.resolve().parent if source else Path.cwd()
     agent = _parse_agent(v.table(raw, "agent", ""), base_dir)
     peers_raw = v.table(raw, "peers", "")
-    peers = {name: _parse_peer(name, v.table(peers_raw, name, "peers")) for name in peers_raw}
+    peers = {name: _parse_peer(name, v.table(peers_raw, name, "peers"), base_dir)
+             for name in peers_raw}
     _check_unique_ae_titles(agent, peers)
     forward = parse_forward(v.table(raw, "forward", ""), peers)
     leds = parse_leds(v.table(raw, "leds", ""))
@@ -217,11 +223,13 @@ def _build(raw: Mapping[str, Any], source: Path | None) -> Config:
     metrics = parse_metrics(v.table(raw, "metrics", ""), base_dir)
     if metrics is not None:
         _check_metrics(metrics, agent, tls)
-    return Config(
+    config = Config(
         agent, peers, forward, leds, console, tls, source, study=study, clock=clock,
         metrics=metrics, qr=parse_qr(v.table(raw, "qr", ""), peers),
         prefetch=parse_prefetch(raw.get("prefetch", []), peers),
     )
+    check_web_uses(peers, config.qr.fall_through, config.prefetch, forward.mpps_to)
+    return config
 
 
 def _parse_study(table: Mapping[str, Any]) -> StudySettings:
@@ -282,11 +290,14 @@ def _parse_agent(table: Mapping[str, Any], base_dir: Path) -> AgentSettings:
     )
 
 
-def _parse_peer(name: str, table: Mapping[str, Any]) -> Peer:
+def _parse_peer(name: str, table: Mapping[str, Any], base_dir: Path) -> Peer:
     where = f"peers.{name}"
     if not _PEER_NAME.match(name):
         v.problem(ConfigError(where, "a peer name is 1-32 letters, digits, '-' or '_'"))
-    v.reject_unknown(table, set(Peer.__dataclass_fields__) - {"name"}, where)
+    if is_web(table):  # a DICOMweb destination: its own keys (agent/web/settings.py)
+        return Peer(name, "", "", 0, frozenset(), kind="dicomweb",
+                    web=parse_web(table, where, base_dir))
+    v.reject_unknown(table, set(Peer.__dataclass_fields__) - {"name", "web"}, where)
     for required in ("ae_title", "host", "port"):
         if required not in table:
             v.problem(ConfigError(f"{where}.{required}", "is required"))

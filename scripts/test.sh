@@ -18,6 +18,9 @@ for tool in /usr/bin/storescu /usr/bin/dcmqrscp; do [ -x "$tool" ] || need_apt+=
 [ -x /usr/sbin/Orthanc ] || need_apt+=(orthanc)
 [ -x /usr/bin/promtool ] || need_apt+=(prometheus)  # promtool checks /metrics and the alert rules
 command -v curl >/dev/null || need_apt+=(curl)  # the README's metrics example
+# DICOMweb destinations: Orthanc's DICOMweb plugin, nginx as the authenticating proxy
+[ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || need_apt+=(orthanc-dicomweb)
+[ -x /usr/sbin/nginx ] || need_apt+=(nginx)
 # GDCM's network library as a client (tests/test_gdcm_client.py), in the system Python
 /usr/bin/python3 -c 'import gdcm' 2>/dev/null || need_apt+=(python3-gdcm)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)

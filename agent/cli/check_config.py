@@ -58,6 +58,10 @@ def summary(config: Config, contexts: tls.Contexts | None = None) -> list[str]:
     else:
         lines.append("  unknown AEs are rejected")
     for peer in config.peers.values():
+        if peer.web is not None:  # a DICOMweb destination (agent/web)
+            lines.append(f"  peer {peer.name}: DICOMweb {peer.web.url}, auth {peer.web.auth};"
+                         " a STOW-RS destination")
+            continue
         allowed = ", ".join(sorted(peer.allow)) or "nothing"
         over = " over TLS" if peer.tls else ""
         commit = ", asked for storage commitment" if peer.commit else ""

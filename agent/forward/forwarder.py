@@ -20,6 +20,7 @@ from agent.forward.clock import SYSTEM_CLOCK, Clock
 from agent.forward.committer import Committer
 from agent.forward.gate import Gate
 from agent.forward.sender import ForwardEvents, Sender
+from agent.forward.web_sender import WebSender
 from agent.reconfigure import LiveConfig
 
 log = logging.getLogger(__name__)
@@ -47,11 +48,17 @@ class Forwarder:
         """Senders for one destination, each over its own association and share of jobs."""
         count = self.live.current().forward.associations
         gate = self._gate(name)
+        kind = self._sender_kind(name)
         return [
-            Sender(name, self.live.current, self.archive, self.events, Lane(number, count), gate,
-                   self.clock)
+            kind(name, self.live.current, self.archive, self.events, Lane(number, count), gate,
+                 self.clock)
             for number in range(count)
         ]
+
+    def _sender_kind(self, name: str) -> type[Sender]:
+        """STOW-RS for a DICOMweb peer (``kind = "dicomweb"``), else C-STORE."""
+        peer = self.live.current().peers.get(name)
+        return WebSender if peer is not None and peer.web is not None else Sender
 
     def _gate(self, name: str) -> Gate:
         """The destination's gate, made (and announced up) the first time it is needed."""
@@ -122,7 +129,8 @@ class Forwarder:
                     self.events.destination_state(name, None, None, None)  # no longer down
                     log.warning("stopped forwarding to %s: no longer a configured peer", name)
             for name, lanes in list(self.senders.items()):
-                if len(lanes) != config.forward.associations:
+                kind = self._sender_kind(name)
+                if len(lanes) != config.forward.associations or type(lanes[0]) is not kind:
                     for sender in lanes:
                         sender.close()
                     self._start(name)

@@ -61,6 +61,9 @@ class Target:
 def resolve_target(config: Config, spec: str) -> Target:
     """A peer name from the config, or ``AET@HOST:PORT``; ConfigError otherwise."""
     peer = config.peers.get(spec)
+    if peer is not None and peer.web is not None:
+        raise ConfigError(f"peers.{spec}.kind", "is \"dicomweb\": a DICOMweb destination has"
+                          " no DICOM address for C-ECHO, C-FIND, C-MOVE or C-GET")
     if peer is not None:
         return Target(peer.ae_title, peer.host, peer.port, peer.name)
     match = _TARGET.match(spec)

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from agent.config import Config
 from agent.net.scu import Target, echo, resolve_target
+from agent.web.client import WebClient
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,30 @@ class EchoResult:
         return [f"OK {self.summary}"]
 
 
+@dataclass(frozen=True)
+class WebEchoResult(EchoResult):
+    """A DICOMweb peer answered an authenticated QIDO-RS request."""
+
+    url: str = ""
+    status: int = 200
+
+    @property
+    def summary(self) -> str:
+        """One line: who answered what, how fast."""
+        return (f"{self.target.name} ({self.url}) answered an authenticated QIDO-RS request"
+                f" with HTTP {self.status} in {self.seconds * 1000:.0f} ms")
+
+
 def echo_peer(config: Config, peer: str) -> EchoResult:
-    """C-ECHO a configured peer (by name) or AET@HOST:PORT; PeerError if it fails."""
+    """C-ECHO a configured peer (by name) or AET@HOST:PORT; PeerError if it fails.
+    A DICOMweb peer gets a cheap authenticated request instead (``WebClient.echo``)."""
+    web = config.peers[peer].web if peer in config.peers else None
+    if web is not None:
+        client = WebClient(web)
+        try:
+            answer = client.echo()
+        finally:
+            client.close()
+        return WebEchoResult(Target("", "", 0, peer), answer.seconds, answer.url, answer.status)
     target = resolve_target(config, peer)
     return EchoResult(target, echo(config, target))

@@ -75,6 +75,9 @@ class AgentCommands:
         config = self.agent.config
         lines = [f"us         {config.agent.ae_title} on {config.agent.bind}:{config.agent.port}"]
         for peer in config.peers.values():
+            if peer.web is not None:  # a DICOMweb destination (agent/web)
+                lines.append(f"{peer.name:<10} DICOMweb {peer.web.url} auth {peer.web.auth}")
+                continue
             allowed = ",".join(sorted(peer.allow)) or "nothing"
             check = "" if peer.verify_host else " (any host)"
             lines.append(

@@ -50,7 +50,7 @@ def preview(config: Config, destination: str, file: Path) -> Preview:
         if peer.outgoing is None or not needed(peer.outgoing):
             return Preview(destination, ())
         with file.open("rb") as source:
-            after, _touched = changed(peer.outgoing, source, config.agent.data_dir)
+            after, _pixels, _touched = changed(peer.outgoing, source, config.agent.data_dir)
     except OutgoingError as exc:
         return Preview(destination, (), held=str(exc))
     except OSError as exc:

@@ -58,11 +58,20 @@ def needed(outgoing: Outgoing | None) -> bool:
     return outgoing is not None and (outgoing.coerce is not None or bool(outgoing.deidentify))
 
 
-def changed(outgoing: Outgoing, source: BinaryIO, root: Path) -> tuple[Dataset, bool]:
-    """The header of the open file ``source`` as the destination receives it, and whether
-    anything was changed; OutgoingError with the reason when it cannot be."""
+def header(source: BinaryIO) -> tuple[Dataset, int]:
+    """The header of the open file ``source`` (large values deferred) and where its Pixel
+    Data starts (pydicom stops before it, at the start of its element)."""
+    source.seek(0)
+    ds = dcmread(source, stop_before_pixels=True, defer_size=DEFER)
+    return ds, source.tell()
+
+
+def changed(outgoing: Outgoing, source: BinaryIO, root: Path) -> tuple[Dataset, int, bool]:
+    """The header of the open file ``source`` as the destination receives it, where the
+    Pixel Data starts, and whether anything was changed; OutgoingError with the reason
+    when it cannot be."""
     try:
-        ds = dcmread(source, stop_before_pixels=True, defer_size=DEFER)
+        ds, pixels = header(source)
     except Exception as exc:  # pydicom raises many kinds for bad input
         raise OutgoingError(f"cannot read the stored header: {exc}") from None
     rules = outgoing.coerce
@@ -82,7 +91,7 @@ def changed(outgoing: Outgoing, source: BinaryIO, root: Path) -> tuple[Dataset, 
         raise
     except Exception as exc:
         raise OutgoingError(f"cannot change the header: {exc}") from None
-    return ds, touched
+    return ds, pixels, touched
 
 
 def prepare(outgoing: Outgoing | None, archived: Path, root: Path, lane: str,
@@ -102,10 +111,9 @@ def prepare(outgoing: Outgoing | None, archived: Path, root: Path, lane: str,
         for old in work.iterdir():
             old.unlink(missing_ok=True)
     with archived.open("rb") as source:
-        ds, touched = changed(outgoing, source, root)
+        ds, pixels, touched = changed(outgoing, source, root)
         if not touched:
             return Prepared(archived)
-        pixels = source.tell()
         uid = str(ds.get("SOPInstanceUID", "instance"))
         final = work / f"{uid}.dcm"
         partial = work / f".{uid}.part"

@@ -4,8 +4,10 @@ what reaches Orthanc is changed, the archived file never is."""
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ from agent.outgoing import keyed
 from agent.outgoing.deid import action_of
 from agent.outgoing.writer import prepare
 from tests import scu
+from tests.pacs import DICOMWEB_PLUGIN, OrthancWeb
 from tests.support import free_port, peer, run_cli, toml_value, wait_until, write_config
 
 CT = Path(get_testdata_file("CT_small.dcm"))  # a real GE CT header, with private groups
@@ -60,13 +63,11 @@ def agent_config(root: Path, orthanc: Orthanc, extra: dict[str, Any], tables: st
 
 def received(orthanc: Orthanc) -> list[Dataset]:
     """Every instance Orthanc holds, as the file it stored."""
-    import urllib.request
-
     found = []
     for ident in orthanc.rest("/instances"):
         url = f"http://127.0.0.1:{orthanc.http_port}/instances/{ident}/file"
         with urllib.request.urlopen(url, timeout=30) as answer:
-            found.append(dcmread(__import__("io").BytesIO(answer.read())))
+            found.append(dcmread(io.BytesIO(answer.read())))
     return found
 
 
@@ -236,3 +237,30 @@ def test_preview_prints_one_attribute_a_line(tmp_path: Path) -> None:
     assert "(0008,0080) InstitutionName: 'JFK IMAGING CENTER' -> 'Radiology Room 2'" in lines
     assert "(0009,0010) private: removed" in lines
     assert json.dumps(lines[0]).startswith('"PACS receives')
+
+
+@pytest.mark.skipif(not DICOMWEB_PLUGIN.exists(), reason="Orthanc's DICOMweb plugin")
+def test_a_deidentified_dicomweb_destination_is_judged_by_the_new_uids(tmp_path: Path) -> None:
+    users = {"edge": "s3cret-pass"}
+    (tmp_path / "cloud.password").write_text(users["edge"] + "\n")
+    paths = study(tmp_path / "in", 1, 3)
+    with OrthancWeb(tmp_path / "orthanc", users) as orthanc:
+        path = write_config(tmp_path / "agent.toml",
+                            {"port": free_port(), "bind": "127.0.0.1",
+                             "data_dir": str(tmp_path / "data"), "min_free_mb": 0},
+                            {"CT": peer("MODALITY", allow=("store",)),
+                             "CLOUD": {"kind": "dicomweb", "url": orthanc.dicomweb,
+                                       "auth": "basic", "user": "edge",
+                                       "password_file": "cloud.password",
+                                       "deidentify": "basic", "max_instances": 2}})
+        path.write_text(path.read_text() + FAST_RETRY.format(to=toml_value(["CLOUD"])))
+        config = config_module.load_file(path)
+        with Agent(config):
+            assert scu.store(config.agent.port, paths) == [0, 0, 0]
+            wait_until(lambda: [s for s, _ in jobs(tmp_path / "data")] == ["done"] * 3, 60,
+                       "every job done")
+        key = (tmp_path / "data" / keyed.SECRET_FILE).read_bytes()
+        held = {str(dcmread(io.BytesIO(orthanc.raw(f"/instances/{ident}/file")),
+                            stop_before_pixels=True).SOPInstanceUID)
+                for ident in orthanc.rest("/instances")}
+    assert held == {keyed.uid(key, str(dcmread(p).SOPInstanceUID)) for p in paths}

@@ -81,7 +81,7 @@ def _value_at(ds: Dataset, path: tuple[Step, ...]) -> object:
 def _removed(ds: Dataset, removal: Removal) -> Iterator[int]:
     """The top-level tags a ``remove`` entry names."""
     if removal.element is None:
-        yield from (int(e.tag) for e in ds if e.tag >> 16 == removal.group)
+        yield from (int(t) for t in ds.keys() if t >> 16 == removal.group)  # noqa: SIM118
         return
     if not removal.private:
         tag = removal.group << 16 | removal.element

@@ -20,8 +20,8 @@ from collections.abc import Callable, Iterable
 from dicomanonymizer.dicom_anonymization_databases import (  # type: ignore[import-untyped]
     dicomfields_2026c as table,
 )
-from pydicom.datadict import tag_for_keyword
-from pydicom.dataelem import DataElement
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
@@ -142,18 +142,19 @@ class Deidentifier:
             meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
 
     def _walk(self, ds: Dataset) -> None:
-        for elem in list(ds):
-            tag = int(elem.tag)
-            if elem.tag.is_private or (tag & 0xFFFF) == 0:
+        """Each element by its tag; decoded only when it is acted on or is a sequence to
+        walk into (what is left undecoded is copied as stored: agent.outgoing.splice)."""
+        for tag in [int(t) for t in ds.keys()]:  # noqa: SIM118 (iterating decodes)
+            if tag >> 16 & 1 or (tag & 0xFFFF) == 0:  # private, or a group length
                 del ds[tag]
                 continue
             action = action_of(tag)
             if action is None or tag in self.kept:
-                if elem.VR == "SQ":
-                    for item in elem.value:
+                if _sequence(ds.get_item(tag)):
+                    for item in ds[tag].value or ():
                         self._walk(item)
                 continue
-            self._act(ds, elem, action)
+            self._act(ds, ds[tag], action)
 
     def _act(self, ds: Dataset, elem: DataElement, action: str) -> None:
         tag = int(elem.tag)
@@ -198,6 +199,16 @@ class Deidentifier:
         ds.DeidentificationMethodCodeSequence = codes
         dates = "retain-longitudinal-modified-dates" in self.options
         ds.LongitudinalTemporalInformationModified = "MODIFIED" if dates else "REMOVED"
+
+
+def _sequence(elem: DataElement | RawDataElement) -> bool:
+    """Whether an element, decoded or not, is a sequence."""
+    if elem.VR is not None:
+        return bool(elem.VR == "SQ")
+    try:
+        return bool(dictionary_VR(elem.tag) == "SQ")
+    except KeyError:
+        return False
 
 
 def _each(value: object, change: Callable[[str], str]) -> object:

@@ -21,17 +21,12 @@ from pydicom.dataset import Dataset
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from agent.archive.header import source_ae
-from agent.dicom.wire import (
-    EXPLICIT_BE,
-    EXPLICIT_LE,
-    IMPLICIT_LE,
-    UNDEFINED_LENGTH,
-    read_header,
-)
+from agent.dicom.wire import IMPLICIT_LE, UNDEFINED_LENGTH, read_header
 from agent.outgoing import keyed
 from agent.outgoing.coerce import applies, coerce
 from agent.outgoing.deid import Deidentifier, burned_in
 from agent.outgoing.settings import Outgoing
+from agent.outgoing.splice import encoding_of, splice
 
 WORK_DIR = "outgoing"
 DEFER = "64 KB"  # larger values stay in the file until written
@@ -87,6 +82,9 @@ def changed(outgoing: Outgoing, source: BinaryIO, root: Path) -> tuple[Dataset, 
                                     " (allow_burned_in = true sends it)")
             Deidentifier(keyed.secret(root), outgoing.deidentify_options).apply(ds)
             touched = True
+        if touched:  # group lengths (retired) would no longer be right
+            for tag in [int(t) for t in ds.keys() if t & 0xFFFF == 0]:  # noqa: SIM118
+                del ds[tag]
     except OutgoingError:
         raise
     except Exception as exc:
@@ -137,7 +135,8 @@ def _write(ds: Dataset, source: BinaryIO, pixels: int, partial: Path) -> None:
     size = os.fstat(source.fileno()).st_size
     end = _pixel_end(source, pixels, size, syntax) if pixels < size else size
     with partial.open("wb") as out:
-        ds.save_as(out, enforce_file_format=True)
+        if not splice(ds, source, pixels, out):
+            ds.save_as(out, enforce_file_format=True)
         out.flush()
         offset = pixels
         while offset < end:
@@ -150,8 +149,7 @@ def _write(ds: Dataset, source: BinaryIO, pixels: int, partial: Path) -> None:
 def _pixel_end(source: BinaryIO, start: int, size: int, syntax: str) -> int:
     """Where the Pixel Data element starting at ``start`` ends (what follows it, such as
     trailing padding, is left out)."""
-    encoding = (IMPLICIT_LE if syntax == "1.2.840.10008.1.2"
-                else EXPLICIT_BE if syntax == "1.2.840.10008.1.2.2" else EXPLICIT_LE)
+    encoding = encoding_of(syntax)
     head = os.pread(source.fileno(), 12, start)
     found = read_header(head, 0, encoding)
     if found is None or found[0] != PIXEL_DATA:

@@ -12,7 +12,8 @@ Per instance: ``agent.outgoing.writer.prepare`` in this process, the mean of ``-
 calls (header read, changed, written, pixel bytes copied; the file is in the page cache).
 Forwarding: a fresh agent and a fresh DCMTK storescp per route; the seconds from the first
 instance stored into the agent (storescu, one association) to the last one written by
-storescp. Peak memory is the forwarding process's VmHWM (target: < 150 MB for 1 GB).
+storescp (storing into the agent runs meanwhile and weighs on it: on a shared machine the
+forwarding process's CPU per instance is the steadier figure). Peak memory is the forwarding process's VmHWM (target: < 150 MB for 1 GB).
 """
 
 from __future__ import annotations
@@ -28,7 +29,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import dicomgen
 from bench.clients import dcmtk_env, measured, storescu
-from bench.peers import EdgeAgent, StoreSCP, peak_rss_mb, published_serving, wait_for
+from bench.peers import (
+    EdgeAgent,
+    StoreSCP,
+    cpu_seconds,
+    peak_rss_mb,
+    published_serving,
+    wait_for,
+)
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 
@@ -83,18 +91,21 @@ def per_instance(study: Path, workdir: Path) -> dict[str, float]:
     return out
 
 
-def forward(route: str, source: Path, count: int, workdir: Path) -> tuple[float, float]:
-    """Seconds from the first store to storescp holding ``count``; the forwarder's peak MB."""
+def forward(route: str, source: Path, count: int, workdir: Path) -> tuple[float, float, float]:
+    """Seconds from the first store to storescp holding ``count``; the forwarding
+    process's CPU seconds for them and its peak MB."""
     name = route.replace(" ", "-")
     with StoreSCP(workdir / f"storescp-{name}") as scp, \
             EdgeAgent(workdir / f"agent-{name}", destination(route, scp)) as agent:
         status = published_serving(agent.workdir / "data", agent.pid) or {}
         pid = int(status.get("forwarder_pid") or 0)
+        cpu = cpu_seconds(pid, children=False)
         started = time.perf_counter()
         measured(storescu(agent.ae_title, agent.port, source), dcmtk_env())
         wait_for(lambda: scp.count() >= count, 3600, f"{count} instances at storescp",
                  interval=0.05)
-        return time.perf_counter() - started, peak_rss_mb(pid)
+        seconds = time.perf_counter() - started
+        return seconds, cpu_seconds(pid, children=False) - cpu, peak_rss_mb(pid)
 
 
 def main() -> None:
@@ -111,13 +122,14 @@ def main() -> None:
         for route, ms in per_instance(study, workdir / "prepare").items():
             print(f"  prepare {route:14} {ms:7.2f} ms per instance")
         for route in ROUTES:
-            seconds, peak = forward(route, study, args.count, workdir)
+            seconds, cpu, peak = forward(route, study, args.count, workdir)
             print(f"  forward {route:14} {seconds:6.1f} s  {args.count / seconds:6.1f}"
-                  f" instances/s  forwarding process peak {peak:.0f} MB")
+                  f" instances/s  forwarding process CPU {cpu / args.count * 1000:5.2f} ms"
+                  f" per instance, peak {peak:.0f} MB")
         large = workdir / "large"
         large.mkdir()
         dicomgen.large_instance(large / "large.dcm", args.large_mb * 1024 * 1024)
-        seconds, peak = forward("coercion", large, 1, workdir / "large-run")
+        seconds, _cpu, peak = forward("coercion", large, 1, workdir / "large-run")
         print(f"one multi-frame instance of {args.large_mb} MB with a coercion rule:"
               f" {seconds:.1f} s, forwarding process peak {peak:.0f} MB")
     finally:

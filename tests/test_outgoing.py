@@ -237,6 +237,12 @@ def test_preview_prints_one_attribute_a_line(tmp_path: Path) -> None:
     assert "(0008,0080) InstitutionName: 'JFK IMAGING CENTER' -> 'Radiology Room 2'" in lines
     assert "(0009,0010) private: removed" in lines
     assert json.dumps(lines[0]).startswith('"PACS receives')
+    config_file.write_text(config_file.read_text() + '[peers.RESEARCH]\nae_title = "R"\n'
+                           'host = "127.0.0.1"\nport = 105\ndeidentify = "basic"\n')
+    shown = run_cli("preview", "--config", str(config_file), "RESEARCH", str(CT))
+    assert "(0010,0040) PatientSex: 'O' -> ''" in shown.stdout.splitlines()
+    assert "examples: the agent makes its secret" in shown.stdout  # none made by preview
+    assert not (tmp_path / "data" / keyed.SECRET_FILE).exists()
 
 
 @pytest.mark.skipif(not DICOMWEB_PLUGIN.exists(), reason="Orthanc's DICOMweb plugin")

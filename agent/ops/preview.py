@@ -3,6 +3,7 @@ differences from the file, one attribute a line (the CLI and the console print i
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from pydicom.dataset import Dataset
 
 from agent.config import Config
 from agent.errors import UsageError
+from agent.outgoing import keyed
 from agent.outgoing.writer import OutgoingError, changed, needed
 
 MAX_VALUE = 64  # characters of a value shown
@@ -23,6 +25,7 @@ class Preview:
     destination: str
     differences: tuple[str, ...]
     held: str = ""  # the reason it would not be sent, if so
+    note: str = ""
 
     @property
     def summary(self) -> str:
@@ -35,13 +38,13 @@ class Preview:
 
     def lines(self) -> list[str]:
         """As the CLI prints it: the summary, then one line per attribute."""
-        return [self.summary, *self.differences]
+        return [self.summary, *self.differences, *([self.note] if self.note else [])]
 
 
 def preview(config: Config, destination: str, file: Path) -> Preview:
     """What ``destination`` would receive of ``file``; UsageError for an unknown peer or
-    an unreadable file. The data directory's secret is used (created if it is not yet),
-    so the UIDs shown are those sent."""
+    an unreadable file. The data directory's secret is used, so the UIDs shown are those
+    sent; it is never created here (a throwaway one stands in, and a note says so)."""
     peer = config.peers.get(destination)
     if peer is None:
         raise UsageError(f"{destination!r} is not a configured peer")
@@ -49,15 +52,20 @@ def preview(config: Config, destination: str, file: Path) -> Preview:
         before = dcmread(file, stop_before_pixels=True)
         if peer.outgoing is None or not needed(peer.outgoing):
             return Preview(destination, ())
+        key = keyed.existing(config.agent.data_dir)
         with file.open("rb") as source:
-            after, _pixels, _touched = changed(peer.outgoing, source, config.agent.data_dir)
+            after, _pixels, _touched = changed(peer.outgoing, source, config.agent.data_dir,
+                                               key or os.urandom(keyed.SECRET_BYTES))
     except OutgoingError as exc:
         return Preview(destination, (), held=str(exc))
     except OSError as exc:
         raise UsageError(f"cannot read {file}: {exc.strerror or exc}") from None
     except Exception as exc:  # pydicom: not a DICOM file
         raise UsageError(f"cannot read {file}: {exc}") from None
-    return Preview(destination, tuple(differences(before, after)))
+    note = "" if key or not peer.outgoing.deidentify else (
+        "new UIDs and pseudonyms shown are examples: the agent makes its secret at its"
+        " first de-identified send")
+    return Preview(destination, tuple(differences(before, after)), note=note)
 
 
 def differences(before: Dataset, after: Dataset, prefix: str = "") -> list[str]:

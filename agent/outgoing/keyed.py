@@ -24,6 +24,15 @@ _lock = threading.Lock()
 _secrets: dict[Path, bytes] = {}
 
 
+def existing(root: Path) -> bytes | None:
+    """The data directory's secret if it was created (``preview`` must not create it: it
+    may run as another user than the agent)."""
+    try:
+        return secret(root) if (root / SECRET_FILE).is_file() else None
+    except OSError:
+        return None
+
+
 def secret(root: Path) -> bytes:
     """The data directory's secret, created (0600, synced with its directory) on first use."""
     path = root / SECRET_FILE

@@ -61,10 +61,11 @@ def header(source: BinaryIO) -> tuple[Dataset, int]:
     return ds, source.tell()
 
 
-def changed(outgoing: Outgoing, source: BinaryIO, root: Path) -> tuple[Dataset, int, bool]:
+def changed(outgoing: Outgoing, source: BinaryIO, root: Path,
+            key: bytes | None = None) -> tuple[Dataset, int, bool]:
     """The header of the open file ``source`` as the destination receives it, where the
     Pixel Data starts, and whether anything was changed; OutgoingError with the reason
-    when it cannot be."""
+    when it cannot be. ``key``: the secret of replacements, else the data directory's."""
     try:
         ds, pixels = header(source)
     except Exception as exc:  # pydicom raises many kinds for bad input
@@ -80,7 +81,8 @@ def changed(outgoing: Outgoing, source: BinaryIO, root: Path) -> tuple[Dataset, 
             if why and not outgoing.allow_burned_in:
                 raise OutgoingError(f"held back from a de-identified destination: {why}"
                                     " (allow_burned_in = true sends it)")
-            Deidentifier(keyed.secret(root), outgoing.deidentify_options).apply(ds)
+            key = key or keyed.secret(root)
+            Deidentifier(key, outgoing.deidentify_options).apply(ds)
             touched = True
         if touched:  # group lengths (retired) would no longer be right
             for tag in [int(t) for t in ds.keys() if t & 0xFFFF == 0]:  # noqa: SIM118

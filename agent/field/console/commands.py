@@ -100,7 +100,7 @@ class AgentCommands:
         result = preview(self.agent.config, args["dest"], Path(args["file"]))
         if result.held:
             return err(result.summary)
-        return ok(result.summary, list(result.differences))
+        return ok(result.summary, result.lines()[1:])
 
     @syntax("queue", "forward jobs and MPPS messages per destination: waiting, quarantined")
     def queue(self, args: Args) -> Reply:

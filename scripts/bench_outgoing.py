@@ -13,7 +13,8 @@ calls (header read, changed, written, pixel bytes copied; the file is in the pag
 Forwarding: a fresh agent and a fresh DCMTK storescp per route; the seconds from the first
 instance stored into the agent (storescu, one association) to the last one written by
 storescp (storing into the agent runs meanwhile and weighs on it: on a shared machine the
-forwarding process's CPU per instance is the steadier figure). Peak memory is the forwarding process's VmHWM (target: < 150 MB for 1 GB).
+forwarding process's CPU per instance is the steadier figure). Peak memory is the
+forwarding process's VmHWM (target: < 150 MB for 1 GB).
 """
 
 from __future__ import annotations

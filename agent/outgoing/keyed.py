@@ -45,24 +45,31 @@ def secret(root: Path) -> bytes:
 
 
 def _read_or_create(path: Path) -> bytes:
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        data = path.read_bytes()
-        if len(data) != SECRET_BYTES:
-            raise OSError(f"{path} is not a {SECRET_BYTES}-byte secret") from None
-        return data
-    data = os.urandom(SECRET_BYTES)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    """Read the secret, or make it whole beside it and link it in: a power cut never
+    leaves a short one, and of two processes making it at once one wins, both read it."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        draft = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
+        fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, os.urandom(SECRET_BYTES))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(draft, path)
+        except FileExistsError:
+            pass
+        finally:
+            draft.unlink()
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+    data = path.read_bytes()
+    if len(data) != SECRET_BYTES:
+        raise OSError(f"{path} is not a {SECRET_BYTES}-byte secret")
     return data
 
 

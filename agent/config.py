@@ -21,7 +21,7 @@ from agent.fallthrough.settings import QrSettings, parse_qr
 from agent.field.settings import ConsoleSettings, LedSettings, parse_console, parse_leds
 from agent.forward.settings import ForwardSettings, parse_forward
 from agent.metrics.settings import MetricsSettings, parse_metrics
-from agent.outgoing.settings import Outgoing, split_outgoing
+from agent.outgoing.settings import Outgoing, split_outgoing, with_rule_coercions
 from agent.prefetch.settings import PrefetchRule, parse_prefetch
 from agent.reloading import LIVE, RESTART
 from agent.tls import VERSIONS, TlsSettings
@@ -217,6 +217,7 @@ def _build(raw: Mapping[str, Any], source: Path | None) -> Config:
              for name in peers_raw}
     _check_unique_ae_titles(agent, peers)
     forward = parse_forward(v.table(raw, "forward", ""), peers)
+    peers = with_rule_coercions(peers, forward.rules)  # issue 25: a rule's coerce table
     leds = parse_leds(v.table(raw, "leds", ""))
     console = parse_console(v.table(raw, "console", ""))
     tls = _parse_tls(raw["tls"], base_dir) if "tls" in raw else None

@@ -296,3 +296,26 @@ def test_the_spliced_copy_reads_as_pydicom_would_write_it(tmp_path: Path, name: 
     header = dcmread(sent.path, stop_before_pixels=True)
     assert header == dcmread(io.BytesIO(written.getvalue()), stop_before_pixels=True)
     assert dcmread(sent.path).get("PixelData") == dcmread(source).get("PixelData")
+
+
+def test_a_forwarding_rule_coerces_what_it_matches_for_its_destinations(tmp_path: Path) -> None:
+    config = config_module.parse({
+        "agent": {"data_dir": str(tmp_path)},
+        "peers": {"PACS": {"ae_title": "P", "host": "127.0.0.1", "port": 104,
+                           "coerce": {"set": {"InstitutionName": "Radiology Room 2"}}},
+                  "OTHER": {"ae_title": "O", "host": "127.0.0.1", "port": 105}},
+        "forward": {"rules": [
+            {"to": ["PACS"], "match": {"Modality": "CT"},
+             "coerce": {"set": {"StationName": "CT-RULE"}}},
+            {"to": ["PACS", "OTHER"], "match": {"Modality": "MR"},
+             "coerce": {"set": {"StationName": "MR-RULE"}}}]},
+    })
+    [source] = study(tmp_path / "in", 1, 1)
+    sent = dcmread(prepare(config.peers["PACS"].outgoing, source, tmp_path, "lane").path)
+    assert (sent.InstitutionName, sent.StationName) == ("Radiology Room 2", "CT-RULE")
+    assert prepare(config.peers["OTHER"].outgoing, source, tmp_path, "lane").path == source
+    with pytest.raises(ConfigErrors, match=r"forward\.rules\[0\]\.coerce\.set\.Nope"):
+        config_module.parse({"agent": {}, "peers": {"P": {"ae_title": "P", "host": "h",
+                                                          "port": 1}},
+                             "forward": {"rules": [{"to": ["P"], "coerce": {"set": {
+                                 "Nope": "x"}}}]}})

@@ -13,6 +13,11 @@ match = { Modality = "CT" }                # only instances whose header matches
 deidentify = "basic"                       # PS3.15 Annex E Basic Profile
 deidentify_options = ["retain-longitudinal-modified-dates", "retain-device-identity"]
 allow_burned_in = false                    # true: secondary capture, US... go as well
+
+[[forward.rules]]                          # a rule's coerce: for its destinations, when
+to = ["PACS"]                              # its match holds (after the peer's own)
+match = { calling_ae = "CT2" }
+coerce = { set = { StationName = "CT2" } }
 ```
 
 Paths: a keyword, or sequence steps ``Seq[0].Keyword`` (one item) or ``Seq[*].Keyword``
@@ -25,8 +30,8 @@ attribute's VR.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Annotated, Any
 
 from pydicom import config as pydicom_config
@@ -106,6 +111,8 @@ class Outgoing:
     """How the copy a destination receives differs from the archived file."""
 
     coerce: Annotated[Coercion | None, LIVE] = None
+    # [[forward.rules]] naming this peer with a coerce table: each with the rule's match
+    rules: Annotated[tuple[Coercion, ...], LIVE] = ()
     deidentify: Annotated[str, LIVE] = ""  # "" (none) or "basic"
     deidentify_options: Annotated[frozenset[str], LIVE] = frozenset()
     allow_burned_in: Annotated[bool, LIVE] = False
@@ -135,6 +142,29 @@ def split_outgoing(
         allow_burned_in=v.get(table, f"{where}.allow_burned_in", bool, False, None),
     )
     return outgoing, rest
+
+
+def rule_coercion(rule: Mapping[str, Any], where: str) -> Coercion | None:
+    """A ``[[forward.rules]]`` entry's ``coerce`` table, its match the rule's (and its own)."""
+    if "coerce" not in rule:
+        return None
+    found = _coercion(rule["coerce"], f"{where}.coerce")
+    match = rule.get("match", {})
+    return replace(found, match={**(match if isinstance(match, dict) else {}), **found.match})
+
+
+def with_rule_coercions(peers: Mapping[str, Any], rules: Iterable[Any]) -> dict[str, Any]:
+    """The peers, each destination of a rule with a ``coerce`` table given it (in rule
+    order, after its own ``coerce``)."""
+    found = dict(peers)
+    for rule in rules:
+        if rule.coerce is None:
+            continue
+        for name in rule.to:
+            outgoing = found[name].outgoing or Outgoing()
+            outgoing = replace(outgoing, rules=(*outgoing.rules, rule.coerce))
+            found[name] = replace(found[name], outgoing=outgoing)
+    return found
 
 
 def _coercion(raw: Any, where: str) -> Coercion:

@@ -50,7 +50,8 @@ class Prepared:
 
 def needed(outgoing: Outgoing | None) -> bool:
     """Whether a peer with these settings receives changed copies."""
-    return outgoing is not None and (outgoing.coerce is not None or bool(outgoing.deidentify))
+    return outgoing is not None and (
+        outgoing.coerce is not None or bool(outgoing.rules) or bool(outgoing.deidentify))
 
 
 def header(source: BinaryIO) -> tuple[Dataset, int]:
@@ -70,12 +71,12 @@ def changed(outgoing: Outgoing, source: BinaryIO, root: Path,
         ds, pixels = header(source)
     except Exception as exc:  # pydicom raises many kinds for bad input
         raise OutgoingError(f"cannot read the stored header: {exc}") from None
-    rules = outgoing.coerce
     touched = False
     try:
-        if rules is not None and applies(rules, ds, source_ae(ds.file_meta)):
-            coerce(rules, ds)
-            touched = True
+        for rules in (outgoing.coerce, *outgoing.rules):
+            if rules is not None and applies(rules, ds, source_ae(ds.file_meta)):
+                coerce(rules, ds)
+                touched = True
         if outgoing.deidentify:
             why = burned_in(ds)
             if why and not outgoing.allow_burned_in:

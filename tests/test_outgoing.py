@@ -319,3 +319,29 @@ def test_a_forwarding_rule_coerces_what_it_matches_for_its_destinations(tmp_path
                                                           "port": 1}},
                              "forward": {"rules": [{"to": ["P"], "coerce": {"set": {
                                  "Nope": "x"}}}]}})
+
+
+@pytest.mark.slow
+def test_a_1_gb_multiframe_goes_out_coerced_in_under_150_mb(tmp_path: Path) -> None:
+    """The forwarding process (``edge-agent run``'s child) sends a changed copy of a 1 GB
+    instance: the header changed, the pixel bytes copied by the kernel, never loaded."""
+    import dicomgen
+    from bench.peers import EdgeAgent, StoreSCP, peak_rss_mb, published_serving
+
+    large = dicomgen.large_instance(tmp_path / "large.dcm", 1 << 30)
+    with StoreSCP(tmp_path / "storescp") as scp:
+        table = (f'\n[peers.DEST]\nae_title = "{scp.ae_title}"\nhost = "127.0.0.1"\n'
+                 f'port = {scp.port}\n[peers.DEST.coerce]\nset = {{ InstitutionName ='
+                 ' "Radiology Room 2" }\n\n[forward]\nto = ["DEST"]\n')
+        with EdgeAgent(tmp_path / "agent", table) as agent:
+            status = published_serving(agent.workdir / "data", agent.pid) or {}
+            forwarder = int(status["forwarder_pid"])
+            assert scu.store(agent.port, [large], called_ae=agent.ae_title) == [0]
+            wait_until(lambda: [s for s, _ in jobs(agent.workdir / "data")] == ["done"], 300,
+                       "the copy stored by storescp (its C-STORE answered)")
+            peak = peak_rss_mb(forwarder)
+        [received_file] = (scp.workdir / "out").iterdir()
+        assert received_file.stat().st_size > 1 << 30
+        assert dcmread(received_file, stop_before_pixels=True).InstitutionName == \
+            "Radiology Room 2"
+    assert peak < 150, f"the forwarding process peaked at {peak:.0f} MB"

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 
 from agent.config import Config
 from agent.errors import UsageError
@@ -106,6 +107,7 @@ def _shown(elem: object) -> str:
         return f"{len(value or [])} items"
     if isinstance(value, bytes):
         return f"{len(value)} bytes"
-    text = "" if value is None else str(value)
+    many = isinstance(value, (list, tuple, MultiValue))
+    text = "" if value is None else "\\".join(map(str, value)) if many else str(value)
     text = text if len(text) <= MAX_VALUE else text[:MAX_VALUE] + "..."
-    return repr(text)
+    return f"'{text}'"

@@ -189,7 +189,7 @@ class Deidentifier:
         """Patient Identity Removed, and the method in words and codes (PS3.15 E.1.1)."""
         chosen = ["basic", *sorted(o for o in self.options if o in CODES)]
         ds.PatientIdentityRemoved = "YES"
-        ds.DeidentificationMethod = ("PS3.15 Annex E Basic Profile; " + ", ".join(chosen[1:]))[:64]
+        ds.DeidentificationMethod = [CODES[option][1] for option in chosen]  # LO, 1-n
         codes = Sequence()
         for option in chosen:
             item = Dataset()

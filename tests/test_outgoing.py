@@ -345,3 +345,21 @@ def test_a_1_gb_multiframe_goes_out_coerced_in_under_150_mb(tmp_path: Path) -> N
         assert dcmread(received_file, stop_before_pixels=True).InstitutionName == \
             "Radiology Room 2"
     assert peak < 150, f"the forwarding process peaked at {peak:.0f} MB"
+
+
+def test_a_deidentified_copy_names_no_sending_ae_in_its_file_meta(tmp_path: Path) -> None:
+    """STOW-RS sends the file meta too: the modality's AE title the archive wrote there
+    (0002,0016) goes, unless the site retains device identity."""
+    [source] = study(tmp_path / "in", 1, 1)
+    ds = dcmread(source)
+    ds.file_meta.SourceApplicationEntityTitle = "CT_ROOM_2"
+    ds.save_as(source, enforce_file_format=True)
+    for options, kept in (([], False), (["retain-device-identity"], True)):
+        outgoing = config_module.parse({
+            "agent": {"data_dir": str(tmp_path)},
+            "peers": {"R": {"ae_title": "R", "host": "127.0.0.1", "port": 104,
+                            "deidentify": "basic", "deidentify_options": options}},
+        }).peers["R"].outgoing
+        meta = dcmread(prepare(outgoing, source, tmp_path, "lane").path).file_meta
+        assert ("SourceApplicationEntityTitle" in meta) is kept
+        assert meta.MediaStorageSOPInstanceUID.startswith("2.25.")

@@ -79,6 +79,9 @@ CODES = {  # PS3.16 CID 7050, De-identification Method
     "retain-institution-identity": ("113112", "Retain Institution Identity Option"),
 }
 PATIENT_NAME, PATIENT_ID = 0x00100010, 0x00100020
+META_AE_TITLES = ("SourceApplicationEntityTitle", "SendingApplicationEntityTitle",
+                  "ReceivingApplicationEntityTitle", "SourcePresentationAddress",
+                  "SendingPresentationAddress", "ReceivingPresentationAddress")
 DATES = ("DA", "DT", "TM")
 DUMMY: dict[str, object] = {
     "DA": "19000101", "TM": "000000", "DT": "19000101000000", "AS": "000Y",
@@ -140,6 +143,10 @@ class Deidentifier:
         meta = getattr(ds, "file_meta", None)
         if meta is not None and "SOPInstanceUID" in ds:
             meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        if meta is not None and "retain-device-identity" not in self.options:
+            for keyword in META_AE_TITLES:  # a STOW-RS body carries the file meta too
+                if keyword in meta:
+                    del meta[keyword]
 
     def _walk(self, ds: Dataset) -> None:
         """Each element by its tag; decoded only when it is acted on or is a sequence to

@@ -6,6 +6,7 @@ fix the file without reading code.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import sys
@@ -20,6 +21,7 @@ from agent.fallthrough.settings import QrSettings, parse_qr
 from agent.field.settings import ConsoleSettings, LedSettings, parse_console, parse_leds
 from agent.forward.settings import ForwardSettings, parse_forward
 from agent.metrics.settings import MetricsSettings, parse_metrics
+from agent.outgoing.settings import Outgoing, split_outgoing, with_rule_coercions
 from agent.prefetch.settings import PrefetchRule, parse_prefetch
 from agent.reloading import LIVE, RESTART
 from agent.tls import VERSIONS, TlsSettings
@@ -91,6 +93,8 @@ class Peer:
     # DICOM address (ae_title, host and port are empty); agent/web/settings.py
     kind: Annotated[str, LIVE] = "dimse"
     web: Annotated[WebSettings | None, LIVE] = None
+    # outgoing changes (issue 25): coercion, de-identification; agent/outgoing/settings.py
+    outgoing: Annotated[Outgoing | None, LIVE] = None
 
 
 @dataclass(frozen=True)
@@ -213,6 +217,7 @@ def _build(raw: Mapping[str, Any], source: Path | None) -> Config:
              for name in peers_raw}
     _check_unique_ae_titles(agent, peers)
     forward = parse_forward(v.table(raw, "forward", ""), peers)
+    peers = with_rule_coercions(peers, forward.rules)  # issue 25: a rule's coerce table
     leds = parse_leds(v.table(raw, "leds", ""))
     console = parse_console(v.table(raw, "console", ""))
     tls = _parse_tls(raw["tls"], base_dir) if "tls" in raw else None
@@ -291,13 +296,19 @@ def _parse_agent(table: Mapping[str, Any], base_dir: Path) -> AgentSettings:
 
 
 def _parse_peer(name: str, table: Mapping[str, Any], base_dir: Path) -> Peer:
+    """A peer, with what it receives instead of the stored files (issue 25)."""
+    outgoing, table = split_outgoing(table, f"peers.{name}")
+    return dataclasses.replace(_parse_address(name, table, base_dir), outgoing=outgoing)
+
+
+def _parse_address(name: str, table: Mapping[str, Any], base_dir: Path) -> Peer:
     where = f"peers.{name}"
     if not _PEER_NAME.match(name):
         v.problem(ConfigError(where, "a peer name is 1-32 letters, digits, '-' or '_'"))
     if is_web(table):  # a DICOMweb destination: its own keys (agent/web/settings.py)
         return Peer(name, "", "", 0, frozenset(), kind="dicomweb",
                     web=parse_web(table, where, base_dir))
-    v.reject_unknown(table, set(Peer.__dataclass_fields__) - {"name", "web"}, where)
+    v.reject_unknown(table, set(Peer.__dataclass_fields__) - {"name", "web", "outgoing"}, where)
     for required in ("ae_title", "host", "port"):
         if required not in table:
             v.problem(ConfigError(f"{where}.{required}", "is required"))

@@ -195,7 +195,7 @@ EVERY_COMMAND = [
     "clock", "prefetch P1",
     "config get agent.port", "config set agent.max_pdu 65536", "config unset agent.max_pdu",
     "config diff", "config revert", "config apply", "find", "retrieve", "commit",
-    "commit NOPE --study 1.2", "bogus", "config",
+    "commit NOPE --study 1.2", "bogus", "config", "preview CT /nonexistent.dcm",
 ]
 
 

@@ -21,6 +21,7 @@ from agent.cli import (
     leds,
     metrics,
     prefetch,
+    preview,
     queue,
     reindex,
     retrieve,
@@ -47,6 +48,7 @@ COMMANDS: tuple[ModuleType, ...] = (
     leds,
     commit,
     clock,
+    preview,
 )
 EXIT_FAILED = 1
 EXIT_CONFIG = 2

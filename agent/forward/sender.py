@@ -27,6 +27,7 @@ from agent.forward.gate import DestinationEvents, Gate
 from agent.forward.policy import Delivery, classify_status, gives_up, retry_delay
 from agent.net.scu import Requestor, Target
 from agent.net.stored import sendable
+from agent.outgoing.writer import OutgoingError, prepare
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +163,15 @@ class Sender(PeerWorker):
     def _send_one(self, assoc: Any, job: Job) -> None:
         path = self.archive.layout.absolute(job.path)
         started = time.monotonic()
+        try:  # a peer that receives changed copies (issue 25): the copy, made now
+            root = self.archive.layout.root
+            path = prepare(self.peer.outgoing, path, root, self.thread_name).path
+        except OutgoingError as exc:
+            self._record(job, Delivery.PERMANENT, str(exc))
+            return
+        except OSError as exc:
+            self._record(job, Delivery.TRANSIENT, f"cannot prepare its copy: {exc}")
+            return
         try:
             sent = sendable(assoc, job.sop_class_uid, job.transfer_syntax, path)
             status = assoc.send_c_store(sent)

@@ -39,6 +39,7 @@ from pydicom.datadict import tag_for_keyword
 
 from agent import validation as v
 from agent.errors import ConfigError
+from agent.outgoing.settings import Coercion, rule_coercion
 from agent.reloading import LIVE
 
 CALLING_AE = "calling_ae"
@@ -55,6 +56,8 @@ class Rule:
     to: Annotated[tuple[str, ...], LIVE]
     match: Annotated[Mapping[str, str], LIVE]
     when: Annotated[str, LIVE] = INSTANCE  # "complete": held until the study is complete
+    # what its destinations receive changed (issue 25): agent/outgoing/settings.py
+    coerce: Annotated[Coercion | None, LIVE] = None
 
 
 @dataclass(frozen=True)
@@ -137,7 +140,7 @@ def _rule(item: Any, where: str, peers: Mapping[str, object], when: str) -> Rule
     if not isinstance(item, dict):
         v.problem(ConfigError(where, "a rule is a table with 'to' and 'match'"))
         return Rule(to=(), match={})
-    v.reject_unknown(item, {"to", "match", "when"}, where)
+    v.reject_unknown(item, {"to", "match", "when", "coerce"}, where)
     to = _peer_list(item, f"{where}.to", peers)
     if not to and not item.get("to"):
         v.problem(ConfigError(f"{where}.to", "a rule needs at least one destination"))
@@ -150,4 +153,4 @@ def _rule(item: Any, where: str, peers: Mapping[str, object], when: str) -> Rule
         if not isinstance(pattern, str):
             v.problem(ConfigError(f"{where}.match.{keyword}", "a pattern is a string"))
     rule_when = v.get(item, f"{where}.when", str, when, v.one_of(WHEN))
-    return Rule(to=to, match=dict(match), when=rule_when)
+    return Rule(to=to, match=dict(match), when=rule_when, coerce=rule_coercion(item, where))

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from agent.archive.outbox import Job, OutboxReader
 from agent.forward.policy import Delivery, classify_status, gives_up, retry_delay
 from agent.forward.sender import Sender
+from agent.outgoing.writer import OutgoingError, prepare
 from agent.web.client import SendError, WebClient, http_words
 from agent.web.settings import WebSettings
 from agent.web.stow import InstanceAnswer, Part, StowAnswer
@@ -87,8 +88,13 @@ class WebSender(Sender):
         found: list[tuple[Job, Part]] = []
         for job in jobs:
             path = self.archive.layout.absolute(job.path)
-            try:
-                found.append((job, Part(job.sop_instance_uid, path, path.stat().st_size)))
+            try:  # a peer that receives changed copies (issue 25): the copies of this batch
+                sent = prepare(self.peer.outgoing, path, self.archive.layout.root, self.thread_name,
+                               keep_others=bool(found))
+                uid = sent.uid or job.sop_instance_uid
+                found.append((job, Part(uid, sent.path, sent.path.stat().st_size)))
+            except OutgoingError as exc:
+                self._record(job, Delivery.PERMANENT, str(exc))
             except OSError as exc:
                 self._record(job, Delivery.TRANSIENT, f"cannot read {job.path}: {exc.strerror}")
         return found
@@ -110,8 +116,8 @@ class WebSender(Sender):
         wait = 0.0
         if isinstance(answer, StowAnswer) and answer.retry_after is not None:
             wait = min(answer.retry_after, self.current().forward.retry_max)
-        for job, _ in batch:
-            outcome = judge(answer, job.sop_instance_uid)
+        for job, part in batch:
+            outcome = judge(answer, part.sop_instance_uid)  # a de-identified copy has a new UID
             self._record_after(job, outcome, each, wait)
         if isinstance(answer, StowAnswer) and answer.status >= 300:
             log.warning("STOW-RS to %s: %s (%d instances)", self.peer.name,

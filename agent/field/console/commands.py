@@ -7,6 +7,7 @@ import logging
 import platform
 import socket
 from collections.abc import Callable
+from pathlib import Path
 
 from agent import __version__
 from agent.archive import Layout
@@ -20,6 +21,7 @@ from agent.ops.clock import clock_report
 from agent.ops.echo import echo_peer
 from agent.ops.metrics import metrics_report
 from agent.ops.prefetch import queue_prefetch
+from agent.ops.preview import preview
 from agent.ops.queue import list_queue, purge_jobs, retry_jobs, split_targets
 from agent.ops.running import RunningAgent
 from agent.ops.status import status_report
@@ -91,6 +93,14 @@ class AgentCommands:
     def echo(self, args: Args) -> Reply:
         """Round trip in milliseconds, or why it failed."""
         return echo_reply(echo_peer(self.agent.config, args["peer"]))
+
+    @syntax("preview DEST FILE", "what DEST would receive of a DICOM file: attributes changed")
+    def preview(self, args: Args) -> Reply:
+        """The differences, one attribute a line; ERR if the instance would be held."""
+        result = preview(self.agent.config, args["dest"], Path(args["file"]))
+        if result.held:
+            return err(result.summary)
+        return ok(result.summary, result.lines()[1:])
 
     @syntax("queue", "forward jobs and MPPS messages per destination: waiting, quarantined")
     def queue(self, args: Args) -> Reply:

@@ -18,6 +18,7 @@ from agent import validation as v
 from agent.errors import ConfigError, ConfigErrors
 from agent.fallthrough.settings import QrSettings, parse_qr
 from agent.field.settings import ConsoleSettings, LedSettings, parse_console, parse_leds
+from agent.forward.pace_settings import Window, parse_pace
 from agent.forward.settings import ForwardSettings, parse_forward
 from agent.metrics.settings import MetricsSettings, parse_metrics
 from agent.prefetch.settings import PrefetchRule, parse_prefetch
@@ -86,6 +87,11 @@ class Peer:
     quiet_seconds: Annotated[float | None, LIVE] = None
     # false: its C-FIND, C-MOVE and C-GET are answered from the archive only ([qr])
     fall_through: Annotated[bool, LIVE] = True
+    # bandwidth (issue 24, step 4; agent/forward/pace_settings.py): a cap on the bytes
+    # written to it (all lanes), daily send windows, and what may go outside them
+    max_bytes_per_second: Annotated[int | None, LIVE] = None
+    send_windows: Annotated[tuple[Window, ...], LIVE] = ()
+    priority: Annotated[tuple[tuple[str, str], ...], LIVE] = ()
 
 
 @dataclass(frozen=True)
@@ -308,6 +314,7 @@ def _parse_peer(name: str, table: Mapping[str, Any]) -> Peer:
         ),
         quiet_seconds=_peer_quiet(table, where),
         fall_through=v.get(table, f"{where}.fall_through", bool, True, None),
+        **parse_pace(table, where),
     )
 
 

@@ -19,6 +19,7 @@ from agent.config import Config
 from agent.forward.clock import SYSTEM_CLOCK, Clock
 from agent.forward.committer import Committer
 from agent.forward.gate import Gate
+from agent.forward.pacing import Pacer
 from agent.forward.sender import ForwardEvents, Sender
 from agent.reconfigure import LiveConfig
 
@@ -38,6 +39,8 @@ class Forwarder:
         self.events = events
         self.clock = clock
         self.gates: dict[str, Gate] = {}
+        self.pacers: dict[str, Pacer] = {}  # each destination's cap and windows (pacing.py)
+        self.clock_trusted = True  # the clock judge's word, from the agent's process
         self._senders_lock = threading.Lock()  # adopt and reconfigure come from one thread,
         # close from another
         self.senders = {name: self._lanes(name) for name in sorted(config.forward.destinations)}
@@ -49,9 +52,27 @@ class Forwarder:
         gate = self._gate(name)
         return [
             Sender(name, self.live.current, self.archive, self.events, Lane(number, count), gate,
-                   self.clock)
+                   self.clock, self.pacer(name))
             for number in range(count)
         ]
+
+    def pacer(self, name: str) -> Pacer:
+        """The destination's pace (bandwidth cap, send windows), shared by its lanes and by
+        whatever else sends to it (a DICOMweb sender takes its tokens from it too)."""
+        pacer = self.pacers.get(name)
+        if pacer is None:
+            pacer = Pacer(name, self.live.current, self.clock, lambda: self.clock_trusted)
+            self.pacers[name] = pacer
+        return pacer
+
+    def trust_clock(self, trusted: bool) -> None:
+        """The agent's clock judge trusts the system clock, or no longer does: the send
+        windows count only on a trusted clock, so the senders look again at once."""
+        if trusted != self.clock_trusted:
+            self.clock_trusted = trusted
+            log.info("send windows %s: the system clock is %s", "apply" if trusted
+                     else "are ignored", "trusted" if trusted else "not trusted")
+            self.wake(list(self.senders))
 
     def _gate(self, name: str) -> Gate:
         """The destination's gate, made (and announced up) the first time it is needed."""

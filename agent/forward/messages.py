@@ -58,7 +58,14 @@ class Stop:
     """Finish what is in flight, stop the senders, say ``Stopped`` and exit."""
 
 
-ToWorker = Start | Wake | Reconfigure | Stop
+@dataclass(frozen=True)
+class ClockTrust:
+    """Whether the agent's clock judge trusts the system clock (send windows need it)."""
+
+    trusted: bool
+
+
+ToWorker = Start | Wake | Reconfigure | Stop | ClockTrust
 
 # -- to the agent's process ----------------------------------------------------------------
 
@@ -126,7 +133,7 @@ def encode(message: ToWorker | ToAgent) -> bytes:
 def decode_to_worker(frame: bytes) -> ToWorker | Unreadable:
     """A frame the agent's process sent, or why it is not a message to the worker."""
     message = _unpickle(frame)
-    if isinstance(message, (Start, Wake, Reconfigure, Stop, Unreadable)):
+    if isinstance(message, (Start, Wake, Reconfigure, Stop, ClockTrust, Unreadable)):
         return message
     return _unknown(message)
 

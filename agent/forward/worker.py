@@ -29,6 +29,7 @@ from agent.config import Config
 from agent.forward import messages
 from agent.forward.forwarder import Forwarder
 from agent.forward.messages import (
+    ClockTrust,
     Reconfigure,
     Start,
     Stop,
@@ -177,6 +178,8 @@ def _apply(message: messages.ToWorker | Unreadable, forwarder: Forwarder) -> boo
             forwarder.wake(destinations)
         case Reconfigure(config):
             _reconfigure(forwarder, config)
+        case ClockTrust(trusted):
+            forwarder.trust_clock(trusted)
         case Stop():
             return False
         case Start():

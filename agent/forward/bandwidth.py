@@ -21,6 +21,7 @@ from typing import Protocol
 
 BURST_SECONDS = 0.1  # the bucket holds this long's worth of bytes at most
 MIN_BURST = 1500  # ...and at least one Ethernet frame's, so tiny caps still move
+MIN_WAIT = 0.001  # seconds: a wait for a few bytes still lets the clock move
 
 
 class BucketClock(Protocol):
@@ -110,9 +111,9 @@ class TokenBucket:
             got = min(self._tokens, need)
             self._tokens -= got
             need -= got
-            if need <= 0:
+            if need < 1.0:  # float rounding: what is left is no byte
                 return None
-            return need, min(need, burst) / rate
+            return need, max(MIN_WAIT, min(need, burst) / rate)
 
     def _refill(self, rate: int) -> float:
         """Add what accrued since the last look, up to the burst; the burst."""

@@ -152,6 +152,7 @@ class Forwarder:
                 self._start(name)
                 log.info("forwarding to %s (added by a reload)", name)
             self._commit_for(sorted(self.senders))
+        self.wake(list(self.senders))  # a sender asleep until a send window opens looks again
 
     def _regate(self, previous: Config, config: Config) -> None:
         """Gates follow a reload; a down destination whose peer changed is tried at once."""

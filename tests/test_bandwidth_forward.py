@@ -1,0 +1,212 @@
+"""A destination's pace against a real peer (DCMTK storescp): outside its send windows
+nothing reaches it but the priority rule's instances, and the jobs wait untouched; the
+window opening (the test's clock moved), a reload or an untrusted clock lets them go; a
+bandwidth cap holds on a real transfer, and a stop ends a throttled send at once.
+
+The forwarder runs in-process on a clock the test moves (the windows' wall time); the
+bucket runs on the real monotonic clock.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import dicomgen
+import pytest
+
+from agent import config as config_module
+from agent.archive import Archive
+from agent.config import Config
+from agent.forward.forwarder import Forwarder
+from agent.net import prepare_pynetdicom
+from tests.support import FixedRouting, free_port, storescp, wait_until
+from tests.test_forward_backoff import ManualClock, Recorder, job_rows
+
+prepare_pynetdicom()  # the engine, whose write path the cap throttles
+
+
+def pace_config(root: Path, port: int, associations: int = 2, **pace: Any) -> Config:
+    """Forwarding to PACS (storescp at ``port``) with these pace keys."""
+    return config_module.parse({
+        "agent": {"data_dir": str(root / "data"), "port": free_port(), "bind": "127.0.0.1",
+                  "min_free_mb": 0},
+        "peers": {"PACS": {"ae_title": "DEST", "host": "127.0.0.1", "port": port, **pace}},
+        "forward": {"to": ["PACS"], "retry_first": 0.2, "retry_max": 0.5,
+                    "associations": associations},
+    })
+
+
+def fill(archive: Archive, modality: str, count: int, size: int = 16) -> list[str]:
+    """``count`` instances of one new series, each queued for PACS."""
+    uids = []
+    for ds in dicomgen.series(count, modality=modality, size=size):
+        path = archive.layout.tmp_dir / f"{ds.SOPInstanceUID}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        archive.ingest(path, sop_class_uid=ds.SOPClassUID,
+                       sop_instance_uid=ds.SOPInstanceUID, calling_ae="CT")
+        uids.append(str(ds.SOPInstanceUID))
+    return uids
+
+
+def received(directory: Path) -> set[str]:
+    """SOP Instance UIDs storescp wrote (it names files by modality and UID)."""
+    return {p.name.split(".", 1)[1] for p in directory.iterdir() if p.is_file()}
+
+
+def noon_tomorrow() -> float:
+    """A local noon after every job's creation time (jobs are due at once, by this clock)."""
+    tomorrow = dt.date.today() + dt.timedelta(days=1)
+    return dt.datetime.combine(tomorrow, dt.time(12, 0)).timestamp()
+
+
+@pytest.fixture
+def peer(tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    port, directory = free_port(), tmp_path / "received"
+    process = storescp(directory, port)
+    try:
+        yield port, directory
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def all_asleep(clock: ManualClock, lanes: int) -> bool:
+    """Every lane waits on the clock: each looked at its queue and found nothing to send."""
+    with clock._lock:
+        return len(clock._waiting) >= lanes
+
+
+def states(data_dir: Path, uids: list[str]) -> set[tuple[str, int]]:
+    rows = job_rows(data_dir)
+    return {(rows[uid][0], rows[uid][1]) for uid in uids}
+
+
+def test_outside_the_windows_only_priority_goes_and_the_window_opening_sends_the_rest(
+        tmp_path: Path, peer: tuple[int, Path]) -> None:
+    port, directory = peer
+    config = pace_config(tmp_path, port, send_windows=["22:00-06:00"],
+                         priority={"Modality": "CT"})
+    archive = Archive(tmp_path / "data", routing=FixedRouting("PACS"))
+    urgent, routine = fill(archive, "CT", 3), fill(archive, "MR", 5)
+    clock = ManualClock(noon_tomorrow())
+    forwarder = Forwarder(config, archive, Recorder(), clock)
+    try:
+        forwarder.start()
+        wait_until(lambda: received(directory) == set(urgent), 30, "the priority instances")
+        wait_until(lambda: all_asleep(clock, 2), 30, "both lanes to wait for the window")
+        assert received(directory) == set(urgent)
+        assert states(tmp_path / "data", routine) == {("pending", 0)}  # untouched
+        window = forwarder.pacer("PACS").window()
+        assert window.reason == "outside its send windows (22:00-06:00); opens at 22:00"
+        assert window.opens_at is not None
+        clock.advance_to(window.opens_at)
+        wait_until(lambda: received(directory) == set(urgent + routine), 30, "the rest")
+        wait_until(lambda: states(tmp_path / "data", routine) == {("done", 1)}, 30, "done")
+    finally:
+        forwarder.close()
+        archive.close()
+
+
+def test_a_reload_re_evaluates_priority_and_windows(tmp_path: Path,
+                                                     peer: tuple[int, Path]) -> None:
+    port, directory = peer
+    closed = {"send_windows": ["22:00-06:00"], "priority": {"Modality": "CT"}}
+    config = pace_config(tmp_path, port, **closed)
+    archive = Archive(tmp_path / "data", routing=FixedRouting("PACS"))
+    ct, mr = fill(archive, "CT", 2), fill(archive, "MR", 2)
+    sc = fill(archive, "SC", 2)
+    clock = ManualClock(noon_tomorrow())
+    forwarder = Forwarder(config, archive, Recorder(), clock)
+    try:
+        forwarder.start()
+        wait_until(lambda: received(directory) == set(ct), 30, "CT, the priority")
+        forwarder.reconfigure(pace_config(tmp_path, port, send_windows=["22:00-06:00"],
+                                          priority={"Modality": "MR"}))
+        wait_until(lambda: received(directory) == set(ct + mr), 30, "MR, now the priority")
+        wait_until(lambda: all_asleep(clock, 2), 30, "both lanes to wait for the window")
+        assert received(directory) == set(ct + mr)
+        forwarder.reconfigure(pace_config(tmp_path, port))  # no windows any more
+        wait_until(lambda: received(directory) == set(ct + mr + sc), 30, "everything")
+    finally:
+        forwarder.close()
+        archive.close()
+
+
+def test_an_untrusted_clock_ignores_the_windows(tmp_path: Path,
+                                                peer: tuple[int, Path]) -> None:
+    port, directory = peer
+    config = pace_config(tmp_path, port, send_windows=["22:00-06:00"])
+    archive = Archive(tmp_path / "data", routing=FixedRouting("PACS"))
+    uids = fill(archive, "CT", 4)
+    clock = ManualClock(noon_tomorrow())
+    forwarder = Forwarder(config, archive, Recorder(), clock)
+    try:
+        forwarder.start()
+        wait_until(lambda: all_asleep(clock, 2), 30, "both lanes to wait for the window")
+        assert received(directory) == set()
+        forwarder.trust_clock(False)  # as the agent's process says over the pipe
+        assert forwarder.pacer("PACS").window().reason == (
+            "send windows (22:00-06:00) ignored: the clock is not trusted")
+        wait_until(lambda: received(directory) == set(uids), 30, "everything, windows ignored")
+    finally:
+        forwarder.close()
+        archive.close()
+
+
+CAP = 1_000_000  # bytes per second
+
+
+@pytest.mark.slow
+def test_a_capped_transfer_stays_under_the_cap(tmp_path: Path, peer: tuple[int, Path]) -> None:
+    """About 3 MB at 1 MB/s over two lanes sharing the bucket: the rate measured from the
+    start to the last arrival does not exceed the cap by 10 % (an upper bound only: a slow
+    machine lowers it)."""
+    port, directory = peer
+    config = pace_config(tmp_path, port, max_bytes_per_second=CAP)
+    archive = Archive(tmp_path / "data", routing=FixedRouting("PACS"))
+    uids = fill(archive, "CT", 24, size=256)
+    size = sum(p.stat().st_size for p in (tmp_path / "data").rglob("*.dcm"))
+    assert size > 3_000_000
+    forwarder = Forwarder(config, archive, Recorder(), ManualClock(time.time() + 1))
+    try:
+        started = time.monotonic()
+        forwarder.start()
+        wait_until(lambda: received(directory) == set(uids), 60, "every instance")
+        rate = size / (time.monotonic() - started)
+        bucket = forwarder.pacer("PACS").bucket
+        assert bucket.taken >= size - 24 * 400  # every byte on the wire went through it
+        assert bucket.waited > 0  # the writers were held back
+        assert rate <= 1.1 * CAP, f"{rate:.0f} B/s against a cap of {CAP}"
+    finally:
+        forwarder.close()
+        archive.close()
+
+
+@pytest.mark.slow
+def test_a_stop_ends_a_throttled_send_and_the_job_waits_untouched(
+        tmp_path: Path, peer: tuple[int, Path]) -> None:
+    port, _directory = peer
+    config = pace_config(tmp_path, port, associations=1, max_bytes_per_second=20_000)
+    archive = Archive(tmp_path / "data", routing=FixedRouting("PACS"))
+    big = dicomgen.large_instance(archive.layout.tmp_dir / "big.dcm", 2_000_000)
+    uid = subprocess.run(["dcmdump", "+P", "SOPInstanceUID", str(big)], capture_output=True,
+                         text=True, check=True).stdout.split("[")[1].split("]")[0]
+    archive.ingest(big, sop_class_uid=dicomgen.MULTIFRAME_SC, sop_instance_uid=uid,
+                   calling_ae="CT")
+    forwarder = Forwarder(config, archive, Recorder(), ManualClock(time.time() + 1))
+    try:
+        forwarder.start()
+        bucket = forwarder.pacer("PACS").bucket
+        wait_until(lambda: bucket.taken > 0, 30, "the send to begin, throttled")
+        forwarder.close()
+        sender = forwarder.senders["PACS"][0]
+        assert sender._thread is not None and not sender._thread.is_alive()
+        assert job_rows(tmp_path / "data")[uid][:2] == ("pending", 0)
+    finally:
+        forwarder.close()
+        archive.close()

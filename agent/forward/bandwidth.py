@@ -65,11 +65,20 @@ class TokenBucket:
         self._stamp = 0.0
         self.taken = 0  # bytes let through, in all (for tests and benchmarks)
         self.waited = 0.0  # seconds takers spent waiting for tokens, in all
+        self.takers = 0  # threads inside ``take`` now
 
     def take(self, nbytes: int, stop: threading.Event | None = None) -> bool:
         """Wait until ``nbytes`` may be written; False if ``stop`` was set first (the
         tokens collected so far are spent)."""
-        stop = stop or _NEVER
+        with self._lock:
+            self.takers += 1
+        try:
+            return self._take(nbytes, stop or _NEVER)
+        finally:
+            with self._lock:
+                self.takers -= 1
+
+    def _take(self, nbytes: int, stop: threading.Event) -> bool:
         need = float(nbytes)
         while True:
             wait = self._collect(need)

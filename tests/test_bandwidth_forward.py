@@ -10,6 +10,7 @@ bucket runs on the real monotonic clock.
 from __future__ import annotations
 
 import datetime as dt
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +25,8 @@ from agent.archive import Archive
 from agent.config import Config
 from agent.forward.forwarder import Forwarder
 from agent.net import prepare_pynetdicom
-from tests.support import FixedRouting, free_port, storescp, wait_until
+from tests import scu
+from tests.support import AgentProcess, FixedRouting, free_port, run_cli, storescp, wait_until
 from tests.test_forward_backoff import ManualClock, Recorder, job_rows
 
 prepare_pynetdicom()  # the engine, whose write path the cap throttles
@@ -208,3 +210,81 @@ def test_a_stop_ends_a_throttled_send_and_the_job_waits_untouched(
     finally:
         forwarder.close()
         archive.close()
+
+
+def hhmm(moment: dt.datetime) -> str:
+    return f"{moment:%H:%M}"
+
+
+def agent_config(root: Path, agent_port: int, pacs_port: int, window: str) -> Path:
+    """A running agent's configuration: PACS (storescp) with one send window, the CT
+    priority rule and a cap; the clock trusted without a time source."""
+    path = root / "agent.toml"
+    path.write_text(f"""
+[agent]
+port = {agent_port}
+bind = "127.0.0.1"
+data_dir = "{root / 'data'}"
+min_free_mb = 0
+
+[clock]
+require_sync = false
+
+[peers.CT]
+ae_title = "MODALITY"
+host = "127.0.0.1"
+port = 104
+allow = ["store"]
+
+[peers.PACS]
+ae_title = "DEST"
+host = "127.0.0.1"
+port = {pacs_port}
+max_bytes_per_second = 50_000_000
+send_windows = ["{window}"]
+priority = {{ Modality = "CT" }}
+
+[forward]
+to = ["PACS"]
+""")
+    return path
+
+
+@pytest.mark.slow
+def test_queue_and_status_say_why_a_destination_waits_and_a_reload_into_a_window_sends(
+        tmp_path: Path, peer: tuple[int, Path]) -> None:
+    port, directory = peer
+    now = dt.datetime.now()
+    later = f"{hhmm(now + dt.timedelta(hours=2))}-{hhmm(now + dt.timedelta(hours=3))}"
+    agent_port = free_port()
+    config_file = agent_config(tmp_path, agent_port, port, later)
+    urgent = dicomgen.write_series(tmp_path / "ct", 2, modality="CT")
+    routine = dicomgen.write_series(tmp_path / "mr", 3, modality="MR")
+    uids = {p: str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID)
+            for p in urgent + routine}
+    agent = AgentProcess(config_file, tmp_path / "data").start()
+    try:
+        assert scu.store(agent_port, urgent + routine) == [0] * 5
+        wait_until(lambda: received(directory) == {uids[p] for p in urgent}, 30, "CT only")
+        opens = hhmm(now + dt.timedelta(hours=2))
+        why = f"outside its send windows ({later}); opens at {opens}"
+
+        def queue_says() -> str | None:
+            out = run_cli("queue", "--config", str(config_file)).stdout
+            return out if why in out else None
+
+        listing = wait_until(queue_says, 30, "queue to say why PACS waits")
+        assert "3 pending" in listing and listing.count("waits (window)") == 3
+        assert "throttled: capped at 50 MB/s" in listing
+        status = run_cli("status", "--config", str(config_file)).stdout
+        assert f"pace  {why}; priority instances (Modality = CT) go now; its jobs wait" in status
+        assert received(directory) == {uids[p] for p in urgent}
+        around = f"{hhmm(now - dt.timedelta(hours=1))}-{hhmm(now + dt.timedelta(hours=1))}"
+        agent_config(tmp_path, agent_port, port, around)
+        assert agent.proc is not None
+        agent.proc.send_signal(signal.SIGHUP)  # the clock is in a window now
+        wait_until(lambda: received(directory) == set(uids.values()), 30, "everything")
+        wait_until(lambda: f"pace  inside its send window {around}" in run_cli(
+            "status", "--config", str(config_file)).stdout, 30, "status to say it sends")
+    finally:
+        agent.stop()

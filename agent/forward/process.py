@@ -145,8 +145,11 @@ class ForwardingProcess:
             if peer is None:
                 continue
             state = window_state(peer.send_windows, now, trusted)
-            self.status.destination_pace(name, state.reason, state.open,
-                                         peer.max_bytes_per_second)
+            reason = state.reason
+            if not state.open and peer.priority:
+                rule = ", ".join(f"{key} = {pattern}" for key, pattern in peer.priority)
+                reason = f"{reason}; priority instances ({rule}) go now"
+            self.status.destination_pace(name, reason, state.open, peer.max_bytes_per_second)
 
     def _after_stopped(self, child: _Child) -> None:
         """A process that said "stopped" is silent on purpose (it is no hang): once it has

@@ -10,6 +10,7 @@ bucket runs on the real monotonic clock.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import signal
 import time
 from collections.abc import Iterator
@@ -24,7 +25,10 @@ from agent import config as config_module
 from agent.archive import Archive
 from agent.config import Config
 from agent.forward.forwarder import Forwarder
+from agent.forward.process import ForwardingProcess
 from agent.net import prepare_pynetdicom
+from agent.status import StatusModel
+from agent.status_parts import ClockState
 from tests import scu
 from tests.support import AgentProcess, FixedRouting, free_port, run_cli, storescp, wait_until
 from tests.test_forward_backoff import ManualClock, Recorder, job_rows
@@ -288,3 +292,34 @@ def test_queue_and_status_say_why_a_destination_waits_and_a_reload_into_a_window
             "status", "--config", str(config_file)).stdout, 30, "status to say it sends")
     finally:
         agent.stop()
+
+
+def test_the_agent_tells_the_forwarding_process_when_the_clock_is_not_trusted(
+        tmp_path: Path, peer: tuple[int, Path], caplog: pytest.LogCaptureFixture) -> None:
+    """The clock judge's word crosses the pipe (``ClockTrust``): a real forwarding process
+    ignores the windows once the status model says the clock is untrusted, and the status
+    says so."""
+    caplog.set_level(logging.INFO)
+    port, directory = peer
+    now = dt.datetime.now()
+    later = f"{hhmm(now + dt.timedelta(hours=2))}-{hhmm(now + dt.timedelta(hours=3))}"
+    config = pace_config(tmp_path, port, send_windows=[later])
+    status = StatusModel()
+    with Archive(tmp_path / "data", routing=FixedRouting("PACS")) as archive:
+        uids = fill(archive, "CT", 3)
+        supervisor = ForwardingProcess(lambda: config, status)
+        supervisor.start(archive)
+        try:
+            supervisor.refresh_status()  # trusted: the window holds the jobs back
+            pacs = {d.name: d for d in status.snapshot().destinations}["PACS"]
+            assert not pacs.window_open and pacs.window is not None
+            assert pacs.window.startswith(f"outside its send windows ({later})")
+            status.clock_state(ClockState(synchronised=False, trusted=False))
+            supervisor.refresh_status()
+            wait_until(lambda: received(directory) == set(uids), 30, "windows ignored")
+            assert any("send windows are ignored" in r.getMessage() for r in caplog.records)
+            pacs = {d.name: d for d in status.snapshot().destinations}["PACS"]
+            assert pacs.window_open and pacs.window == (
+                f"send windows ({later}) ignored: the clock is not trusted")
+        finally:
+            supervisor.close()

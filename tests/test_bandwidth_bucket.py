@@ -54,10 +54,13 @@ def test_bytes_let_through_never_exceed_burst_plus_cap_times_elapsed(rate: int,
     assert through / (clock.now - start) >= 0.99 * rate
 
 
+BURST = int(1_000_000 * BURST_SECONDS)  # at 1 MB/s
+
+
 def test_a_write_bigger_than_the_burst_waits_for_all_of_its_bytes() -> None:
     clock = SteppedClock()
     bucket = TokenBucket(lambda: 1_000_000, clock)
-    assert bucket.take(100_000)  # the full bucket: at once
+    assert bucket.take(BURST)  # the full bucket: at once
     assert clock.sleeps == []
     assert bucket.take(5_000_000)  # never on credit: 5 s of accrual first
     assert clock.now - 1000.0 == pytest.approx(5.0)
@@ -78,7 +81,7 @@ def test_a_reload_changes_the_cap_at_the_next_take() -> None:
     clock = SteppedClock()
     cap = [1_000_000]
     bucket = TokenBucket(lambda: cap[0], clock)
-    bucket.take(100_000)
+    bucket.take(BURST)
     bucket.take(1_000_000)
     assert clock.now - 1000.0 == pytest.approx(1.0)
     cap[0] = 100_000
@@ -95,7 +98,7 @@ def test_throttled_says_whether_writers_wait() -> None:
     clock = SteppedClock()
     bucket = TokenBucket(lambda: 1_000_000, clock)
     assert not bucket.throttled()
-    bucket.take(100_000)
+    bucket.take(BURST)
     assert bucket.throttled()
     clock.now += 1.0
     assert not bucket.throttled()
@@ -129,4 +132,4 @@ def test_lanes_share_one_bucket() -> None:
         thread.join(30)
     assert bucket.taken == 2 * 40 * 65_536
     # the time moved is at least what the cap needs for both lanes' bytes, less the burst
-    assert clock.now - 1000.0 >= (bucket.taken - 100_000) / 1_000_000 - 1e-6
+    assert clock.now - 1000.0 >= (bucket.taken - BURST) / 1_000_000 - 1e-6

@@ -6,7 +6,10 @@ configuration in force at each take, so a reload changes it at once) up to a bur
 BURST_SECONDS' worth. ``take(n)`` returns once ``n`` tokens were collected, piece by
 piece (a write bigger than the burst waits for all of it, it is never let through on
 credit), or False as soon as the stop event is set. So over any span T the bytes let
-through are at most ``burst + cap x T``: for a 20 s measurement the burst adds 0.5 %.
+through are at most ``burst + cap x T``: for a 20 s measurement the burst adds 2.5 %.
+Half a second's burst rides over the gaps between instances (a C-STORE's response, the
+next file opened) that a smaller one lost: at 4 MB/s over two lanes, 0.1 s of burst
+delivered 0.90 of the cap, 0.5 s 1.00 (scripts/bench_bandwidth.py).
 
 The bucket's clock is injected (monotonic time and an interruptible wait), so a test
 walks minutes of throttling in a moment.
@@ -19,7 +22,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-BURST_SECONDS = 0.1  # the bucket holds this long's worth of bytes at most
+BURST_SECONDS = 0.5  # the bucket holds this long's worth of bytes at most
 MIN_BURST = 1500  # ...and at least one Ethernet frame's, so tiny caps still move
 MIN_WAIT = 0.001  # seconds: a wait for a few bytes still lets the clock move
 

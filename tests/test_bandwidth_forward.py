@@ -73,7 +73,7 @@ def noon_tomorrow() -> float:
 @pytest.fixture
 def peer(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     port, directory = free_port(), tmp_path / "received"
-    process = storescp(directory, port)
+    process = storescp(directory, port, "--fork")  # lanes at once, an association each
     try:
         yield port, directory
     finally:

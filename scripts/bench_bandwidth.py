@@ -10,9 +10,10 @@ For each cap: a real agent (``edge-agent run``, its forwarding process) takes a 
 storescu and forwards it, over --associations lanes sharing the cap, to storescp on
 loopback (``--fork``: an association each). Once storescu is done (the agent's ingest no
 longer competes for the two cores), the bytes storescp has written are sampled every
-0.1 s; the rate is the bytes written over the next --seconds, divided by them. The series holds more than the cap
-lets through meanwhile, so the queue never runs dry. The agent is then stopped with its
-queue still full (the throttled sends end at once; the rest wait).
+0.1 s; the rate is the bytes written over the next --seconds, divided by them. The
+series holds more than the cap lets through meanwhile, so the queue never runs dry. The
+agent is then stopped with its queue still full (the throttled sends end at once; the
+rest wait).
 """
 
 from __future__ import annotations

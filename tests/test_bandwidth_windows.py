@@ -8,6 +8,7 @@ import datetime as dt
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
 
 from agent import config as config_module
 from agent.archive import priority
@@ -15,7 +16,11 @@ from agent.archive.keys import KEYS
 from agent.errors import ConfigErrors
 from agent.forward.pace_settings import PRIORITY_KEYS, Window
 from agent.forward.windows import window_state
+from agent.metrics.collector import StatusCollector
+from agent.ops import alerts
 from agent.ops.reachability import pace_line, rate_words
+from agent.status import StatusModel
+from tests.test_metrics_endpoint import value
 
 NIGHT = (Window(22 * 60, 6 * 60),)
 
@@ -125,3 +130,32 @@ def test_the_pace_line_says_why_a_destination_waits_and_its_cap() -> None:
     assert pace_line({"name": "PACS"}) is None
     assert [rate_words(n) for n in (2_500_000, 512_000, 900)] == [
         "2.5 MB/s", "512 kB/s", "900 B/s"]
+
+
+def test_a_destination_waiting_for_its_window_raises_no_backlog_alert() -> None:
+    """Waiting for a send window is what was configured, not a fault: neither the status's
+    judge nor the metrics' rules (edge_agent_destination_sending 0) call it one."""
+    now = at(12)
+    pacs = {"name": "PACS", "pending": 40, "oldest_waiting": now - 8 * 3600,
+            "last_delivery": now - 8 * 3600, "window_open": False}
+    agent = {"state": "serving", "started_at": "2026-01-04T00:00:00+00:00",
+             "clock": {"synchronised": True}, "destinations": [pacs]}
+    assert [a.name for a in alerts.judge(agent, now)] == []
+    pacs["window_open"] = True  # the window opened: the same backlog is one
+    assert {a.name for a in alerts.judge(agent, now)} == {
+        "EdgeAgentUndeliveredTooOld", "EdgeAgentNoDelivery"}
+
+
+def test_the_metrics_say_whether_a_destination_sends_and_its_cap() -> None:
+    status = StatusModel()
+    status.queue_depth({"PACS": {"pending": 2}, "RIS": {}}, ("PACS", "RIS"), {})
+    status.destination_pace("PACS", "outside its send windows (22:00-06:00); opens at 22:00",
+                            False, 10_000_000)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StatusCollector(status, clock=lambda: at(12)))
+    text = generate_latest(registry).decode()
+    assert value(text, "edge_agent_destination_sending", destination="PACS") == 0
+    assert value(text, "edge_agent_destination_sending", destination="RIS") == 1
+    assert value(text, "edge_agent_destination_max_bytes_per_second",
+                 destination="PACS") == 10_000_000
+    assert value(text, "edge_agent_destination_max_bytes_per_second", destination="RIS") == 0

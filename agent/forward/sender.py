@@ -4,6 +4,10 @@ in its own thread, so a dead or slow destination never holds the others back.
 The lanes of a destination dial through its gate (``agent.forward.gate``): while the
 destination cannot be reached they wait for its one probe, and their jobs stay untouched.
 
+A destination's pace (``agent.forward.pacing``, shared by its lanes) decides what they
+take: outside its send windows only the jobs its priority rule matches, and every
+association's bytes through its bandwidth cap's bucket.
+
 Files go as stored: a context with exactly the stored transfer syntax lets pynetdicom
 stream the file without decoding it; an uncompressed file the peer only takes in another
 uncompressed syntax is converted; anything else fails for that instance alone.

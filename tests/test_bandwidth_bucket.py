@@ -133,3 +133,18 @@ def test_lanes_share_one_bucket() -> None:
     assert bucket.taken == 2 * 40 * 65_536
     # the time moved is at least what the cap needs for both lanes' bytes, less the burst
     assert clock.now - 1000.0 >= (bucket.taken - BURST) / 1_000_000 - 1e-6
+
+
+def test_the_engine_counts_the_bytes_each_p_data_puts_on_the_wire() -> None:
+    """What the cap is taken for: a whole PDU, header and PDV items included, whichever
+    way it is queued (encoded by the engine, or a pynetdicom primitive); nothing else."""
+    from pynetdicom.pdu_primitives import A_ABORT, P_DATA
+
+    from agent.net.engine.dul import EncodedPData, pdata_size
+
+    encoded = EncodedPData([b"\x04\x00" + b"\x00" * 4, memoryview(b"x" * 1000)])
+    assert pdata_size(encoded) == 1006
+    primitive = P_DATA()
+    primitive.presentation_data_value_list = [[1, b"\x00" + b"y" * 99], [1, b"\x02" + b"z" * 9]]
+    assert pdata_size(primitive) == 6 + (5 + 100) + (5 + 10)  # data: control byte first
+    assert pdata_size(A_ABORT()) == 0

@@ -96,7 +96,7 @@ def pdata_size(primitive: Any) -> int:
         return len(primitive)
     if isinstance(primitive, P_DATA):
         pdvs = primitive.presentation_data_value_list
-        return 6 + sum(6 + len(data) for _context, data in pdvs)
+        return 6 + sum(5 + len(data) for _context, data in pdvs)  # item length, context ID
     return 0
 
 

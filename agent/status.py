@@ -358,6 +358,11 @@ class StatusModel:
 
         self._apply(change)
 
+    def destination_throttled(self, name: str, throttled: bool) -> None:
+        """Writes to ``name`` wait for its bandwidth cap now, or no longer do."""
+        self._apply(lambda s: {} if _destination(s, name).throttled == throttled
+                    else with_destination(s.destinations, name, throttled=throttled))
+
     def queue_depth(
         self, depth: dict[str, dict[str, int]], names: tuple[str, ...],
         waiting: dict[str, tuple[int, float | None]] | None = None,

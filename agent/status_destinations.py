@@ -36,6 +36,7 @@ class Destination:
     window: str | None = None
     window_open: bool = True  # False: its jobs wait for the window (priority ones excepted)
     max_bytes_per_second: int | None = None  # ...and its bandwidth cap (None: none)
+    throttled: bool = False  # the cap holds its writes back now
 
     @property
     def waiting(self) -> int:

@@ -27,6 +27,7 @@ from agent.config import Config
 from agent.forward.forwarder import Forwarder
 from agent.forward.process import ForwardingProcess
 from agent.net import prepare_pynetdicom
+from agent.ops.reachability import pace_line
 from agent.status import StatusModel
 from agent.status_parts import ClockState
 from tests import scu
@@ -279,7 +280,7 @@ def test_queue_and_status_say_why_a_destination_waits_and_a_reload_into_a_window
 
         listing = wait_until(queue_says, 30, "queue to say why PACS waits")
         assert "3 pending" in listing and listing.count("waits (window)") == 3
-        assert "throttled: capped at 50 MB/s" in listing
+        assert "capped at 50 MB/s (not reached now)" in listing
         status = run_cli("status", "--config", str(config_file)).stdout
         assert f"pace  {why}; priority instances (Modality = CT) go now; its jobs wait" in status
         assert received(directory) == {uids[p] for p in urgent}
@@ -321,5 +322,33 @@ def test_the_agent_tells_the_forwarding_process_when_the_clock_is_not_trusted(
             pacs = {d.name: d for d in status.snapshot().destinations}["PACS"]
             assert pacs.window_open and pacs.window == (
                 f"send windows ({later}) ignored: the clock is not trusted")
+        finally:
+            supervisor.close()
+
+
+@pytest.mark.slow
+def test_status_says_while_the_cap_holds_a_destination_back(
+        tmp_path: Path, peer: tuple[int, Path]) -> None:
+    """A real forwarding process says when the cap holds writes back (``Throttled``),
+    and when it no longer does; the status's pace line says it."""
+    port, directory = peer
+    config = pace_config(tmp_path, port, max_bytes_per_second=100_000)
+    status = StatusModel()
+    with Archive(tmp_path / "data", routing=FixedRouting("PACS")) as archive:
+        uids = fill(archive, "CT", 10, size=128)  # some 330 kB: seconds at 100 kB/s
+        supervisor = ForwardingProcess(lambda: config, status)
+        supervisor.start(archive)
+
+        def pacs() -> dict[str, Any]:
+            supervisor.refresh_status()  # as the housekeeping tick does
+            found = {d["name"]: d for d in status.snapshot().to_json()["destinations"]}
+            return found.get("PACS", {})
+
+        try:
+            wait_until(lambda: pacs().get("throttled"), 30, "PACS reported throttled")
+            assert pace_line(pacs()) == "throttled: sending at its cap of 100 kB/s"
+            wait_until(lambda: received(directory) == set(uids), 60, "everything")
+            wait_until(lambda: pacs().get("throttled") is False, 30, "no longer throttled")
+            assert pace_line(pacs()) == "capped at 100 kB/s (not reached now)"
         finally:
             supervisor.close()

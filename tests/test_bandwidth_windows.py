@@ -126,7 +126,11 @@ def test_the_pace_line_says_why_a_destination_waits_and_its_cap() -> None:
               "window_open": False, "max_bytes_per_second": 10_000_000}
     assert pace_line(closed) == (
         "outside its send windows (22:00-06:00); opens at 22:00; its jobs wait (not counted"
-        " as failed tries); throttled: capped at 10 MB/s")
+        " as failed tries); capped at 10 MB/s (not reached now)")
+    sending = {"window": "inside its send window 22:00-06:00 (of 22:00-06:00)",
+               "max_bytes_per_second": 10_000_000, "throttled": True}
+    assert pace_line(sending) == ("inside its send window 22:00-06:00 (of 22:00-06:00);"
+                                  " throttled: sending at its cap of 10 MB/s")
     assert pace_line({"name": "PACS"}) is None
     assert [rate_words(n) for n in (2_500_000, 512_000, 900)] == [
         "2.5 MB/s", "512 kB/s", "900 B/s"]

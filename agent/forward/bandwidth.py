@@ -69,6 +69,7 @@ class TokenBucket:
         self.taken = 0  # bytes let through, in all (for tests and benchmarks)
         self.waited = 0.0  # seconds takers spent waiting for tokens, in all
         self.takers = 0  # threads inside ``take`` now
+        self.sleepers = 0  # of them, those waiting for tokens
 
     def take(self, nbytes: int, stop: threading.Event | None = None) -> bool:
         """Wait until ``nbytes`` may be written; False if ``stop`` was set first (the
@@ -91,16 +92,27 @@ class TokenBucket:
                 return True
             need, seconds = wait
             started = self.clock.monotonic()
-            if self.clock.sleep(stop, seconds):
-                return False
             with self._lock:
-                self.waited += self.clock.monotonic() - started
+                self.sleepers += 1
+            try:
+                if self.clock.sleep(stop, seconds):
+                    return False
+            finally:
+                with self._lock:
+                    self.sleepers -= 1
+                    self.waited += self.clock.monotonic() - started
 
     def take_or_raise(self, nbytes: int, stop: threading.Event | None = None) -> None:
         """``take``, raising Interrupted instead of returning False (for a write path
         that cannot say no, such as an association's socket)."""
         if not self.take(nbytes, stop):
             raise Interrupted(f"stopped while waiting to send {nbytes} bytes")
+
+    def held_back(self) -> tuple[float, int]:
+        """Seconds takers have waited in all (counted as each wait ends), and how many
+        wait now: the cap holds writers back while either grows or the second is not 0."""
+        with self._lock:
+            return self.waited, self.sleepers
 
     def throttled(self) -> bool:
         """True if a cap is in force and the bucket is empty now (writers wait)."""

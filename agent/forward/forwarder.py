@@ -65,6 +65,11 @@ class Forwarder:
             self.pacers[name] = pacer
         return pacer
 
+    def throttling(self) -> dict[str, bool]:
+        """Per destination with a pacer: whether its cap held writes back since the last
+        call (the forwarding process asks once a beat)."""
+        return {name: pacer.throttling() for name, pacer in list(self.pacers.items())}
+
     def trust_clock(self, trusted: bool) -> None:
         """The agent's clock judge trusts the system clock, or no longer does: the send
         windows count only on a trusted clock, so the senders look again at once."""

@@ -97,6 +97,14 @@ class DestinationState:
 
 
 @dataclass(frozen=True)
+class Throttled:
+    """Writes to ``destination`` wait for its bandwidth cap now (or no longer do)."""
+
+    destination: str
+    throttled: bool
+
+
+@dataclass(frozen=True)
 class Alive:
     """The forwarding process's heartbeat: it works, with senders for these destinations."""
 
@@ -115,7 +123,7 @@ class Stopped:
     """The senders have stopped; the process exits next."""
 
 
-ToAgent = Forwarded | Failed | DestinationState | Alive | LogRecord | Stopped
+ToAgent = Forwarded | Failed | DestinationState | Alive | LogRecord | Stopped | Throttled
 
 
 @dataclass(frozen=True)
@@ -142,7 +150,7 @@ def decode_to_agent(frame: bytes) -> ToAgent | Unreadable:
     """A frame the forwarding process sent, or why it is not a message to the agent."""
     message = _unpickle(frame)
     if isinstance(message, (Forwarded, Failed, DestinationState, Alive, LogRecord, Stopped,
-                            Unreadable)):
+                            Throttled, Unreadable)):
         return message
     return _unknown(message)
 

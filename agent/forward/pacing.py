@@ -41,6 +41,7 @@ class Pacer:
         self.clock = clock  # wall time, for the windows
         self.trusted = trusted  # the clock judge's word, as the agent's process last said it
         self.bucket = TokenBucket(self._cap, bucket_clock)
+        self._held_back = 0.0  # the bucket's wait at the last ``throttling`` look
 
     def _peer(self) -> Peer | None:
         return self.current().peers.get(self.name)
@@ -64,6 +65,12 @@ class Pacer:
         """Block until ``nbytes`` may be written to the destination under its cap (at
         once with none); False if ``stop`` was set first: then write nothing more."""
         return self.bucket.take(nbytes, stop)
+
+    def throttling(self) -> bool:
+        """True if the cap held a writer back since the last look (or holds one now)."""
+        waited, waiting = self.bucket.held_back()
+        since, self._held_back = self._held_back, waited
+        return waiting > 0 or waited > since
 
     def throttle(self, assoc: Any, stop: threading.Event) -> None:
         """Cap the bytes the association carries; a stop interrupts a waiting send

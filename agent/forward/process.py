@@ -45,6 +45,7 @@ from agent.forward.messages import (
     Reconfigure,
     Stop,
     Stopped,
+    Throttled,
     ToAgent,
     ToWorker,
     Unreadable,
@@ -223,6 +224,8 @@ class ForwardingProcess:
                 self.status.forward_failed(name, error)
             case DestinationState(name, down_since, error, next_probe):
                 self.status.destination_state(name, down_since, error, next_probe)
+            case Throttled(name, throttled):
+                self.status.destination_throttled(name, throttled)
             case Alive(senders):  # its heartbeat: the status shows it running
                 if child is self._child:  # not one replaced meanwhile
                     self.senders = senders

@@ -58,7 +58,7 @@ def _epoch(iso: str) -> float:
 def pace_line(destination: dict[str, Any]) -> str | None:
     """How a destination's send windows and bandwidth cap stand, in words (None: it has
     neither): ``outside its send windows (22:00-06:00); opens at 22:00; its jobs wait
-    (not counted as failed tries); throttled: capped at 10 MB/s``."""
+    (not counted as failed tries); throttled: sending at its cap of 10 MB/s``."""
     parts = []
     window = destination.get("window")
     if window:
@@ -66,8 +66,10 @@ def pace_line(destination: dict[str, Any]) -> str | None:
         if not destination.get("window_open", True):
             parts.append("its jobs wait (not counted as failed tries)")
     cap = destination.get("max_bytes_per_second")
-    if cap:
-        parts.append(f"throttled: capped at {rate_words(int(cap))}")
+    if cap and destination.get("throttled"):
+        parts.append(f"throttled: sending at its cap of {rate_words(int(cap))}")
+    elif cap:
+        parts.append(f"capped at {rate_words(int(cap))} (not reached now)")
     return "; ".join(parts) or None
 
 

@@ -155,6 +155,7 @@ def test_the_metrics_say_whether_a_destination_sends_and_its_cap() -> None:
     status.queue_depth({"PACS": {"pending": 2}, "RIS": {}}, ("PACS", "RIS"), {})
     status.destination_pace("PACS", "outside its send windows (22:00-06:00); opens at 22:00",
                             False, 10_000_000)
+    status.destination_throttled("PACS", True)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(StatusCollector(status, clock=lambda: at(12)))
     text = generate_latest(registry).decode()
@@ -163,3 +164,5 @@ def test_the_metrics_say_whether_a_destination_sends_and_its_cap() -> None:
     assert value(text, "edge_agent_destination_max_bytes_per_second",
                  destination="PACS") == 10_000_000
     assert value(text, "edge_agent_destination_max_bytes_per_second", destination="RIS") == 0
+    assert value(text, "edge_agent_destination_throttled", destination="PACS") == 1
+    assert value(text, "edge_agent_destination_throttled", destination="RIS") == 0

@@ -98,6 +98,8 @@ def destinations(found: tuple[Destination, ...], now: float, started: float) -> 
                 "a window"), lambda d: 1 if d.window_open else 0),
         (_gauge("edge_agent_destination_max_bytes_per_second", "Its bandwidth cap "
                 "(max_bytes_per_second; 0: none)"), lambda d: d.max_bytes_per_second or 0),
+        (_gauge("edge_agent_destination_throttled", "1 while its bandwidth cap holds its "
+                "writes back"), lambda d: 1 if d.throttled else 0),
     ]
     for family, value in families:
         for each in found:

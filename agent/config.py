@@ -19,6 +19,7 @@ from agent import validation as v
 from agent.errors import ConfigError, ConfigErrors
 from agent.fallthrough.settings import QrSettings, parse_qr
 from agent.field.settings import ConsoleSettings, LedSettings, parse_console, parse_leds
+from agent.forward.pace_settings import PACE_KEYS, Window, parse_pace
 from agent.forward.settings import ForwardSettings, parse_forward
 from agent.metrics.settings import MetricsSettings, parse_metrics
 from agent.outgoing.settings import Outgoing, split_outgoing, with_rule_coercions
@@ -95,6 +96,11 @@ class Peer:
     web: Annotated[WebSettings | None, LIVE] = None
     # outgoing changes (issue 25): coercion, de-identification; agent/outgoing/settings.py
     outgoing: Annotated[Outgoing | None, LIVE] = None
+    # bandwidth (issue 24, step 4; agent/forward/pace_settings.py): a cap on the bytes
+    # written to it (all lanes), daily send windows, and what may go outside them
+    max_bytes_per_second: Annotated[int | None, LIVE] = None
+    send_windows: Annotated[tuple[Window, ...], LIVE] = ()
+    priority: Annotated[tuple[tuple[str, str], ...], LIVE] = ()
 
 
 @dataclass(frozen=True)
@@ -306,8 +312,9 @@ def _parse_address(name: str, table: Mapping[str, Any], base_dir: Path) -> Peer:
     if not _PEER_NAME.match(name):
         v.problem(ConfigError(where, "a peer name is 1-32 letters, digits, '-' or '_'"))
     if is_web(table):  # a DICOMweb destination: its own keys (agent/web/settings.py)
+        web = {key: value for key, value in table.items() if key not in PACE_KEYS}
         return Peer(name, "", "", 0, frozenset(), kind="dicomweb",
-                    web=parse_web(table, where, base_dir))
+                    web=parse_web(web, where, base_dir), **parse_pace(table, where))
     v.reject_unknown(table, set(Peer.__dataclass_fields__) - {"name", "web", "outgoing"}, where)
     for required in ("ae_title", "host", "port"):
         if required not in table:
@@ -330,6 +337,7 @@ def _parse_address(name: str, table: Mapping[str, Any], base_dir: Path) -> Peer:
         ),
         quiet_seconds=_peer_quiet(table, where),
         fall_through=v.get(table, f"{where}.fall_through", bool, True, None),
+        **parse_pace(table, where),
     )
 
 

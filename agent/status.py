@@ -343,6 +343,26 @@ class StatusModel:
             }
         self._apply(lambda s: with_destination(s.destinations, name, **fields))
 
+    def destination_pace(
+        self, name: str, window: str | None, window_open: bool, cap: int | None
+    ) -> None:
+        """``name``'s send windows as they stand (in words; None: it has none), whether its
+        queue may go now, and its bandwidth cap (``agent.forward.windows``)."""
+        def change(s: Snapshot) -> dict[str, Any]:
+            current = _destination(s, name)
+            if (current.window, current.window_open, current.max_bytes_per_second) == (
+                    window, window_open, cap):
+                return {}
+            return with_destination(s.destinations, name, window=window,
+                                    window_open=window_open, max_bytes_per_second=cap)
+
+        self._apply(change)
+
+    def destination_throttled(self, name: str, throttled: bool) -> None:
+        """Writes to ``name`` wait for its bandwidth cap now, or no longer do."""
+        self._apply(lambda s: {} if _destination(s, name).throttled == throttled
+                    else with_destination(s.destinations, name, throttled=throttled))
+
     def queue_depth(
         self, depth: dict[str, dict[str, int]], names: tuple[str, ...],
         waiting: dict[str, tuple[int, float | None]] | None = None,

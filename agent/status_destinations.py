@@ -31,6 +31,12 @@ class Destination:
     oldest_waiting: float | None = None  # epoch seconds: the oldest waiting one's arrival
     last_delivery: float | None = None  # epoch seconds of the last delivery
     commit_outstanding: int = 0  # delivered, its storage commitment not yet reported
+    # its pace (agent/forward/windows.py): why its queue waits, or how its windows stand
+    # ("outside its send windows (22:00-06:00); opens at 22:00"; None: no windows)...
+    window: str | None = None
+    window_open: bool = True  # False: its jobs wait for the window (priority ones excepted)
+    max_bytes_per_second: int | None = None  # ...and its bandwidth cap (None: none)
+    throttled: bool = False  # the cap holds its writes back now
 
     @property
     def waiting(self) -> int:

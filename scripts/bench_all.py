@@ -23,7 +23,9 @@ metrics (scripts/bench_metrics.py: one /metrics scrape of an agent holding
 of one scraped every 15 s over --idle-seconds, against the same agent without it) and
 fall-through (scripts/bench_fallthrough.py: the time to the last local C-FIND answer with
 fall-through off, on and to a PACS that is down; a C-MOVE of a --move-count study held
-only at Orthanc, through the agent to a storescp, against Orthanc sending it itself).
+only at Orthanc, through the agent to a storescp, against Orthanc sending it itself) and
+bandwidth (scripts/bench_bandwidth.py: the rate at a storescp over 20 s, forwarding with
+max_bytes_per_second at 1, 4 and 10 MB/s, as a fraction of the cap; the issue: within 10 %).
 
 Each line gives the agent's figure, a reference's, the ratio and, where the issue sets
 one, the target and whether it is met; the agent's CPU seconds (utime+stime from
@@ -58,6 +60,7 @@ from pathlib import Path
 # this tree's agent (not whichever one the interpreter has installed), then scripts/
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_bandwidth
 import bench_fallthrough
 import bench_metrics
 import bench_study
@@ -87,7 +90,7 @@ from pydicom import dcmread
 
 MODES = {"normal": None, "small-box": 0}  # the core everything is pinned to
 PATHS = ("ingest", "senders", "move-get", "find", "forward", "retrieve", "idle", "big",
-         "study", "metrics", "fall-through")
+         "study", "metrics", "fall-through", "bandwidth")
 DRIFT_LIMIT = 1.5
 AGENT = "edge-agent"
 
@@ -287,6 +290,17 @@ class Bench:
                 [Compare("Orthanc to the storescp itself", got["move_direct"], 1.3)]),
             Row("  its first instance at the storescp, through the agent", "s",
                 got["first_through"], [Compare("Orthanc's first", got["first_direct"])]),
+        ]
+
+    def bandwidth(self) -> list[Row]:
+        """The bandwidth cap (bench_bandwidth.py): the rate at a storescp over 20 s while
+        the agent forwards with max_bytes_per_second set, against the cap (within 10 %)."""
+        options = argparse.Namespace(caps="1000000,4000000,10000000", seconds=20.0,
+                                     associations=2, size=self.args.size, count=None)
+        return [
+            Row(f"forwarding rate at a {got['cap'] / 1e6:g} MB/s cap, over 20 s", "x cap",
+                got["ratio"], [Compare("absolute", None, 1.0 + bench_bandwidth.WITHIN)])
+            for got in bench_bandwidth.measure(options, self.runs / "bandwidth")
         ]
 
     def study(self) -> list[Row]:
@@ -529,7 +543,7 @@ class Bench:
                 ("ingest", self.ingest), ("senders", self.senders),
                 ("forward", self.forward), ("retrieve", self.retrieve),
                 ("study", self.study), ("metrics", self.metrics),
-                ("fall-through", self.fall_through),
+                ("fall-through", self.fall_through), ("bandwidth", self.bandwidth),
             ]
             for path, step in steps:
                 if path in self.args.paths:

@@ -27,11 +27,13 @@ AGREED_METRICS = {
     "edge_agent_disk_floor_eta_seconds", "edge_agent_disk_free_bytes",
     "edge_agent_disk_floor_bytes", "edge_agent_certificate_expiry_seconds",
     "edge_agent_clock_synchronised", "edge_agent_clock_plausible", "edge_agent_healthy", "up",
+    "edge_agent_destination_sending",  # issue 24: a destination waiting for its send window
 }
 # those with a label ``destination``
 PER_DESTINATION = {
     "edge_agent_oldest_undelivered_age_seconds", "edge_agent_last_delivery_timestamp_seconds",
     "edge_agent_queue_instances", "edge_agent_quarantined_instances",
+    "edge_agent_destination_sending",
 }
 NUMBER = re.compile(r"(?<![\w.])\d+(?:\.\d+)?")
 DURATION = re.compile(r"(\d+)([smhd])")

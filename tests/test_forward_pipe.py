@@ -25,6 +25,7 @@ from agent.forward import messages, worker
 from agent.forward import process as forward_process
 from agent.forward.messages import (
     Alive,
+    ClockTrust,
     DestinationState,
     Failed,
     Forwarded,
@@ -150,6 +151,8 @@ def test_every_message_kind_crosses_the_pipe_to_a_real_worker(tmp_path: Path) ->
         wait_until(lambda: end.said(DestinationState("DEAD", None, None, None)), 30,
                    "DEAD no longer down once it left the configuration")
         wait_until(lambda: end.said(Alive(("LATE", "PACS"))), 30, "the senders after reload")
+        end.send(ClockTrust(False))
+        wait_until(lambda: end.logged("send windows are ignored"), 10, "the clock's trust")
         end.send(Stop())
         wait_until(lambda: end.said(Stopped()), 30, "stopped")
         assert end.process.wait(30) == 0

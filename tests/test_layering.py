@@ -23,7 +23,8 @@ PACKAGE = ROOT / "agent"
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("foundations", ("agent.errors", "agent.validation", "agent.dicom", "agent.threads",
                      "agent.tls", "agent.procfs", "agent.reloading")),
-    ("configuration", ("agent.config", "agent.forward.settings", "agent.field.settings",
+    ("configuration", ("agent.config", "agent.forward.settings", "agent.forward.pace_settings",
+                       "agent.field.settings",
                        "agent.metrics.settings", "agent.fallthrough.settings",
                        "agent.prefetch.settings", "agent.reconfigure", "agent.web.settings",
                        "agent.outgoing.settings")),

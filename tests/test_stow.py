@@ -63,6 +63,44 @@ def test_the_body_is_streamed_in_chunks_and_parses_to_the_files(tmp_path: Path) 
     assert [p.get_payload(decode=True) for p in parts] == [p.read_bytes() for p in files]
 
 
+def test_a_paced_body_takes_every_byte_before_it_goes_and_a_stop_ends_it(
+    tmp_path: Path,
+) -> None:
+    files = [dicomgen.large_instance(tmp_path / "big.dcm", 2 * CHUNK + 5)]
+    taken: list[int] = []
+    body = StowBody([Part(uid_of(p), p, p.stat().st_size) for p in files], take=taken.append)
+    sent = []
+    for chunk in body:
+        assert sum(taken) == sum(map(len, sent)) + len(chunk)  # taken before it is let go
+        sent.append(chunk)
+    assert sum(taken) == len(body)
+
+    class Stopped(Exception):
+        pass
+
+    def stop_after_one(nbytes: int) -> None:
+        if taken:
+            raise Stopped()
+        taken.append(nbytes)
+
+    taken.clear()
+    with pytest.raises(Stopped):
+        list(StowBody([Part(uid_of(p), p, p.stat().st_size) for p in files],
+                      take=stop_after_one))
+
+
+def test_a_dicomweb_destination_takes_a_cap_and_send_windows(tmp_path: Path) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_text(
+        '[peers.CLOUD]\nkind = "dicomweb"\nurl = "http://127.0.0.1:1/dicom-web"\n'
+        'max_bytes_per_second = 1_000_000\nsend_windows = ["22:00-06:00"]\n'
+        'priority = { Modality = "CT" }\n[forward]\nto = ["CLOUD"]\n')
+    cloud = config_module.load(path).peers["CLOUD"]
+    assert (cloud.kind, cloud.max_bytes_per_second, cloud.priority) == (
+        "dicomweb", 1_000_000, (("Modality", "CT"),))
+    assert [(w.start, w.end) for w in cloud.send_windows] == [(22 * 60, 6 * 60)]
+
+
 def test_retry_after_in_seconds_or_as_a_date() -> None:
     assert retry_after("7") == 7.0
     assert retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412470.0) == 10.0

@@ -24,6 +24,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.archive import priority
 from agent.archive.held import HELD as HELD  # re-exported: a state of the queue
 from agent.archive.index import Index, connect
 from agent.archive.pacs_commits import committed_clause
@@ -254,6 +255,15 @@ class OutboxReader:
     def next_due(self, destination: str, lane: Lane = Lane()) -> float | None:
         """When the next waiting job of a destination is due (None: nothing waits)."""
         return _next_due(self._conn, destination, lane)
+
+    def due_matching(
+        self, destination: str, now: float, limit: int, lane: Lane,
+        rule: Sequence[tuple[str, str]],
+    ) -> list[Job]:
+        """Due jobs whose instances match a priority rule (``agent.archive.priority``)."""
+        rows = priority.due_rows(self._conn, destination, now, limit, (lane.number, lane.of),
+                                 rule)
+        return [Job(*row) for row in rows]
 
     def due_pairs(self, destination: str, now: float, lane: Lane) -> set[tuple[str, str]]:
         """(SOP class, transfer syntax) of every job of the lane ready to try: the contexts

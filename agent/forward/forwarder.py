@@ -19,6 +19,7 @@ from agent.config import Config
 from agent.forward.clock import SYSTEM_CLOCK, Clock
 from agent.forward.committer import Committer
 from agent.forward.gate import Gate
+from agent.forward.pacing import Pacer
 from agent.forward.sender import ForwardEvents, Sender
 from agent.forward.web_sender import WebSender
 from agent.reconfigure import LiveConfig
@@ -39,6 +40,8 @@ class Forwarder:
         self.events = events
         self.clock = clock
         self.gates: dict[str, Gate] = {}
+        self.pacers: dict[str, Pacer] = {}  # each destination's cap and windows (pacing.py)
+        self.clock_trusted = True  # the clock judge's word, from the agent's process
         self._senders_lock = threading.Lock()  # adopt and reconfigure come from one thread,
         # close from another
         self.senders = {name: self._lanes(name) for name in sorted(config.forward.destinations)}
@@ -51,7 +54,7 @@ class Forwarder:
         kind = self._sender_kind(name)
         return [
             kind(name, self.live.current, self.archive, self.events, Lane(number, count), gate,
-                 self.clock)
+                 self.clock, self.pacer(name))
             for number in range(count)
         ]
 
@@ -59,6 +62,29 @@ class Forwarder:
         """STOW-RS for a DICOMweb peer (``kind = "dicomweb"``), else C-STORE."""
         peer = self.live.current().peers.get(name)
         return WebSender if peer is not None and peer.web is not None else Sender
+
+    def pacer(self, name: str) -> Pacer:
+        """The destination's pace (bandwidth cap, send windows), shared by its lanes and by
+        whatever else sends to it (a DICOMweb sender takes its tokens from it too)."""
+        pacer = self.pacers.get(name)
+        if pacer is None:
+            pacer = Pacer(name, self.live.current, self.clock, lambda: self.clock_trusted)
+            self.pacers[name] = pacer
+        return pacer
+
+    def throttling(self) -> dict[str, bool]:
+        """Per destination with a pacer: whether its cap held writes back since the last
+        call (the forwarding process asks once a beat)."""
+        return {name: pacer.throttling() for name, pacer in list(self.pacers.items())}
+
+    def trust_clock(self, trusted: bool) -> None:
+        """The agent's clock judge trusts the system clock, or no longer does: the send
+        windows count only on a trusted clock, so the senders look again at once."""
+        if trusted != self.clock_trusted:
+            self.clock_trusted = trusted
+            log.info("send windows %s: the system clock is %s", "apply" if trusted
+                     else "are ignored", "trusted" if trusted else "not trusted")
+            self.wake(list(self.senders))
 
     def _gate(self, name: str) -> Gate:
         """The destination's gate, made (and announced up) the first time it is needed."""
@@ -139,6 +165,7 @@ class Forwarder:
                 self._start(name)
                 log.info("forwarding to %s (added by a reload)", name)
             self._commit_for(sorted(self.senders))
+        self.wake(list(self.senders))  # a sender asleep until a send window opens looks again
 
     def _regate(self, previous: Config, config: Config) -> None:
         """Gates follow a reload; a down destination whose peer changed is tried at once."""

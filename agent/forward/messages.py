@@ -58,7 +58,14 @@ class Stop:
     """Finish what is in flight, stop the senders, say ``Stopped`` and exit."""
 
 
-ToWorker = Start | Wake | Reconfigure | Stop
+@dataclass(frozen=True)
+class ClockTrust:
+    """Whether the agent's clock judge trusts the system clock (send windows need it)."""
+
+    trusted: bool
+
+
+ToWorker = Start | Wake | Reconfigure | Stop | ClockTrust
 
 # -- to the agent's process ----------------------------------------------------------------
 
@@ -90,6 +97,14 @@ class DestinationState:
 
 
 @dataclass(frozen=True)
+class Throttled:
+    """Writes to ``destination`` wait for its bandwidth cap now (or no longer do)."""
+
+    destination: str
+    throttled: bool
+
+
+@dataclass(frozen=True)
 class Alive:
     """The forwarding process's heartbeat: it works, with senders for these destinations."""
 
@@ -108,7 +123,7 @@ class Stopped:
     """The senders have stopped; the process exits next."""
 
 
-ToAgent = Forwarded | Failed | DestinationState | Alive | LogRecord | Stopped
+ToAgent = Forwarded | Failed | DestinationState | Alive | LogRecord | Stopped | Throttled
 
 
 @dataclass(frozen=True)
@@ -126,7 +141,7 @@ def encode(message: ToWorker | ToAgent) -> bytes:
 def decode_to_worker(frame: bytes) -> ToWorker | Unreadable:
     """A frame the agent's process sent, or why it is not a message to the worker."""
     message = _unpickle(frame)
-    if isinstance(message, (Start, Wake, Reconfigure, Stop, Unreadable)):
+    if isinstance(message, (Start, Wake, Reconfigure, Stop, ClockTrust, Unreadable)):
         return message
     return _unknown(message)
 
@@ -135,7 +150,7 @@ def decode_to_agent(frame: bytes) -> ToAgent | Unreadable:
     """A frame the forwarding process sent, or why it is not a message to the agent."""
     message = _unpickle(frame)
     if isinstance(message, (Forwarded, Failed, DestinationState, Alive, LogRecord, Stopped,
-                            Unreadable)):
+                            Throttled, Unreadable)):
         return message
     return _unknown(message)
 

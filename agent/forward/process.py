@@ -37,6 +37,7 @@ from agent.forward import messages, retention, worker
 from agent.forward.forwarder import STOP_WITHIN
 from agent.forward.messages import (
     Alive,
+    ClockTrust,
     DestinationState,
     Failed,
     Forwarded,
@@ -44,12 +45,14 @@ from agent.forward.messages import (
     Reconfigure,
     Stop,
     Stopped,
+    Throttled,
     ToAgent,
     ToWorker,
     Unreadable,
     Wake,
     assert_never,
 )
+from agent.forward.windows import window_state
 from agent.status import STUCK_AFTER, StatusModel
 
 log = logging.getLogger(__name__)
@@ -101,10 +104,13 @@ class ForwardingProcess:
         config = self.current()
         depth = self.archive.outbox.depth()
         self._keep_alive(depth, config)
+        trusted = self.status.snapshot().clock.trusted
+        self._tell_clock(trusted)
         names = tuple(sorted(set(self.senders) | set(config.forward.destinations)))
         if names:
             waiting: dict[str, tuple[int, float | None]] = {**self.archive.outbox.waiting()}
             self.status.queue_depth(depth, names, waiting)
+            self._show_pace(config, names, trusted)
         if any(peer.commit for peer in config.peers.values()):
             self.status.destination_commitments(self.archive.pacs_commits.counts())
 
@@ -122,6 +128,29 @@ class ForwardingProcess:
         needed = config.forward.destinations or _waiting(depth, config)
         if self._child is None and needed and time.monotonic() - self._spawned > RESPAWN_GAP:
             self._spawn()
+
+    def _tell_clock(self, trusted: bool) -> None:
+        """Tell the forwarding process whether the clock is trusted, when it changed (and
+        once to each new process): its send windows count only on a trusted clock."""
+        child = self._child
+        if child is not None and child.clock_trusted is not trusted:
+            child.clock_trusted = trusted
+            child.post(ClockTrust(trusted))
+
+    def _show_pace(self, config: Config, names: tuple[str, ...], trusted: bool) -> None:
+        """Each destination's send windows and cap, as the status shows them; decided by
+        the function the senders use (``windows.window_state``), on the same clock."""
+        now = time.time()
+        for name in names:
+            peer = config.peers.get(name)
+            if peer is None:
+                continue
+            state = window_state(peer.send_windows, now, trusted)
+            reason = state.reason
+            if not state.open and peer.priority:
+                rule = ", ".join(f"{key} = {pattern}" for key, pattern in peer.priority)
+                reason = f"{reason}; priority instances ({rule}) go now"
+            self.status.destination_pace(name, reason, state.open, peer.max_bytes_per_second)
 
     def _after_stopped(self, child: _Child) -> None:
         """A process that said "stopped" is silent on purpose (it is no hang): once it has
@@ -195,6 +224,8 @@ class ForwardingProcess:
                 self.status.forward_failed(name, error)
             case DestinationState(name, down_since, error, next_probe):
                 self.status.destination_state(name, down_since, error, next_probe)
+            case Throttled(name, throttled):
+                self.status.destination_throttled(name, throttled)
             case Alive(senders):  # its heartbeat: the status shows it running
                 if child is self._child:  # not one replaced meanwhile
                     self.senders = senders
@@ -242,6 +273,7 @@ class _Child:
         self._heard = time.monotonic()
         self._stop_asked: float | None = None  # monotonic time "stop" was posted
         self.stopped_at: float | None = None  # monotonic time it said "stopped"
+        self.clock_trusted: bool | None = None  # as last told (None: not yet)
         ours, theirs = socket.socketpair()
         with theirs:
             self.process = subprocess.Popen(

@@ -4,6 +4,10 @@ in its own thread, so a dead or slow destination never holds the others back.
 The lanes of a destination dial through its gate (``agent.forward.gate``): while the
 destination cannot be reached they wait for its one probe, and their jobs stay untouched.
 
+A destination's pace (``agent.forward.pacing``, shared by its lanes) decides what they
+take: outside its send windows only the jobs its priority rule matches, and every
+association's bytes through its bandwidth cap's bucket.
+
 Files go as stored: a context with exactly the stored transfer syntax lets pynetdicom
 stream the file without decoding it; an uncompressed file the peer only takes in another
 uncompressed syntax is converted; anything else fails for that instance alone.
@@ -22,8 +26,10 @@ from agent.archive import Archive
 from agent.archive.outbox import Job, Lane, OutboxReader
 from agent.config import Config, Peer
 from agent.dicom.contexts import sending_contexts
+from agent.forward.bandwidth import Interrupted
 from agent.forward.clock import SYSTEM_CLOCK, Clock
 from agent.forward.gate import DestinationEvents, Gate
+from agent.forward.pacing import Pacer
 from agent.forward.policy import Delivery, classify_status, gives_up, retry_delay
 from agent.net.scu import Requestor, Target
 from agent.net.stored import sendable
@@ -82,8 +88,11 @@ class Sender(PeerWorker):
         lane: Lane,
         gate: Gate,
         clock: Clock = SYSTEM_CLOCK,
+        pacer: Pacer | None = None,
     ) -> None:
         super().__init__(f"forward-{name}-{lane.number}", STOPS_WITHIN, name, current)
+        self.pacer = pacer  # the destination's cap and send windows, shared by its lanes
+        self._priority_only = False  # the jobs in hand were taken outside the windows
         self.archive = archive
         self.events = events
         self.lane = lane
@@ -96,7 +105,7 @@ class Sender(PeerWorker):
         with self.archive.outbox.reader() as queue:
             while not self.stopping:
                 try:
-                    jobs = queue.due(self.peer.name, self.clock.now(), BATCH, self.lane)
+                    jobs = self._due(queue)
                     if jobs:
                         self._deliver(queue, jobs)
                         continue
@@ -105,9 +114,27 @@ class Sender(PeerWorker):
                     log.exception("forwarding to %s failed; trying again shortly", self.peer.name)
                     self.rest(5)
 
+    def _due(self, queue: OutboxReader) -> list[Job]:
+        """Due jobs the send windows let go now: all of them inside a window (or with
+        none, or on an untrusted clock), else those the priority rule matches."""
+        now = self.clock.now()
+        self._priority_only = self._closed()
+        if not self._priority_only:
+            return queue.due(self.peer.name, now, BATCH, self.lane)
+        assert self.pacer is not None
+        return queue.due_matching(self.peer.name, now, BATCH, self.lane, self.pacer.priority())
+
+    def _closed(self) -> bool:
+        """True while the destination is outside its send windows."""
+        return self.pacer is not None and not self.pacer.window().open
+
     def _sleep(self, queue: OutboxReader) -> None:
-        upcoming = queue.next_due(self.peer.name, self.lane)
         idle = self.clock.now() + IDLE_WAIT
+        window = self.pacer.window() if self.pacer is not None else None
+        if window is not None and window.opens_at is not None:
+            self._pause(min(idle, window.opens_at))  # jobs may be due: not before it opens
+            return
+        upcoming = queue.next_due(self.peer.name, self.lane)
         self._pause(idle if upcoming is None else min(idle, upcoming))
 
     def _pause(self, until: float) -> None:
@@ -131,11 +158,15 @@ class Sender(PeerWorker):
             self._pause(self.gate.resume_at())
             return
         fits = set(pairs)
+        if self.pacer is not None:
+            self.pacer.throttle(assoc, self._stop)
         try:
             while jobs and not self.stopping and assoc.is_established:
                 for job in jobs:
                     if self.stopping or not assoc.is_established:
                         return
+                    if not self._priority_only and self._closed():
+                        return  # a window closed: the rest wait for the next one
                     self._send_one(assoc, job)
                 jobs = self._more(queue, fits)
         finally:
@@ -154,7 +185,7 @@ class Sender(PeerWorker):
         """Due jobs this association can carry, waiting up to LINGER for new ones."""
         deadline = time.monotonic() + LINGER
         while True:
-            jobs = queue.due(self.peer.name, self.clock.now(), BATCH, self.lane)
+            jobs = self._due(queue)
             usable = [j for j in jobs if (j.sop_class_uid, j.transfer_syntax) in fits]
             if usable or jobs or time.monotonic() >= deadline or self.stopping:
                 return usable
@@ -175,6 +206,9 @@ class Sender(PeerWorker):
         try:
             sent = sendable(assoc, job.sop_class_uid, job.transfer_syntax, path)
             status = assoc.send_c_store(sent)
+        except Interrupted:  # stopped while throttled: the job waits, no attempt counted
+            assoc.abort()
+            return
         except ValueError as exc:  # no accepted context for this SOP class and syntax
             self._record(job, Delivery.PERMANENT, f"no acceptable presentation context: {exc}")
             return

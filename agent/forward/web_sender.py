@@ -18,10 +18,11 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from agent.archive.outbox import Job, OutboxReader
+from agent.forward.bandwidth import Interrupted
 from agent.forward.policy import Delivery, classify_status, gives_up, retry_delay
 from agent.forward.sender import Sender
 from agent.outgoing.writer import OutgoingError, prepare
@@ -73,8 +74,13 @@ class WebSender(Sender):
         for batch in requests_of(self._parts(jobs), settings):
             if self.stopping:
                 return
-            answer = self.gate.connect(
-                functools.partial(self._post, batch), lambda: queue.waiting(self.peer.name))
+            if not self._priority_only and self._closed():
+                return  # a send window closed: the rest wait for the next one
+            try:
+                answer = self.gate.connect(
+                    functools.partial(self._post, batch), lambda: queue.waiting(self.peer.name))
+            except Interrupted:  # stopped while the cap held the body back: jobs untouched
+                return
             if answer is None:  # the service is down: the jobs wait, untouched
                 self._pause(self.gate.resume_at())
                 return
@@ -103,10 +109,18 @@ class WebSender(Sender):
         """One request; PeerError (from the client) when the service cannot be reached."""
         started = time.monotonic()
         try:
-            answer: StowAnswer | SendError = self.client().stow([part for _, part in batch])
+            answer: StowAnswer | SendError = self.client().stow(
+                [part for _, part in batch], self._take())
         except SendError as exc:
             answer = exc
         return answer, time.monotonic() - started
+
+    def _take(self) -> Callable[[int], object] | None:
+        """What paces a request's body: the destination's bandwidth cap, shared with its
+        other lanes, that a stop interrupts; None without a pacer."""
+        if self.pacer is None:
+            return None
+        return functools.partial(self.pacer.bucket.take_or_raise, stop=self._stop)
 
     def _settle(
         self, batch: list[tuple[Job, Part]], answer: StowAnswer | SendError, took: float

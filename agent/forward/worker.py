@@ -29,6 +29,7 @@ from agent.config import Config
 from agent.forward import messages
 from agent.forward.forwarder import Forwarder
 from agent.forward.messages import (
+    ClockTrust,
     Reconfigure,
     Start,
     Stop,
@@ -50,6 +51,7 @@ class Link:
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
         self._lock = threading.Lock()
+        self.throttled: dict[str, bool] = {}  # per destination, as last said
 
     def send(self, message: ToAgent) -> None:
         """Send one message; a closed pipe means the agent's process is gone: drop it."""
@@ -167,6 +169,10 @@ def _beat(forwarder: Forwarder, link: Link) -> None:
     except Exception:  # the beat goes on: the senders say what is wrong with the index
         log.exception("could not look at the queue for peers that jobs wait for")
     peerlog.LIMITER.flush()
+    for name, throttled in forwarder.throttling().items():
+        if link.throttled.get(name) is not throttled:  # said first, then when it changes
+            link.throttled[name] = throttled
+            link.send(messages.Throttled(name, throttled))
     link.send(messages.Alive(forwarder.names()))
 
 
@@ -177,6 +183,8 @@ def _apply(message: messages.ToWorker | Unreadable, forwarder: Forwarder) -> boo
             forwarder.wake(destinations)
         case Reconfigure(config):
             _reconfigure(forwarder, config)
+        case ClockTrust(trusted):
+            forwarder.trust_clock(trusted)
         case Stop():
             return False
         case Start():

@@ -93,6 +93,13 @@ def destinations(found: tuple[Destination, ...], now: float, started: float) -> 
                 "set up, 0 while it is down"), lambda d: 1 if d.state == "up" else 0),
         (_gauge("edge_agent_commitment_outstanding", "Instances delivered whose storage "
                 "commitment is not yet reported"), lambda d: d.commit_outstanding),
+        (_gauge("edge_agent_destination_sending", "1 while its queue may be sent (inside a "
+                "send window, none configured, or the clock untrusted), 0 while it waits for "
+                "a window"), lambda d: 1 if d.window_open else 0),
+        (_gauge("edge_agent_destination_max_bytes_per_second", "Its bandwidth cap "
+                "(max_bytes_per_second; 0: none)"), lambda d: d.max_bytes_per_second or 0),
+        (_gauge("edge_agent_destination_throttled", "1 while its bandwidth cap holds its "
+                "writes back"), lambda d: 1 if d.throttled else 0),
     ]
     for family, value in families:
         for each in found:

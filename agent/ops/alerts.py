@@ -55,8 +55,9 @@ class Rule:
     numbers: tuple[float, ...]
 
 
-UNDELIVERED = Rule("EdgeAgentUndeliveredTooOld", "warning", 5 * MINUTE, (UNDELIVERED_AGE,))
-NO_DELIVERY = Rule("EdgeAgentNoDelivery", "warning", 5 * MINUTE, (NO_DELIVERY_FOR, 0))
+# neither while the destination waits for a send window (edge_agent_destination_sending 0)
+UNDELIVERED = Rule("EdgeAgentUndeliveredTooOld", "warning", 5 * MINUTE, (UNDELIVERED_AGE, 0))
+NO_DELIVERY = Rule("EdgeAgentNoDelivery", "warning", 5 * MINUTE, (NO_DELIVERY_FOR, 0, 0))
 QUARANTINED = Rule("EdgeAgentQuarantined", "warning", 1 * MINUTE, (0,))
 DISK_SOON = Rule("EdgeAgentDiskFloorWithinADay", "warning", 15 * MINUTE, (DISK_FLOOR_WITHIN,))
 DISK_BELOW = Rule("EdgeAgentDiskBelowFloor", "critical", 2 * MINUTE, ())
@@ -135,6 +136,8 @@ def _destination(d: Mapping[str, Any], started: float | None, now: float) -> lis
     """The per-destination alerts: a backlog too old, no delivery, quarantined jobs."""
     name = d.get("name", "?")
     waiting = int(d.get("pending", 0)) + int(d.get("retrying", 0)) + int(d.get("held", 0))
+    if not d.get("window_open", True):  # it waits for a send window, as configured
+        waiting = 0
     oldest = d.get("oldest_waiting") if waiting else None
     alerts = []
     if oldest is not None and now - oldest > UNDELIVERED_AGE and _held(

@@ -20,7 +20,7 @@ from agent.archive.pacs_commits import STATES, Failure, PacsCommits
 from agent.archive.prefetch_jobs import PrefetchQueue
 from agent.errors import AgentError
 from agent.ops.prefetch import prefetch_lines, prefetch_state
-from agent.ops.reachability import reported_destinations, state_line
+from agent.ops.reachability import pace_line, reported_destinations, state_line
 from agent.status import Snapshot
 
 SHOWN = 50
@@ -122,6 +122,8 @@ class QueueListing:
 
     def _job_lines(self) -> list[str]:
         down = {name for name, d in self.destinations.items() if d.get("state") == "down"}
+        closed = {name for name, d in self.destinations.items()
+                  if not d.get("window_open", True)}
         waiting = self.depth or any(
             counts.get(s) for counts in self.mpps.values() for s in MPPS_STATES[:3]
         )
@@ -138,20 +140,25 @@ class QueueListing:
             if destination in self.destinations:
                 reported = self.destinations[destination]
                 lines.append(f"  state {state_line(reported, self.taken_at)}")
+                pace = pace_line(reported)
+                if pace:
+                    lines.append(f"  pace  {pace}")
             lines += [
-                self._row(r, destination in down)
+                self._row(r, destination in down, destination in closed)
                 for r in self.rows
                 if r.destination == destination
             ]
         return lines
 
-    def _row(self, row: queue.QueueRow, down: bool = False) -> str:
+    def _row(self, row: queue.QueueRow, down: bool = False, closed: bool = False) -> str:
         if row.state == queue.QUARANTINED:
             when = "quarantined"
         elif row.state == queue.HELD:
             when = "study arriving"
         elif down:
             when = "waits (down)"
+        elif closed and row.next_attempt <= self.taken_at:
+            when = "waits (window)"
         elif row.next_attempt <= self.taken_at:
             when = "due now"
         else:

@@ -53,3 +53,30 @@ def state_line(destination: dict[str, Any], now: float) -> str:
 
 def _epoch(iso: str) -> float:
     return dt.datetime.fromisoformat(iso).timestamp()
+
+
+def pace_line(destination: dict[str, Any]) -> str | None:
+    """How a destination's send windows and bandwidth cap stand, in words (None: it has
+    neither): ``outside its send windows (22:00-06:00); opens at 22:00; its jobs wait
+    (not counted as failed tries); throttled: sending at its cap of 10 MB/s``."""
+    parts = []
+    window = destination.get("window")
+    if window:
+        parts.append(window)
+        if not destination.get("window_open", True):
+            parts.append("its jobs wait (not counted as failed tries)")
+    cap = destination.get("max_bytes_per_second")
+    if cap and destination.get("throttled"):
+        parts.append(f"throttled: sending at its cap of {rate_words(int(cap))}")
+    elif cap:
+        parts.append(f"capped at {rate_words(int(cap))} (not reached now)")
+    return "; ".join(parts) or None
+
+
+def rate_words(bytes_per_second: int) -> str:
+    """``10 MB/s``, ``512 kB/s``, ``900 B/s`` (decimal units, as links are sold)."""
+    if bytes_per_second >= 1_000_000:
+        return f"{bytes_per_second / 1e6:g} MB/s"
+    if bytes_per_second >= 1_000:
+        return f"{bytes_per_second / 1e3:g} kB/s"
+    return f"{bytes_per_second} B/s"

@@ -14,7 +14,7 @@ from agent.archive.index import Counts, counts_at
 from agent.archive.study_list import state_counts_at
 from agent.ops.alerts import judge
 from agent.ops.clock import clock_line
-from agent.ops.reachability import state_line
+from agent.ops.reachability import pace_line, state_line
 from agent.procfs import process_alive
 from agent.status import Snapshot
 from agent.status_file import LIVE_STATES, read_published
@@ -111,6 +111,8 @@ def _agent_lines(agent: dict[str, Any], answering: bool) -> list[str]:
             f"{_held(destination)}; last success {destination['last_success'] or 'never'}"
         )
         lines.append(f"          state {state_line(destination, time.time())}")
+        if pace_line(destination):
+            lines.append(f"          pace  {pace_line(destination)}")
         if destination["last_error"]:
             lines.append(f"          last error {destination['last_error']}")
     lines += _mpps_lines(agent.get("mpps") or [])

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import requests
@@ -64,9 +64,12 @@ class WebClient:
         """Close the pooled connections."""
         self.session.close()
 
-    def stow(self, parts: Sequence[Part]) -> StowAnswer:
-        """POST ``parts`` to ``{url}/studies`` and read the answer per instance."""
-        body = StowBody(parts)
+    def stow(
+        self, parts: Sequence[Part], take: Callable[[int], object] | None = None
+    ) -> StowAnswer:
+        """POST ``parts`` to ``{url}/studies`` and read the answer per instance; ``take``
+        paces the body (a destination's bandwidth cap, ``agent.forward.pacing``)."""
+        body = StowBody(parts, take=take)
         url = f"{self.settings.url}/studies"
         headers = {"Content-Type": body.content_type, "Accept": ANSWER_TYPE}
         try:

@@ -15,7 +15,7 @@ import email.utils
 import json
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,9 +42,15 @@ class Part:
 class StowBody:
     """A request body of known length that reads its files only while it is sent."""
 
-    def __init__(self, parts: Sequence[Part], boundary: str | None = None) -> None:
+    def __init__(
+        self,
+        parts: Sequence[Part],
+        boundary: str | None = None,
+        take: Callable[[int], object] | None = None,
+    ) -> None:
         self.parts = tuple(parts)
         self.boundary = boundary or os.urandom(16).hex()
+        self.take = take  # called with each chunk's size before it goes: a bandwidth cap
         overhead = len(_part_head(self.boundary)) + 2  # and the CRLF after the file
         self.length = sum(p.size + overhead for p in self.parts) + len(_tail(self.boundary))
 
@@ -57,12 +63,23 @@ class StowBody:
         return self.length
 
     def __iter__(self) -> Iterator[bytes]:
-        return body_chunks(self.parts, self.boundary)
+        chunks = body_chunks(self.parts, self.boundary)
+        if self.take is None:
+            return chunks
+        return _paced(chunks, self.take)
+
+
+def _paced(chunks: Iterator[bytes], take: Callable[[int], object]) -> Iterator[bytes]:
+    """The chunks, each let go only once ``take`` (a destination's bandwidth cap) allows
+    its bytes; whatever ``take`` raises (a stop) ends the request."""
+    for chunk in chunks:
+        take(len(chunk))
+        yield chunk
 
 
 def body_chunks(parts: Sequence[Part], boundary: str) -> Iterator[bytes]:
     """The whole body, chunk by chunk: each part's header, its file as stored, the
-    closing delimiter. The one place the body's bytes go by (a rate cap goes here)."""
+    closing delimiter. The one place the body's bytes go by."""
     head = _part_head(boundary)
     for part in parts:
         yield head

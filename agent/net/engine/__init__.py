@@ -15,6 +15,7 @@ and pynetdicom is pinned to the minor version those tests ran on.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 import pynetdicom
 from pynetdicom import _config, association, dimse, dimse_messages, dimse_primitives
@@ -82,6 +83,17 @@ RELIED_ON: tuple[tuple[object, str], ...] = (
     (QueryRetrieveServiceClass, "_move_scp"),
     (QueryRetrieveServiceClass, "_c_find_scp"),
 )
+
+
+def throttle(assoc: association.Association, take: Callable[[int], None]) -> bool:
+    """Call ``take(nbytes)`` before each P-DATA the association's users send (a bandwidth
+    cap: it may block, or raise to end the send); False if the association is not the
+    engine's (``install`` was not called)."""
+    dul = assoc.dul
+    if not isinstance(dul, EventDrivenDUL):
+        return False
+    dul.throttle = take
+    return True
 
 
 def _configure() -> None:

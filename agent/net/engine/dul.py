@@ -20,6 +20,7 @@ import socket
 import ssl
 import struct
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from pynetdicom import evt
@@ -88,8 +89,26 @@ def _held(assoc: Association) -> bool:
     return isinstance(gate, ParkingGate) and not gate.is_set()
 
 
+def pdata_size(primitive: Any) -> int:
+    """The bytes a P-DATA primitive or EncodedPData puts on the wire (0 for others): the
+    PDU header, and each PDV's item header and value."""
+    if isinstance(primitive, EncodedPData):
+        return len(primitive)
+    if isinstance(primitive, P_DATA):
+        pdvs = primitive.presentation_data_value_list
+        return 6 + sum(5 + len(data) for _context, data in pdvs)  # item length, context ID
+    return 0
+
+
 class EventDrivenDUL(DULServiceProvider):
-    """pynetdicom's DUL service provider with a blocking, fair reactor loop."""
+    """pynetdicom's DUL service provider with a blocking, fair reactor loop.
+
+    ``throttle``, when set (``engine.throttle``: forwarding associations with a bandwidth
+    cap), is called with the size of each P-DATA a producing thread sends, before it is
+    queued or written, and may block that thread (never this loop) or raise to end the send.
+    """
+
+    throttle: Callable[[int], None] | None = None
 
     def __init__(self, assoc: Association) -> None:
         super().__init__(assoc)
@@ -107,6 +126,10 @@ class EventDrivenDUL(DULServiceProvider):
         P-DATA waits while MAX_QUEUED are already queued: a C-FIND streaming answers or a
         C-STORE of a large file cannot pile up in memory faster than the socket drains.
         """
+        if self.throttle is not None and threading.current_thread() is not self:
+            size = pdata_size(primitive)
+            if size:
+                self.throttle(size)
         if isinstance(primitive, EncodedPData) and self._send_directly(primitive):
             return
         if isinstance(primitive, (P_DATA, EncodedPData)) and threading.current_thread() is not self:

@@ -6,7 +6,8 @@ destination cannot be reached they wait for its one probe, and their jobs stay u
 
 Files go as stored: a context with exactly the stored transfer syntax lets pynetdicom
 stream the file without decoding it; an uncompressed file the peer only takes in another
-uncompressed syntax is converted; anything else fails for that instance alone.
+uncompressed syntax is converted; any other is converted (agent/dicom/transcode.py) to a
+syntax it took; what cannot be fails for that instance alone.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from agent.forward.clock import SYSTEM_CLOCK, Clock
 from agent.forward.gate import DestinationEvents, Gate
 from agent.forward.policy import Delivery, classify_status, gives_up, retry_delay
 from agent.net.scu import Requestor, Target
-from agent.net.stored import sendable
+from agent.net.stored import sending
 
 log = logging.getLogger(__name__)
 
@@ -163,8 +164,10 @@ class Sender(PeerWorker):
         path = self.archive.layout.absolute(job.path)
         started = time.monotonic()
         try:
-            sent = sendable(assoc, job.sop_class_uid, job.transfer_syntax, path)
-            status = assoc.send_c_store(sent)
+            with sending(
+                assoc, job.sop_class_uid, job.transfer_syntax, path, self.archive.layout.tmp_dir
+            ) as sent:
+                status = assoc.send_c_store(sent)
         except ValueError as exc:  # no accepted context for this SOP class and syntax
             self._record(job, Delivery.PERMANENT, f"no acceptable presentation context: {exc}")
             return

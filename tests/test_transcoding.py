@@ -149,3 +149,12 @@ def test_an_instance_without_pixel_data_converts_between_uncompressed_syntaxes(
     converted = dcmread(tmp_path / "o.dcm")
     assert converted.file_meta.TransferSyntaxUID == uid.ExplicitVRLittleEndian
     assert converted.RTPlanLabel == dcmread(source).RTPlanLabel
+
+
+@pytest.mark.parametrize("name", ["CT_small.dcm", "MR_small.dcm", "rtdose.dcm", "SC_rgb_rle.dcm"])
+def test_a_deflated_data_set_has_an_even_length(tmp_path: Path, name: str) -> None:
+    out = tmp_path / "out.dcm"
+    transcode.convert(_sample(name), uid.DeflatedExplicitVRLittleEndian, out)
+    meta_end = 132 + 12 + int.from_bytes(out.read_bytes()[140:144], "little")
+    assert (out.stat().st_size - meta_end) % 2 == 0  # DCMTK refuses odd fragments
+    assert np.array_equal(_pixels(out), _pixels(_sample(name)))

@@ -18,6 +18,7 @@ import os
 import struct
 import zlib
 from collections.abc import Iterator
+from itertools import zip_longest
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -280,20 +281,42 @@ def _write_encapsulated(
 
 
 class _Deflating:
-    """A write-only file that deflates what it is given (PS3.5 A.5: raw deflate)."""
+    """A write-only file that deflates what it is given (PS3.5 A.5: raw deflate, padded
+    to an even length: peers take no odd-length data set)."""
 
     def __init__(self, raw: BinaryIO) -> None:
         self.raw = raw
         self.zip = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
         self.count = 0
+        self.deflated = 0
 
     def write(self, data: bytes) -> int:
         self.count += len(data)
-        self.raw.write(self.zip.compress(data))
+        self._out(self.zip.compress(data))
         return len(data)
+
+    def _out(self, data: bytes) -> None:
+        self.deflated += len(data)
+        self.raw.write(data)
 
     def tell(self) -> int:
         return self.count
 
     def close(self) -> None:
-        self.raw.write(self.zip.flush())
+        self._out(self.zip.flush())
+        if self.deflated & 1:
+            self._out(b"\0")
+
+
+def verify(original: Path, converted: Path) -> None:
+    """Raise ConversionError unless ``converted`` decodes to the very pixels of
+    ``original``, frame by frame (a lossless encoding checked before it is sent)."""
+    import numpy
+    from pydicom.pixels.utils import iter_pixels
+
+    pairs = zip_longest(iter_pixels(original), iter_pixels(converted))
+    for number, (before, after) in enumerate(pairs, 1):
+        if before is None or after is None:
+            raise ConversionError("its encoding holds a different number of frames")
+        if before.shape != after.shape or not numpy.array_equal(before, after):
+            raise ConversionError(f"its encoding does not decode to the original (frame {number})")

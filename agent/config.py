@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from agent import validation as v
+from agent.dicom import compression
 from agent.errors import ConfigError, ConfigErrors
 from agent.fallthrough.settings import QrSettings, parse_qr
 from agent.field.settings import ConsoleSettings, LedSettings, parse_console, parse_leds
@@ -86,6 +87,12 @@ class Peer:
     quiet_seconds: Annotated[float | None, LIVE] = None
     # false: its C-FIND, C-MOVE and C-GET are answered from the archive only ([qr])
     fall_through: Annotated[bool, LIVE] = True
+    # -- issue 24, codecs and link compression (agent/dicom/compression.py) --
+    # what forwarding sends it in, in order of preference: "as-stored", "jpeg-ls-lossless",
+    # "deflate", "rle", "explicit-little"
+    transfer_syntax: Annotated[tuple[str, ...], LIVE] = ("as-stored",)
+    # decode each lossless encoding and compare it with the original before sending it
+    verify_lossless: Annotated[bool, LIVE] = False
 
 
 @dataclass(frozen=True)
@@ -308,6 +315,7 @@ def _parse_peer(name: str, table: Mapping[str, Any]) -> Peer:
         ),
         quiet_seconds=_peer_quiet(table, where),
         fall_through=v.get(table, f"{where}.fall_through", bool, True, None),
+        **compression.parse(table, where),
     )
 
 

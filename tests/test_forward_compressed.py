@@ -179,3 +179,13 @@ def test_a_syntax_the_destination_refuses_falls_back_to_the_next(tmp_path: Path)
         arrived = got[str(before.SOPInstanceUID)]
         assert arrived.file_meta.TransferSyntaxUID == uid.RLELossless
         assert np.array_equal(arrived.pixel_array, before.pixel_array)
+
+
+def test_encodings_cut_short_are_removed_when_the_sender_starts(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    kept = cache / "1.2.3.1.2.840.10008.1.2.4.80.dcm"
+    for name in (kept.name, f"{kept.name}.new", f"{kept.name}.new.part"):
+        (cache / name).write_bytes(b"x")
+    Link(cache, tmp_path / "tmp")
+    assert sorted(p.name for p in cache.iterdir()) == [kept.name]

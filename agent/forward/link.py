@@ -45,9 +45,10 @@ class Link:
         self.encoded_bytes = 0  # ...and what went instead
         self.encodings = 0  # encodings made (a retry makes none)
         self._lock = threading.Lock()
-        if directory.is_dir():  # an encoding cut short by a stop
-            for part in directory.glob("*.part"):
-                part.unlink(missing_ok=True)
+        if directory.is_dir():  # encodings cut short by a stop, or never verified
+            for pattern in ("*.part", "*.new"):
+                for unfinished in directory.glob(pattern):
+                    unfinished.unlink(missing_ok=True)
 
     @contextmanager
     def prepared(self, assoc: Any, peer: Peer, job: Job, path: Path) -> Iterator[Path | Dataset]:

@@ -22,6 +22,7 @@ from agent import threads
 from agent.archive import Archive
 from agent.archive.outbox import Job, Lane, OutboxReader
 from agent.config import Config, Peer
+from agent.dicom.codecs import ConversionError
 from agent.dicom.compression import AS_STORED, contexts, per_pair
 from agent.dicom.contexts import MAX_CONTEXTS, sending_contexts
 from agent.forward.clock import SYSTEM_CLOCK, Clock
@@ -170,6 +171,9 @@ class Sender(PeerWorker):
         try:
             with self.link.prepared(assoc, self.peer, job, path) as sent:
                 status = assoc.send_c_store(sent)
+        except ConversionError as exc:  # taken in none of its stored syntaxes, not convertible
+            self._record(job, Delivery.PERMANENT, f"cannot convert it: {exc}")
+            return
         except ValueError as exc:  # no accepted context for this SOP class and syntax
             self._record(job, Delivery.PERMANENT, f"no acceptable presentation context: {exc}")
             return

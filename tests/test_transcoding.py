@@ -91,6 +91,7 @@ def test_decompressed_lossy_data_says_it_is_lossy_and_is_rgb(tmp_path: Path) -> 
     assert converted.PhotometricInterpretation == "RGB"
     assert converted.LossyImageCompression == "01"
     assert "ISO_10918_1" in converted.LossyImageCompressionMethod
+    assert float(converted.LossyImageCompressionRatio) > 1
 
 
 def test_lossy_data_is_never_re_encoded(tmp_path: Path) -> None:
@@ -158,3 +159,16 @@ def test_a_deflated_data_set_has_an_even_length(tmp_path: Path, name: str) -> No
     meta_end = 132 + 12 + int.from_bytes(out.read_bytes()[140:144], "little")
     assert (out.stat().st_size - meta_end) % 2 == 0  # DCMTK refuses odd fragments
     assert np.array_equal(_pixels(out), _pixels(_sample(name)))
+
+
+def test_lossy_data_decompressed_without_lossy_attributes_gets_them(tmp_path: Path) -> None:
+    source = _sample("JPEGLSNearLossless_16.dcm")  # says nothing of its lossy compression
+    assert "LossyImageCompression" not in dcmread(source)
+    out = tmp_path / "out.dcm"
+    transcode.convert(source, uid.ExplicitVRLittleEndian, out)
+    converted = dcmread(out)
+    assert converted.LossyImageCompression == "01"
+    assert converted.LossyImageCompressionMethod == "ISO_14495_1"
+    ratio = float(converted.LossyImageCompressionRatio)
+    encapsulated = len(dcmread(source).PixelData)  # the codestream and a few item headers
+    assert ratio == pytest.approx(len(converted.PixelData) / encapsulated, rel=0.05)

@@ -124,12 +124,13 @@ def _write(stored: BinaryIO, target: str, written: BinaryIO) -> None:
     bits = int(opts.get("bits_allocated", 0))
     if bits == 1 and target in codecs.ENCODINGS:
         raise ConversionError("its pixel data is 1 bit per pixel, which is not compressed")
+    compressed = os.fstat(stored.fileno()).st_size - stored.tell()  # from the pixels on
     frames = _decoded(stored, opts)
     first, pixel = next(frames)
-    _describe(head, pixel)
+    count = int(opts["number_of_frames"])
+    _describe(head, pixel, first.nbytes * count, compressed)
     body = _write_head(written, head, target)
     explicit = target != uid.ImplicitVRLittleEndian
-    count = int(opts["number_of_frames"])
     frame_opts = {**_pixel_options(head), "number_of_frames": 1}
     if target in codecs.ENCODINGS:
         _write_encapsulated(body, target, _chain(first, frames), count, frame_opts)
@@ -189,8 +190,9 @@ def _chain(first: Any, rest: Iterator[Any]) -> Iterator[np.ndarray]:
         yield arr
 
 
-def _describe(head: Dataset, pixel: dict[str, Any]) -> None:
-    """Set the Image Pixel and lossy attributes the decoded frames now have."""
+def _describe(head: Dataset, pixel: dict[str, Any], decoded: int, compressed: int) -> None:
+    """Set the Image Pixel and lossy attributes the decoded frames now have (``decoded``
+    and ``compressed``: the pixel data's sizes, for a lossy ratio not yet recorded)."""
     stored = str(head.file_meta.TransferSyntaxUID)
     head.PhotometricInterpretation = pixel["photometric_interpretation"]
     if int(pixel["samples_per_pixel"]) > 1:
@@ -199,8 +201,10 @@ def _describe(head: Dataset, pixel: dict[str, Any]) -> None:
         head.pop(tag, None)
     if stored in codecs.LOSSY:  # PS3.5 8.2: once lossy, always said to be
         head.LossyImageCompression = "01"
-        if "LossyImageCompressionMethod" not in head:
+        if "LossyImageCompressionMethod" not in head:  # this step, as the standard asks
             head.LossyImageCompressionMethod = _LOSSY_METHOD[stored]
+            if "LossyImageCompressionRatio" not in head and compressed > 0:
+                head.LossyImageCompressionRatio = f"{decoded / compressed:.2f}"
 
 
 def _pixel_options(head: Dataset) -> dict[str, Any]:

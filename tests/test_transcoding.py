@@ -65,6 +65,10 @@ def hidden_jpeg_ls(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         ("MR_small_jp2klossless.dcm", uid.ExplicitVRLittleEndian),
         ("SC_rgb_rle_2frame.dcm", uid.JPEGLSLossless),
         ("liver_expb_1frame.dcm", uid.ExplicitVRLittleEndian),
+        ("rtdose_rle.dcm", uid.ExplicitVRBigEndian),
+        ("MR_small_implicit.dcm", uid.ExplicitVRBigEndian),
+        ("SC_rgb_dcmtk_+eb+cy+s2.dcm", uid.ExplicitVRBigEndian),
+        ("liver_1frame.dcm", uid.ExplicitVRBigEndian),
     ],
 )
 def test_a_conversion_keeps_the_pixels_and_leaves_the_source_alone(

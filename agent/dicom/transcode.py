@@ -48,19 +48,10 @@ _LOSSY_METHOD: dict[str, str] = {
 TARGETS: tuple[str, ...] = (
     uid.ExplicitVRLittleEndian,
     uid.ImplicitVRLittleEndian,
+    uid.ExplicitVRBigEndian,  # retired, but a peer may take nothing else
     codecs.DEFLATED,
     *codecs.ENCODINGS,
 )
-
-
-def reaches(stored: str, target: str) -> bool:
-    """True if an instance stored in ``stored`` may be sent in ``target``: as stored, or
-    converted by this module (whether this install has the codec or not)."""
-    if stored == target:
-        return True
-    if target in (uid.ExplicitVRLittleEndian, uid.ImplicitVRLittleEndian):
-        return stored != codecs.DEFLATED
-    return target in TARGETS and stored in codecs.NATIVE
 
 
 def convert(source: Path, target: str, out: Path) -> None:
@@ -131,13 +122,14 @@ def _write(stored: BinaryIO, target: str, written: BinaryIO) -> None:
     _describe(head, pixel, first.nbytes * count, compressed)
     body = _write_head(written, head, target)
     explicit = target != uid.ImplicitVRLittleEndian
+    order = ">" if target == uid.ExplicitVRBigEndian else "<"
     frame_opts = {**_pixel_options(head), "number_of_frames": 1}
     if target in codecs.ENCODINGS:
         _write_encapsulated(body, target, _chain(first, frames), count, frame_opts)
     elif bits == 1:
-        _write_bits(body, explicit, _chain(first, frames), count)
+        _write_bits(body, explicit, order, _chain(first, frames), count)
     else:
-        _write_native(body, explicit, head, first, frames, count)
+        _write_native(body, explicit, order, head, first, frames, count)
     _finish(body)
 
 
@@ -150,7 +142,8 @@ def _write_head(written: BinaryIO, head: Dataset, target: str) -> Any:
     write_file_meta_info(DicomFileLike(written), meta, enforce_standard=True)
     body: Any = _Deflating(written) if target == codecs.DEFLATED else written
     out = DicomBytesIO()  # the elements before the pixels, whole: pydicom seeks in them
-    out.is_little_endian, out.is_implicit_VR = True, target == uid.ImplicitVRLittleEndian
+    out.is_little_endian = target != uid.ExplicitVRBigEndian
+    out.is_implicit_VR = target == uid.ImplicitVRLittleEndian
     write_dataset(out, head)
     body.write(out.getvalue())
     return body
@@ -213,38 +206,48 @@ def _pixel_options(head: Dataset) -> dict[str, Any]:
     return dict(as_pixel_options(head))
 
 
-def _little(arr: np.ndarray) -> bytes:
-    """A frame's bytes, little endian, row by row."""
+def _frame_bytes(arr: np.ndarray, order: str) -> bytes:
+    """A frame's bytes in byte ``order`` ("<" little, ">" big endian), row by row."""
     import numpy
 
-    return bytes(numpy.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).data)
+    dtype = arr.dtype.newbyteorder(">" if order == ">" else "<")
+    return bytes(numpy.ascontiguousarray(arr, dtype=dtype).data)
 
 
 def _write_native(
-    body: BinaryIO, explicit: bool, head: Dataset, first: Any, rest: Iterator[Any], count: int
+    body: BinaryIO,
+    explicit: bool,
+    order: str,
+    head: Dataset,
+    first: Any,
+    rest: Iterator[Any],
+    count: int,
 ) -> None:
     """Pixel Data of defined length, frame after frame as decoded."""
-    data = _little(first)
+    data = _frame_bytes(first, order)
     length = len(data) * count
     if length >= UNDEFINED:
         raise ConversionError("its pixel data would be too long to send uncompressed")
     vr = b"OB" if int(head.BitsAllocated) <= 8 else b"OW"
-    tag = struct.pack("<HH", PIXEL_DATA >> 16, PIXEL_DATA & 0xFFFF)
+    tag = struct.pack(f"{order}HH", PIXEL_DATA >> 16, PIXEL_DATA & 0xFFFF)
     padded = length + (length & 1)
-    body.write(tag + (vr + b"\0\0" if explicit else b"") + struct.pack("<I", padded))
+    body.write(tag + (vr + b"\0\0" if explicit else b"") + struct.pack(f"{order}I", padded))
     body.write(data)
     written = 1
     for arr, _ in rest:
         written += 1
-        body.write(_little(arr))
+        body.write(_frame_bytes(arr, order))
     if written != count:
         raise ConversionError(f"its pixel data held {written} frames, not {count}")
     if length & 1:
         body.write(b"\0")
 
 
-def _write_bits(body: BinaryIO, explicit: bool, frames: Iterator[Any], count: int) -> None:
-    """1-bit Pixel Data, packed across frame boundaries (PS3.5 8.1.1): small enough whole."""
+def _write_bits(
+    body: BinaryIO, explicit: bool, order: str, frames: Iterator[Any], count: int
+) -> None:
+    """1-bit Pixel Data, packed across frame boundaries (PS3.5 8.1.1), as OB (no byte
+    order to mind): small enough to hold whole."""
     import numpy
     from pydicom.pixels.utils import pack_bits
 
@@ -252,8 +255,8 @@ def _write_bits(body: BinaryIO, explicit: bool, frames: Iterator[Any], count: in
     if len(arrays) != count:
         raise ConversionError(f"its pixel data held {len(arrays)} frames, not {count}")
     data = pack_bits(numpy.concatenate(arrays), pad=True)
-    tag = struct.pack("<HH", PIXEL_DATA >> 16, PIXEL_DATA & 0xFFFF)
-    body.write(tag + (b"OB\0\0" if explicit else b"") + struct.pack("<I", len(data)))
+    tag = struct.pack(f"{order}HH", PIXEL_DATA >> 16, PIXEL_DATA & 0xFFFF)
+    body.write(tag + (b"OB\0\0" if explicit else b"") + struct.pack(f"{order}I", len(data)))
     body.write(data)
 
 

@@ -20,7 +20,6 @@ from agent import threads, tls
 from agent.archive import Archive
 from agent.archive.retrieval import Reader
 from agent.config import Config
-from agent.dicom import transcode
 from agent.dicom.contexts import (
     MPPS,
     QR_SOP_CLASSES,
@@ -401,9 +400,8 @@ class DicomServer:
         """For the SOP classes a C-GET peer will receive, prefer the syntaxes they are stored in.
 
         A peer proposing several syntaxes in one context (getscu does) then gets files as
-        stored. One context carries one syntax: the one the most instances can be sent in
-        (as stored or converted) wins, then the commonest stored one, then the peer's
-        order; instances stored otherwise are converted if they can be.
+        stored. One context carries one syntax: the commonest stored one wins, the peer's
+        order breaks ties, and instances stored otherwise are converted if they can be.
         """
         receives = {
             str(uid) for uid, item in assoc.requestor.role_selection.items() if item.scp_role
@@ -416,10 +414,8 @@ class DicomServer:
         first: dict[str, list[str]] = {}
         for cx in assoc.requestor.requested_contexts:
             stored = counts.get(str(cx.abstract_syntax), {})
-            offered = [str(s) for s in cx.transfer_syntax]
-            ranked = sorted(offered, key=lambda s: (
-                -sum(n for was, n in stored.items() if transcode.reaches(was, s)),
-                -stored.get(s, 0), offered.index(s)))
+            offered = [str(s) for s in cx.transfer_syntax if str(s) in stored]
+            ranked = sorted(offered, key=lambda s: (-stored[s], offered.index(s)))
             first.setdefault(str(cx.abstract_syntax), ranked)
         return preferring(contexts, first)
 

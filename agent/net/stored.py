@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from pydicom import dcmread
+from pydicom import dcmread, uid
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
@@ -107,10 +107,11 @@ def _accepted(assoc: Any, sop_class_uid: str, syntaxes: tuple[str, ...]) -> list
 def conversion_target(assoc: Any, sop_class_uid: str, transfer_syntax: str) -> str | None:
     """The syntax to convert an instance into for this peer, or None if it takes none.
 
-    Decompressed first (what every peer decodes); an uncompressed instance may also be
-    compressed losslessly. Lossy data is only ever decompressed (transcode says so).
+    Decompressed first (little endian, then big endian for a peer taking only that); an
+    uncompressed instance may also be compressed losslessly. Lossy data is only ever
+    decompressed (transcode says so).
     """
-    candidates: tuple[str, ...] = UNCOMPRESSED
+    candidates: tuple[str, ...] = (*UNCOMPRESSED, uid.ExplicitVRBigEndian)
     if transfer_syntax in codecs.NATIVE:
         candidates += (*codecs.ENCODINGS, codecs.DEFLATED)
     taken = _accepted(assoc, sop_class_uid, candidates)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from agent import validation as v
+from agent.dicom import compression
 from agent.errors import ConfigError, ConfigErrors
 from agent.fallthrough.settings import QrSettings, parse_qr
 from agent.field.settings import ConsoleSettings, LedSettings, parse_console, parse_leds
@@ -101,6 +102,12 @@ class Peer:
     max_bytes_per_second: Annotated[int | None, LIVE] = None
     send_windows: Annotated[tuple[Window, ...], LIVE] = ()
     priority: Annotated[tuple[tuple[str, str], ...], LIVE] = ()
+    # -- issue 24, codecs and link compression (agent/dicom/compression.py) --
+    # what forwarding sends it in, in order of preference: "as-stored", "jpeg-ls-lossless",
+    # "deflate", "rle", "explicit-little"
+    transfer_syntax: Annotated[tuple[str, ...], LIVE] = ("as-stored",)
+    # decode each lossless encoding and compare it with the original before sending it
+    verify_lossless: Annotated[bool, LIVE] = False
 
 
 @dataclass(frozen=True)
@@ -312,9 +319,11 @@ def _parse_address(name: str, table: Mapping[str, Any], base_dir: Path) -> Peer:
     if not _PEER_NAME.match(name):
         v.problem(ConfigError(where, "a peer name is 1-32 letters, digits, '-' or '_'"))
     if is_web(table):  # a DICOMweb destination: its own keys (agent/web/settings.py)
-        web = {key: value for key, value in table.items() if key not in PACE_KEYS}
+        shared = (*PACE_KEYS, *compression.KEYS)  # what a DICOMweb peer shares with others
+        web = {key: value for key, value in table.items() if key not in shared}
         return Peer(name, "", "", 0, frozenset(), kind="dicomweb",
-                    web=parse_web(web, where, base_dir), **parse_pace(table, where))
+                    web=parse_web(web, where, base_dir), **parse_pace(table, where),
+                    **compression.parse(table, where))
     v.reject_unknown(table, set(Peer.__dataclass_fields__) - {"name", "web", "outgoing"}, where)
     for required in ("ae_title", "host", "port"):
         if required not in table:
@@ -338,6 +347,7 @@ def _parse_address(name: str, table: Mapping[str, Any], base_dir: Path) -> Peer:
         quiet_seconds=_peer_quiet(table, where),
         fall_through=v.get(table, f"{where}.fall_through", bool, True, None),
         **parse_pace(table, where),
+        **compression.parse(table, where),
     )
 
 

@@ -102,13 +102,14 @@ MAX_CONTEXTS = 128  # PS3.8: presentation context IDs are the odd numbers 1 to 2
 
 def sending_contexts(pairs: Sequence[tuple[str, str]]) -> list[PresentationContext]:
     """Contexts to send stored files on: per (SOP class, stored syntax), the stored syntax
-    alone (the file streams as is), then for an uncompressed one the other uncompressed
-    syntaxes (pynetdicom converts between them). At most 128 contexts."""
+    alone (the file streams as is), then the uncompressed syntaxes other than it: an
+    uncompressed file is converted by pynetdicom, any other decompressed by
+    agent/dicom/transcode.py for a peer that takes it only so. At most 128 contexts."""
     contexts = []
     for sop_class, syntax in sorted(set(pairs)):
         contexts.append(build_context(sop_class, [syntax]))
         fallbacks = [s for s in UNCOMPRESSED if s != syntax]
-        if syntax in UNCOMPRESSED and fallbacks:
+        if fallbacks:
             contexts.append(build_context(sop_class, fallbacks))
     if len(contexts) > MAX_CONTEXTS:
         log.warning(

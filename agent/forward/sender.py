@@ -10,7 +10,8 @@ association's bytes through its bandwidth cap's bucket.
 
 Files go as stored: a context with exactly the stored transfer syntax lets pynetdicom
 stream the file without decoding it; an uncompressed file the peer only takes in another
-uncompressed syntax is converted; anything else fails for that instance alone.
+uncompressed syntax is converted; any other is converted (agent/dicom/transcode.py) to a
+syntax it took; what cannot be fails for that instance alone.
 """
 
 from __future__ import annotations
@@ -25,20 +26,21 @@ from agent import threads
 from agent.archive import Archive
 from agent.archive.outbox import Job, Lane, OutboxReader
 from agent.config import Config, Peer
-from agent.dicom.contexts import sending_contexts
+from agent.dicom.codecs import ConversionError
+from agent.dicom.compression import AS_STORED, contexts, per_pair
+from agent.dicom.contexts import MAX_CONTEXTS, sending_contexts
 from agent.forward.bandwidth import Interrupted
 from agent.forward.clock import SYSTEM_CLOCK, Clock
 from agent.forward.gate import DestinationEvents, Gate
+from agent.forward.link import link_for
 from agent.forward.pacing import Pacer
 from agent.forward.policy import Delivery, classify_status, gives_up, retry_delay
 from agent.net.scu import Requestor, Target
-from agent.net.stored import sendable
-from agent.outgoing.writer import OutgoingError, prepare
+from agent.outgoing.writer import OutgoingError, digest_of, prepare
 
 log = logging.getLogger(__name__)
 
 BATCH = 200
-MAX_PAIRS = 64  # two contexts per (SOP class, syntax) pair, 128 at most
 LINGER = 2.0  # seconds an idle association waits for more instances before release
 IDLE_WAIT = 5.0  # also how soon 'edge-agent queue retry' takes effect
 STOPS_WITHIN = 10.0  # close(): seconds for the instance in flight
@@ -99,6 +101,8 @@ class Sender(PeerWorker):
         self.gate = gate  # shared by the destination's lanes
         self.clock = clock
         self._rng = random.Random()
+        layout = archive.layout
+        self.link = link_for(layout.root, name, layout.tmp_dir)  # compression for the link
 
     def run(self) -> None:
         """Drain due jobs until stopped."""
@@ -150,7 +154,7 @@ class Sender(PeerWorker):
         """
         first = sorted({(j.sop_class_uid, j.transfer_syntax) for j in jobs})
         later = queue.due_pairs(self.peer.name, self.clock.now(), self.lane) - set(first)
-        pairs = (first + sorted(later))[:MAX_PAIRS]
+        pairs = (first + sorted(later))[:MAX_CONTEXTS // per_pair(self.peer.transfer_syntax)]
         assoc = self.gate.connect(
             lambda: self._associate(pairs), lambda: queue.waiting(self.peer.name)
         )
@@ -177,8 +181,10 @@ class Sender(PeerWorker):
         """An association offering ``pairs``, or PeerError saying why there is none."""
         requestor = Requestor(self.current())
         ae = requestor.ae()
-        ae.requested_contexts = sending_contexts(pairs)
         peer = self.peer
+        ae.requested_contexts = (
+            sending_contexts(pairs) if peer.transfer_syntax == (AS_STORED,)
+            else contexts(pairs, peer.transfer_syntax))
         return requestor.associate(ae, Target(peer.ae_title, peer.host, peer.port, peer.name))
 
     def _more(self, queue: OutboxReader, fits: set[tuple[str, str]]) -> list[Job]:
@@ -195,19 +201,23 @@ class Sender(PeerWorker):
         path = self.archive.layout.absolute(job.path)
         started = time.monotonic()
         try:  # a peer that receives changed copies (issue 25): the copy, made now
-            root = self.archive.layout.root
-            path = prepare(self.peer.outgoing, path, root, self.thread_name).path
+            changed = prepare(self.peer.outgoing, path, self.archive.layout.root,
+                              self.thread_name)
         except OutgoingError as exc:
             self._record(job, Delivery.PERMANENT, str(exc))
             return
         except OSError as exc:
             self._record(job, Delivery.TRANSIENT, f"cannot prepare its copy: {exc}")
             return
+        variant = "" if changed.path == path else f"{digest_of(self.peer.outgoing)}."
         try:
-            sent = sendable(assoc, job.sop_class_uid, job.transfer_syntax, path)
-            status = assoc.send_c_store(sent)
+            with self.link.prepared(assoc, self.peer, job, changed.path, variant) as sent:
+                status = assoc.send_c_store(sent)
         except Interrupted:  # stopped while throttled: the job waits, no attempt counted
             assoc.abort()
+            return
+        except ConversionError as exc:  # taken in none of its stored syntaxes, not convertible
+            self._record(job, Delivery.PERMANENT, f"cannot convert it: {exc}")
             return
         except ValueError as exc:  # no accepted context for this SOP class and syntax
             self._record(job, Delivery.PERMANENT, f"no acceptable presentation context: {exc}")
@@ -232,6 +242,7 @@ class Sender(PeerWorker):
                     job.sop_instance_uid, job.sop_class_uid, self.peer.name, now
                 )
             self.archive.outbox.mark_done(job, now)
+            self.link.delivered(job.sop_instance_uid)
         else:
             tries = job.attempts + 1
             settings = self.current().forward

@@ -25,7 +25,7 @@ from agent.archive.outbox import Job, OutboxReader
 from agent.forward.bandwidth import Interrupted
 from agent.forward.policy import Delivery, classify_status, gives_up, retry_delay
 from agent.forward.sender import Sender
-from agent.outgoing.writer import OutgoingError, prepare
+from agent.outgoing.writer import OutgoingError, digest_of, prepare
 from agent.web.client import SendError, WebClient, http_words
 from agent.web.settings import WebSettings
 from agent.web.stow import InstanceAnswer, Part, StowAnswer
@@ -98,7 +98,9 @@ class WebSender(Sender):
                 sent = prepare(self.peer.outgoing, path, self.archive.layout.root, self.thread_name,
                                keep_others=bool(found))
                 uid = sent.uid or job.sop_instance_uid
-                found.append((job, Part(uid, sent.path, sent.path.stat().st_size)))
+                variant = "" if sent.path == path else f"{digest_of(self.peer.outgoing)}."
+                body = self.link.for_web(self.peer, job, sent.path, variant)  # compressed?
+                found.append((job, Part(uid, body, body.stat().st_size)))
             except OutgoingError as exc:
                 self._record(job, Delivery.PERMANENT, str(exc))
             except OSError as exc:

@@ -11,6 +11,9 @@ sent; each lane keeps only the files of the batch it is sending.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +49,21 @@ class Prepared:
 
     path: Path
     uid: str | None = None
+
+
+def digest_of(outgoing: Outgoing | None) -> str:
+    """A short name for these settings: what a cache of encoded changed copies is keyed by,
+    so that a copy changed under earlier settings is never sent after a reload."""
+    text = json.dumps(None if outgoing is None else dataclasses.asdict(outgoing),
+                      sort_keys=True, default=_sorted)  # the same text in every process
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _sorted(value: object) -> object:
+    """Sets (whose order differs between processes) sorted; anything else as text."""
+    if isinstance(value, (set, frozenset)):
+        return sorted(map(str, value))
+    return str(value)
 
 
 def needed(outgoing: Outgoing | None) -> bool:

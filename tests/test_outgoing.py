@@ -193,6 +193,12 @@ def test_deidentified_destination_gets_no_identity_and_consistent_uids(
     assert os.stat(tmp_path / "data" / keyed.SECRET_FILE).st_mode & 0o777 == 0o600
     held = [e for s, e in jobs(tmp_path / "data") if s == "quarantined"]
     assert len(held) == 1 and "Burned In Annotation is YES" in held[0]
+    conn = connect(tmp_path / "data" / "index.sqlite", readonly=True)
+    try:  # held back at the first try: no retry would send it
+        assert conn.execute("SELECT attempts FROM forward_jobs WHERE state = 'quarantined'"
+                            ).fetchall() == [(1,)]
+    finally:
+        conn.close()
     sent = {ds.SOPInstanceUID: ds for ds in received(orthanc)}
     assert orthanc.rest("/statistics")["CountStudies"] == 1
     assert orthanc.rest("/statistics")["CountSeries"] == 2

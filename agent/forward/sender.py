@@ -36,7 +36,7 @@ from agent.forward.link import link_for
 from agent.forward.pacing import Pacer
 from agent.forward.policy import Delivery, classify_status, gives_up, retry_delay
 from agent.net.scu import Requestor, Target
-from agent.outgoing.writer import OutgoingError, digest_of, prepare
+from agent.outgoing.writer import HeldBack, OutgoingError, digest_of, prepare
 
 log = logging.getLogger(__name__)
 
@@ -203,6 +203,9 @@ class Sender(PeerWorker):
         try:  # a peer that receives changed copies (issue 25): the copy, made now
             changed = prepare(self.peer.outgoing, path, self.archive.layout.root,
                               self.thread_name)
+        except HeldBack as exc:  # quarantined at once: no retry would send it
+            self._record(job, Delivery.PERMANENT, str(exc), quarantine_now=True)
+            return
         except OutgoingError as exc:
             self._record(job, Delivery.PERMANENT, str(exc))
             return
@@ -233,7 +236,8 @@ class Sender(PeerWorker):
         self._record(job, classify_status(code), f"C-STORE answered 0x{code:04X}", took)
 
     def _record(
-        self, job: Job, outcome: Delivery, detail: str, seconds: float | None = None
+        self, job: Job, outcome: Delivery, detail: str, seconds: float | None = None,
+        *, quarantine_now: bool = False,
     ) -> None:
         now = self.clock.now()
         if outcome in (Delivery.DELIVERED, Delivery.DELIVERED_WITH_WARNING):
@@ -246,7 +250,7 @@ class Sender(PeerWorker):
         else:
             tries = job.attempts + 1
             settings = self.current().forward
-            quarantine = gives_up(outcome, tries, settings)
+            quarantine = quarantine_now or gives_up(outcome, tries, settings)
             delay = retry_delay(tries, settings, self._rng)
             self.archive.outbox.mark_failed(job, detail, now + delay, quarantine)
         if outcome is Delivery.DELIVERED_WITH_WARNING:

@@ -25,7 +25,7 @@ from agent.archive.outbox import Job, OutboxReader
 from agent.forward.bandwidth import Interrupted
 from agent.forward.policy import Delivery, classify_status, gives_up, retry_delay
 from agent.forward.sender import Sender
-from agent.outgoing.writer import OutgoingError, digest_of, prepare
+from agent.outgoing.writer import HeldBack, OutgoingError, digest_of, prepare
 from agent.web.client import SendError, WebClient, http_words
 from agent.web.settings import WebSettings
 from agent.web.stow import InstanceAnswer, Part, StowAnswer
@@ -101,6 +101,8 @@ class WebSender(Sender):
                 variant = "" if sent.path == path else f"{digest_of(self.peer.outgoing)}."
                 body = self.link.for_web(self.peer, job, sent.path, variant)  # compressed?
                 found.append((job, Part(uid, body, body.stat().st_size)))
+            except HeldBack as exc:  # quarantined at once: no retry would send it
+                self._record(job, Delivery.PERMANENT, str(exc), quarantine_now=True)
             except OutgoingError as exc:
                 self._record(job, Delivery.PERMANENT, str(exc))
             except OSError as exc:

@@ -42,6 +42,11 @@ class OutgoingError(Exception):
     """The change cannot be made: that instance is not sent to that destination."""
 
 
+class HeldBack(OutgoingError):
+    """The instance must not go to that destination at all (its pixels may show who the
+    patient is): no retry would change that, only the site's ``allow_burned_in``."""
+
+
 @dataclass(frozen=True)
 class Prepared:
     """What to send: the archived file itself (``uid`` None) or a changed copy and the
@@ -98,7 +103,7 @@ def changed(outgoing: Outgoing, source: BinaryIO, root: Path,
         if outgoing.deidentify:
             why = burned_in(ds)
             if why and not outgoing.allow_burned_in:
-                raise OutgoingError(f"held back from a de-identified destination: {why}"
+                raise HeldBack(f"held back from a de-identified destination: {why}"
                                     " (allow_burned_in = true sends it)")
             key = key or keyed.secret(root)
             Deidentifier(key, outgoing.deidentify_options).apply(ds)

@@ -1,0 +1,171 @@
+"""The four forwarding features of issues 24 and 25 together, against real peers: a
+DICOMweb destination compressing for the link (Orthanc's DICOMweb plugin stores JPEG-LS
+that decodes to the original CT); a DICOM destination both coercing and compressing
+(Orthanc's copy is JPEG-LS and coerced, the archived file untouched); an encoding of a
+changed copy named by the change, so a reload of the rules encodes anew; a DICOMweb
+destination's bandwidth cap holding on a real transfer.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import dicomgen
+import numpy as np
+import pytest
+from bench.peers import Orthanc
+from pydicom import dcmread, uid
+
+from agent import config as config_module
+from agent.app import Agent
+from agent.archive import Archive
+from agent.forward.forwarder import Forwarder
+from agent.forward.link import Link
+from agent.outgoing.writer import digest_of, prepare
+from tests import scu
+from tests.pacs import DICOMWEB_PLUGIN, OrthancWeb
+from tests.stow_peer import ScriptedStow
+from tests.support import FixedRouting, free_port, wait_until
+from tests.test_dicomweb import USERS, basic, states, web_config
+from tests.test_forward_backoff import ManualClock, Recorder
+from tests.test_forward_compressed import _job, real_ct
+from tests.test_outgoing import agent_config, digests, jobs, received
+
+needs_dicomweb = pytest.mark.skipif(not DICOMWEB_PLUGIN.exists(),
+                                    reason="Orthanc's DICOMweb plugin (orthanc-dicomweb)")
+
+
+@pytest.fixture
+def orthanc_web(tmp_path: Path) -> Iterator[OrthancWeb]:
+    """Orthanc with DICOMweb, basic auth for user ``edge``."""
+    with OrthancWeb(tmp_path / "orthanc", USERS) as running:
+        yield running  # type: ignore[misc]
+
+
+def _cache(data_dir: Path, name: str) -> Path:
+    return data_dir / "cache" / "forward" / name
+
+
+@needs_dicomweb
+@pytest.mark.slow
+def test_a_dicomweb_destination_gets_jpeg_ls_that_decodes_to_the_original_ct(
+        orthanc_web: OrthancWeb, tmp_path: Path) -> None:
+    config = config_module.load_file(web_config(tmp_path, {
+        **basic(tmp_path, orthanc_web.dicomweb, USERS["edge"]),
+        "transfer_syntax": "jpeg-ls-lossless", "verify_lossless": True}))
+    originals = real_ct(tmp_path / "ct")
+    with Agent(config):
+        assert scu.store(config.agent.port, originals) == [0] * len(originals)
+        wait_until(lambda: states(tmp_path / "data") == {"done"}
+                   and orthanc_web.count() == len(originals), 60, "every job done")
+    for original in originals:
+        before = dcmread(original)
+        [found] = orthanc_web.rest("/tools/lookup", str(before.SOPInstanceUID).encode())
+        got = dcmread(io.BytesIO(orthanc_web.raw(f"/instances/{found['ID']}/file")))
+        assert got.file_meta.TransferSyntaxUID == uid.JPEGLSLossless, original.name
+        assert np.array_equal(got.pixel_array, before.pixel_array), original.name
+    cache = _cache(tmp_path / "data", "CLOUD")
+    assert cache.is_dir()  # the encodings were made there...
+    assert not list(cache.iterdir())  # ...and removed once delivered
+
+
+@pytest.mark.slow
+def test_a_coerced_copy_is_compressed_for_the_link_and_the_archive_stays(
+        orthanc: Orthanc, tmp_path: Path) -> None:
+    tables = '\n[peers.PACS.coerce]\nset = { InstitutionName = "X" }\n'
+    config = config_module.load_file(agent_config(
+        tmp_path, orthanc, {"transfer_syntax": "jpeg-ls-lossless", "verify_lossless": True},
+        tables))
+    originals = real_ct(tmp_path / "ct")
+    with Agent(config):
+        assert scu.store(config.agent.port, originals) == [0] * len(originals)
+        archived = digests(tmp_path / "data")  # as acknowledged
+        wait_until(lambda: orthanc.count() == len(originals), 60, "Orthanc to hold them")
+        wait_until(lambda: {s for s, _ in jobs(tmp_path / "data")} == {"done"}, 30, "done")
+    assert digests(tmp_path / "data") == archived and len(archived) == len(originals)
+    by_uid = {str(ds.SOPInstanceUID): ds for ds in received(orthanc)}
+    for original in originals:
+        before = dcmread(original)
+        got = by_uid[str(before.SOPInstanceUID)]
+        assert got.file_meta.TransferSyntaxUID == uid.JPEGLSLossless, original.name
+        assert got.InstitutionName == "X", original.name
+        assert np.array_equal(got.pixel_array, before.pixel_array), original.name
+    for path in (tmp_path / "data" / "archive").rglob("*.dcm"):
+        assert dcmread(path, stop_before_pixels=True).InstitutionName != "X"
+    assert not list(_cache(tmp_path / "data", "PACS").iterdir())
+
+
+def _outgoing(tmp_path: Path, institution: str) -> config_module.Peer:
+    return config_module.parse({
+        "agent": {"data_dir": str(tmp_path / "data")},
+        "peers": {"P": {"ae_title": "P", "host": "127.0.0.1", "port": 104,
+                        "transfer_syntax": "jpeg-ls-lossless",
+                        "coerce": {"set": {"InstitutionName": institution}}}},
+    }).peers["P"]
+
+
+def test_a_reload_changing_the_coercion_makes_a_new_encoding(tmp_path: Path) -> None:
+    """The same instance, its copy changed under two sets of rules (a reload between):
+    two encodings, each of its own copy; the earlier one is never sent after the reload."""
+    [small, _] = real_ct(tmp_path / "ct")
+    job = _job(small)
+    link = Link(tmp_path / "cache", tmp_path / "tmp")
+    made = {}
+    for institution in ("Before", "After", "Before"):
+        peer = _outgoing(tmp_path, institution)
+        copy = prepare(peer.outgoing, small, tmp_path, "lane")
+        assert copy.path != small
+        variant = f"{digest_of(peer.outgoing)}."
+        made[institution] = link.encoded(job, copy.path, uid.JPEGLSLossless, True, variant)
+        encoded = dcmread(made[institution])
+        assert encoded.InstitutionName == institution
+        assert encoded.file_meta.TransferSyntaxUID == uid.JPEGLSLossless
+    assert made["Before"] != made["After"]
+    assert link.encodings == 2  # going back to the first rules finds its encoding kept
+    link.delivered(job.sop_instance_uid)
+    assert not list((tmp_path / "cache").iterdir())
+
+
+CAP = 500_000  # bytes per second
+
+
+@pytest.mark.slow
+def test_a_dicomweb_destination_keeps_to_its_bandwidth_cap(tmp_path: Path) -> None:
+    """About 3 MB by STOW-RS at 500 kB/s, two lanes sharing the bucket: the rate measured
+    from the start to the last arrival does not exceed the cap by 10 % (an upper bound
+    only, as in test_bandwidth_forward)."""
+    with ScriptedStow([]) as service:
+        config = config_module.parse({
+            "agent": {"data_dir": str(tmp_path / "data"), "port": free_port(),
+                      "bind": "127.0.0.1", "min_free_mb": 0},
+            "peers": {"CLOUD": {"kind": "dicomweb", "url": service.url, "auth": "none",
+                                "max_instances": 4, "max_bytes_per_second": CAP}},
+            "forward": {"to": ["CLOUD"], "retry_first": 0.2, "retry_max": 0.5,
+                        "associations": 2},
+        })
+        archive = Archive(tmp_path / "data", routing=FixedRouting("CLOUD"))
+        uids = []
+        for ds in dicomgen.series(24, modality="CT", size=256):
+            path = archive.layout.tmp_dir / f"{ds.SOPInstanceUID}.dcm"
+            ds.save_as(path, enforce_file_format=True)
+            archive.ingest(path, sop_class_uid=ds.SOPClassUID,
+                           sop_instance_uid=ds.SOPInstanceUID, calling_ae="CT")
+            uids.append(str(ds.SOPInstanceUID))
+        size = sum(p.stat().st_size for p in (tmp_path / "data").rglob("*.dcm"))
+        assert size > 5 * CAP
+        forwarder = Forwarder(config, archive, Recorder(), ManualClock(time.time() + 1))
+        try:
+            started = time.monotonic()
+            forwarder.start()
+            wait_until(lambda: set(service.stored) == set(uids), 60, "every instance")
+            rate = size / (time.monotonic() - started)
+            bucket = forwarder.pacer("CLOUD").bucket
+            assert bucket.taken >= size  # every file's bytes went through it
+            assert bucket.waited > 0  # the requests were held back
+            assert rate <= 1.1 * CAP, f"{rate:.0f} B/s against a cap of {CAP}"
+        finally:
+            forwarder.close()
+            archive.close()

@@ -8,6 +8,7 @@ destination's bandwidth cap holding on a real transfer.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import time
 from collections.abc import Iterator
@@ -169,3 +170,19 @@ def test_a_dicomweb_destination_keeps_to_its_bandwidth_cap(tmp_path: Path) -> No
         finally:
             forwarder.close()
             archive.close()
+
+
+def test_a_delivery_forgets_its_own_encodings_only(tmp_path: Path) -> None:
+    """Instance UIDs can extend one another (``1.2.3`` and ``1.2.3.5``): the delivery of
+    the first leaves the second's encoding, maybe part of a STOW-RS request not yet sent."""
+    [small, _] = real_ct(tmp_path / "ct")
+    job = _job(small)
+    longer = dataclasses.replace(job, sop_instance_uid=f"{job.sop_instance_uid}.5")
+    link = Link(tmp_path / "cache", tmp_path / "tmp")
+    mine = link.encoded(job, small, uid.JPEGLSLossless, False)
+    theirs = link.encoded(longer, small, uid.JPEGLSLossless, False, "0123456789ab.")
+    link.delivered(job.sop_instance_uid)
+    assert not mine.exists()
+    assert theirs.exists()
+    link.delivered(longer.sop_instance_uid)
+    assert not theirs.exists()

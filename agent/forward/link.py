@@ -102,7 +102,9 @@ class Link:
     ) -> Path:
         """The cached encoding of ``job``'s instance (of ``path``, its ``variant``) in
         ``target``, made if missing."""
-        cached = self.directory / f"{job.sop_instance_uid}.{variant}{target}.dcm"
+        # "_" is in no UID: delivered() finds this instance's entries, not those of an
+        # instance whose UID extends its own (1.2.3 and 1.2.3.5)
+        cached = self.directory / f"{job.sop_instance_uid}_{variant}{target}.dcm"
         if cached.is_file():
             os.utime(cached)  # recently used: evicted last
         else:
@@ -126,7 +128,7 @@ class Link:
     def delivered(self, sop_instance_uid: str) -> None:
         """Forget the encodings of an instance the destination now has."""
         if self.directory.is_dir():
-            for entry in self.directory.glob(f"{sop_instance_uid}.*.dcm"):
+            for entry in self.directory.glob(f"{sop_instance_uid}_*.dcm"):
                 entry.unlink(missing_ok=True)
 
     def _evict(self, keep: Path) -> None:

@@ -18,8 +18,9 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from agent.archive.outbox import Job, OutboxReader
 from agent.forward.bandwidth import Interrupted
@@ -49,6 +50,7 @@ class WebSender(Sender):
     """Delivers the queue of one DICOMweb destination by STOW-RS."""
 
     _web: WebClient | None = None
+    _copies: dict[int, Path]  # changed copies made for requests not yet answered, by job
 
     def client(self) -> WebClient:
         """A client for the settings in force (a new one when a reload changed them)."""
@@ -71,6 +73,7 @@ class WebSender(Sender):
     def _deliver(self, queue: OutboxReader, jobs: list[Job]) -> None:
         """Post the due jobs in capped requests, each through the gate."""
         settings = self.client().settings
+        self._copies = {}  # a new batch's first copy removes any left before
         for batch in requests_of(self._parts(jobs), settings):
             if self.stopping:
                 return
@@ -85,29 +88,48 @@ class WebSender(Sender):
                 self._pause(self.gate.resume_at())
                 return
             pause = self._settle(batch, *answer)
+            self._forget(batch)
             if pause:
                 self._pause(self.clock.now() + pause)
                 return
 
-    def _parts(self, jobs: list[Job]) -> list[tuple[Job, Part]]:
-        """Each job with its file and size; one that cannot be read fails (transient)."""
-        found: list[tuple[Job, Part]] = []
+    def _parts(self, jobs: list[Job]) -> Iterator[tuple[Job, Part]]:
+        """Each job with its file and size, made as its request is built (a changed copy,
+        an encoding: not those of every due job before the first request); one that
+        cannot be read fails (transient). The copies are recorded in ``_copies``."""
+        first = True
         for job in jobs:
+            if self.stopping:
+                return
             path = self.archive.layout.absolute(job.path)
             try:  # a peer that receives changed copies (issue 25): the copies of this batch
                 sent = prepare(self.peer.outgoing, path, self.archive.layout.root, self.thread_name,
-                               keep_others=bool(found))
+                               keep_others=not first)
+                first = False
                 uid = sent.uid or job.sop_instance_uid
                 variant = "" if sent.path == path else f"{digest_of(self.peer.outgoing)}."
+                if sent.path != path:
+                    self._copies[job.pk] = sent.path
                 body = self.link.for_web(self.peer, job, sent.path, variant)  # compressed?
-                found.append((job, Part(uid, body, body.stat().st_size)))
+                part = Part(uid, body, body.stat().st_size)
             except HeldBack as exc:  # quarantined at once: no retry would send it
                 self._record(job, Delivery.PERMANENT, str(exc), quarantine_now=True)
+                continue
             except OutgoingError as exc:
                 self._record(job, Delivery.PERMANENT, str(exc))
+                continue
             except OSError as exc:
                 self._record(job, Delivery.TRANSIENT, f"cannot read {job.path}: {exc.strerror}")
-        return found
+                continue
+            yield job, part
+
+    def _forget(self, batch: list[tuple[Job, Part]]) -> None:
+        """Remove the changed copies of a request that was answered: only the one being
+        built (and the next job's, made to see whether it fits) stay on disk."""
+        for job, _part in batch:
+            copy = self._copies.pop(job.pk, None)
+            if copy is not None:
+                copy.unlink(missing_ok=True)
 
     def _post(self, batch: list[tuple[Job, Part]]) -> tuple[StowAnswer | SendError, float]:
         """One request; PeerError (from the client) when the service cannot be reached."""
@@ -157,10 +179,10 @@ class WebSender(Sender):
 
 
 def requests_of(
-    parts: Sequence[tuple[Job, Part]], settings: WebSettings
+    parts: Iterable[tuple[Job, Part]], settings: WebSettings
 ) -> Iterator[list[tuple[Job, Part]]]:
     """The jobs in requests of at most ``max_instances`` and ``max_request_mb`` (a file
-    larger than that goes alone)."""
+    larger than that goes alone); ``parts`` is read only as far as each request needs."""
     limit = settings.max_request_mb * MB
     batch: list[tuple[Job, Part]] = []
     size = 0

@@ -12,10 +12,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from pydicom import dcmread
+
+from tests.loopback_http import LoopbackHTTP
 
 
 @dataclass
@@ -44,7 +46,7 @@ def all_stored(uids: list[str]) -> dict[str, tuple[str, int | None]]:
     return {uid: ("ok", None) for uid in uids}
 
 
-class ScriptedStow:
+class ScriptedStow(LoopbackHTTP):
     """The service, in a thread of the test process; after the script, every request is
     answered by ``default`` (200, all its instances stored)."""
 
@@ -54,9 +56,7 @@ class ScriptedStow:
         self.requests: list[Received] = []
         self.stored: dict[str, bytes] = {}
         self.lock = threading.Lock()
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.port = int(self.server.server_address[1])
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        super().__init__(self._handler())
 
     @property
     def url(self) -> str:
@@ -129,11 +129,3 @@ class ScriptedStow:
 
         return Handler
 
-    def __enter__(self) -> ScriptedStow:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(10)

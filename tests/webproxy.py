@@ -17,17 +17,18 @@ import secrets
 import subprocess
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
+from tests.loopback_http import LoopbackHTTP
 from tests.support import free_port, wait_until
 
 NGINX = Path("/usr/sbin/nginx")
 
 
-class TokenServer:
+class TokenServer(LoopbackHTTP):
     """OAuth2 token endpoint and token validator, in a thread of the test process."""
 
     def __init__(self, client_id: str, secret: str, lifetime: float) -> None:
@@ -38,9 +39,7 @@ class TokenServer:
         self.valid: dict[str, float] = {}  # token -> expiry (monotonic)
         self.issued: list[str] = []
         self.refused: list[str] = []  # tokens nginx was told were not valid
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.port = int(self.server.server_address[1])
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        super().__init__(self._handler())
 
     @property
     def token_url(self) -> str:
@@ -110,14 +109,6 @@ class TokenServer:
 
         return Handler
 
-    def __enter__(self) -> TokenServer:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(10)
 
 
 class Nginx:

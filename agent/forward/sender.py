@@ -20,6 +20,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Protocol
 
 from agent import threads
@@ -36,7 +37,7 @@ from agent.forward.link import link_for
 from agent.forward.pacing import Pacer
 from agent.forward.policy import Delivery, classify_status, gives_up, retry_delay
 from agent.net.scu import Requestor, Target
-from agent.outgoing.writer import HeldBack, OutgoingError, digest_of, prepare
+from agent.outgoing.writer import HeldBack, OutgoingError, Prepared, digest_of, prepare
 
 log = logging.getLogger(__name__)
 
@@ -200,19 +201,10 @@ class Sender(PeerWorker):
     def _send_one(self, assoc: Any, job: Job) -> None:
         path = self.archive.layout.absolute(job.path)
         started = time.monotonic()
-        try:  # a peer that receives changed copies (issue 25): the copy, made now
-            changed = prepare(self.peer.outgoing, path, self.archive.layout.root,
-                              self.thread_name)
-        except HeldBack as exc:  # quarantined at once: no retry would send it
-            self._record(job, Delivery.PERMANENT, str(exc), quarantine_now=True)
+        changed = self._outgoing(job, path)
+        if changed is None:
             return
-        except OutgoingError as exc:
-            self._record(job, Delivery.PERMANENT, str(exc))
-            return
-        except OSError as exc:
-            self._record(job, Delivery.TRANSIENT, f"cannot prepare its copy: {exc}")
-            return
-        variant = "" if changed.path == path else f"{digest_of(self.peer.outgoing)}."
+        variant = self._variant(changed, path)
         try:
             with self.link.prepared(assoc, self.peer, job, changed.path, variant) as sent:
                 status = assoc.send_c_store(sent)
@@ -234,6 +226,26 @@ class Sender(PeerWorker):
         code = int(status.Status)
         took = time.monotonic() - started
         self._record(job, classify_status(code), f"C-STORE answered 0x{code:04X}", took)
+
+    def _outgoing(self, job: Job, path: Path, *, keep_others: bool = False) -> Prepared | None:
+        """The file ``job`` goes to this peer as: the archived ``path``, or the changed copy
+        its coercion or de-identification make (agent/outgoing); None once the reason it
+        cannot go was recorded (a held-back instance is quarantined at once)."""
+        try:
+            return prepare(self.peer.outgoing, path, self.archive.layout.root, self.thread_name,
+                           keep_others=keep_others)
+        except HeldBack as exc:  # no retry would send it
+            self._record(job, Delivery.PERMANENT, str(exc), quarantine_now=True)
+        except OutgoingError as exc:
+            self._record(job, Delivery.PERMANENT, str(exc))
+        except OSError as exc:
+            self._record(job, Delivery.TRANSIENT, f"cannot prepare its copy: {exc}")
+        return None
+
+    def _variant(self, changed: Prepared, archived: Path) -> str:
+        """What names an encoding of ``changed`` in the link's cache: nothing for the
+        archived file, else a digest of the change (a reload that changes it encodes anew)."""
+        return "" if changed.path == archived else f"{digest_of(self.peer.outgoing)}."
 
     def _record(
         self, job: Job, outcome: Delivery, detail: str, seconds: float | None = None,

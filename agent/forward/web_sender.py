@@ -26,7 +26,6 @@ from agent.archive.outbox import Job, OutboxReader
 from agent.forward.bandwidth import Interrupted
 from agent.forward.policy import Delivery, classify_status, gives_up, retry_delay
 from agent.forward.sender import Sender
-from agent.outgoing.writer import HeldBack, OutgoingError, digest_of, prepare
 from agent.web.client import SendError, WebClient, http_words
 from agent.web.settings import WebSettings
 from agent.web.stow import InstanceAnswer, Part, StowAnswer
@@ -102,22 +101,15 @@ class WebSender(Sender):
             if self.stopping:
                 return
             path = self.archive.layout.absolute(job.path)
-            try:  # a peer that receives changed copies (issue 25): the copies of this batch
-                sent = prepare(self.peer.outgoing, path, self.archive.layout.root, self.thread_name,
-                               keep_others=not first)
-                first = False
-                uid = sent.uid or job.sop_instance_uid
-                variant = "" if sent.path == path else f"{digest_of(self.peer.outgoing)}."
-                if sent.path != path:
-                    self._copies[job.pk] = sent.path
-                body = self.link.for_web(self.peer, job, sent.path, variant)  # compressed?
-                part = Part(uid, body, body.stat().st_size)
-            except HeldBack as exc:  # quarantined at once: no retry would send it
-                self._record(job, Delivery.PERMANENT, str(exc), quarantine_now=True)
+            sent = self._outgoing(job, path, keep_others=not first)  # this batch's copies
+            if sent is None:
                 continue
-            except OutgoingError as exc:
-                self._record(job, Delivery.PERMANENT, str(exc))
-                continue
+            first = False
+            if sent.path != path:
+                self._copies[job.pk] = sent.path
+            try:
+                body = self.link.for_web(self.peer, job, sent.path, self._variant(sent, path))
+                part = Part(sent.uid or job.sop_instance_uid, body, body.stat().st_size)
             except OSError as exc:
                 self._record(job, Delivery.TRANSIENT, f"cannot read {job.path}: {exc.strerror}")
                 continue

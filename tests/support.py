@@ -150,3 +150,16 @@ def storescp(directory: Path, port: int, *options: str) -> subprocess.Popen[byte
     wait_until(lambda: subprocess.run(echo, capture_output=True).returncode == 0, 20,
                "storescp to listen")
     return process
+
+
+def archive_datasets(archive: Any, datasets: Any, calling_ae: str = "CT") -> list[str]:
+    """Save each data set beside the archive and ingest it (queued for the archive's
+    routing, as from ``calling_ae``); their SOP Instance UIDs."""
+    uids = []
+    for ds in datasets:
+        path = archive.layout.tmp_dir / f"{ds.SOPInstanceUID}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        archive.ingest(path, sop_class_uid=ds.SOPClassUID,
+                       sop_instance_uid=ds.SOPInstanceUID, calling_ae=calling_ae)
+        uids.append(str(ds.SOPInstanceUID))
+    return uids

@@ -31,7 +31,15 @@ from agent.ops.reachability import pace_line
 from agent.status import StatusModel
 from agent.status_parts import ClockState
 from tests import scu
-from tests.support import AgentProcess, FixedRouting, free_port, run_cli, storescp, wait_until
+from tests.support import (
+    AgentProcess,
+    FixedRouting,
+    archive_datasets,
+    free_port,
+    run_cli,
+    storescp,
+    wait_until,
+)
 from tests.test_forward_backoff import ManualClock, Recorder, job_rows
 
 prepare_pynetdicom()  # the engine, whose write path the cap throttles
@@ -50,14 +58,7 @@ def pace_config(root: Path, port: int, associations: int = 2, **pace: Any) -> Co
 
 def fill(archive: Archive, modality: str, count: int, size: int = 16) -> list[str]:
     """``count`` instances of one new series, each queued for PACS."""
-    uids = []
-    for ds in dicomgen.series(count, modality=modality, size=size):
-        path = archive.layout.tmp_dir / f"{ds.SOPInstanceUID}.dcm"
-        ds.save_as(path, enforce_file_format=True)
-        archive.ingest(path, sop_class_uid=ds.SOPClassUID,
-                       sop_instance_uid=ds.SOPInstanceUID, calling_ae="CT")
-        uids.append(str(ds.SOPInstanceUID))
-    return uids
+    return archive_datasets(archive, dicomgen.series(count, modality=modality, size=size))
 
 
 def received(directory: Path) -> set[str]:

@@ -32,7 +32,7 @@ from agent.outgoing.writer import digest_of, prepare
 from tests import scu
 from tests.pacs import DICOMWEB_PLUGIN, OrthancWeb
 from tests.stow_peer import Answer, ScriptedStow, all_stored
-from tests.support import FixedRouting, free_port, wait_until
+from tests.support import FixedRouting, archive_datasets, free_port, wait_until
 from tests.test_dicomweb import USERS, basic, states, web_config
 from tests.test_forward_backoff import ManualClock, Recorder, job_rows
 from tests.test_forward_compressed import _job, real_ct
@@ -149,14 +149,7 @@ def cloud_config(root: Path, url: str, **keys: Any) -> config_module.Config:
 
 def ingest(archive: Archive, datasets: Iterable[Dataset]) -> list[str]:
     """Archive each data set, queued for the archive's destinations; their UIDs."""
-    uids = []
-    for ds in datasets:
-        path = archive.layout.tmp_dir / f"{ds.SOPInstanceUID}.dcm"
-        ds.save_as(path, enforce_file_format=True)
-        archive.ingest(path, sop_class_uid=ds.SOPClassUID,
-                       sop_instance_uid=ds.SOPInstanceUID, calling_ae="CT")
-        uids.append(str(ds.SOPInstanceUID))
-    return uids
+    return archive_datasets(archive, datasets)
 
 
 @pytest.mark.slow

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from agent import validation as v
-from agent.dicom import compression
 from agent.errors import ConfigError, ConfigErrors
 from agent.fallthrough.settings import QrSettings, parse_qr
 from agent.field.settings import ConsoleSettings, LedSettings, parse_console, parse_leds
+from agent.forward.link_settings import LINK_KEYS, parse_link
 from agent.forward.pace_settings import PACE_KEYS, Window, parse_pace
 from agent.forward.settings import ForwardSettings, parse_forward
 from agent.metrics.settings import MetricsSettings, parse_metrics
@@ -319,11 +319,11 @@ def _parse_address(name: str, table: Mapping[str, Any], base_dir: Path) -> Peer:
     if not _PEER_NAME.match(name):
         v.problem(ConfigError(where, "a peer name is 1-32 letters, digits, '-' or '_'"))
     if is_web(table):  # a DICOMweb destination: its own keys (agent/web/settings.py)
-        shared = (*PACE_KEYS, *compression.KEYS)  # what a DICOMweb peer shares with others
+        shared = (*PACE_KEYS, *LINK_KEYS)  # what a DICOMweb peer shares with others
         web = {key: value for key, value in table.items() if key not in shared}
         return Peer(name, "", "", 0, frozenset(), kind="dicomweb",
                     web=parse_web(web, where, base_dir), **parse_pace(table, where),
-                    **compression.parse(table, where))
+                    **parse_link(table, where))
     v.reject_unknown(table, set(Peer.__dataclass_fields__) - {"name", "web", "outgoing"}, where)
     for required in ("ae_title", "host", "port"):
         if required not in table:
@@ -347,7 +347,7 @@ def _parse_address(name: str, table: Mapping[str, Any], base_dir: Path) -> Peer:
         quiet_seconds=_peer_quiet(table, where),
         fall_through=v.get(table, f"{where}.fall_through", bool, True, None),
         **parse_pace(table, where),
-        **compression.parse(table, where),
+        **parse_link(table, where),
     )
 
 

@@ -24,6 +24,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("foundations", ("agent.errors", "agent.validation", "agent.dicom", "agent.threads",
                      "agent.tls", "agent.procfs", "agent.reloading")),
     ("configuration", ("agent.config", "agent.forward.settings", "agent.forward.pace_settings",
+                       "agent.forward.link_settings",
                        "agent.field.settings",
                        "agent.metrics.settings", "agent.fallthrough.settings",
                        "agent.prefetch.settings", "agent.reconfigure", "agent.web.settings",

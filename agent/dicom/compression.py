@@ -13,19 +13,15 @@ Lossy data is never re-encoded: it goes as stored.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 from pydicom import uid
 from pynetdicom.presentation import PresentationContext, build_context
 
-from agent import validation as v
 from agent.dicom import codecs
 from agent.dicom.contexts import MAX_CONTEXTS, UNCOMPRESSED
-from agent.errors import ConfigError
 
 AS_STORED = "as-stored"
-KEYS = ("transfer_syntax", "verify_lossless")  # a peer's keys here
 CHOICES: dict[str, str | None] = {
     AS_STORED: None,
     "jpeg-ls-lossless": uid.JPEGLSLossless,
@@ -33,30 +29,6 @@ CHOICES: dict[str, str | None] = {
     "rle": uid.RLELossless,
     "explicit-little": uid.ExplicitVRLittleEndian,
 }
-
-
-def parse(table: Mapping[str, Any], where: str) -> dict[str, Any]:
-    """A peer's ``transfer_syntax`` (a string or a list of them) and ``verify_lossless``."""
-    return {
-        "transfer_syntax": _choices(table, f"{where}.transfer_syntax"),
-        "verify_lossless": v.get(table, f"{where}.verify_lossless", bool, False, None),
-    }
-
-
-def _choices(table: Mapping[str, Any], key: str) -> tuple[str, ...]:
-    raw = v.get(table, key, (str, list), AS_STORED, None)
-    given = [raw] if isinstance(raw, str) else list(raw)
-    names = ", ".join(CHOICES)
-    if not given:
-        v.problem(ConfigError(key, f"names at least one of {names}"))
-        return (AS_STORED,)
-    for choice in given:
-        if not isinstance(choice, str) or choice not in CHOICES:
-            v.problem(ConfigError(key, f"{choice!r} is not one of {names}"))
-            return (AS_STORED,)
-    if len(set(given)) != len(given):
-        v.problem(ConfigError(key, "names a syntax twice"))
-    return tuple(given)
 
 
 def targets(choices: Sequence[str], stored: str) -> list[str]:

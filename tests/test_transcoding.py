@@ -176,3 +176,20 @@ def test_lossy_data_decompressed_without_lossy_attributes_gets_them(tmp_path: Pa
     ratio = float(converted.LossyImageCompressionRatio)
     encapsulated = len(dcmread(source).PixelData)  # the codestream and a few item headers
     assert ratio == pytest.approx(len(converted.PixelData) / encapsulated, rel=0.05)
+
+
+def test_the_private_pydicom_reader_transcode_relies_on_is_still_there() -> None:
+    """Contract: pydicom 3.0's ``pixels.utils._array_common`` (private) reads a file up to
+    its Pixel Data's value and says how to decode it; transcode.py reads frames from there. An
+    upgrade that renames or reshapes it fails here, by name, not in a conversion."""
+    from pydicom.pixels.utils import _array_common
+
+    path = _sample("CT_small.dcm")
+    with path.open("rb") as stored:
+        _, opts = _array_common(stored, [])
+        values = np.frombuffer(stored.read(128 * 128 * 2), "<i2")  # left at the first value
+    for key in ("bits_allocated", "number_of_frames", "rows", "columns",
+                "transfer_syntax_uid"):
+        assert key in opts, key
+    assert (int(opts["rows"]), int(opts["columns"])) == (128, 128)
+    assert np.array_equal(values.reshape(128, 128), _pixels(path))

@@ -26,7 +26,8 @@ from agent.metrics.settings import MetricsSettings, parse_metrics
 from agent.outgoing.settings import Outgoing, split_outgoing, with_rule_coercions
 from agent.prefetch.settings import PrefetchRule, parse_prefetch
 from agent.reloading import LIVE, RESTART
-from agent.tls import VERSIONS, TlsSettings
+from agent.tls import TlsSettings
+from agent.tls_settings import parse_tls
 from agent.web.settings import WebSettings, check_web_uses, is_web, parse_web
 
 if sys.version_info >= (3, 11):
@@ -40,7 +41,6 @@ DEFAULT_ALLOW_UNKNOWN = ("echo", "store")
 
 _PEER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
 _LOG_LEVELS = ("debug", "info", "warning", "error")
-_TLS_FILES = ("certificate", "private_key", "ca")
 
 
 @dataclass(frozen=True)
@@ -233,7 +233,7 @@ def _build(raw: Mapping[str, Any], source: Path | None) -> Config:
     peers = with_rule_coercions(peers, forward.rules)  # issue 25: a rule's coerce table
     leds = parse_leds(v.table(raw, "leds", ""))
     console = parse_console(v.table(raw, "console", ""))
-    tls = _parse_tls(raw["tls"], base_dir) if "tls" in raw else None
+    tls = parse_tls(raw["tls"], base_dir) if "tls" in raw else None
     _check_tls_use(agent, peers, tls)
     _check_commit_policies(peers, forward)
     study = _parse_study(v.table(raw, "study", ""))
@@ -376,34 +376,6 @@ def _commit_settings(table: Mapping[str, Any], where: str) -> dict[str, Any]:
             v.positive,
         )),
     }
-
-
-def _parse_tls(raw: Any, base_dir: Path) -> TlsSettings:
-    """The ``[tls]`` table; its files are checked by loading them (agent.tls.load)."""
-    table = v.table({"tls": raw}, "tls", "")
-    v.reject_unknown(table, set(TlsSettings.__dataclass_fields__), "tls")
-    certificate, private_key, ca = [_tls_file(table, key, base_dir) for key in _TLS_FILES]
-    d = TlsSettings(certificate, private_key, ca)
-    timeout = v.get(table, "tls.handshake_timeout", (int, float), d.handshake_timeout,
-                    v.between(0.5, 120))
-    return TlsSettings(
-        certificate,
-        private_key,
-        ca,
-        port=v.get(table, "tls.port", int, d.port, v.port(allow_zero=True)),
-        require_client_certificate=v.get(
-            table, "tls.require_client_certificate", bool, d.require_client_certificate, None
-        ),
-        min_version=v.get(table, "tls.min_version", str, d.min_version, v.one_of(tuple(VERSIONS))),
-        handshake_timeout=float(timeout),
-    )
-
-
-def _tls_file(table: Mapping[str, Any], key: str, base_dir: Path) -> Path:
-    if key not in table:
-        v.problem(ConfigError(f"tls.{key}", "is required"))
-    path = Path(v.get(table, f"tls.{key}", str, "", v.non_empty))
-    return path if path.is_absolute() else (base_dir / path).resolve()
 
 
 def _check_tls_use(

@@ -29,7 +29,8 @@ from agent.config import Config
 from agent.field.console import build_table
 from agent.forward.forwarder import Forwarder
 from agent.ops.reachability import state_line
-from agent.status import StatusModel, duration_words
+from agent.status import StatusModel
+from agent.words import duration_words
 from tests import scu
 from tests.support import FixedRouting, free_port, peer, run_cli, wait_until, write_config
 from tests.test_forward import FAST_RETRY, forward_config, jobs

@@ -21,14 +21,14 @@ PACKAGE = ROOT / "agent"
 
 # lowest first; a module belongs to the first layer with a prefix of its name
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("foundations", ("agent.errors", "agent.validation", "agent.dicom", "agent.threads",
-                     "agent.tls", "agent.procfs", "agent.reloading")),
+    ("foundations", ("agent.errors", "agent.validation", "agent.words", "agent.dicom",
+                     "agent.threads", "agent.tls", "agent.procfs", "agent.reloading")),
     ("configuration", ("agent.config", "agent.forward.settings", "agent.forward.pace_settings",
                        "agent.forward.link_settings",
                        "agent.field.settings",
                        "agent.metrics.settings", "agent.fallthrough.settings",
                        "agent.prefetch.settings", "agent.reconfigure", "agent.web.settings",
-                       "agent.outgoing.settings")),
+                       "agent.outgoing.settings", "agent.tls_settings")),
     ("archive", ("agent.archive",)),
     ("status", ("agent.status", "agent.status_mpps", "agent.status_file",
                 "agent.status_destinations", "agent.status_parts", "agent.status_timings",

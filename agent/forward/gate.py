@@ -29,7 +29,7 @@ from agent.errors import PeerError
 from agent.forward.clock import Clock
 from agent.forward.policy import retry_delay
 from agent.forward.settings import ForwardSettings
-from agent.status import duration_words
+from agent.words import duration_words
 
 log = logging.getLogger(__name__)
 

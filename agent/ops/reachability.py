@@ -12,8 +12,9 @@ from typing import Any
 
 from agent.archive import Layout
 from agent.procfs import process_alive
-from agent.status import Snapshot, duration_words
+from agent.status import Snapshot
 from agent.status_file import LIVE_STATES, read_published
+from agent.words import duration_words
 
 
 def reported_destinations(layout: Layout, live: Snapshot | None = None) -> dict[str, Any]:
